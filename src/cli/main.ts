@@ -1,0 +1,94 @@
+// npx flash-sale serve | migrate | seed | audit | sweep --once | sign
+// Exit status: 0 all well, 1 the audit found a violation (or a command failed), 2 misuse.
+import { parseArgs } from 'node:util'
+import { ConfigError, loadConfig, loadDotEnv } from '../config.js'
+import { audit } from '../domain/audit.js'
+import { sweepOnce } from '../jobs/sweeper.js'
+import { signPayload } from '../http/signature.js'
+import { openRuntime, seedIfEmpty } from '../runtime.js'
+import { startServer } from '../server.js'
+
+const usage = `usage: flash-sale <command>
+  serve                 start the HTTP server (migrates and seeds an empty database)
+  migrate               apply database migrations
+  seed                  create product 1 (SEED_STOCK units) if the database has no product
+  audit                 recompute invariants I1-I4; exit 1 on any violation
+  sweep --once          expire lapsed holds and orders once
+  sign --body JSON [--secret S] [--timestamp T]
+                        print a Webhook-Signature header value (secret defaults to WEBHOOK_SECRET)`
+
+export async function runCli(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv
+  loadDotEnv()
+  try {
+    switch (command) {
+      case 'serve':
+        await startServer()
+        return 0
+      case 'migrate':
+        return withRuntime(async (runtime) => {
+          await runtime.store.migrate()
+          console.log(`migrated ${runtime.config.engine} database`)
+          return 0
+        })
+      case 'seed':
+        return withRuntime(async (runtime) => {
+          await runtime.store.migrate()
+          const seeded = await seedIfEmpty(runtime)
+          console.log(seeded ? `seeded product 1 with ${runtime.config.seedStock} units` : 'database already has products; nothing seeded')
+          return 0
+        })
+      case 'audit':
+        return withRuntime(async (runtime) => {
+          const report = await audit(runtime.store)
+          console.log(JSON.stringify(report, null, 2))
+          return report.ok ? 0 : 1
+        })
+      case 'sweep': {
+        const { values } = parseArgs({ args: rest, options: { once: { type: 'boolean' } }, strict: true })
+        if (!values.once) {
+          console.error('sweep runs inside every server; use `sweep --once` for a single pass')
+          return 2
+        }
+        return withRuntime(async (runtime) => {
+          const result = await sweepOnce(runtime.store, runtime.observer, runtime.clock.now(), runtime.config.sweepBatchMax)
+          console.log(JSON.stringify(result))
+          return 0
+        })
+      }
+      case 'sign': {
+        const { values } = parseArgs({ args: rest, options: { body: { type: 'string' }, secret: { type: 'string' }, timestamp: { type: 'string' } }, strict: true })
+        const secret = values.secret ?? process.env.WEBHOOK_SECRET
+        if (values.body === undefined || !secret) {
+          console.error('sign needs --body and a secret (--secret or WEBHOOK_SECRET)')
+          return 2
+        }
+        const timestampS = values.timestamp ? Number(values.timestamp) : Math.floor(Date.now() / 1000)
+        console.log(signPayload(secret, timestampS, values.body))
+        return 0
+      }
+      default:
+        console.error(usage)
+        return 2
+    }
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(`configuration error: ${error.message}`)
+      return 2
+    }
+    if (error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`${error.message}\n${usage}`)
+      return 2
+    }
+    throw error
+  }
+}
+
+async function withRuntime(fn: (runtime: ReturnType<typeof openRuntime>) => Promise<number>): Promise<number> {
+  const runtime = openRuntime({ ...loadConfig(), logLevel: 'warn' })
+  try {
+    return await fn(runtime)
+  } finally {
+    await runtime.store.close()
+  }
+}

@@ -1,0 +1,124 @@
+// The only reader of process.env. Every variable is checked once at start-up, converted to the
+// units the code uses (seconds -> ...Ms) and frozen; a bad value stops start-up naming it.
+import { existsSync } from 'node:fs'
+
+export type EngineName = 'sqlite' | 'postgres' | 'mysql'
+
+export interface Config {
+  readonly nodeEnv: string
+  readonly port: number
+  readonly host: string
+  readonly databaseUrl: string
+  readonly engine: EngineName
+  readonly redisUrl: string | undefined
+  readonly holdTtlMs: number
+  readonly orderTtlMs: number
+  readonly maxQtyPerHold: number
+  readonly sweepIntervalMs: number
+  readonly sweepBatchMax: number
+  readonly idempotencyTtlMs: number
+  readonly webhookSecret: string | undefined
+  readonly webhookToleranceMs: number
+  readonly adminToken: string | undefined
+  readonly logLevel: string
+  readonly logFile: string | undefined
+  readonly workers: number
+  readonly trustProxy: boolean | string
+  readonly rateLimitReadPerMin: number
+  readonly rateLimitHoldPerMin: number
+  readonly rateLimitOrderPerMin: number
+  readonly holdBatchMax: number
+  readonly txAttemptsMax: number
+  readonly bodyBytesMax: number
+  readonly seedStock: number
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+type Env = Readonly<Record<string, string | undefined>>
+
+function read(env: Env, name: string): string | undefined {
+  const value = env[name]
+  return value === undefined || value.trim() === '' ? undefined : value.trim()
+}
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = read(env, name)
+  if (raw === undefined) return fallback
+  if (!/^-?\d+$/.test(raw)) throw new ConfigError(`${name} must be an integer, got "${raw}"`)
+  const value = Number(raw)
+  if (value < min || value > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got "${raw}"`)
+  return value
+}
+
+// TTLs accept fractions ("0.5") so tests and demos can use sub-second expiry without sleeping long.
+function positiveNumber(env: Env, name: string, fallback: number, max: number): number {
+  const raw = read(env, name)
+  if (raw === undefined) return fallback
+  const value = Number(raw)
+  if (!/^\d+(\.\d+)?$/.test(raw) || !(value > 0) || value > max) {
+    throw new ConfigError(`${name} must be a positive number up to ${max}, got "${raw}"`)
+  }
+  return value
+}
+
+function engineOf(databaseUrl: string): EngineName {
+  if (databaseUrl.startsWith('sqlite:')) return 'sqlite'
+  if (databaseUrl.startsWith('postgres://') || databaseUrl.startsWith('postgresql://')) return 'postgres'
+  if (databaseUrl.startsWith('mysql://') || databaseUrl.startsWith('mariadb://')) return 'mysql'
+  throw new ConfigError(`DATABASE_URL must start with sqlite:, postgres:// or mysql://, got "${databaseUrl}"`)
+}
+
+export function loadConfig(env: Env = process.env): Config {
+  const nodeEnv = read(env, 'NODE_ENV') ?? 'development'
+  const databaseUrl = read(env, 'DATABASE_URL') ?? 'sqlite:./data/flash-sale.db'
+  const webhookSecret = read(env, 'WEBHOOK_SECRET')
+  if (nodeEnv === 'production' && webhookSecret === undefined) {
+    throw new ConfigError('WEBHOOK_SECRET is required when NODE_ENV=production')
+  }
+  const logLevel = read(env, 'LOG_LEVEL') ?? 'info'
+  if (!logLevels.includes(logLevel)) throw new ConfigError(`LOG_LEVEL must be one of ${logLevels.join(', ')}, got "${logLevel}"`)
+  const trustProxyRaw = read(env, 'TRUST_PROXY')
+  const trustProxy = trustProxyRaw === undefined || trustProxyRaw === 'false' ? false : trustProxyRaw === 'true' ? true : trustProxyRaw
+  const redisUrl = read(env, 'REDIS_URL')
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError(`REDIS_URL must start with redis://, got "${redisUrl}"`)
+
+  const config: Config = {
+    nodeEnv,
+    port: integer(env, 'PORT', 8000, 0, 65_535),
+    host: read(env, 'HOST') ?? '127.0.0.1',
+    databaseUrl,
+    engine: engineOf(databaseUrl),
+    redisUrl,
+    holdTtlMs: Math.round(positiveNumber(env, 'HOLD_TTL_SECONDS', 120, 86_400) * 1000),
+    orderTtlMs: Math.round(positiveNumber(env, 'ORDER_TTL_SECONDS', 900, 7 * 86_400) * 1000),
+    maxQtyPerHold: integer(env, 'MAX_QTY_PER_HOLD', 10, 1, 1_000_000),
+    sweepIntervalMs: integer(env, 'SWEEP_INTERVAL_MS', 1000, 10, 3_600_000),
+    sweepBatchMax: integer(env, 'SWEEP_BATCH_MAX', 500, 1, 100_000),
+    idempotencyTtlMs: Math.round(positiveNumber(env, 'IDEMPOTENCY_TTL_HOURS', 24, 24 * 365) * 3_600_000),
+    webhookSecret,
+    webhookToleranceMs: 300_000,
+    adminToken: read(env, 'ADMIN_TOKEN'),
+    logLevel,
+    logFile: read(env, 'LOG_FILE'),
+    workers: integer(env, 'WORKERS', 1, 1, 64),
+    trustProxy,
+    rateLimitReadPerMin: integer(env, 'RATE_LIMIT_READ_PER_MIN', 6000, 0, 100_000_000),
+    rateLimitHoldPerMin: integer(env, 'RATE_LIMIT_HOLD_PER_MIN', 600, 0, 100_000_000),
+    rateLimitOrderPerMin: integer(env, 'RATE_LIMIT_ORDER_PER_MIN', 600, 0, 100_000_000),
+    holdBatchMax: integer(env, 'HOLD_BATCH_MAX', 256, 1, 10_000),
+    txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
+    bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
+    seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),
+  }
+  return Object.freeze(config)
+}
+
+// An optional .env in the working directory fills variables the environment does not set.
+export function loadDotEnv(path = '.env'): void {
+  if (existsSync(path)) process.loadEnvFile(path)
+}

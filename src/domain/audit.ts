@@ -1,0 +1,41 @@
+// Recomputes I1-I4 from the rows as stored and reports every violation.
+import type { Store } from './store.js'
+
+export interface AuditViolation {
+  invariant: 'I1' | 'I2' | 'I3' | 'I4'
+  productId?: number
+  message: string
+}
+
+export interface AuditReport {
+  ok: boolean
+  checkedProducts: number
+  violations: AuditViolation[]
+}
+
+export async function audit(store: Store): Promise<AuditReport> {
+  const facts = await store.auditFacts()
+  const violations: AuditViolation[] = []
+  for (const row of facts.products) {
+    const { productId, stock, reserved, sold } = row
+    if (reserved < 0) violations.push({ invariant: 'I1', productId, message: `reserved ${reserved} < 0` })
+    if (sold < 0) violations.push({ invariant: 'I1', productId, message: `sold ${sold} < 0` })
+    if (stock - reserved - sold < 0) {
+      violations.push({ invariant: 'I1', productId, message: `available ${stock - reserved - sold} < 0 (stock ${stock}, reserved ${reserved}, sold ${sold})` })
+    }
+    const expectedReserved = row.activeHoldQty + row.pendingOrderQty
+    if (reserved !== expectedReserved) {
+      violations.push({
+        invariant: 'I2',
+        productId,
+        message: `reserved ${reserved} != active holds ${row.activeHoldQty} + pending orders ${row.pendingOrderQty}`,
+      })
+    }
+    if (sold !== row.paidOrderQty) violations.push({ invariant: 'I3', productId, message: `sold ${sold} != paid orders ${row.paidOrderQty}` })
+  }
+  for (const holdId of facts.holdsWithManyOrders) violations.push({ invariant: 'I4', message: `hold ${holdId} has more than one order` })
+  for (const holdId of facts.convertedHoldsWithoutOrder) violations.push({ invariant: 'I4', message: `converted hold ${holdId} has no order` })
+  for (const orderId of facts.ordersWithoutHold) violations.push({ invariant: 'I4', message: `order ${orderId} names no hold` })
+  for (const orderId of facts.ordersOfOtherProduct) violations.push({ invariant: 'I4', message: `order ${orderId} is for another product than its hold` })
+  return { ok: violations.length === 0, checkedProducts: facts.products.length, violations }
+}

@@ -1,0 +1,35 @@
+// Named events (SPEC §6). Use cases collect them inside a transaction and emit them only after
+// it commits, because a retried transaction runs its callback again.
+export type EventName =
+  | 'hold.created'
+  | 'hold.rejected'
+  | 'hold.expired'
+  | 'hold.released'
+  | 'order.created'
+  | 'order.expired'
+  | 'order.cancelled'
+  | 'payment.applied'
+  | 'payment.duplicate'
+  | 'payment.early'
+  | 'payment.refund_required'
+  | 'idempotency.replayed'
+  | 'tx.retry'
+  | 'tx.busy'
+  | 'sweep.completed'
+
+export interface DomainEvent {
+  name: EventName
+  productId?: number
+  qty?: number
+  [detail: string]: unknown
+}
+
+export interface Observer {
+  emit(event: DomainEvent): void
+}
+
+export const silentObserver: Observer = { emit: () => {} }
+
+export function emitAll(observer: Observer, events: readonly DomainEvent[]): void {
+  for (const event of events) observer.emit(event)
+}

@@ -1,0 +1,34 @@
+import { createHash } from 'node:crypto'
+import { DomainError } from './errors.js'
+
+// A request's fingerprint: the meaning of its body, not its bytes, so `qty` and its alias
+// `quantity`, or a key sent in the header versus the body, fingerprint alike.
+export function fingerprintOf(parts: readonly unknown[]): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest('base64url')
+}
+
+export function assertSameFingerprint(stored: string, given: string): void {
+  if (stored !== given) throw new DomainError('idempotency_key_reused')
+}
+
+// Requests in this process that carry a key still being served. A duplicate waits for the
+// first and is then answered from what the first stored; across processes the database's
+// unique key and the product row lock give the same result.
+export class InFlightKeys {
+  private readonly running = new Map<string, Promise<unknown>>()
+
+  async run<T>(scopedKey: string, fn: () => Promise<T>): Promise<{ waited: boolean; value?: T }> {
+    const earlier = this.running.get(scopedKey)
+    if (earlier) {
+      await earlier.catch(() => undefined)
+      return { waited: true }
+    }
+    const promise = fn()
+    this.running.set(scopedKey, promise)
+    try {
+      return { waited: false, value: await promise }
+    } finally {
+      this.running.delete(scopedKey)
+    }
+  }
+}

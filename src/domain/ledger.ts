@@ -1,0 +1,73 @@
+import { assert } from './assert.js'
+import type { Product, StoreTx } from './store.js'
+
+// The locked product row's counts during one transaction. Every change is checked against
+// I1 as it is made, and written once at the end with one UPDATE (flush), so a batch of many
+// holds costs one row write. The table's CHECK constraint is the second guard.
+export class ProductLedger {
+  private reservedDelta = 0
+  private soldDelta = 0
+  private stockDelta = 0
+
+  constructor(readonly product: Product) {}
+
+  get productId(): number {
+    return this.product.id
+  }
+  get stock(): number {
+    return this.product.stock + this.stockDelta
+  }
+  get reserved(): number {
+    return this.product.reserved + this.reservedDelta
+  }
+  get sold(): number {
+    return this.product.sold + this.soldDelta
+  }
+  available(): number {
+    return this.stock - this.reserved - this.sold
+  }
+
+  reserve(qty: number): void {
+    assert(qty > 0, 'reserved qty is positive')
+    assert(qty <= this.available(), 'I1: reserve only available units')
+    this.reservedDelta += qty
+  }
+
+  release(qty: number): void {
+    assert(qty > 0, 'released qty is positive')
+    this.reservedDelta -= qty
+    assert(this.reserved >= 0, 'I1: reserved >= 0')
+  }
+
+  // A pending order is paid: its units move from reserved to sold.
+  sellReserved(qty: number): void {
+    this.release(qty)
+    this.soldDelta += qty
+  }
+
+  // A late payment recovers a sale from units that are available again.
+  sellAvailable(qty: number): void {
+    assert(qty > 0, 'sold qty is positive')
+    assert(qty <= this.available(), 'I1: sell only available units')
+    this.soldDelta += qty
+  }
+
+  addStock(delta: number): void {
+    this.stockDelta += delta
+    assert(this.available() >= 0, 'I1: stock covers reserved + sold')
+  }
+
+  async flush(tx: StoreTx): Promise<void> {
+    if (this.reservedDelta === 0 && this.soldDelta === 0 && this.stockDelta === 0) return
+    assert(this.reserved >= 0, 'I1: reserved >= 0')
+    assert(this.sold >= 0, 'I1: sold >= 0')
+    assert(this.reserved + this.sold <= this.stock, 'I1: reserved + sold <= stock')
+    await tx.applyProductDelta(this.product.id, { reserved: this.reservedDelta, sold: this.soldDelta, stock: this.stockDelta })
+    this.product.stock = this.stock
+    this.product.reserved = this.reserved
+    this.product.sold = this.sold
+    this.reservedDelta = 0
+    this.soldDelta = 0
+    this.stockDelta = 0
+  }
+}

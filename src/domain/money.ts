@@ -1,0 +1,32 @@
+// Money is integer minor units plus an ISO 4217 currency; it becomes a decimal string only at the edge.
+const supportedCurrencies = new Set(Intl.supportedValuesOf('currency'))
+
+export function isSupportedCurrency(currency: string): boolean {
+  return /^[A-Z]{3}$/.test(currency) && supportedCurrencies.has(currency)
+}
+
+export function currencyDecimals(currency: string): number {
+  return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2
+}
+
+// Accepts "99.99", "100", 99.99 or 100; refuses more decimals than the currency has, signs,
+// exponents and thousands separators. Returns undefined when the value is not a valid amount.
+export function parseAmountMinor(value: string | number, currency: string): number | undefined {
+  const text = typeof value === 'number' ? (Number.isFinite(value) ? String(value) : '') : value
+  const decimals = currencyDecimals(currency)
+  const match = /^(\d+)(?:\.(\d+))?$/.exec(text)
+  if (!match) return undefined
+  const [, whole = '', fraction = ''] = match
+  if (fraction.length > decimals) return undefined
+  const minor = Number(whole) * 10 ** decimals + Number(fraction.padEnd(decimals, '0') || '0')
+  return Number.isSafeInteger(minor) ? minor : undefined
+}
+
+export function formatAmount(amountMinor: number, currency: string): string {
+  const decimals = currencyDecimals(currency)
+  if (decimals === 0) return String(amountMinor)
+  const scale = 10 ** decimals
+  const whole = Math.trunc(amountMinor / scale)
+  const fraction = String(Math.abs(amountMinor % scale)).padStart(decimals, '0')
+  return `${amountMinor < 0 && whole === 0 ? '-' : ''}${whole}.${fraction}`
+}

@@ -1,0 +1,141 @@
+// The payment webhook: applied at most once per idempotency key (I4), in any order, before or
+// after the order exists. The payment_events table is the key store: its unique key on the
+// idempotency key is what makes a concurrent duplicate a replay and never a second effect.
+import { assert } from './assert.js'
+import type { Clock } from './clock.js'
+import { DomainError } from './errors.js'
+import { emitAll, type DomainEvent, type Observer } from './events.js'
+import { assertSameFingerprint, fingerprintOf } from './idempotency.js'
+import { ProductLedger } from './ledger.js'
+import { parseAmountMinor } from './money.js'
+import { applyPaymentToHold, expireLapsed, type PaymentAnswerBody, type SettleContext } from './settle.js'
+import type { PaymentEvent, PaymentStatus, Store } from './store.js'
+
+export type { PaymentAnswerBody } from './settle.js'
+
+export interface PaymentSettings {
+  reclaimBatchMax: number
+}
+
+export interface PaymentRequest {
+  idempotencyKey: string
+  orderId: string | null
+  holdId: string | null
+  status: PaymentStatus
+  paymentId: string | null
+  amount: string | number | null
+}
+
+export interface PaymentAnswer {
+  statusCode: 200 | 202
+  body: PaymentAnswerBody
+  replayed: boolean
+}
+
+export class Payments {
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly observer: Observer,
+    private readonly settings: PaymentSettings,
+  ) {}
+
+  async receive(request: PaymentRequest): Promise<PaymentAnswer> {
+    const fingerprint = fingerprintOf([
+      'payments',
+      request.orderId,
+      request.orderId === null ? request.holdId : null,
+      request.status,
+      request.paymentId,
+      request.amount === null ? null : String(request.amount),
+    ])
+    const stored = await this.store.getPaymentEvent(request.idempotencyKey)
+    if (stored) return this.replay(stored, fingerprint)
+
+    const productId = await this.productOf(request)
+    const now = this.clock.now()
+    const result = await this.store.transaction({ label: 'payments.receive' }, async (tx) => {
+      const events: DomainEvent[] = []
+      const product = await tx.lockProduct(productId)
+      assert(product !== undefined, 'an order or hold names an existing product')
+      // A duplicate that committed while this one waited for the product lock is seen here.
+      const earlier = await tx.getPaymentEvent(request.idempotencyKey)
+      if (earlier) return { replay: earlier }
+      const ledger = new ProductLedger(product)
+      const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
+      const event: PaymentEvent = {
+        idempotencyKey: request.idempotencyKey,
+        fingerprint,
+        orderId: request.orderId,
+        holdId: request.holdId,
+        status: request.status,
+        paymentId: request.paymentId,
+        amountMinor: null,
+        state: 'waiting',
+        outcome: null,
+        responseJson: null,
+        createdAt: now,
+        processedAt: null,
+      }
+      let order = request.orderId !== null ? await tx.getOrder(request.orderId) : await tx.getOrderByHold(request.holdId ?? '')
+      let hold = order ? await tx.getHold(order.holdId) : await tx.getHold(request.holdId ?? '')
+      assert(hold !== undefined, 'the hold named by a payment exists')
+      event.holdId = hold.id
+      // `amount`, when given, must be what the order costs; a mismatch changes nothing (422).
+      const expectedMinor = order?.amountMinor ?? product.priceMinor * hold.qty
+      if (request.amount !== null) {
+        const amountMinor = parseAmountMinor(request.amount, product.currency)
+        if (amountMinor === undefined) {
+          throw new DomainError('validation_failed', { errors: [{ field: 'amount', message: `must be a non-negative amount in ${product.currency}` }] })
+        }
+        if (amountMinor !== expectedMinor) throw new DomainError('amount_mismatch', { expected_amount_minor: expectedMinor })
+        event.amountMinor = amountMinor
+      }
+
+      if (!order && hold.status === 'active' && hold.expiresAt.getTime() > now.getTime()) {
+        // Webhook before the order: stored durably, applied when the order is created.
+        await tx.insertPaymentEvent(event)
+        events.push({ name: 'payment.early', key: event.idempotencyKey, holdId: hold.id, productId })
+        const body: PaymentAnswerBody = { state: 'accepted', holdId: hold.id, orderId: null, orderStatus: null, outcome: null }
+        return { answer: { statusCode: 202 as const, body, replayed: false }, events }
+      }
+      if (!order && hold.status === 'active') {
+        // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
+        // any payment that was waiting on it (possibly creating the order).
+        await expireLapsed(ctx, this.settings.reclaimBatchMax)
+        hold = await tx.getHold(hold.id)
+        assert(hold !== undefined && hold.status === 'expired', 'a lapsed hold is expired by the reclaim')
+        order = await tx.getOrderByHold(hold.id)
+      }
+      const applied = await applyPaymentToHold(ctx, hold, order ?? null, event, true)
+      await tx.insertPaymentEvent(applied.event)
+      await ledger.flush(tx)
+      return { answer: { statusCode: 200 as const, body: applied.body, replayed: false }, events }
+    })
+    if ('replay' in result && result.replay) return this.replay(result.replay, fingerprint)
+    emitAll(this.observer, result.events)
+    return result.answer
+  }
+
+  private async productOf(request: PaymentRequest): Promise<number> {
+    if (request.orderId !== null) {
+      const order = await this.store.getOrder(request.orderId)
+      if (!order) throw new DomainError('order_not_found')
+      return order.productId
+    }
+    const hold = await this.store.getHold(request.holdId ?? '')
+    if (!hold) throw new DomainError('hold_not_found')
+    return hold.productId
+  }
+
+  private replay(event: PaymentEvent, fingerprint: string): PaymentAnswer {
+    assertSameFingerprint(event.fingerprint, fingerprint)
+    this.observer.emit({ name: 'payment.duplicate', key: event.idempotencyKey, holdId: event.holdId, replayed: true })
+    if (event.state === 'waiting') {
+      const body: PaymentAnswerBody = { state: 'accepted', holdId: event.holdId, orderId: null, orderStatus: null, outcome: null }
+      return { statusCode: 202, body, replayed: true }
+    }
+    assert(event.responseJson !== null, 'a processed payment stores its answer')
+    return { statusCode: 200, body: JSON.parse(event.responseJson) as PaymentAnswerBody, replayed: true }
+  }
+}

@@ -1,0 +1,192 @@
+// What the use cases need from storage. store/kysely-store.ts implements it on every engine;
+// the domain never sees SQL, rows or engine names.
+
+export interface Product {
+  id: number
+  name: string
+  priceMinor: number
+  currency: string
+  stock: number
+  reserved: number
+  sold: number
+  createdAt: Date
+}
+
+// A product with what its unswept rows no longer hold: units of active holds and pending orders
+// past their expiry count as available to readers (SPEC §4) before any sweeper has run.
+export interface ProductSnapshot extends Product {
+  lapsedQty: number
+}
+
+export type HoldStatus = 'active' | 'converted' | 'expired' | 'released'
+
+export interface Hold {
+  id: string
+  productId: number
+  qty: number
+  status: HoldStatus
+  expiresAt: Date
+  createdAt: Date
+}
+
+export type OrderStatus = 'pending' | 'paid' | 'cancelled' | 'expired'
+
+export interface Order {
+  id: string
+  holdId: string
+  productId: number
+  qty: number
+  amountMinor: number
+  currency: string
+  status: OrderStatus
+  createdAt: Date
+  expiresAt: Date
+  paidAt: Date | null
+  paymentId: string | null
+  refundRequired: boolean
+}
+
+export type PaymentStatus = 'success' | 'failed'
+export type PaymentEventState = 'waiting' | 'processed'
+// What a payment event did: the order became paid or cancelled, a late success recovered the
+// sale or could not (refund_required), or it changed nothing (duplicate / ignored).
+export type PaymentOutcome = 'paid' | 'recovered' | 'cancelled' | 'refund_required' | 'duplicate' | 'ignored'
+
+export interface PaymentEvent {
+  idempotencyKey: string
+  fingerprint: string
+  orderId: string | null
+  holdId: string | null
+  status: PaymentStatus
+  paymentId: string | null
+  amountMinor: number | null
+  state: PaymentEventState
+  outcome: PaymentOutcome | null
+  responseJson: string | null
+  createdAt: Date
+  processedAt: Date | null
+}
+
+export type IdempotencyScope = 'holds' | 'orders'
+
+export interface IdempotencyRecord {
+  scope: IdempotencyScope
+  key: string
+  fingerprint: string
+  // 0 while the transaction that claimed the key has not finished; nobody outside it sees that.
+  statusCode: number
+  responseJson: string
+  expiresAt: Date
+}
+
+export interface NewProduct {
+  name: string
+  priceMinor: number
+  currency: string
+  stock: number
+  createdAt: Date
+}
+
+export interface ProductCountsDelta {
+  reserved: number
+  sold: number
+  stock: number
+}
+
+export interface AuditRow {
+  productId: number
+  stock: number
+  reserved: number
+  sold: number
+  activeHoldQty: number
+  pendingOrderQty: number
+  paidOrderQty: number
+}
+
+export interface AuditFacts {
+  products: AuditRow[]
+  holdsWithManyOrders: string[]
+  convertedHoldsWithoutOrder: string[]
+  ordersWithoutHold: string[]
+  ordersOfOtherProduct: string[]
+}
+
+export interface LapsedRow {
+  id: string
+  productId: number
+  qty: number
+}
+
+// Every method runs inside one database transaction. Lock order, everywhere: the product row
+// first (lockProduct), then its holds, orders and payment events. Because every writer of a
+// product's holds and orders holds that product's row lock, rows read after lockProduct are
+// stable until commit: no RETURNING or SKIP LOCKED is needed to know what an UPDATE changed.
+export interface StoreTx {
+  lockProduct(productId: number): Promise<Product | undefined>
+  applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void>
+  insertProduct(product: NewProduct): Promise<number>
+
+  insertHolds(holds: readonly Hold[]): Promise<void>
+  getHold(holdId: string): Promise<Hold | undefined>
+  // Compare-and-set: returns how many of the given holds moved from `from` to `to`.
+  setHoldsStatus(holdIds: readonly string[], from: HoldStatus, to: HoldStatus, now: Date): Promise<number>
+  lapsedHolds(productId: number, now: Date, limit: number): Promise<LapsedRow[]>
+
+  insertOrder(order: Order): Promise<void>
+  getOrder(orderId: string): Promise<Order | undefined>
+  getOrderByHold(holdId: string): Promise<Order | undefined>
+  // Compare-and-set on status; returns whether the order was in `from` and is now updated.
+  updateOrder(order: Order, from: OrderStatus, now: Date): Promise<boolean>
+  setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number>
+  lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]>
+
+  getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
+  insertPaymentEvent(event: PaymentEvent): Promise<void>
+  // Payments stored before their hold had an order, in arrival order.
+  waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]>
+  markPaymentEventProcessed(event: PaymentEvent): Promise<void>
+
+  // Inserts a claim on the key unless a live one exists (an expired one is replaced).
+  claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean>
+  completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void>
+  releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void>
+  getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
+}
+
+export interface TransactionOptions {
+  // Names the use case in tx.retry logs and metrics.
+  label: string
+}
+
+export interface Store {
+  readonly engine: string
+  migrate(): Promise<void>
+  // Runs fn in a transaction, retrying transient conflicts (deadlock, serialization failure,
+  // lock timeout) with bounded, jittered backoff; fn must therefore be safe to run twice.
+  transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T>
+
+  // Reads outside any transaction: each sees everything committed before it started.
+  productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined>
+  allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]>
+  getHold(holdId: string): Promise<Hold | undefined>
+  getOrder(orderId: string): Promise<Order | undefined>
+  getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
+  getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
+  productsWithLapsedRows(now: Date, limit: number): Promise<number[]>
+  deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number>
+  auditFacts(): Promise<AuditFacts>
+  countProducts(): Promise<number>
+  ping(): Promise<void>
+  close(): Promise<void>
+}
+
+export class TransientConflictError extends Error {
+  override name = 'TransientConflictError'
+}
+
+export interface TxRetryInfo {
+  label: string
+  attempt: number
+  delayMs: number
+  reason: string
+}

@@ -1,0 +1,139 @@
+// Builds the Fastify app from its dependencies; never listens (main.ts and tests do that).
+import fastifyRateLimit from '@fastify/rate-limit'
+import fastifySwagger from '@fastify/swagger'
+import fastifySwaggerUi from '@fastify/swagger-ui'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { Config } from '../config.js'
+import type { Clock } from '../domain/clock.js'
+import { DomainError } from '../domain/errors.js'
+import type { Observer } from '../domain/events.js'
+import { Holds } from '../domain/holds.js'
+import { Orders } from '../domain/orders.js'
+import { Payments } from '../domain/payments.js'
+import { Catalog, ProductReader } from '../domain/products.js'
+import type { Store } from '../domain/store.js'
+import { requestLogContext, type Metrics } from './observability.js'
+import { errorHandler, sendProblem } from './problem.js'
+import { adminRoutes } from './routes/admin.js'
+import { opsRoutes } from './routes/ops.js'
+import { publicRoutes } from './routes/public.js'
+import { Problem } from './schemas/index.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    rawBody?: string
+  }
+}
+
+export interface AppDeps {
+  config: Config
+  store: Store
+  clock: Clock
+  logger: Logger
+  metrics: Metrics
+  observer: Observer
+  redis?: Redis
+}
+
+export interface Services {
+  holds: Holds
+  orders: Orders
+  payments: Payments
+  reader: ProductReader
+  catalog: Catalog
+}
+
+export interface AppContext extends AppDeps {
+  services: Services
+}
+
+// How many lapsed rows a request may expire on the way (reclaim) before it answers.
+const reclaimBatchMax = 200
+
+export function createServices(deps: Pick<AppDeps, 'config' | 'store' | 'clock' | 'observer'>): Services {
+  const { config, store, clock, observer } = deps
+  return {
+    holds: new Holds(store, clock, observer, { holdTtlMs: config.holdTtlMs, idempotencyTtlMs: config.idempotencyTtlMs, holdBatchMax: config.holdBatchMax, reclaimBatchMax }),
+    orders: new Orders(store, clock, observer, { orderTtlMs: config.orderTtlMs, idempotencyTtlMs: config.idempotencyTtlMs, reclaimBatchMax }),
+    payments: new Payments(store, clock, observer, { reclaimBatchMax }),
+    reader: new ProductReader(store, clock),
+    catalog: new Catalog(store, clock),
+  }
+}
+
+export type App = FastifyInstance & { services: Services }
+
+export async function buildApp(deps: AppDeps): Promise<App> {
+  const { config, metrics } = deps
+  const services = createServices(deps)
+  const context: AppContext = { ...deps, services }
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    bodyLimit: config.bodyBytesMax,
+    trustProxy: config.trustProxy,
+    requestIdHeader: 'x-request-id',
+    requestIdLogLabel: 'request_id',
+    disableRequestLogging: true,
+    return503OnClosing: true,
+    ajv: {
+      // Strict types (SPEC §3): a JSON integer field never accepts "5", true, null or 1.5.
+      customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false, useDefaults: false },
+    },
+  })
+  app.decorate('services', services)
+
+  // JSON only, parsed here so the webhook's signature can be checked over the raw bytes.
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser(['application/json', 'text/plain'])
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    const text = body as string
+    request.rawBody = text
+    if (text.trim() === '') {
+      if (request.method === 'DELETE' || request.method === 'GET') return done(null, undefined)
+      return done(new DomainError('malformed_json'), undefined)
+    }
+    parseJson(request, text, (error, parsed) => (error ? done(new DomainError('malformed_json'), undefined) : done(null, parsed)))
+  })
+
+  app.addHook('onRequest', (request, _reply, done) => {
+    requestLogContext.run(request.log, done)
+  })
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.requestDuration.observe(
+      { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    )
+  })
+
+  await app.register(fastifyRateLimit, {
+    global: false,
+    ...(deps.redis ? { redis: deps.redis, nameSpace: 'flash-sale:rate:' } : {}),
+    keyGenerator: (request) => request.ip,
+    // A shared limiter that cannot be reached lets requests through rather than failing them.
+    skipOnError: true,
+    errorResponseBuilder: (request, context) => {
+      metrics.rateLimited.inc({ route: request.routeOptions.url ?? 'unmatched' })
+      return new DomainError('rate_limited', { retry_after_s: Math.ceil(context.ttl / 1000), limit_per_window: context.max })
+    },
+  })
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'Flash-sale checkout', version: '0.1.0', description: 'Holds, orders and payment webhooks that never oversell.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+    },
+  })
+  await app.register(fastifySwaggerUi, { routePrefix: '/docs' })
+  app.addSchema(Problem)
+
+  app.setErrorHandler(errorHandler)
+  app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'not_found'))
+
+  await app.register(async (scope) => publicRoutes(scope, context))
+  await app.register(async (scope) => adminRoutes(scope, context), { prefix: '/api/admin' })
+  await app.register(async (scope) => opsRoutes(scope, context))
+  return app as unknown as App
+}

@@ -1,0 +1,79 @@
+// Logs and metrics for the named events (SPEC §6). Events are logged with the request that
+// caused them, found through AsyncLocalStorage, so the domain needs no logger argument.
+import { AsyncLocalStorage } from 'node:async_hooks'
+import type { FastifyBaseLogger } from 'fastify'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { DomainEvent, Observer } from '../domain/events.js'
+import { viewOf } from '../domain/products.js'
+import type { Clock } from '../domain/clock.js'
+import type { Store } from '../domain/store.js'
+
+export const requestLogContext = new AsyncLocalStorage<FastifyBaseLogger>()
+
+// How many products the per-product gauges cover; a scrape stays one bounded query.
+const productGaugesMax = 1000
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly events = new Counter({ name: 'flash_sale_events_total', help: 'Named domain events', labelNames: ['event'], registers: [this.registry] })
+  readonly holdsRejected = new Counter({ name: 'flash_sale_holds_rejected_total', help: 'Refused holds by reason', labelNames: ['reason'], registers: [this.registry] })
+  readonly txRetries = new Counter({ name: 'flash_sale_tx_retries_total', help: 'Transactions retried after a transient conflict', labelNames: ['label'], registers: [this.registry] })
+  readonly txBusy = new Counter({ name: 'flash_sale_tx_busy_total', help: 'Transactions that exhausted their retries (503 busy)', labelNames: ['label'], registers: [this.registry] })
+  readonly replays = new Counter({ name: 'flash_sale_idempotent_replays_total', help: 'Answers replayed for an idempotency key', labelNames: ['scope'], registers: [this.registry] })
+  readonly rateLimited = new Counter({ name: 'flash_sale_rate_limited_total', help: 'Requests refused by a rate limit', labelNames: ['route'], registers: [this.registry] })
+  readonly refundRequired = new Counter({ name: 'flash_sale_refund_required_total', help: 'Late payments that could not be honoured', registers: [this.registry] })
+  readonly sweepLag = new Gauge({ name: 'flash_sale_sweeper_lag_seconds', help: 'How late the last sweep pass started against its schedule', registers: [this.registry] })
+  readonly sweepExpired = new Counter({ name: 'flash_sale_sweeper_expired_total', help: 'Holds and orders expired by the sweeper', registers: [this.registry] })
+  readonly requestDuration = new Histogram({
+    name: 'flash_sale_http_request_duration_seconds',
+    help: 'Request latency by route',
+    labelNames: ['method', 'route', 'status_code'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  })
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry })
+  }
+
+  // Per-product gauges, read from the database at scrape time.
+  trackProducts(store: Store, clock: Clock): void {
+    const available = new Gauge({ name: 'flash_sale_product_available', help: 'Units available to new holds', labelNames: ['product_id'], registers: [this.registry] })
+    const reserved = new Gauge({ name: 'flash_sale_product_reserved', help: 'Units in active holds and pending orders', labelNames: ['product_id'], registers: [this.registry] })
+    const sold = new Gauge({ name: 'flash_sale_product_sold', help: 'Units in paid orders', labelNames: ['product_id'], registers: [this.registry] })
+    // One query fills all three gauges at scrape time.
+    new Gauge({
+      name: 'flash_sale_products',
+      help: 'Products on sale',
+      registers: [this.registry],
+      async collect() {
+        const snapshots = await store.allProductSnapshots(clock.now(), productGaugesMax)
+        this.set(snapshots.length)
+        for (const snapshot of snapshots) {
+          const view = viewOf(snapshot)
+          const labels = { product_id: String(view.id) }
+          available.set(labels, view.availableStock)
+          reserved.set(labels, view.reserved)
+          sold.set(labels, view.sold)
+        }
+      },
+    })
+  }
+}
+
+export function createObserver(baseLogger: FastifyBaseLogger, metrics: Metrics): Observer {
+  return {
+    emit(event: DomainEvent) {
+      const { name, ...details } = event
+      const log = requestLogContext.getStore() ?? baseLogger
+      if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required') log.warn({ event: name, ...details }, name)
+      else log.info({ event: name, ...details }, name)
+      metrics.events.inc({ event: name })
+      if (name === 'hold.rejected') metrics.holdsRejected.inc({ reason: String(details.reason ?? 'unknown') })
+      if (name === 'tx.retry') metrics.txRetries.inc({ label: String(details.label) })
+      if (name === 'tx.busy') metrics.txBusy.inc({ label: String(details.label) })
+      if (name === 'payment.refund_required') metrics.refundRequired.inc()
+      if (name === 'idempotency.replayed') metrics.replays.inc({ scope: String(details.scope) })
+    },
+  }
+}

@@ -1,0 +1,61 @@
+// Domain objects to JSON (snake_case, money as decimal strings, instants as ISO 8601 UTC).
+import { formatAmount } from '../domain/money.js'
+import type { PaymentAnswerBody } from '../domain/payments.js'
+import type { ProductView } from '../domain/products.js'
+import type { Hold, Order } from '../domain/store.js'
+
+export function presentProduct(product: ProductView) {
+  return {
+    id: product.id,
+    name: product.name,
+    price: formatAmount(product.priceMinor, product.currency),
+    currency: product.currency,
+    stock: product.stock,
+    available_stock: product.availableStock,
+    reserved: product.reserved,
+    sold: product.sold,
+    created_at: product.createdAt.toISOString(),
+  }
+}
+
+// What the API reports is what is true now: a hold or order past its expiry is expired even
+// before the sweeper has brought its row up to date (SPEC §4).
+export function presentHold(hold: Hold, now: Date) {
+  const lapsed = hold.status === 'active' && hold.expiresAt.getTime() <= now.getTime()
+  return {
+    hold_id: hold.id,
+    product_id: hold.productId,
+    qty: hold.qty,
+    status: lapsed ? ('expired' as const) : hold.status,
+    expires_at: hold.expiresAt.toISOString(),
+    created_at: hold.createdAt.toISOString(),
+  }
+}
+
+export function presentOrder(order: Order, now: Date) {
+  const lapsed = order.status === 'pending' && order.expiresAt.getTime() <= now.getTime()
+  return {
+    order_id: order.id,
+    hold_id: order.holdId,
+    product_id: order.productId,
+    qty: order.qty,
+    amount: formatAmount(order.amountMinor, order.currency),
+    currency: order.currency,
+    status: lapsed ? ('expired' as const) : order.status,
+    created_at: order.createdAt.toISOString(),
+    expires_at: order.expiresAt.toISOString(),
+    paid_at: order.paidAt?.toISOString() ?? null,
+    payment_id: order.paymentId,
+    refund_required: order.refundRequired,
+  }
+}
+
+export function presentPayment(body: PaymentAnswerBody) {
+  return {
+    status: body.state,
+    hold_id: body.holdId,
+    order_id: body.orderId,
+    order_status: body.orderStatus,
+    outcome: body.outcome,
+  }
+}

@@ -1,0 +1,111 @@
+// The one place an error becomes an HTTP answer: RFC 9457 problem details with a stable `code`.
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { AssertionError } from '../domain/assert.js'
+import { DomainError, type ErrorCode } from '../domain/errors.js'
+
+export const statusByCode = {
+  product_not_found: 404,
+  insufficient_stock: 409,
+  hold_not_found: 404,
+  hold_expired: 410,
+  hold_already_used: 409,
+  hold_released: 409,
+  order_not_found: 404,
+  amount_mismatch: 422,
+  idempotency_key_reused: 422,
+  idempotency_key_in_flight: 409,
+  idempotency_key_required: 422,
+  invalid_signature: 401,
+  stock_below_committed: 409,
+  validation_failed: 422,
+  malformed_json: 400,
+  unsupported_media_type: 415,
+  payload_too_large: 413,
+  not_found: 404,
+  unauthorized: 401,
+  rate_limited: 429,
+  busy: 503,
+  internal_error: 500,
+  bad_request: 400,
+} as const satisfies Record<ErrorCode, number>
+
+const titleByCode: Record<ErrorCode, string> = {
+  product_not_found: 'Product not found',
+  insufficient_stock: 'Not enough stock available',
+  hold_not_found: 'Hold not found',
+  hold_expired: 'Hold has expired',
+  hold_already_used: 'Hold has already become an order',
+  hold_released: 'Hold was released',
+  order_not_found: 'Order not found',
+  amount_mismatch: 'Paid amount differs from the order amount',
+  idempotency_key_reused: 'Idempotency key was used with a different request',
+  idempotency_key_in_flight: 'A request with this idempotency key is still being processed',
+  idempotency_key_required: 'Idempotency key is required',
+  invalid_signature: 'Webhook signature is missing, invalid or stale',
+  stock_below_committed: 'Stock cannot fall below reserved and sold units',
+  validation_failed: 'Request fields are invalid',
+  malformed_json: 'Request body is not valid JSON',
+  unsupported_media_type: 'Request body must be application/json',
+  payload_too_large: 'Request body is too large',
+  not_found: 'No such route',
+  unauthorized: 'Missing or invalid credentials',
+  rate_limited: 'Too many requests',
+  busy: 'Service is busy, retry shortly',
+  internal_error: 'Internal error',
+  bad_request: 'Bad request',
+}
+
+export interface FieldError {
+  field: string
+  message: string
+}
+
+export function sendProblem(reply: FastifyReply, code: ErrorCode, details: Record<string, unknown> = {}): FastifyReply {
+  const status = statusByCode[code]
+  if (code === 'busy' || code === 'rate_limited') {
+    if (!reply.hasHeader('retry-after')) reply.header('retry-after', String(details.retry_after_s ?? 1))
+  }
+  return reply
+    .code(status)
+    .type('application/problem+json')
+    .send({ type: 'about:blank', title: titleByCode[code], status, code, ...details })
+}
+
+// Ajv's instancePath ("/qty") or missingProperty names the field; the body root is "body".
+export function fieldErrors(error: FastifyError): FieldError[] {
+  return (error.validation ?? []).map((issue) => {
+    const missing = (issue.params as { missingProperty?: string } | undefined)?.missingProperty
+    const path = issue.instancePath.replace(/^\//, '').replaceAll('/', '.')
+    const field = missing ? (path ? `${path}.${missing}` : missing) : path || (error.validationContext ?? 'body')
+    return { field, message: issue.message ?? 'is invalid' }
+  })
+}
+
+const frameworkCodes: Record<string, ErrorCode> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'bad_request',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'malformed_json',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'malformed_json',
+}
+
+export function errorHandler(error: FastifyError | DomainError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  if (error instanceof DomainError) {
+    if (error.code === 'busy') request.log.warn({ err: error.message }, 'request.busy')
+    if (statusByCode[error.code] >= 500 && error.code !== 'busy') request.log.error({ err: error }, 'request.failed')
+    return sendProblem(reply, error.code, error.details)
+  }
+  const fastifyError = error as FastifyError
+  if (fastifyError.validation) {
+    const errors = fieldErrors(fastifyError)
+    return sendProblem(reply, 'validation_failed', { errors, invalid_fields: [...new Set(errors.map((entry) => entry.field))] })
+  }
+  const mapped = fastifyError.code ? frameworkCodes[fastifyError.code] : undefined
+  if (mapped) return sendProblem(reply, mapped)
+  if (!(error instanceof AssertionError) && typeof fastifyError.statusCode === 'number' && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
+    return sendProblem(reply, fastifyError.statusCode === 404 ? 'not_found' : fastifyError.statusCode === 415 ? 'unsupported_media_type' : 'bad_request')
+  }
+  // Anything else is our bug: logged with the request id, answered without internals.
+  request.log.error({ err: error }, 'request.failed')
+  return sendProblem(reply, 'internal_error')
+}

@@ -1,0 +1,81 @@
+// Brings lapsed holds and orders up to date in bounded batches. Safe with many instances at
+// once: each product is swept under its row lock and every status change is compare-and-set,
+// so a hold is released, and counted in metrics, exactly once.
+import { assert } from '../domain/assert.js'
+import type { Clock } from '../domain/clock.js'
+import { emitAll, type DomainEvent, type Observer } from '../domain/events.js'
+import { ProductLedger } from '../domain/ledger.js'
+import { expireLapsed } from '../domain/settle.js'
+import type { Store } from '../domain/store.js'
+
+export interface SweepResult {
+  expiredCount: number
+  idempotencyKeysDeleted: number
+}
+
+export async function sweepOnce(store: Store, observer: Observer, now: Date, batchMax: number): Promise<SweepResult> {
+  let expiredCount = 0
+  const productIds = await store.productsWithLapsedRows(now, batchMax)
+  for (const productId of productIds) {
+    const remaining = batchMax - expiredCount
+    if (remaining <= 0) break
+    const { count, events } = await store.transaction({ label: 'sweep' }, async (tx) => {
+      const events: DomainEvent[] = []
+      const product = await tx.lockProduct(productId)
+      assert(product !== undefined, 'lapsed rows name an existing product')
+      const ledger = new ProductLedger(product)
+      const count = await expireLapsed({ tx, ledger, now, events, reclaimBatchMax: remaining }, remaining)
+      await ledger.flush(tx)
+      return { count, events }
+    })
+    emitAll(observer, events)
+    expiredCount += count
+  }
+  assert(expiredCount <= batchMax, 'a sweep pass stays within its batch')
+  const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(now, batchMax)
+  return { expiredCount, idempotencyKeysDeleted }
+}
+
+export interface SweeperHandle {
+  stop(): Promise<void>
+}
+
+// Re-arms setTimeout after each pass, so passes never overlap; records lag (how late a pass
+// started against its schedule) and stops on close.
+export function startSweeper(options: {
+  store: Store
+  observer: Observer
+  clock: Clock
+  intervalMs: number
+  batchMax: number
+  onPass?: (result: SweepResult, lagMs: number) => void
+  onError?: (error: unknown) => void
+}): SweeperHandle {
+  let stopped = false
+  let timer: NodeJS.Timeout | undefined
+  let current: Promise<void> = Promise.resolve()
+  const schedule = (): void => {
+    const dueAtMs = Date.now() + options.intervalMs
+    timer = setTimeout(() => {
+      current = (async () => {
+        const lagMs = Math.max(0, Date.now() - dueAtMs)
+        try {
+          const result = await sweepOnce(options.store, options.observer, options.clock.now(), options.batchMax)
+          options.onPass?.(result, lagMs)
+        } catch (error) {
+          options.onError?.(error)
+        }
+        if (!stopped) schedule()
+      })()
+    }, options.intervalMs)
+    timer.unref()
+  }
+  schedule()
+  return {
+    async stop() {
+      stopped = true
+      if (timer) clearTimeout(timer)
+      await current
+    },
+  }
+}

@@ -1,0 +1,4 @@
+// `npm start` entry point.
+import { startServer } from './server.js'
+
+await startServer()

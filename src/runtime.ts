@@ -1,0 +1,108 @@
+// Composition: config -> logger, metrics, store -> app + sweeper -> graceful close.
+import { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { Config } from './config.js'
+import { systemClock, type Clock } from './domain/clock.js'
+import type { Observer } from './domain/events.js'
+import type { Store } from './domain/store.js'
+import { buildApp } from './http/app.js'
+import { createLogger } from './http/logger.js'
+import { createObserver, Metrics } from './http/observability.js'
+import { startSweeper } from './jobs/sweeper.js'
+import { KyselyStore } from './store/kysely-store.js'
+import { Catalog } from './domain/products.js'
+
+export interface Runtime {
+  config: Config
+  logger: Logger
+  metrics: Metrics
+  observer: Observer
+  store: Store
+  clock: Clock
+}
+
+export function openRuntime(config: Config, clock: Clock = systemClock, logger: Logger = createLogger(config)): Runtime {
+  const metrics = new Metrics()
+  const observer = createObserver(logger, metrics)
+  const store = new KyselyStore({ databaseUrl: config.databaseUrl, engine: config.engine, observer, txAttemptsMax: config.txAttemptsMax })
+  metrics.trackProducts(store, clock)
+  return { config, logger, metrics, observer, store, clock }
+}
+
+// Product 1 with SEED_STOCK units, only into an empty database: a restart never re-seeds.
+export async function seedIfEmpty(runtime: Runtime): Promise<boolean> {
+  if ((await runtime.store.countProducts()) > 0) return false
+  await new Catalog(runtime.store, runtime.clock).create({ name: 'Limited edition sneaker', priceMinor: 9_999, currency: 'USD', stock: runtime.config.seedStock })
+  return true
+}
+
+// How long a graceful close may take before the process exits anyway.
+const closeTimeoutMs = 10_000
+
+export async function serve(config: Config, options: { migrate: boolean }): Promise<{ close: () => Promise<void>; port: number }> {
+  const runtime = openRuntime(config)
+  const { store, logger, metrics, observer, clock } = runtime
+  if (options.migrate) {
+    await store.migrate()
+    if (await seedIfEmpty(runtime)) logger.info({ event: 'seed.created', stock: config.seedStock }, 'seed.created')
+  }
+  const redis = config.redisUrl ? new Redis(config.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false }) : undefined
+  redis?.on('error', (error) => logger.warn({ err: error.message }, 'redis.error'))
+  const app = await buildApp({ config, store, clock, logger, metrics, observer, ...(redis ? { redis } : {}) })
+  const sweeper = startSweeper({
+    store,
+    observer,
+    clock,
+    intervalMs: config.sweepIntervalMs,
+    batchMax: config.sweepBatchMax,
+    onPass: (result, lagMs) => {
+      metrics.sweepLag.set(lagMs / 1000)
+      metrics.sweepExpired.inc(result.expiredCount)
+    },
+    onError: (error) => logger.error({ err: error }, 'sweep.failed'),
+  })
+  await app.listen({ port: config.port, host: config.host })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address ? address.port : config.port
+
+  let closing: Promise<void> | undefined
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      // Stop accepting, finish in-flight requests (and the hold batches they wait on), stop
+      // the sweeper, then close the database.
+      await app.close()
+      await app.services.holds.drain()
+      await sweeper.stop()
+      await store.close()
+      redis?.disconnect()
+      logger.info({ event: 'server.closed' }, 'server.closed')
+    })()
+    return closing
+  }
+  return { close, port }
+}
+
+export function installSignalHandlers(close: () => Promise<void>, logger: Pick<Logger, 'info' | 'error'>): void {
+  let signals = 0
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1
+    if (signals > 1) {
+      logger.error({ event: 'server.forced_exit', signal }, 'second signal: exiting now')
+      process.exit(1)
+    }
+    logger.info({ event: 'server.draining', signal }, 'server.draining')
+    setTimeout(() => {
+      logger.error({ event: 'server.forced_exit', signal }, 'drain took too long: exiting now')
+      process.exit(1)
+    }, closeTimeoutMs).unref()
+    close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, 'close.failed')
+        process.exit(1)
+      },
+    )
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+}

@@ -1,0 +1,49 @@
+// What differs between engines, asked as capabilities; shared code never tests a name.
+import type { Dialect } from 'kysely'
+import type { EngineName } from '../../config.js'
+
+export interface Engine {
+  readonly name: EngineName
+  // MySQL has no RETURNING: insert, then read the generated key from the insert result.
+  readonly supportsReturning: boolean
+  // SQLite has no row locks: its write transactions take the database lock at BEGIN instead.
+  readonly supportsForUpdate: boolean
+  // How a conflicting insert becomes "nothing inserted": ON CONFLICT DO NOTHING, or (where a
+  // failed statement leaves the transaction usable) catching the duplicate-key error.
+  readonly insertIgnoreStyle: 'on_conflict' | 'catch_duplicate'
+  readonly beginSql: string
+  // SQL type of an auto-increment primary key, and whether it needs the AUTOINCREMENT keyword
+  // (PostgreSQL's serial types do not; SQLite needs exactly "integer" to alias the rowid).
+  autoIncrementColumn(wide: boolean): { type: 'integer' | 'bigint' | 'serial' | 'bigserial'; keyword: boolean }
+  // Appended to CREATE TABLE (MySQL: InnoDB, utf8mb4, and a binary collation so ids that
+  // differ only in case are different ids).
+  readonly tableOptionsSql: string | null
+  // Deadlock, serialization failure, lock wait timeout, busy database: retried.
+  isTransientConflict(error: unknown): boolean
+  isUniqueViolation(error: unknown): boolean
+  // A lost or refused connection: the request fails with 503 and is safe to retry.
+  isUnavailable(error: unknown): boolean
+  createDialect(databaseUrl: string, options: { poolSizeMax: number }): Dialect
+}
+
+export function errorCode(error: unknown): string | number | undefined {
+  if (typeof error !== 'object' || error === null) return undefined
+  const record = error as { code?: unknown; errno?: unknown }
+  if (typeof record.code === 'string' || typeof record.code === 'number') return record.code
+  return undefined
+}
+
+export function errorNumber(error: unknown): number | undefined {
+  if (typeof error !== 'object' || error === null) return undefined
+  const errno = (error as { errno?: unknown }).errno
+  return typeof errno === 'number' ? errno : undefined
+}
+
+const connectionErrorCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'PROTOCOL_CONNECTION_LOST', '57P01', '57P03', '08006', '08003', '08001'])
+
+export function isConnectionError(error: unknown): boolean {
+  const code = errorCode(error)
+  if (typeof code === 'string' && connectionErrorCodes.has(code)) return true
+  const message = error instanceof Error ? error.message : ''
+  return /Connection terminated|connection is closed|Pool is closed|Cannot enqueue/i.test(message)
+}

@@ -1,0 +1,40 @@
+import { CompiledQuery, MysqlDialect } from 'kysely'
+import { createPool } from 'mysql2'
+import { errorNumber, isConnectionError, type Engine } from './engine.js'
+
+export const mysqlEngine: Engine = {
+  name: 'mysql',
+  supportsReturning: false, // MySQL 8 has no RETURNING: insert, then read insertId.
+  supportsForUpdate: true,
+  insertIgnoreStyle: 'catch_duplicate',
+  beginSql: 'start transaction',
+  autoIncrementColumn: (wide) => ({ type: wide ? 'bigint' : 'integer', keyword: true }),
+  tableOptionsSql: 'engine=InnoDB default charset=utf8mb4 collate=utf8mb4_bin',
+  // 1213 deadlock, 1205 lock wait timeout, 1020 record changed (MariaDB snapshot conflict).
+  isTransientConflict: (error) => {
+    const errno = errorNumber(error)
+    return errno === 1213 || errno === 1205 || errno === 1020
+  },
+  isUniqueViolation: (error) => errorNumber(error) === 1062,
+  isUnavailable: isConnectionError,
+  createDialect(databaseUrl, { poolSizeMax }) {
+    const url = new URL(databaseUrl.replace(/^mariadb:/, 'mysql:'))
+    return new MysqlDialect({
+      pool: createPool({
+        uri: url.toString(),
+        connectionLimit: poolSizeMax,
+        decimalNumbers: true,
+        supportBigNumbers: true,
+        bigNumberStrings: false,
+        charset: 'utf8mb4_bin',
+        timezone: 'Z',
+      }),
+      // REPEATABLE READ's gap locks and old snapshots buy nothing here (every transaction locks
+      // the product row first), and READ COMMITTED lets reads after that lock see the latest rows.
+      onCreateConnection: async (connection) => {
+        await connection.executeQuery(CompiledQuery.raw('set session transaction isolation level read committed'))
+      },
+    })
+  },
+}
+

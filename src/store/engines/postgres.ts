@@ -1,0 +1,48 @@
+import { PostgresDialect } from 'kysely'
+import pg from 'pg'
+import { errorCode, isConnectionError, type Engine } from './engine.js'
+
+const int8Oid = 20
+const numericOid = 1700
+
+// BIGINT (our millisecond instants and money) and NUMERIC (SUM results) come back as strings by
+// default; every value here is far below 2^53, so numbers are exact.
+const types = {
+  getTypeParser(oid: number, format?: 'text' | 'binary') {
+    if (oid === int8Oid || oid === numericOid) return (value: string) => Number(value)
+    return pg.types.getTypeParser(oid, format)
+  },
+}
+
+export const postgresEngine: Engine = {
+  name: 'postgres',
+  supportsReturning: true,
+  supportsForUpdate: true,
+  insertIgnoreStyle: 'on_conflict',
+  // READ COMMITTED with row locks: every transaction locks the product row first, so the
+  // rows it reads afterwards are the latest committed ones.
+  beginSql: 'begin',
+  autoIncrementColumn: (wide) => ({ type: wide ? 'bigserial' : 'serial', keyword: false }),
+  tableOptionsSql: null,
+  isTransientConflict: (error) => {
+    const code = errorCode(error)
+    return code === '40P01' || code === '40001' || code === '55P03'
+  },
+  isUniqueViolation: (error) => errorCode(error) === '23505',
+  isUnavailable: isConnectionError,
+  createDialect(databaseUrl, { poolSizeMax }) {
+    // `?schema=name` selects a schema (the tests give each test its own).
+    const url = new URL(databaseUrl)
+    const schema = url.searchParams.get('schema')
+    url.searchParams.delete('schema')
+    return new PostgresDialect({
+      pool: new pg.Pool({
+        connectionString: url.toString(),
+        max: poolSizeMax,
+        types,
+        connectionTimeoutMillis: 5000,
+        ...(schema ? { options: `-c search_path=${schema}` } : {}),
+      }),
+    })
+  },
+}

@@ -1,0 +1,52 @@
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import BetterSqlite3 from 'better-sqlite3'
+import { SqliteDialect } from 'kysely'
+import { errorCode, type Engine } from './engine.js'
+
+// How long a writer waits for another process's write lock before SQLITE_BUSY (then retried).
+const busyTimeoutMs = 5000
+
+export function sqlitePath(databaseUrl: string): string {
+  return databaseUrl.replace(/^sqlite:(\/\/)?/, '')
+}
+
+export const sqliteEngine: Engine = {
+  name: 'sqlite',
+  supportsReturning: true,
+  supportsForUpdate: false,
+  insertIgnoreStyle: 'on_conflict',
+  // IMMEDIATE takes the write lock at BEGIN, so two processes never both read then fail to
+  // upgrade (SQLITE_BUSY without waiting); every transaction here writes anyway.
+  beginSql: 'begin immediate',
+  autoIncrementColumn: () => ({ type: 'integer', keyword: true }),
+  tableOptionsSql: null,
+  isTransientConflict: (error) => {
+    const code = errorCode(error)
+    return code === 'SQLITE_BUSY' || code === 'SQLITE_BUSY_SNAPSHOT' || code === 'SQLITE_LOCKED'
+  },
+  isUniqueViolation: (error) => {
+    const code = errorCode(error)
+    return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  },
+  isUnavailable: (error) => {
+    const code = errorCode(error)
+    return code === 'SQLITE_CANTOPEN' || code === 'SQLITE_IOERR' || code === 'SQLITE_FULL'
+  },
+  createDialect(databaseUrl) {
+    const path = sqlitePath(databaseUrl)
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
+    return new SqliteDialect({
+      database: async () => {
+        const database = new BetterSqlite3(path)
+        // WAL lets readers run beside the writer and several processes share the file;
+        // synchronous=FULL makes a commit durable before the reply is sent (I5).
+        database.pragma('journal_mode = WAL')
+        database.pragma('synchronous = FULL')
+        database.pragma(`busy_timeout = ${busyTimeoutMs}`)
+        database.pragma('foreign_keys = ON')
+        return database
+      },
+    })
+  },
+}

@@ -1,0 +1,601 @@
+// The only SQL in the service. Implements domain/store.ts on SQLite, PostgreSQL and MySQL;
+// what differs between them is asked of the engine as a capability.
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Kysely, Migrator, sql, type Selectable } from 'kysely'
+import type { EngineName } from '../config.js'
+import { DomainError } from '../domain/errors.js'
+import type { Observer } from '../domain/events.js'
+import type {
+  AuditFacts,
+  Hold,
+  HoldStatus,
+  IdempotencyRecord,
+  IdempotencyScope,
+  LapsedRow,
+  NewProduct,
+  Order,
+  OrderStatus,
+  PaymentEvent,
+  Product,
+  ProductCountsDelta,
+  ProductSnapshot,
+  Store,
+  StoreTx,
+  TransactionOptions,
+} from '../domain/store.js'
+import type { Engine } from './engines/engine.js'
+import { mysqlEngine } from './engines/mysql.js'
+import { postgresEngine } from './engines/postgres.js'
+import { sqliteEngine } from './engines/sqlite.js'
+import { migrationProvider } from './migrations/index.js'
+import type { Database, HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
+
+export const engines: Record<EngineName, Engine> = { sqlite: sqliteEngine, postgres: postgresEngine, mysql: mysqlEngine }
+
+export interface StoreOptions {
+  databaseUrl: string
+  engine: EngineName
+  observer: Observer
+  txAttemptsMax: number
+  poolSizeMax?: number
+}
+
+const retryBackoffMsMin = 2
+const retryBackoffMsMax = 200
+
+type Db = Kysely<Database>
+
+export class KyselyStore implements Store {
+  readonly engine: EngineName
+  private readonly db: Db
+  private readonly capabilities: Engine
+
+  constructor(private readonly options: StoreOptions) {
+    this.engine = options.engine
+    this.capabilities = engines[options.engine]
+    this.db = new Kysely<Database>({ dialect: this.capabilities.createDialect(options.databaseUrl, { poolSizeMax: options.poolSizeMax ?? 16 }) })
+  }
+
+  async migrate(): Promise<void> {
+    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities) })
+    const { error, results } = await migrator.migrateToLatest()
+    const failed = results?.find((result) => result.status === 'Error')
+    if (error || failed) throw new Error(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)
+  }
+
+  async transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    const { txAttemptsMax, observer } = this.options
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.db.connection().execute(async (connection) => {
+          await sql.raw(this.capabilities.beginSql).execute(connection)
+          try {
+            const result = await fn(new KyselyTx(connection, this.capabilities))
+            await sql`commit`.execute(connection)
+            return result
+          } catch (error) {
+            await sql`rollback`.execute(connection).catch(() => undefined)
+            throw error
+          }
+        })
+      } catch (error) {
+        // A unique violation on an idempotency key means a duplicate committed concurrently:
+        // the retried attempt sees it and answers as a replay.
+        const transient = this.capabilities.isTransientConflict(error) || this.capabilities.isUniqueViolation(error)
+        if (!transient) {
+          if (this.capabilities.isUnavailable(error)) throw new DomainError('busy', { retry_after_s: 1 }, 'database unavailable')
+          throw error
+        }
+        if (attempt >= txAttemptsMax) {
+          observer.emit({ name: 'tx.busy', label: options.label, attempts: attempt })
+          throw new DomainError('busy', { retry_after_s: 1 }, `gave up after ${attempt} attempts: ${String(error)}`)
+        }
+        // Full jitter on an exponential ceiling: racing retriers spread out instead of colliding again.
+        const ceilingMs = Math.min(retryBackoffMsMax, retryBackoffMsMin * 2 ** attempt)
+        const delayMs = Math.round(Math.random() * ceilingMs)
+        observer.emit({ name: 'tx.retry', label: options.label, attempt, delayMs, reason: errorText(error) })
+        await sleep(delayMs)
+      }
+    }
+  }
+
+  async productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined> {
+    const row = await this.snapshotQuery(now).where('p.id', '=', productId).executeTakeFirst()
+    return row ? toSnapshot(row) : undefined
+  }
+
+  async allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]> {
+    const rows = await this.snapshotQuery(now).orderBy('p.id').limit(limit).execute()
+    return rows.map(toSnapshot)
+  }
+
+  private snapshotQuery(now: Date) {
+    const nowMs = now.getTime()
+    return this.db
+      .selectFrom('products as p')
+      .selectAll('p')
+      .select((eb) => [
+        eb
+          .selectFrom('holds as h')
+          .select(sql<number>`coalesce(sum(h.qty), 0)`.as('q'))
+          .whereRef('h.product_id', '=', 'p.id')
+          .where('h.status', '=', 'active')
+          .where('h.expires_at', '<=', nowMs)
+          .as('lapsed_hold_qty'),
+        eb
+          .selectFrom('orders as o')
+          .select(sql<number>`coalesce(sum(o.qty), 0)`.as('q'))
+          .whereRef('o.product_id', '=', 'p.id')
+          .where('o.status', '=', 'pending')
+          .where('o.expires_at', '<=', nowMs)
+          .as('lapsed_order_qty'),
+      ])
+  }
+
+  async getHold(holdId: string): Promise<Hold | undefined> {
+    const row = await this.db.selectFrom('holds').selectAll().where('id', '=', holdId).executeTakeFirst()
+    return row ? toHold(row) : undefined
+  }
+
+  async getOrder(orderId: string): Promise<Order | undefined> {
+    const row = await this.db.selectFrom('orders').selectAll().where('id', '=', orderId).executeTakeFirst()
+    return row ? toOrder(row) : undefined
+  }
+
+  async getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined> {
+    const row = await this.db.selectFrom('payment_events').selectAll().where('idem_key', '=', idempotencyKey).executeTakeFirst()
+    return row ? toPaymentEvent(row) : undefined
+  }
+
+  async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
+    return readIdempotencyRecord(this.db, scope, key)
+  }
+
+  async productsWithLapsedRows(now: Date, limit: number): Promise<number[]> {
+    const nowMs = now.getTime()
+    const holds = await this.db
+      .selectFrom('holds')
+      .select('product_id')
+      .distinct()
+      .where('status', '=', 'active')
+      .where('expires_at', '<=', nowMs)
+      .limit(limit)
+      .execute()
+    const orders = await this.db
+      .selectFrom('orders')
+      .select('product_id')
+      .distinct()
+      .where('status', '=', 'pending')
+      .where('expires_at', '<=', nowMs)
+      .limit(limit)
+      .execute()
+    // Ascending product ids: sweepers and reclaimers lock products in one order.
+    return [...new Set([...holds, ...orders].map((row) => Number(row.product_id)))].sort((a, b) => a - b)
+  }
+
+  async deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number> {
+    const expired = await this.db
+      .selectFrom('idempotency_keys')
+      .select(['scope', 'idem_key'])
+      .where('expires_at', '<=', now.getTime())
+      .where('status_code', '>', 0)
+      .limit(limit)
+      .execute()
+    let deleted = 0
+    for (const row of expired) {
+      const result = await this.db
+        .deleteFrom('idempotency_keys')
+        .where('scope', '=', row.scope)
+        .where('idem_key', '=', row.idem_key)
+        .where('expires_at', '<=', now.getTime())
+        .executeTakeFirst()
+      deleted += Number(result.numDeletedRows)
+    }
+    return deleted
+  }
+
+  async auditFacts(): Promise<AuditFacts> {
+    const products = await this.db
+      .selectFrom('products as p')
+      .select(['p.id', 'p.stock', 'p.reserved', 'p.sold'])
+      .select((eb) => [
+        eb.selectFrom('holds as h').select(sql<number>`coalesce(sum(h.qty), 0)`.as('q')).whereRef('h.product_id', '=', 'p.id').where('h.status', '=', 'active').as('active_hold_qty'),
+        eb.selectFrom('orders as o').select(sql<number>`coalesce(sum(o.qty), 0)`.as('q')).whereRef('o.product_id', '=', 'p.id').where('o.status', '=', 'pending').as('pending_order_qty'),
+        eb.selectFrom('orders as o').select(sql<number>`coalesce(sum(o.qty), 0)`.as('q')).whereRef('o.product_id', '=', 'p.id').where('o.status', '=', 'paid').as('paid_order_qty'),
+      ])
+      .orderBy('p.id')
+      .execute()
+    const holdsWithManyOrders = await this.db.selectFrom('orders').select('hold_id').groupBy('hold_id').having(sql`count(*)`, '>', 1).execute()
+    const convertedHoldsWithoutOrder = await this.db
+      .selectFrom('holds as h')
+      .leftJoin('orders as o', 'o.hold_id', 'h.id')
+      .select('h.id')
+      .where('h.status', '=', 'converted')
+      .where('o.id', 'is', null)
+      .execute()
+    const ordersWithoutHold = await this.db.selectFrom('orders as o').leftJoin('holds as h', 'h.id', 'o.hold_id').select('o.id').where('h.id', 'is', null).execute()
+    const ordersOfOtherProduct = await this.db
+      .selectFrom('orders as o')
+      .innerJoin('holds as h', 'h.id', 'o.hold_id')
+      .select('o.id')
+      .where((eb) => eb.or([eb('h.product_id', '!=', eb.ref('o.product_id')), eb('h.qty', '!=', eb.ref('o.qty'))]))
+      .execute()
+    return {
+      products: products.map((row) => ({
+        productId: Number(row.id),
+        stock: Number(row.stock),
+        reserved: Number(row.reserved),
+        sold: Number(row.sold),
+        activeHoldQty: Number(row.active_hold_qty),
+        pendingOrderQty: Number(row.pending_order_qty),
+        paidOrderQty: Number(row.paid_order_qty),
+      })),
+      holdsWithManyOrders: holdsWithManyOrders.map((row) => row.hold_id),
+      convertedHoldsWithoutOrder: convertedHoldsWithoutOrder.map((row) => row.id),
+      ordersWithoutHold: ordersWithoutHold.map((row) => row.id),
+      ordersOfOtherProduct: ordersOfOtherProduct.map((row) => row.id),
+    }
+  }
+
+  async countProducts(): Promise<number> {
+    const row = await this.db.selectFrom('products').select(sql<number>`count(*)`.as('n')).executeTakeFirstOrThrow()
+    return Number(row.n)
+  }
+
+  async ping(): Promise<void> {
+    await sql`select 1`.execute(this.db)
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy()
+  }
+}
+
+
+class KyselyTx implements StoreTx {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly engine: Engine,
+  ) {}
+
+  async lockProduct(productId: number): Promise<Product | undefined> {
+    let query = this.db.selectFrom('products').selectAll().where('id', '=', productId)
+    if (this.engine.supportsForUpdate) query = query.forUpdate()
+    const row = await query.executeTakeFirst()
+    return row ? toProduct(row) : undefined
+  }
+
+  async applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void> {
+    const result = await this.db
+      .updateTable('products')
+      .set((eb) => ({
+        reserved: eb('reserved', '+', delta.reserved),
+        sold: eb('sold', '+', delta.sold),
+        stock: eb('stock', '+', delta.stock),
+        updated_at: Date.now(),
+      }))
+      .where('id', '=', productId)
+      .executeTakeFirst()
+    if (Number(result.numUpdatedRows) !== 1) throw new Error(`product ${productId} vanished under its lock`)
+  }
+
+  async insertProduct(product: NewProduct): Promise<number> {
+    const values = {
+      name: product.name,
+      price_minor: product.priceMinor,
+      currency: product.currency,
+      stock: product.stock,
+      reserved: 0,
+      sold: 0,
+      created_at: product.createdAt.getTime(),
+      updated_at: product.createdAt.getTime(),
+    }
+    if (this.engine.supportsReturning) {
+      const row = await this.db.insertInto('products').values(values).returning('id').executeTakeFirstOrThrow()
+      return Number(row.id)
+    }
+    const result = await this.db.insertInto('products').values(values).executeTakeFirstOrThrow()
+    return Number(result.insertId)
+  }
+
+  async insertHolds(holds: readonly Hold[]): Promise<void> {
+    if (holds.length === 0) return
+    await this.db
+      .insertInto('holds')
+      .values(
+        holds.map((hold) => ({
+          id: hold.id,
+          product_id: hold.productId,
+          qty: hold.qty,
+          status: hold.status,
+          expires_at: hold.expiresAt.getTime(),
+          created_at: hold.createdAt.getTime(),
+          updated_at: hold.createdAt.getTime(),
+        })),
+      )
+      .execute()
+  }
+
+  async getHold(holdId: string): Promise<Hold | undefined> {
+    const row = await this.db.selectFrom('holds').selectAll().where('id', '=', holdId).executeTakeFirst()
+    return row ? toHold(row) : undefined
+  }
+
+  async setHoldsStatus(holdIds: readonly string[], from: HoldStatus, to: HoldStatus, now: Date): Promise<number> {
+    if (holdIds.length === 0) return 0
+    const result = await this.db
+      .updateTable('holds')
+      .set({ status: to, updated_at: now.getTime() })
+      .where('id', 'in', holdIds)
+      .where('status', '=', from)
+      .executeTakeFirst()
+    return Number(result.numUpdatedRows)
+  }
+
+  async lapsedHolds(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
+    const rows = await this.db
+      .selectFrom('holds')
+      .select(['id', 'product_id', 'qty'])
+      .where('product_id', '=', productId)
+      .where('status', '=', 'active')
+      .where('expires_at', '<=', now.getTime())
+      .orderBy('expires_at')
+      .limit(limit)
+      .execute()
+    return rows.map((row) => ({ id: row.id, productId: Number(row.product_id), qty: Number(row.qty) }))
+  }
+
+  async insertOrder(order: Order): Promise<void> {
+    await this.db.insertInto('orders').values(orderValues(order)).execute()
+  }
+
+  async getOrder(orderId: string): Promise<Order | undefined> {
+    const row = await this.db.selectFrom('orders').selectAll().where('id', '=', orderId).executeTakeFirst()
+    return row ? toOrder(row) : undefined
+  }
+
+  async getOrderByHold(holdId: string): Promise<Order | undefined> {
+    const row = await this.db.selectFrom('orders').selectAll().where('hold_id', '=', holdId).executeTakeFirst()
+    return row ? toOrder(row) : undefined
+  }
+
+  async updateOrder(order: Order, from: OrderStatus, now: Date): Promise<boolean> {
+    const result = await this.db
+      .updateTable('orders')
+      .set({
+        status: order.status,
+        paid_at: order.paidAt?.getTime() ?? null,
+        payment_id: order.paymentId,
+        refund_required: order.refundRequired ? 1 : 0,
+        updated_at: now.getTime(),
+      })
+      .where('id', '=', order.id)
+      .where('status', '=', from)
+      .executeTakeFirst()
+    return Number(result.numUpdatedRows) === 1
+  }
+
+  async setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number> {
+    if (orderIds.length === 0) return 0
+    const result = await this.db
+      .updateTable('orders')
+      .set({ status: to, updated_at: now.getTime() })
+      .where('id', 'in', orderIds)
+      .where('status', '=', from)
+      .executeTakeFirst()
+    return Number(result.numUpdatedRows)
+  }
+
+  async lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
+    const rows = await this.db
+      .selectFrom('orders')
+      .select(['id', 'product_id', 'qty'])
+      .where('product_id', '=', productId)
+      .where('status', '=', 'pending')
+      .where('expires_at', '<=', now.getTime())
+      .orderBy('expires_at')
+      .limit(limit)
+      .execute()
+    return rows.map((row) => ({ id: row.id, productId: Number(row.product_id), qty: Number(row.qty) }))
+  }
+
+  async getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined> {
+    const row = await this.db.selectFrom('payment_events').selectAll().where('idem_key', '=', idempotencyKey).executeTakeFirst()
+    return row ? toPaymentEvent(row) : undefined
+  }
+
+  async insertPaymentEvent(event: PaymentEvent): Promise<void> {
+    await this.db
+      .insertInto('payment_events')
+      .values({
+        idem_key: event.idempotencyKey,
+        fingerprint: event.fingerprint,
+        order_id: event.orderId,
+        hold_id: event.holdId,
+        status: event.status,
+        payment_id: event.paymentId,
+        amount_minor: event.amountMinor,
+        state: event.state,
+        outcome: event.outcome,
+        response_json: event.responseJson,
+        created_at: event.createdAt.getTime(),
+        processed_at: event.processedAt?.getTime() ?? null,
+      })
+      .execute()
+  }
+
+  async waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]> {
+    if (holdIds.length === 0) return []
+    const rows = await this.db
+      .selectFrom('payment_events')
+      .selectAll()
+      .where('hold_id', 'in', holdIds)
+      .where('state', '=', 'waiting')
+      .orderBy('seq')
+      .execute()
+    return rows.map(toPaymentEvent)
+  }
+
+  async markPaymentEventProcessed(event: PaymentEvent): Promise<void> {
+    const result = await this.db
+      .updateTable('payment_events')
+      .set({
+        state: 'processed',
+        order_id: event.orderId,
+        outcome: event.outcome,
+        response_json: event.responseJson,
+        processed_at: event.processedAt?.getTime() ?? null,
+      })
+      .where('idem_key', '=', event.idempotencyKey)
+      .where('state', '=', 'waiting')
+      .executeTakeFirst()
+    if (Number(result.numUpdatedRows) !== 1) throw new Error(`payment event ${event.idempotencyKey} was not waiting`)
+  }
+
+  async claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean> {
+    // An expired key is free again: remove it first, so the insert below can take it.
+    await this.db
+      .deleteFrom('idempotency_keys')
+      .where('scope', '=', record.scope)
+      .where('idem_key', '=', record.key)
+      .where('expires_at', '<=', now.getTime())
+      .execute()
+    const values = {
+      scope: record.scope,
+      idem_key: record.key,
+      fingerprint: record.fingerprint,
+      status_code: record.statusCode,
+      response_json: record.responseJson,
+      created_at: now.getTime(),
+      expires_at: record.expiresAt.getTime(),
+    }
+    const insert = this.db.insertInto('idempotency_keys').values(values)
+    if (this.engine.insertIgnoreStyle === 'on_conflict') {
+      const result = await insert.onConflict((conflict) => conflict.columns(['scope', 'idem_key']).doNothing()).executeTakeFirst()
+      return Number(result.numInsertedOrUpdatedRows ?? 0) === 1
+    }
+    // MySQL: a failed statement does not abort the transaction, so the duplicate error is the answer.
+    try {
+      await insert.execute()
+      return true
+    } catch (error) {
+      if (this.engine.isUniqueViolation(error)) return false
+      throw error
+    }
+  }
+
+  async completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void> {
+    await this.db
+      .updateTable('idempotency_keys')
+      .set({ status_code: statusCode, response_json: responseJson })
+      .where('scope', '=', scope)
+      .where('idem_key', '=', key)
+      .execute()
+  }
+
+  async releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void> {
+    await this.db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', '=', key).where('status_code', '=', 0).execute()
+  }
+
+  async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
+    return readIdempotencyRecord(this.db, scope, key)
+  }
+}
+
+async function readIdempotencyRecord(db: Kysely<Database>, scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
+  const row = await db.selectFrom('idempotency_keys').selectAll().where('scope', '=', scope).where('idem_key', '=', key).executeTakeFirst()
+  if (!row) return undefined
+  return {
+    scope: row.scope as IdempotencyScope,
+    key: row.idem_key,
+    fingerprint: row.fingerprint,
+    statusCode: Number(row.status_code),
+    responseJson: row.response_json,
+    expiresAt: new Date(Number(row.expires_at)),
+  }
+}
+
+function errorText(error: unknown): string {
+  if (error instanceof Error) return `${(error as { code?: unknown }).code ?? error.name}: ${error.message}`.slice(0, 200)
+  return String(error).slice(0, 200)
+}
+
+function toProduct(row: Selectable<ProductsTable>): Product {
+  return {
+    id: Number(row.id),
+    name: row.name,
+    priceMinor: Number(row.price_minor),
+    currency: row.currency,
+    stock: Number(row.stock),
+    reserved: Number(row.reserved),
+    sold: Number(row.sold),
+    createdAt: new Date(Number(row.created_at)),
+  }
+}
+
+function toSnapshot(row: Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }): ProductSnapshot {
+  return { ...toProduct(row), lapsedQty: Number(row.lapsed_hold_qty ?? 0) + Number(row.lapsed_order_qty ?? 0) }
+}
+
+function toHold(row: Selectable<HoldsTable>): Hold {
+  return {
+    id: row.id,
+    productId: Number(row.product_id),
+    qty: Number(row.qty),
+    status: row.status as HoldStatus,
+    expiresAt: new Date(Number(row.expires_at)),
+    createdAt: new Date(Number(row.created_at)),
+  }
+}
+
+function toOrder(row: Selectable<OrdersTable>): Order {
+  return {
+    id: row.id,
+    holdId: row.hold_id,
+    productId: Number(row.product_id),
+    qty: Number(row.qty),
+    amountMinor: Number(row.amount_minor),
+    currency: row.currency,
+    status: row.status as OrderStatus,
+    createdAt: new Date(Number(row.created_at)),
+    expiresAt: new Date(Number(row.expires_at)),
+    paidAt: row.paid_at === null ? null : new Date(Number(row.paid_at)),
+    paymentId: row.payment_id,
+    refundRequired: Number(row.refund_required) === 1,
+  }
+}
+
+function orderValues(order: Order): Selectable<OrdersTable> {
+  return {
+    id: order.id,
+    hold_id: order.holdId,
+    product_id: order.productId,
+    qty: order.qty,
+    amount_minor: order.amountMinor,
+    currency: order.currency,
+    status: order.status,
+    created_at: order.createdAt.getTime(),
+    expires_at: order.expiresAt.getTime(),
+    updated_at: order.createdAt.getTime(),
+    paid_at: order.paidAt?.getTime() ?? null,
+    payment_id: order.paymentId,
+    refund_required: order.refundRequired ? 1 : 0,
+  }
+}
+
+function toPaymentEvent(row: Selectable<PaymentEventsTable>): PaymentEvent {
+  return {
+    idempotencyKey: row.idem_key,
+    fingerprint: row.fingerprint,
+    orderId: row.order_id,
+    holdId: row.hold_id,
+    status: row.status as PaymentEvent['status'],
+    paymentId: row.payment_id,
+    amountMinor: row.amount_minor === null ? null : Number(row.amount_minor),
+    state: row.state as PaymentEvent['state'],
+    outcome: row.outcome as PaymentEvent['outcome'],
+    responseJson: row.response_json,
+    createdAt: new Date(Number(row.created_at)),
+    processedAt: row.processed_at === null ? null : new Date(Number(row.processed_at)),
+  }
+}

@@ -1,0 +1,109 @@
+import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely'
+import type { Engine } from '../engines/engine.js'
+
+// Migrations are code, in order, never edited once released: a change is a new migration.
+function initial(engine: Engine): Migration {
+  const finish = <T extends { modifyEnd(node: ReturnType<typeof sql.raw>): T }>(builder: T): T =>
+    engine.tableOptionsSql ? builder.modifyEnd(sql.raw(engine.tableOptionsSql)) : builder
+  return {
+    async up(db: Kysely<unknown>) {
+      const idType = 'varchar(40)'
+      const productId = engine.autoIncrementColumn(false)
+      const eventSeq = engine.autoIncrementColumn(true)
+      await finish(
+        db.schema
+          .createTable('products')
+          .addColumn('id', productId.type, (column) => (productId.keyword ? column.primaryKey().autoIncrement() : column.primaryKey()))
+          .addColumn('name', 'varchar(200)', (column) => column.notNull())
+          .addColumn('price_minor', 'bigint', (column) => column.notNull())
+          .addColumn('currency', 'varchar(3)', (column) => column.notNull())
+          .addColumn('stock', 'integer', (column) => column.notNull())
+          .addColumn('reserved', 'integer', (column) => column.notNull().defaultTo(0))
+          .addColumn('sold', 'integer', (column) => column.notNull().defaultTo(0))
+          .addColumn('created_at', 'bigint', (column) => column.notNull())
+          .addColumn('updated_at', 'bigint', (column) => column.notNull())
+          // I1 refused by the database too: the second guard behind the domain's assertions.
+          .addCheckConstraint('products_counts_check', sql`reserved >= 0 and sold >= 0 and reserved + sold <= stock and price_minor >= 0`),
+      ).execute()
+
+      await finish(
+        db.schema
+          .createTable('holds')
+          .addColumn('id', idType, (column) => column.primaryKey())
+          .addColumn('product_id', 'integer', (column) => column.notNull().references('products.id'))
+          .addColumn('qty', 'integer', (column) => column.notNull())
+          .addColumn('status', 'varchar(16)', (column) => column.notNull())
+          .addColumn('expires_at', 'bigint', (column) => column.notNull())
+          .addColumn('created_at', 'bigint', (column) => column.notNull())
+          .addColumn('updated_at', 'bigint', (column) => column.notNull())
+          .addCheckConstraint('holds_qty_check', sql`qty > 0`)
+          .addCheckConstraint('holds_status_check', sql`status in ('active', 'converted', 'expired', 'released')`),
+      ).execute()
+      await db.schema.createIndex('holds_lapsed_idx').on('holds').columns(['product_id', 'status', 'expires_at']).execute()
+      await db.schema.createIndex('holds_due_idx').on('holds').columns(['status', 'expires_at']).execute()
+
+      await finish(
+        db.schema
+          .createTable('orders')
+          .addColumn('id', idType, (column) => column.primaryKey())
+          // I4: a hold becomes at most one order, whatever races.
+          .addColumn('hold_id', idType, (column) => column.notNull().unique().references('holds.id'))
+          .addColumn('product_id', 'integer', (column) => column.notNull().references('products.id'))
+          .addColumn('qty', 'integer', (column) => column.notNull())
+          .addColumn('amount_minor', 'bigint', (column) => column.notNull())
+          .addColumn('currency', 'varchar(3)', (column) => column.notNull())
+          .addColumn('status', 'varchar(16)', (column) => column.notNull())
+          .addColumn('created_at', 'bigint', (column) => column.notNull())
+          .addColumn('expires_at', 'bigint', (column) => column.notNull())
+          .addColumn('updated_at', 'bigint', (column) => column.notNull())
+          .addColumn('paid_at', 'bigint')
+          .addColumn('payment_id', 'varchar(255)')
+          .addColumn('refund_required', 'integer', (column) => column.notNull().defaultTo(0))
+          .addCheckConstraint('orders_qty_check', sql`qty > 0`)
+          .addCheckConstraint('orders_status_check', sql`status in ('pending', 'paid', 'cancelled', 'expired')`),
+      ).execute()
+      await db.schema.createIndex('orders_lapsed_idx').on('orders').columns(['product_id', 'status', 'expires_at']).execute()
+      await db.schema.createIndex('orders_due_idx').on('orders').columns(['status', 'expires_at']).execute()
+
+      await finish(
+        db.schema
+          .createTable('payment_events')
+          .addColumn('seq', eventSeq.type, (column) => (eventSeq.keyword ? column.primaryKey().autoIncrement() : column.primaryKey()))
+          // I4: a payment event (idempotency key) is stored, and so applied, at most once.
+          .addColumn('idem_key', 'varchar(255)', (column) => column.notNull().unique())
+          .addColumn('fingerprint', 'varchar(64)', (column) => column.notNull())
+          .addColumn('order_id', idType)
+          .addColumn('hold_id', idType)
+          .addColumn('status', 'varchar(16)', (column) => column.notNull())
+          .addColumn('payment_id', 'varchar(255)')
+          .addColumn('amount_minor', 'bigint')
+          .addColumn('state', 'varchar(16)', (column) => column.notNull())
+          .addColumn('outcome', 'varchar(32)')
+          .addColumn('response_json', 'text')
+          .addColumn('created_at', 'bigint', (column) => column.notNull())
+          .addColumn('processed_at', 'bigint'),
+      ).execute()
+      await db.schema.createIndex('payment_events_hold_idx').on('payment_events').columns(['hold_id', 'state', 'seq']).execute()
+
+      await finish(
+        db.schema
+          .createTable('idempotency_keys')
+          .addColumn('scope', 'varchar(16)', (column) => column.notNull())
+          .addColumn('idem_key', 'varchar(255)', (column) => column.notNull())
+          .addColumn('fingerprint', 'varchar(64)', (column) => column.notNull())
+          .addColumn('status_code', 'integer', (column) => column.notNull())
+          .addColumn('response_json', 'text', (column) => column.notNull())
+          .addColumn('created_at', 'bigint', (column) => column.notNull())
+          .addColumn('expires_at', 'bigint', (column) => column.notNull())
+          .addPrimaryKeyConstraint('idempotency_keys_pk', ['scope', 'idem_key']),
+      ).execute()
+      await db.schema.createIndex('idempotency_keys_expiry_idx').on('idempotency_keys').column('expires_at').execute()
+    },
+  }
+}
+
+export function migrationProvider(engine: Engine): MigrationProvider {
+  return {
+    getMigrations: async () => ({ '0001_initial': initial(engine) }),
+  }
+}

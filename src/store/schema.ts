@@ -1,0 +1,76 @@
+// Table interfaces. Row types never leave store/: kysely-store.ts maps them to domain types.
+// Instants are stored as integer milliseconds since the epoch (UTC) on every engine, which
+// sidesteps DATETIME precision and session time zones, and compares exactly across engines.
+import type { Generated } from 'kysely'
+
+export interface ProductsTable {
+  id: Generated<number>
+  name: string
+  price_minor: number
+  currency: string
+  stock: number
+  reserved: number
+  sold: number
+  created_at: number
+  updated_at: number
+}
+
+export interface HoldsTable {
+  id: string
+  product_id: number
+  qty: number
+  status: string
+  expires_at: number
+  created_at: number
+  updated_at: number
+}
+
+export interface OrdersTable {
+  id: string
+  hold_id: string
+  product_id: number
+  qty: number
+  amount_minor: number
+  currency: string
+  status: string
+  created_at: number
+  expires_at: number
+  updated_at: number
+  paid_at: number | null
+  payment_id: string | null
+  refund_required: number
+}
+
+export interface PaymentEventsTable {
+  seq: Generated<number>
+  idem_key: string
+  fingerprint: string
+  order_id: string | null
+  hold_id: string | null
+  status: string
+  payment_id: string | null
+  amount_minor: number | null
+  state: string
+  outcome: string | null
+  response_json: string | null
+  created_at: number
+  processed_at: number | null
+}
+
+export interface IdempotencyKeysTable {
+  scope: string
+  idem_key: string
+  fingerprint: string
+  status_code: number
+  response_json: string
+  created_at: number
+  expires_at: number
+}
+
+export interface Database {
+  products: ProductsTable
+  holds: HoldsTable
+  orders: OrdersTable
+  payment_events: PaymentEventsTable
+  idempotency_keys: IdempotencyKeysTable
+}
