@@ -3,7 +3,7 @@ import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
 import { systemClock, type Clock } from './domain/clock.js'
-import type { Observer } from './domain/events.js'
+import type { DomainEvent, Observer } from './domain/events.js'
 import type { Store } from './domain/store.js'
 import { buildApp } from './http/app.js'
 import { createLogger } from './http/logger.js'
@@ -21,9 +21,20 @@ export interface Runtime {
   clock: Clock
 }
 
-export function openRuntime(config: Config, clock: Clock = systemClock, logger: Logger = createLogger(config)): Runtime {
+export interface RuntimeOptions {
+  clock?: Clock
+  logger?: Logger
+  // Sees every domain event too (tests record them).
+  onEvent?: (event: DomainEvent) => void
+}
+
+export function openRuntime(config: Config, options: RuntimeOptions = {}): Runtime {
+  const clock = options.clock ?? systemClock
+  const logger = options.logger ?? createLogger(config)
   const metrics = new Metrics()
-  const observer = createObserver(logger, metrics)
+  const logged = createObserver(logger, metrics)
+  const { onEvent } = options
+  const observer: Observer = onEvent ? { emit: (event) => (onEvent(event), logged.emit(event)) } : logged
   const store = new KyselyStore({ databaseUrl: config.databaseUrl, engine: config.engine, observer, txAttemptsMax: config.txAttemptsMax })
   metrics.trackProducts(store, clock)
   return { config, logger, metrics, observer, store, clock }

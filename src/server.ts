@@ -19,7 +19,7 @@ export async function startServer(): Promise<void> {
   }
   const logger = createLogger(config)
   if (config.workers > 1 && cluster.isPrimary) {
-    const runtime = openRuntime(config, undefined, logger)
+    const runtime = openRuntime(config, { logger })
     await runtime.store.migrate()
     if (await seedIfEmpty(runtime)) logger.info({ event: 'seed.created', stock: config.seedStock }, 'seed.created')
     await runtime.store.close()

@@ -2,6 +2,7 @@
 // it commits, because a retried transaction runs its callback again.
 export type EventName =
   | 'hold.created'
+  | 'hold.batch'
   | 'hold.rejected'
   | 'hold.expired'
   | 'hold.released'

@@ -131,7 +131,14 @@ export class Holds {
         this.queues.set(request.productId, queue)
       }
       queue.waiters.push({ request, fingerprint, resolve, reject })
-      if (!queue.running) void this.pump(request.productId, queue)
+      if (!queue.running) {
+        queue.running = true
+        // Start on the next turn of the event loop, so every request that arrived in this I/O
+        // phase joins the first batch. With a synchronous driver (SQLite) a transaction would
+        // otherwise finish before the next request is even parsed, and each pay its own fsync.
+        const target = queue
+        setImmediate(() => void this.pump(request.productId, target))
+      }
     })
     if (outcome.ok === true) return { hold: outcome.hold, replayed: false }
     if (outcome.ok === false) throw outcome.error
@@ -144,7 +151,6 @@ export class Holds {
   }
 
   private async pump(productId: number, queue: ProductQueue): Promise<void> {
-    queue.running = true
     try {
       while (queue.waiters.length > 0) {
         const batch = queue.waiters.splice(0, this.settings.holdBatchMax)
@@ -200,6 +206,7 @@ export class Holds {
           const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
           await expireLapsed(ctx, this.settings.reclaimBatchMax)
         }
+        events.push({ name: 'hold.batch', productId, size: batch.length })
         const granted: Hold[] = []
         for (const [index, waiter] of batch.entries()) {
           if (outcomes[index]) continue

@@ -24,6 +24,12 @@ export class Metrics {
   readonly refundRequired = new Counter({ name: 'flash_sale_refund_required_total', help: 'Late payments that could not be honoured', registers: [this.registry] })
   readonly sweepLag = new Gauge({ name: 'flash_sale_sweeper_lag_seconds', help: 'How late the last sweep pass started against its schedule', registers: [this.registry] })
   readonly sweepExpired = new Counter({ name: 'flash_sale_sweeper_expired_total', help: 'Holds and orders expired by the sweeper', registers: [this.registry] })
+  readonly holdBatchSize = new Histogram({
+    name: 'flash_sale_hold_batch_size',
+    help: 'Hold requests served by one transaction (group commit)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+    registers: [this.registry],
+  })
   readonly requestDuration = new Histogram({
     name: 'flash_sale_http_request_duration_seconds',
     help: 'Request latency by route',
@@ -66,6 +72,10 @@ export function createObserver(baseLogger: FastifyBaseLogger, metrics: Metrics):
     emit(event: DomainEvent) {
       const { name, ...details } = event
       const log = requestLogContext.getStore() ?? baseLogger
+      if (name === 'hold.batch') {
+        metrics.holdBatchSize.observe(Number(details.size))
+        return
+      }
       if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required') log.warn({ event: name, ...details }, name)
       else log.info({ event: name, ...details }, name)
       metrics.events.inc({ event: name })

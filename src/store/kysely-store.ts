@@ -57,7 +57,8 @@ export class KyselyStore implements Store {
   }
 
   async migrate(): Promise<void> {
-    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities) })
+    const schema = this.capabilities.schemaOf(this.options.databaseUrl)
+    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities), ...(schema ? { migrationTableSchema: schema } : {}) })
     const { error, results } = await migrator.migrateToLatest()
     const failed = results?.find((result) => result.status === 'Error')
     if (error || failed) throw new Error(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)

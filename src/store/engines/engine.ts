@@ -24,6 +24,9 @@ export interface Engine {
   // A lost or refused connection: the request fails with 503 and is safe to retry.
   isUnavailable(error: unknown): boolean
   createDialect(databaseUrl: string, options: { poolSizeMax: number }): Dialect
+  // The schema the service's tables live in, when the URL names one: the migrator must look
+  // for its own tables there, not in whichever schema first has tables of that name.
+  schemaOf(databaseUrl: string): string | undefined
 }
 
 export function errorCode(error: unknown): string | number | undefined {

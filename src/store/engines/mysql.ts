@@ -17,6 +17,7 @@ export const mysqlEngine: Engine = {
   },
   isUniqueViolation: (error) => errorNumber(error) === 1062,
   isUnavailable: isConnectionError,
+  schemaOf: () => undefined,
   createDialect(databaseUrl, { poolSizeMax }) {
     const url = new URL(databaseUrl.replace(/^mariadb:/, 'mysql:'))
     return new MysqlDialect({

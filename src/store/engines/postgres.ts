@@ -30,6 +30,7 @@ export const postgresEngine: Engine = {
   },
   isUniqueViolation: (error) => errorCode(error) === '23505',
   isUnavailable: isConnectionError,
+  schemaOf: (databaseUrl) => new URL(databaseUrl).searchParams.get('schema') ?? undefined,
   createDialect(databaseUrl, { poolSizeMax }) {
     // `?schema=name` selects a schema (the tests give each test its own).
     const url = new URL(databaseUrl)

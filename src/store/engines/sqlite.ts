@@ -33,6 +33,7 @@ export const sqliteEngine: Engine = {
     const code = errorCode(error)
     return code === 'SQLITE_CANTOPEN' || code === 'SQLITE_IOERR' || code === 'SQLITE_FULL'
   },
+  schemaOf: () => undefined,
   createDialect(databaseUrl) {
     const path = sqlitePath(databaseUrl)
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
