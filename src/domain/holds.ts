@@ -30,7 +30,9 @@ export interface HoldAnswer {
   replayed: boolean
 }
 
-type Outcome = { ok: true; hold: Hold } | { ok: false; error: DomainError } | { ok: 'key_taken' }
+// Each outcome carries its own event, emitted in its request's context (so its log line has
+// that request's id), not in the batch leader's.
+type Outcome = { ok: true; hold: Hold; event?: DomainEvent } | { ok: false; error: DomainError; event?: DomainEvent } | { ok: 'key_taken' }
 
 interface Waiter {
   request: HoldRequest
@@ -140,6 +142,7 @@ export class Holds {
         setImmediate(() => void this.pump(request.productId, target))
       }
     })
+    if (outcome.ok !== 'key_taken' && outcome.event) this.observer.emit(outcome.event)
     if (outcome.ok === true) return { hold: outcome.hold, replayed: false }
     if (outcome.ok === false) throw outcome.error
     // Another process committed this key first: answer what it stored.
@@ -216,12 +219,14 @@ export class Holds {
           if (qty <= ledger.available()) {
             ledger.reserve(qty)
             granted.push(hold)
-            outcomes[index] = { ok: true, hold }
-            events.push({ name: 'hold.created', holdId: hold.id, productId, qty })
+            outcomes[index] = { ok: true, hold, event: { name: 'hold.created', holdId: hold.id, productId, qty } }
           } else {
             const availableStock = ledger.available()
-            outcomes[index] = { ok: false, error: new DomainError('insufficient_stock', { available_stock: availableStock }) }
-            events.push({ name: 'hold.rejected', productId, qty, reason: 'insufficient_stock', availableStock })
+            outcomes[index] = {
+              ok: false,
+              error: new DomainError('insufficient_stock', { available_stock: availableStock }),
+              event: { name: 'hold.rejected', productId, qty, reason: 'insufficient_stock', availableStock },
+            }
           }
         }
         await ledger.flush(tx)

@@ -1,0 +1,237 @@
+// Load generators: autocannon for one request repeated on N keep-alive connections (open
+// loop per connection: the next request goes as soon as the answer arrives), and a small
+// closed-loop driver for the buyer funnel (hold -> order -> signed webhook), which autocannon
+// cannot chain.
+import { Agent, request } from 'node:http'
+import autocannon from 'autocannon'
+import { signPayload } from '../http/signature.js'
+
+export interface LoadResult {
+  label: string
+  connections: number
+  durationS: number
+  // Answers with a 2xx status per second: the figure that counts.
+  okPerS: number
+  // Every answer per second, whatever its status.
+  answersPerS: number
+  latencyP50Ms: number
+  latencyP99Ms: number
+  latencyMaxMs: number
+  statusCounts: Record<string, number>
+  errors: number
+  timeouts: number
+}
+
+export interface CannonOptions {
+  label: string
+  url: string
+  connections: number
+  durationS: number
+  method?: 'GET' | 'POST'
+  body?: string
+  // Stops early when it returns true, checked on every answer.
+  stopWhen?: (statusCounts: Record<string, number>) => boolean
+}
+
+// Autocannon's own limit on one request: far above any latency worth reporting.
+const requestTimeoutS = 10
+
+export function cannon(options: CannonOptions): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const seen: Record<string, number> = {}
+    let stopped = false
+    const instance = autocannon(
+      {
+        url: options.url,
+        connections: options.connections,
+        duration: options.durationS,
+        pipelining: 1,
+        timeout: requestTimeoutS,
+        method: options.method ?? 'GET',
+        ...(options.body !== undefined ? { body: options.body, headers: { 'content-type': 'application/json' } } : {}),
+      },
+      (error: unknown, result: autocannon.Result) => {
+        if (error) return reject(error)
+        const statusCounts: Record<string, number> = {}
+        for (const [status, stat] of Object.entries(result.statusCodeStats ?? {})) statusCounts[status] = stat.count ?? 0
+        const durationS = Math.max(result.duration, 1e-3)
+        resolve({
+          label: options.label,
+          connections: options.connections,
+          durationS,
+          okPerS: result['2xx'] / durationS,
+          answersPerS: (result['1xx'] + result['2xx'] + result['3xx'] + result['4xx'] + result['5xx']) / durationS,
+          latencyP50Ms: result.latency.p50,
+          latencyP99Ms: result.latency.p99,
+          latencyMaxMs: result.latency.max,
+          statusCounts,
+          errors: result.errors,
+          timeouts: result.timeouts,
+        })
+      },
+    )
+    const { stopWhen } = options
+    if (stopWhen) {
+      instance.on('response', (_client, statusCode) => {
+        const key = String(statusCode)
+        seen[key] = (seen[key] ?? 0) + 1
+        if (!stopped && stopWhen(seen)) {
+          stopped = true
+          instance.stop()
+        }
+      })
+    }
+  })
+}
+
+// --- closed-loop funnel -----------------------------------------------------------------------
+
+export interface FunnelOptions {
+  baseUrl: string
+  productId: number
+  buyers: number
+  durationS: number
+  webhookSecret: string
+}
+
+export interface FunnelResult {
+  buyers: number
+  durationS: number
+  // Buyers whose order ended `paid`, per second.
+  buyersPerS: number
+  completed: number
+  latencyP50Ms: number
+  latencyP99Ms: number
+  // "<step> <status>" -> count, for every answer that was not the expected one.
+  failures: Record<string, number>
+}
+
+interface Answer {
+  status: number
+  json: Record<string, unknown> | undefined
+}
+
+const funnelRequestTimeoutMs = 10_000
+// A buyer whose step failed waits this long before starting over, so a failing server is not
+// hammered by a tight loop (the run is bounded by its duration anyway).
+const failureBackoffMs = 20
+
+function call(agent: Agent, baseUrl: string, method: string, path: string, body: string | undefined, headers: Record<string, string> = {}): Promise<Answer> {
+  return new Promise((resolve) => {
+    const req = request(
+      `${baseUrl}${path}`,
+      {
+        method,
+        agent,
+        timeout: funnelRequestTimeoutMs,
+        headers: body === undefined ? headers : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers },
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (chunk: Buffer) => chunks.push(chunk))
+        res.on('end', () => {
+          let json: Record<string, unknown> | undefined
+          try {
+            json = JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown>
+          } catch {
+            json = undefined
+          }
+          resolve({ status: res.statusCode ?? 0, json })
+        })
+      },
+    )
+    req.on('error', () => resolve({ status: 0, json: undefined }))
+    req.on('timeout', () => req.destroy())
+    if (body !== undefined) req.write(body)
+    req.end()
+  })
+}
+
+export async function funnel(options: FunnelOptions): Promise<FunnelResult> {
+  const agent = new Agent({ keepAlive: true, maxSockets: options.buyers })
+  const failures: Record<string, number> = {}
+  const latenciesMs: number[] = []
+  const fail = (step: string, status: number): void => {
+    const key = `${step} ${status}`
+    failures[key] = (failures[key] ?? 0) + 1
+  }
+  const holdBody = JSON.stringify({ product_id: options.productId, qty: 1 })
+  const startedMs = performance.now()
+  const deadlineMs = startedMs + options.durationS * 1000
+  let sequence = 0
+
+  const buyer = async (): Promise<void> => {
+    while (performance.now() < deadlineMs) {
+      const beganMs = performance.now()
+      const hold = await call(agent, options.baseUrl, 'POST', '/api/holds', holdBody)
+      const holdId = hold.json?.hold_id
+      if (hold.status !== 201 || typeof holdId !== 'string') {
+        fail('hold', hold.status)
+        await new Promise((resolve) => setTimeout(resolve, failureBackoffMs))
+        continue
+      }
+      const order = await call(agent, options.baseUrl, 'POST', '/api/orders', JSON.stringify({ hold_id: holdId }))
+      const orderId = order.json?.order_id
+      if (order.status !== 201 || typeof orderId !== 'string') {
+        fail('order', order.status)
+        await new Promise((resolve) => setTimeout(resolve, failureBackoffMs))
+        continue
+      }
+      sequence += 1
+      const paymentId = `bench_pay_${sequence}_${orderId}`
+      const body = JSON.stringify({ order_id: orderId, status: 'success', payment_id: paymentId, amount: order.json?.amount })
+      const signature = signPayload(options.webhookSecret, Math.floor(Date.now() / 1000), body)
+      const paid = await call(agent, options.baseUrl, 'POST', '/api/payments/webhook', body, { 'idempotency-key': paymentId, 'webhook-signature': signature })
+      if (paid.status !== 200 || paid.json?.order_status !== 'paid') {
+        fail('webhook', paid.status)
+        continue
+      }
+      latenciesMs.push(performance.now() - beganMs)
+    }
+  }
+
+  await Promise.all(Array.from({ length: options.buyers }, () => buyer()))
+  const durationS = (performance.now() - startedMs) / 1000
+  agent.destroy()
+  latenciesMs.sort((a, b) => a - b)
+  return {
+    buyers: options.buyers,
+    durationS,
+    buyersPerS: latenciesMs.length / durationS,
+    completed: latenciesMs.length,
+    latencyP50Ms: percentile(latenciesMs, 0.5),
+    latencyP99Ms: percentile(latenciesMs, 0.99),
+    failures,
+  }
+}
+
+function percentile(sorted: number[], fraction: number): number {
+  if (sorted.length === 0) return Number.NaN
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(fraction * sorted.length) - 1))
+  return sorted[index] ?? Number.NaN
+}
+
+// One JSON request on a fresh connection, for setup (admin API) and checks.
+export async function jsonRequest(baseUrl: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Answer> {
+  const agent = new Agent({ keepAlive: false })
+  try {
+    return await call(agent, baseUrl, method, path, body === undefined ? undefined : JSON.stringify(body), headers)
+  } finally {
+    agent.destroy()
+  }
+}
+
+// The raw text of one GET on a fresh connection (with WORKERS=N, each fresh connection may reach
+// another worker).
+export function textRequest(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false, timeout: funnelRequestTimeoutMs }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => chunks.push(chunk))
+      res.on('end', () => resolve(Buffer.concat(chunks).toString()))
+    })
+    req.on('error', reject)
+    req.on('timeout', () => req.destroy(new Error(`timeout: ${url}`)))
+    req.end()
+  })
+}

@@ -1,0 +1,324 @@
+// `npm run bench`: starts the service on the engine DATABASE_URL names (default: a temporary
+// SQLite file) with rate limits off, drives it over 127.0.0.1 with autocannon at each of
+// BENCH_CONNECTIONS, and prints from one run: the GET /health rate (this machine's ceiling for
+// this server), holds/s with p50/p99, product reads/s, buyers/s through the whole funnel, then a
+// sell-out of 1,000 units with the audit. Every phase is bounded in time; the server and the
+// database created for the run are gone when it ends, however it ends.
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import { resolve } from 'node:path'
+import { loadConfig } from '../config.js'
+import { audit, type AuditReport } from '../domain/audit.js'
+import { openRuntime } from '../runtime.js'
+import { freshBenchDatabase, type BenchDatabase } from './database.js'
+import { cannon, funnel, jsonRequest, type FunnelResult, type LoadResult } from './load.js'
+import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
+import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
+import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
+
+type Phase = 'health' | 'holds' | 'reads' | 'funnel' | 'sellout'
+const allPhases: Phase[] = ['health', 'holds', 'reads', 'funnel', 'sellout']
+
+interface Settings {
+  databaseUrl: string | undefined
+  durationS: number
+  warmupS: number
+  connectionLevels: number[]
+  workers: number
+  phases: Set<Phase>
+  selloutStock: number
+  cpuProfDir: string | undefined
+  jsonFile: string | undefined
+}
+
+class UsageError extends Error {}
+
+function integerSetting(name: string, fallback: number, min: number, max: number): number {
+  const raw = process.env[name]?.trim()
+  if (!raw) return fallback
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) throw new UsageError(`${name} must be an integer from ${min} to ${max}, got "${raw}"`)
+  return Number(raw)
+}
+
+function readSettings(): Settings {
+  const levelsRaw = process.env.BENCH_CONNECTIONS?.trim() || '64,256'
+  const connectionLevels = levelsRaw.split(',').map((part) => Number(part.trim()))
+  if (connectionLevels.some((level) => !Number.isInteger(level) || level < 1 || level > 4096)) {
+    throw new UsageError(`BENCH_CONNECTIONS must be a comma-separated list of integers from 1 to 4096, got "${levelsRaw}"`)
+  }
+  const phasesRaw = process.env.BENCH_PHASES?.trim() || allPhases.join(',')
+  const phases = new Set(phasesRaw.split(',').map((part) => part.trim()) as Phase[])
+  for (const phase of phases) if (!allPhases.includes(phase)) throw new UsageError(`BENCH_PHASES takes ${allPhases.join(',')}, got "${phasesRaw}"`)
+  const databaseUrl = process.env.DATABASE_URL?.trim() || undefined
+  return {
+    // A sqlite: URL names a file the bench must not fill with a million holds: it uses a
+    // temporary file instead, like the default.
+    databaseUrl: databaseUrl?.startsWith('sqlite:') ? undefined : databaseUrl,
+    durationS: integerSetting('BENCH_DURATION_S', 5, 1, 120),
+    warmupS: integerSetting('BENCH_WARMUP_S', 1, 0, 30),
+    connectionLevels,
+    workers: integerSetting('BENCH_WORKERS', os.cpus().length, 1, 64),
+    phases,
+    selloutStock: integerSetting('BENCH_SELLOUT_STOCK', 1000, 1, 1_000_000),
+    cpuProfDir: process.env.BENCH_CPU_PROF_DIR?.trim() || undefined,
+    jsonFile: process.env.BENCH_JSON_FILE?.trim() || undefined,
+  }
+}
+
+// "Very large" stock for the throughput phases: never the limit, whatever the rate.
+const hotStock = 1_000_000_000
+// The sell-out keeps asking until refusals outnumber the stock this many times over.
+const selloutRefusalsFactor = 10
+// Holds outlive the run, so the sweeper's expiry work does not land inside a later phase.
+const benchHoldTtlS = 600
+// Slack on top of the phases' own durations for start-up, scrapes, audit and shutdown.
+const overheadBudgetS = 240
+
+function log(line: string): void {
+  process.stderr.write(`${line}\n`)
+}
+
+async function main(): Promise<number> {
+  let settings: Settings
+  try {
+    settings = readSettings()
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`bench: ${error.message}`)
+      return 2
+    }
+    throw error
+  }
+  const phaseCount = settings.connectionLevels.length * 5 + 3
+  const budgetS = phaseCount * settings.durationS + 3 * settings.warmupS + overheadBudgetS
+  // The hard bound: whatever hangs, the bench ends and takes its server with it.
+  setTimeout(() => {
+    console.error(`bench: still running after ${budgetS} s; stopping`)
+    killAllServers()
+    process.exit(1)
+  }, budgetS * 1000).unref()
+
+  const database = await freshBenchDatabase(settings.databaseUrl)
+  let server: ServerProcess | undefined
+  let interrupted = false
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) process.exit(130)
+    interrupted = true
+    log(`bench: ${signal}: stopping the server and dropping the bench database`)
+    killAllServers()
+    const cap = setTimeout(() => process.exit(130), 5000)
+    void database.drop().finally(() => {
+      clearTimeout(cap)
+      process.exit(130)
+    })
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+
+  try {
+    const report = await run(settings, database, (started) => (server = started))
+    const text = formatReport(report)
+    process.stdout.write(`${text}\n`)
+    if (settings.jsonFile) writeFileSync(settings.jsonFile, `${JSON.stringify(report, null, 2)}\n`)
+    const sold = report.sellout
+    return sold && (sold.oversold > 0 || !sold.auditOk || sold.grantedInDatabase !== sold.stock) ? 1 : 0
+  } finally {
+    if (server) await server.stop()
+    killAllServers()
+    await database.drop().catch((error: unknown) => log(`bench: could not drop the bench database: ${String(error)}`))
+  }
+}
+
+async function run(settings: Settings, database: BenchDatabase, onStarted: (server: ServerProcess) => void): Promise<BenchReport> {
+  const adminToken = randomBytes(16).toString('hex')
+  const webhookSecret = randomBytes(16).toString('hex')
+  const nodeFlags: string[] = []
+  if (settings.cpuProfDir) {
+    mkdirSync(settings.cpuProfDir, { recursive: true })
+    nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${resolve(settings.cpuProfDir)}`)
+  }
+  log(`bench: ${database.version} at ${database.displayUrl}, WORKERS=${settings.workers}, ${settings.durationS} s per phase`)
+  const server = await startServer({
+    databaseUrl: database.url,
+    workers: settings.workers,
+    nodeFlags,
+    env: {
+      NODE_ENV: 'production',
+      LOG_LEVEL: 'warn',
+      ADMIN_TOKEN: adminToken,
+      WEBHOOK_SECRET: webhookSecret,
+      RATE_LIMIT_READ_PER_MIN: '0',
+      RATE_LIMIT_HOLD_PER_MIN: '0',
+      RATE_LIMIT_ORDER_PER_MIN: '0',
+      HOLD_TTL_SECONDS: String(benchHoldTtlS),
+      SEED_STOCK: '0',
+    },
+  })
+  onStarted(server)
+  const group = server.child.pid
+  const { baseUrl } = server
+  const admin = { authorization: `Bearer ${adminToken}` }
+
+  const createProduct = async (name: string, stock: number): Promise<number> => {
+    const answer = await jsonRequest(baseUrl, 'POST', '/api/admin/products', { name, price: '99.99', currency: 'USD', stock }, admin)
+    if (answer.status !== 201 || typeof answer.json?.id !== 'number') throw new Error(`could not create a product: ${answer.status} ${JSON.stringify(answer.json)}`)
+    return answer.json.id
+  }
+  const hotProductId = await createProduct('bench hot product', hotStock)
+  const funnelProductId = await createProduct('bench funnel product', hotStock)
+  const holdBody = JSON.stringify({ product_id: hotProductId, qty: 1 })
+  const urls = { health: `${baseUrl}/health`, holds: `${baseUrl}/api/holds`, product: `${baseUrl}/api/products/${hotProductId}` }
+
+  const measured = async <T>(work: () => Promise<T>): Promise<{ result: T; cpu: CpuShare }> => {
+    const before = cpuSample(group)
+    const result = await work()
+    return { result, cpu: cpuShare(before, cpuSample(group)) }
+  }
+  const describe = (result: LoadResult): string => {
+    const other = Object.entries(result.statusCounts)
+      .filter(([status]) => !status.startsWith('2'))
+      .map(([status, count]) => `${status}×${count}`)
+    const problems = [...other, ...(result.errors ? [`errors×${result.errors}`] : []), ...(result.timeouts ? [`timeouts×${result.timeouts}`] : [])]
+    return `${result.label} @${result.connections}: ${Math.round(result.okPerS)} 2xx/s, p50 ${result.latencyP50Ms} ms, p99 ${result.latencyP99Ms} ms${problems.length ? `, ${problems.join(' ')}` : ''}`
+  }
+
+  if (settings.warmupS > 0) {
+    // Warm-up (not reported): JIT, connection pools, prepared statements.
+    const connections = Math.min(...settings.connectionLevels)
+    await cannon({ label: 'warm-up health', url: urls.health, connections, durationS: settings.warmupS })
+    if (settings.phases.has('holds')) await cannon({ label: 'warm-up holds', url: urls.holds, connections, durationS: settings.warmupS, method: 'POST', body: holdBody })
+    if (settings.phases.has('reads')) await cannon({ label: 'warm-up reads', url: urls.product, connections, durationS: settings.warmupS })
+  }
+
+  const levels: LevelReport[] = []
+  for (const connections of settings.connectionLevels) {
+    const level: LevelReport = { connections, health: [], holds: undefined, reads: undefined, funnel: undefined, batches: undefined, cpu: {} }
+    const health = async (): Promise<void> => {
+      if (!settings.phases.has('health')) return
+      const { result, cpu } = await measured(() => cannon({ label: 'GET /health', url: urls.health, connections, durationS: settings.durationS }))
+      level.health.push(result)
+      level.cpu[`health${level.health.length}`] = cpu
+      log(`  ${describe(result)}`)
+    }
+    // The ceiling is measured before and after the hold and read phases and averaged, so a
+    // neighbour's burst of CPU during one of them moves the ratio less.
+    await health()
+    if (settings.phases.has('holds')) {
+      const metricsBefore = await scrapeServer(baseUrl, settings.workers)
+      const { result, cpu } = await measured(() => cannon({ label: 'POST /api/holds', url: urls.holds, connections, durationS: settings.durationS, method: 'POST', body: holdBody }))
+      level.holds = result
+      level.cpu.holds = cpu
+      level.batches = batchStats(metricsBefore, await scrapeServer(baseUrl, settings.workers))
+      log(`  ${describe(result)}; batches: mean ${level.batches.meanSize.toFixed(1)}, ${Math.round(level.batches.batches / result.durationS)} tx/s`)
+    }
+    if (settings.phases.has('reads')) {
+      const { result, cpu } = await measured(() => cannon({ label: 'GET /api/products/:id', url: urls.product, connections, durationS: settings.durationS }))
+      level.reads = result
+      level.cpu.reads = cpu
+      log(`  ${describe(result)}`)
+    }
+    await health()
+    if (settings.phases.has('funnel')) {
+      const { result, cpu } = await measured(() => funnel({ baseUrl, productId: funnelProductId, buyers: connections, durationS: settings.durationS, webhookSecret }))
+      level.funnel = result
+      level.cpu.funnel = cpu
+      log(`  funnel @${connections}: ${result.buyersPerS.toFixed(0)} buyers/s, p50 ${result.latencyP50Ms.toFixed(1)} ms, p99 ${result.latencyP99Ms.toFixed(1)} ms${describeFailures(result)}`)
+    }
+    levels.push(level)
+  }
+
+  let sellout: SelloutReport | undefined
+  let selloutProductId: number | undefined
+  if (settings.phases.has('sellout')) {
+    const stock = settings.selloutStock
+    const connections = Math.max(...settings.connectionLevels)
+    selloutProductId = await createProduct('bench sell-out product', stock)
+    const refusalsToStop = stock * selloutRefusalsFactor
+    const result = await cannon({
+      label: 'sell-out POST /api/holds',
+      url: `${baseUrl}/api/holds`,
+      connections,
+      // At least 5 s, so a slow engine still sells out; it normally stops much earlier.
+      durationS: Math.max(settings.durationS, 5),
+      method: 'POST',
+      body: JSON.stringify({ product_id: selloutProductId, qty: 1 }),
+      stopWhen: (seen) => (seen['409'] ?? 0) >= refusalsToStop,
+    })
+    log(`  ${describe(result)}`)
+    const view = await jsonRequest(baseUrl, 'GET', `/api/products/${selloutProductId}`)
+    sellout = {
+      stock,
+      connections,
+      durationS: result.durationS,
+      grantedAnswers: result.statusCounts['201'] ?? 0,
+      refusedAnswers: result.statusCounts['409'] ?? 0,
+      otherAnswers: Object.entries(result.statusCounts)
+        .filter(([status]) => status !== '201' && status !== '409')
+        .reduce((sum, [, count]) => sum + count, 0),
+      availableAfter: typeof view.json?.available_stock === 'number' ? view.json.available_stock : Number.NaN,
+      grantedInDatabase: Number.NaN,
+      oversold: Number.NaN,
+      auditOk: false,
+      auditViolations: [],
+    }
+  }
+
+  // Stop the server before the audit: it recomputes I1-I4 from several queries, which only
+  // agree with each other once nothing writes (the sweeper included).
+  const stopped = await server.stop()
+  if (stopped.forced) log('bench: the server did not stop within its drain time and was killed')
+  let auditReport: AuditReport | undefined
+  if (sellout && selloutProductId !== undefined) {
+    const config = loadConfig({ DATABASE_URL: database.url, LOG_LEVEL: 'silent' })
+    const runtime = openRuntime(config)
+    try {
+      auditReport = await audit(runtime.store)
+      const facts = await runtime.store.auditFacts()
+      const row = facts.products.find((product) => product.productId === selloutProductId)
+      const committed = row ? row.activeHoldQty + row.pendingOrderQty + row.paidOrderQty : Number.NaN
+      sellout.grantedInDatabase = committed
+      // Oversold: units promised beyond the stock, as the rows record them or as answered.
+      sellout.oversold = Math.max(0, committed - sellout.stock, sellout.grantedAnswers - sellout.stock, row ? row.reserved + row.sold - row.stock : 0)
+      sellout.auditOk = auditReport.ok
+      sellout.auditViolations = auditReport.violations.map((violation) => `${violation.invariant}: ${violation.message}`)
+    } finally {
+      await runtime.store.close()
+    }
+  }
+
+  const cpus = os.cpus()
+  return {
+    machine: {
+      cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+      cpuCount: cpus.length,
+      memoryGiB: os.totalmem() / 2 ** 30,
+      os: `${os.type()} ${os.release()} ${os.arch()}`,
+      node: process.version,
+      loadAverage: os.loadavg(),
+    },
+    engine: database.engine,
+    engineVersion: database.version,
+    workers: settings.workers,
+    durationS: settings.durationS,
+    levels,
+    sellout,
+    serverStderr: server.stderrTail().trim(),
+  }
+}
+
+function describeFailures(result: FunnelResult): string {
+  const entries = Object.entries(result.failures)
+  return entries.length ? `, failures: ${entries.map(([key, count]) => `${key}×${count}`).join(' ')}` : ''
+}
+
+export type { BatchStats }
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    console.error('bench failed:', error)
+    killAllServers()
+    process.exit(1)
+  },
+)

@@ -1,0 +1,122 @@
+// The bench's printed result: a few lines per phase, then one markdown table ready for the
+// README, with the machine and engine it was measured on.
+import type { FunnelResult, LoadResult } from './load.js'
+import type { BatchStats } from './metrics.js'
+import type { CpuShare } from './server-process.js'
+
+export interface LevelReport {
+  connections: number
+  // Measured before and after the hold and read phases.
+  health: LoadResult[]
+  holds: LoadResult | undefined
+  reads: LoadResult | undefined
+  funnel: FunnelResult | undefined
+  batches: BatchStats | undefined
+  cpu: Record<string, CpuShare>
+}
+
+export interface SelloutReport {
+  stock: number
+  connections: number
+  durationS: number
+  grantedAnswers: number
+  refusedAnswers: number
+  otherAnswers: number
+  availableAfter: number
+  // Units of the product in holds, pending and paid orders, as the rows record them.
+  grantedInDatabase: number
+  oversold: number
+  auditOk: boolean
+  auditViolations: string[]
+}
+
+export interface BenchReport {
+  machine: { cpuModel: string; cpuCount: number; memoryGiB: number; os: string; node: string; loadAverage: number[] }
+  engine: string
+  engineVersion: string
+  workers: number
+  durationS: number
+  levels: LevelReport[]
+  sellout: SelloutReport | undefined
+  serverStderr: string
+}
+
+const whole = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 })
+
+function rate(value: number | undefined): string {
+  return value === undefined || !Number.isFinite(value) ? '–' : whole.format(value)
+}
+
+function ratio(numerator: number | undefined, denominator: number | undefined): string {
+  if (numerator === undefined || denominator === undefined || !(denominator > 0)) return '–'
+  return `${(numerator / denominator).toFixed(2)}×`
+}
+
+function ms(value: number | undefined): string {
+  if (value === undefined || !Number.isFinite(value)) return '–'
+  return value < 10 ? value.toFixed(1) : whole.format(value)
+}
+
+export function healthRate(level: LevelReport): number | undefined {
+  if (level.health.length === 0) return undefined
+  return level.health.reduce((sum, result) => sum + result.okPerS, 0) / level.health.length
+}
+
+function nonSuccess(result: LoadResult | undefined): string {
+  if (!result) return ''
+  const parts = Object.entries(result.statusCounts)
+    .filter(([status]) => !status.startsWith('2'))
+    .map(([status, count]) => `${status}×${count}`)
+  if (result.errors) parts.push(`errors×${result.errors}`)
+  return parts.length ? ` (${parts.join(', ')})` : ''
+}
+
+function cores(share: CpuShare | undefined): string {
+  if (!share) return '–'
+  return `${share.serverCores.toFixed(2)} / ${share.databaseCores.toFixed(2)} / ${share.benchCores.toFixed(2)} / ${share.otherCores.toFixed(2)}`
+}
+
+export function formatReport(report: BenchReport): string {
+  const { machine, levels } = report
+  const header = `| ${report.engineVersion}, WORKERS=${report.workers}, ${report.durationS} s per phase | ${levels.map((level) => `${level.connections} connections`).join(' | ')} |`
+  const rule = `|---|${levels.map(() => '---:').join('|')}|`
+  const row = (label: string, cell: (level: LevelReport) => string): string => `| ${label} | ${levels.map(cell).join(' | ')} |`
+  const rows = [
+    header,
+    rule,
+    row('GET /health, req/s (the ceiling)', (level) => rate(healthRate(level))),
+    row('POST /api/holds, holds/s', (level) => rate(level.holds?.okPerS) + nonSuccess(level.holds)),
+    row('holds / health', (level) => ratio(level.holds?.okPerS, healthRate(level))),
+    row('holds p50 / p99 latency, ms', (level) => `${ms(level.holds?.latencyP50Ms)} / ${ms(level.holds?.latencyP99Ms)}`),
+    row('hold batch size, mean (p90 ≤)', (level) => (level.batches ? `${level.batches.meanSize.toFixed(1)} (${level.batches.p90SizeAtMost})` : '–')),
+    row('GET /api/products/:id, reads/s', (level) => rate(level.reads?.okPerS) + nonSuccess(level.reads)),
+    row('reads / health', (level) => ratio(level.reads?.okPerS, healthRate(level))),
+    row('reads p99 latency, ms', (level) => ms(level.reads?.latencyP99Ms)),
+    row('funnel (hold → order → signed webhook), buyers/s', (level) => rate(level.funnel?.buyersPerS)),
+    row('funnel p50 / p99 per buyer, ms', (level) => `${ms(level.funnel?.latencyP50Ms)} / ${ms(level.funnel?.latencyP99Ms)}`),
+    row('CPU cores during holds: server / db / bench / other', (level) => cores(level.cpu.holds)),
+  ]
+  const lines: string[] = ['', '## Benchmark', '', ...rows, '']
+  const { sellout } = report
+  if (sellout) {
+    lines.push(
+      `Sell-out: stock ${whole.format(sellout.stock)}, ${sellout.connections} connections, ${sellout.durationS.toFixed(1)} s: ` +
+        `${whole.format(sellout.grantedAnswers)} holds answered 201, ${whole.format(sellout.refusedAnswers)} refused 409` +
+        `${sellout.otherAnswers ? `, ${whole.format(sellout.otherAnswers)} other` : ''}; ` +
+        `units held in the database ${whole.format(sellout.grantedInDatabase)}, available after ${sellout.availableAfter}; ` +
+        `audit ${sellout.auditOk ? 'ok' : `FAILED (${sellout.auditViolations.join('; ')})`}.`,
+      '',
+      `oversold: ${sellout.oversold}`,
+      '',
+    )
+  }
+  lines.push(
+    `Machine: ${machine.cpuCount} × ${machine.cpuModel}, ${machine.memoryGiB.toFixed(1)} GiB RAM, ${machine.os}, Node ${machine.node}; ` +
+      `${report.engineVersion} (${report.engine}) on the same host; load average at the end ${machine.loadAverage.map((value) => value.toFixed(2)).join(' ')}.`,
+    'Client: autocannon in one process on the same machine, 127.0.0.1, keep-alive, no pipelining; each figure is from one run, ' +
+      'and the ratios compare phases of that run (the machine is shared, so absolute rates move between runs). ' +
+      'CPU cores: busy cores averaged over the phase, from /proc ("other" is everything else on the machine).',
+  )
+  if (report.serverStderr) lines.push('', 'Server stderr (tail):', '```', report.serverStderr, '```')
+  return lines.join('\n')
+}

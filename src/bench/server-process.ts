@@ -1,0 +1,207 @@
+// The service under test, as `npm start` runs it: `node dist/main.js` in a child process of its
+// own process group (WORKERS=N forks N workers inside it), on a free loopback port. Whatever
+// happens to the bench, the group is killed on exit, so no server outlives it.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { readdirSync, readFileSync } from 'node:fs'
+import { request } from 'node:http'
+
+export interface ServerOptions {
+  databaseUrl: string
+  workers: number
+  env: Record<string, string>
+  // Extra node flags (`--cpu-prof`); cluster workers inherit them.
+  nodeFlags: string[]
+}
+
+export interface ServerProcess {
+  child: ChildProcess
+  baseUrl: string
+  port: number
+  stderrTail(): string
+  stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null; forced: boolean }>
+}
+
+const startTimeoutMs = 60_000
+const stopTimeoutMs = 20_000
+const stderrKeptChars = 8_000
+
+const liveGroups = new Set<number>()
+let exitHookInstalled = false
+
+// Synchronous, so it also runs from process.on('exit').
+export function killAllServers(): void {
+  for (const pid of liveGroups) {
+    try {
+      process.kill(-pid, 'SIGKILL')
+    } catch {
+      // Already gone.
+    }
+  }
+  liveGroups.clear()
+}
+
+function installExitHook(): void {
+  if (exitHookInstalled) return
+  exitHookInstalled = true
+  process.on('exit', killAllServers)
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+export async function startServer(options: ServerOptions): Promise<ServerProcess> {
+  installExitHook()
+  const port = await freePort()
+  const child = spawn(process.execPath, [...options.nodeFlags, 'dist/main.js'], {
+    env: { ...process.env, ...options.env, DATABASE_URL: options.databaseUrl, WORKERS: String(options.workers), PORT: String(port), HOST: '127.0.0.1' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+    // Its own process group: one kill(-pid) reaches the primary and every worker.
+    detached: true,
+  })
+  if (child.pid === undefined) throw new Error('could not spawn the server')
+  liveGroups.add(child.pid)
+  let stderr = ''
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString()).slice(-stderrKeptChars)
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      liveGroups.delete(child.pid!)
+      resolve({ code, signal })
+    }),
+  )
+  const baseUrl = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + startTimeoutMs
+  let ready = false
+  let exitedEarly = false
+  void exited.then(() => (exitedEarly = true))
+  // LOG_LEVEL=warn hides `server.listening`, so readiness is polled: /ready also proves the
+  // database is reachable.
+  while (!ready && !exitedEarly && Date.now() < deadline) {
+    ready = (await probe(`${baseUrl}/ready`)) === 200
+    if (!ready) await sleep(100)
+  }
+  const stop = async (): Promise<{ code: number | null; signal: NodeJS.Signals | null; forced: boolean }> => {
+    if (child.exitCode !== null || child.signalCode !== null) return { ...(await exited), forced: false }
+    // SIGTERM: the primary stops its workers, each drains and exits (writing --cpu-prof files).
+    child.kill('SIGTERM')
+    const timer = sleep(stopTimeoutMs).then(() => 'timeout' as const)
+    const outcome = await Promise.race([exited, timer])
+    if (outcome !== 'timeout') return { ...outcome, forced: false }
+    killAllServers()
+    return { ...(await exited), forced: true }
+  }
+  if (!ready) {
+    await stop()
+    throw new Error(`server did not become ready in ${startTimeoutMs} ms:\n${stderr}`)
+  }
+  return { child, baseUrl, port, stderrTail: () => stderr, stop }
+}
+
+function probe(url: string): Promise<number> {
+  return new Promise((resolve) => {
+    const req = request(url, { agent: false, timeout: 1000 }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('error', () => resolve(0))
+    req.on('timeout', () => req.destroy())
+    req.end()
+  })
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+// --- CPU accounting -------------------------------------------------------------------------
+// Where the machine's CPU went during a phase, from /proc: the server's process group, the
+// database server's processes, this bench process (autocannon and the funnel driver), and
+// everything else (other jobs on a shared machine: the noise in the figures).
+
+export interface CpuSample {
+  atMs: number
+  serverTicks: number
+  databaseTicks: number
+  machineBusyTicks: number
+  benchUs: number
+}
+
+export interface CpuShare {
+  // Cores busy on average over the phase (2.0 = both cores of a 2-core machine).
+  serverCores: number
+  databaseCores: number
+  benchCores: number
+  otherCores: number
+}
+
+const ticksPerS = 100 // USER_HZ on Linux (getconf CLK_TCK).
+const databaseCommands = new Set(['postgres', 'mariadbd', 'mysqld'])
+
+interface ProcStat {
+  pid: number
+  comm: string
+  ppid: number
+  pgrp: number
+  ticks: number
+}
+
+function readProcStat(pid: string): ProcStat | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const close = text.lastIndexOf(')')
+    const comm = text.slice(text.indexOf('(') + 1, close)
+    const fields = text.slice(close + 2).split(' ')
+    // After "(comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    return { pid: Number(pid), comm, ppid: Number(fields[1]), pgrp: Number(fields[2]), ticks: Number(fields[11]) + Number(fields[12]) }
+  } catch {
+    return undefined
+  }
+}
+
+export function cpuSample(serverGroup: number | undefined): CpuSample {
+  let serverTicks = 0
+  let databaseTicks = 0
+  let pids: string[] = []
+  try {
+    pids = readdirSync('/proc').filter((name) => /^\d+$/.test(name))
+  } catch {
+    // Not Linux: CPU shares are reported as unknown (zeros).
+  }
+  for (const pid of pids) {
+    const stat = readProcStat(pid)
+    if (!stat) continue
+    if (serverGroup !== undefined && stat.pgrp === serverGroup) serverTicks += stat.ticks
+    else if (databaseCommands.has(stat.comm)) databaseTicks += stat.ticks
+  }
+  let machineBusyTicks = 0
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
+    const values = line.trim().split(/\s+/).slice(1).map(Number)
+    // user nice system idle iowait irq softirq steal: busy is everything but idle and iowait.
+    machineBusyTicks = values.reduce((sum, value, index) => (index === 3 || index === 4 || index > 7 ? sum : sum + value), 0)
+  } catch {
+    // Not Linux.
+  }
+  const usage = process.cpuUsage()
+  return { atMs: performance.now(), serverTicks, databaseTicks, machineBusyTicks, benchUs: usage.user + usage.system }
+}
+
+export function cpuShare(before: CpuSample, after: CpuSample): CpuShare {
+  const wallS = Math.max((after.atMs - before.atMs) / 1000, 1e-3)
+  const serverCores = (after.serverTicks - before.serverTicks) / ticksPerS / wallS
+  const databaseCores = (after.databaseTicks - before.databaseTicks) / ticksPerS / wallS
+  const benchCores = (after.benchUs - before.benchUs) / 1e6 / wallS
+  const machineCores = (after.machineBusyTicks - before.machineBusyTicks) / ticksPerS / wallS
+  return { serverCores, databaseCores, benchCores, otherCores: Math.max(0, machineCores - serverCores - databaseCores - benchCores) }
+}

@@ -1,0 +1,546 @@
+// Proves the payment webhook applies each payment at most once, in arrival order, before or after
+// the order exists and after it ended, by sending real signed HTTP calls on every engine (in
+// process with a manual clock, and to several server processes on one database) and checking the
+// answers, the order and product as the API then reports them, and a clean audit.
+import { describe, expect, it } from 'vitest'
+import { buildTestApp, testWebhookSecret, type TestAppOptions } from './helpers/app.js'
+import {
+  accepted,
+  cleanAudit,
+  getOrder,
+  holdOf,
+  isReplay,
+  orderOf,
+  pendingOrder,
+  processed,
+  serverTimestampS,
+  stockOf,
+  webhook,
+  webhookEnv,
+} from './helpers/checkout.js'
+import { testEngines } from './helpers/engines.js'
+import { countBy, request, signedWebhook, times } from './helpers/http.js'
+import { startCluster } from './helpers/servers.js'
+
+for (const engine of testEngines()) {
+  describe.skipIf(!engine.available)(`${engine.name}: payment webhook`, () => {
+    // WEBHOOK_SECRET is set as in production (where it is required), so every call is signed.
+    const build = (options: TestAppOptions = {}) => buildTestApp(engine.name, { ...options, env: { ...webhookEnv, ...options.env } })
+
+    describe('duplicates', () => {
+      it('applies one key sent 20 times concurrently once: one sale, 20 identical answers, 19 marked replayed', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
+        const body = { order_id: orderId, status: 'success', payment_id: 'pay_1' }
+
+        const replies = await Promise.all(times(20, () => webhook(t, body, 'evt-concurrent')))
+
+        expect(countBy(replies, (reply) => reply.status)).toEqual({ 200: 20 })
+        expect(new Set(replies.map((reply) => reply.text)).size).toBe(1)
+        expect(replies[0]!.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(replies.filter(isReplay)).toHaveLength(19)
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_1', refund_required: false })
+        expect(t.events.filter((event) => event.name === 'payment.applied')).toHaveLength(1)
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      const processes = engine.name === 'sqlite' ? 2 : 3
+      it(`applies one key sent 20 times concurrently across ${processes} processes once: one sale, 19 replays`, async () => {
+        const cluster = await startCluster(engine.name, { processes, stock: 5, env: webhookEnv })
+        const urls = cluster.servers.map((server) => server.baseUrl)
+        const { holdId, orderId } = await pendingOrder(urls[0]!, cluster.productId, 2)
+        const body = { order_id: orderId, status: 'success', payment_id: 'pay_cluster' }
+
+        // The servers run on the wall clock, so the signature's default timestamp (now) is fresh.
+        const replies = await Promise.all(
+          times(20, (index) => request(urls[index % processes]!, 'POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, body, { key: 'evt-cluster' }))),
+        )
+
+        expect(countBy(replies, (reply) => reply.status)).toEqual({ 200: 20 })
+        expect(new Set(replies.map((reply) => reply.text)).size).toBe(1)
+        expect(replies[0]!.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(replies.filter(isReplay)).toHaveLength(19)
+        expect(await stockOf(urls[1]!, cluster.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await getOrder(urls[processes - 1]!, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_cluster' })
+        expect(await cluster.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('refuses the same key with another body (422 idempotency_key_reused) and keeps the first answer', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 1)
+        const body = { order_id: orderId, status: 'success', payment_id: 'pay_1' }
+        const first = await webhook(t, body, 'evt-reused')
+        expect(first.status).toBe(200)
+
+        for (const other of [
+          { ...body, status: 'failed' },
+          { ...body, payment_id: 'pay_2' },
+          { ...body, amount: '99.99' },
+        ]) {
+          const reused = await webhook(t, other, 'evt-reused')
+          expect(reused.status, JSON.stringify(other)).toBe(422)
+          expect(reused.body.code).toBe('idempotency_key_reused')
+          expect(reused.headers.get('content-type')).toContain('application/problem+json')
+        }
+
+        const replay = await webhook(t, body, 'evt-reused')
+        expect(replay.status).toBe(200)
+        expect(isReplay(replay)).toBe(true)
+        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_1' })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 4, reserved: 0, sold: 1 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('records a different key for an already-paid order as a duplicate (or ignored failure) with no second sale', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
+        expect((await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_1' }, 'evt-first')).body.outcome).toBe('paid')
+
+        const second = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_2' }, 'evt-second')
+        expect(second.status).toBe(200)
+        expect(isReplay(second)).toBe(false)
+        expect(second.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'duplicate' }))
+        // Recorded: the same second key again is a replay of that answer.
+        const secondAgain = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_2' }, 'evt-second')
+        expect(isReplay(secondAgain)).toBe(true)
+        expect(secondAgain.text).toBe(second.text)
+
+        const failed = await webhook(t, { order_id: orderId, status: 'failed' }, 'evt-failed-after-paid')
+        expect(failed.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'ignored' }))
+
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_1', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('treats a key given in the body like the same key in the header', async () => {
+        const t = await build({ stock: 5 })
+        const { orderId } = await pendingOrder(t, t.productId, 1)
+        const body = { order_id: orderId, status: 'success' }
+        const inBody = await t.request('POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, { ...body, idempotency_key: 'evt-body' }, { timestampS: serverTimestampS(t) }))
+        expect(inBody.status).toBe(200)
+        expect(inBody.body.outcome).toBe('paid')
+
+        const inHeader = await webhook(t, body, 'evt-body')
+        expect(inHeader.status).toBe(200)
+        expect(isReplay(inHeader)).toBe(true)
+        expect(inHeader.text).toBe(inBody.text)
+        expect(await stockOf(t, t.productId)).toMatchObject({ reserved: 0, sold: 1 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+    })
+
+    it('cancels a pending order on a failed payment and returns its units to available_stock at once', async () => {
+      const t = await build({ stock: 5 })
+      const { holdId, orderId } = await pendingOrder(t, t.productId, 3)
+      expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 2, reserved: 3, sold: 0 })
+
+      const reply = await webhook(t, { order_id: orderId, status: 'failed', payment_id: 'pay_declined' }, 'evt-failed')
+
+      expect(reply.status).toBe(200)
+      expect(reply.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'cancelled', outcome: 'cancelled' }))
+      expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 5, reserved: 0, sold: 0 })
+      expect(await getOrder(t, orderId)).toMatchObject({ status: 'cancelled', paid_at: null, refund_required: false })
+      // The units are really back: another buyer can hold all five.
+      await holdOf(t, t.productId, 5)
+      expect(await t.audit()).toMatchObject(cleanAudit)
+    })
+
+    describe('payment before the order', () => {
+      it('accepts a success naming a hold with 202 (its replay too), creates the order paid, then replays 200 processed', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_early' }
+
+        const early = await webhook(t, body, 'evt-early')
+        expect(early.status).toBe(202)
+        expect(early.body).toEqual(accepted(holdId))
+        expect(isReplay(early)).toBe(false)
+        const waiting = await webhook(t, body, 'evt-early')
+        expect(waiting.status).toBe(202)
+        expect(waiting.body).toEqual(accepted(holdId))
+        expect(isReplay(waiting)).toBe(true)
+        // Stored, not applied: the units are still only held.
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 2, sold: 0 })
+
+        const order = await t.request('POST', '/api/orders', { body: { hold_id: holdId } })
+        expect(order.status).toBe(201)
+        expect(order.body).toMatchObject({ hold_id: holdId, status: 'paid', payment_id: 'pay_early', refund_required: false })
+        expect(order.body.paid_at).toEqual(expect.any(String))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+
+        const applied = await webhook(t, body, 'evt-early')
+        expect(applied.status).toBe(200)
+        expect(isReplay(applied)).toBe(true)
+        expect(applied.body).toEqual(processed({ hold_id: holdId, order_id: order.body.order_id, order_status: 'paid', outcome: 'paid' }))
+        expect(await getOrder(t, order.body.order_id)).toMatchObject({ status: 'paid' })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('applies early events in arrival order: failed cancels the new order, the later success recovers it', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        expect((await webhook(t, { hold_id: holdId, status: 'failed' }, 'evt-1-failed')).status).toBe(202)
+        expect((await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_retry' }, 'evt-2-success')).status).toBe(202)
+
+        const order = await orderOf(t, holdId)
+
+        expect(order).toMatchObject({ status: 'paid', payment_id: 'pay_retry', refund_required: false })
+        const failed = await webhook(t, { hold_id: holdId, status: 'failed' }, 'evt-1-failed')
+        expect(failed.body).toEqual(processed({ hold_id: holdId, order_id: order.order_id, order_status: 'cancelled', outcome: 'cancelled' }))
+        const success = await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_retry' }, 'evt-2-success')
+        expect(success.body).toEqual(processed({ hold_id: holdId, order_id: order.order_id, order_status: 'paid', outcome: 'recovered' }))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('applies early events in arrival order: success pays the new order, the later failure is ignored', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        expect((await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_ok' }, 'evt-1-success')).status).toBe(202)
+        expect((await webhook(t, { hold_id: holdId, status: 'failed' }, 'evt-2-failed')).status).toBe(202)
+
+        const order = await orderOf(t, holdId)
+
+        expect(order).toMatchObject({ status: 'paid', payment_id: 'pay_ok' })
+        const success = await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_ok' }, 'evt-1-success')
+        expect(success.body).toEqual(processed({ hold_id: holdId, order_id: order.order_id, order_status: 'paid', outcome: 'paid' }))
+        const failed = await webhook(t, { hold_id: holdId, status: 'failed' }, 'evt-2-failed')
+        expect(failed.body).toEqual(processed({ hold_id: holdId, order_id: order.order_id, order_status: 'paid', outcome: 'ignored' }))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('settles a waiting success when the hold is released: the replay then answers 200 with a recovered paid order', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
+        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+
+        const released = await t.request('DELETE', `/api/holds/${holdId}`)
+        expect(released.status).toBe(200)
+        expect(released.body.status).toBe('released')
+
+        const replay = await webhook(t, body, 'evt-waiting')
+        expect(replay.status).toBe(200)
+        expect(isReplay(replay)).toBe(true)
+        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expect(await getOrder(t, replay.body.order_id)).toMatchObject({ hold_id: holdId, status: 'paid', payment_id: 'pay_waiting', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('settles a waiting success when the sweeper expires the hold: the replay then answers 200 with a recovered paid order', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
+        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+        expect((await t.sweep()).expiredCount).toBe(1)
+
+        const replay = await webhook(t, body, 'evt-waiting')
+        expect(replay.status).toBe(200)
+        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expect(await getOrder(t, replay.body.order_id)).toMatchObject({ status: 'paid', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('answers a replay after the hold expired with 200 processed even before the sweeper has run', async () => {
+        // SPEC §4: the hold is expired from expires_at on, whether or not a job has run; the
+        // replay answers "what is true now" (§3), so the stored success is a late payment by then.
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
+        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+
+        const replay = await webhook(t, body, 'evt-waiting')
+        expect(replay.status).toBe(200)
+        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+    })
+
+    describe('late payments', () => {
+      it('recovers the sale when a success follows a failure and the units are still available', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
+        expect((await webhook(t, { order_id: orderId, status: 'failed' }, 'evt-failed')).body.outcome).toBe('cancelled')
+
+        const late = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_late' }, 'evt-late')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'recovered' }))
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_late', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('marks a success after a failure refund_required when the units were sold to someone else meanwhile', async () => {
+        const t = await build({ stock: 2 })
+        const first = await pendingOrder(t, t.productId, 2)
+        expect((await webhook(t, { order_id: first.orderId, status: 'failed' }, 'evt-failed')).body.outcome).toBe('cancelled')
+        // Another buyer takes and pays for every unit the cancellation released.
+        const other = await pendingOrder(t, t.productId, 2)
+        expect((await webhook(t, { order_id: other.orderId, status: 'success' }, 'evt-other')).body.outcome).toBe('paid')
+
+        const late = await webhook(t, { order_id: first.orderId, status: 'success', payment_id: 'pay_late' }, 'evt-late')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: first.holdId, order_id: first.orderId, order_status: 'cancelled', outcome: 'refund_required' }))
+        expect(await getOrder(t, first.orderId)).toMatchObject({ status: 'cancelled', paid_at: null, refund_required: true })
+        expect(await getOrder(t, other.orderId)).toMatchObject({ status: 'paid', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 0, sold: 2 })
+        expect(t.events.filter((event) => event.name === 'payment.refund_required')).toMatchObject([{ orderId: first.orderId }])
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('treats a success for a pending order past ORDER_TTL as a late payment, recovered when units are free', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
+        t.clock.advanceMs(t.config.orderTtlMs + 1)
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired' })
+
+        const late = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_slow' }, 'evt-slow')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'recovered' }))
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_slow', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('marks a success after ORDER_TTL refund_required, the order staying expired, when another buyer took the units', async () => {
+        const t = await build({ stock: 3 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 3)
+        t.clock.advanceMs(t.config.orderTtlMs + 1)
+        // The lapsed order's units are available again, and another buyer holds them all.
+        await holdOf(t, t.productId, 3)
+
+        const late = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_slow' }, 'evt-slow')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'expired', outcome: 'refund_required' }))
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired', paid_at: null, refund_required: true })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 3, available_stock: 0, reserved: 3, sold: 0 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('ignores a failed payment for a pending order past ORDER_TTL and releases its units', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
+        t.clock.advanceMs(t.config.orderTtlMs + 1)
+
+        const late = await webhook(t, { order_id: orderId, status: 'failed' }, 'evt-failed-late')
+
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'expired', outcome: 'ignored' }))
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 5, reserved: 0, sold: 0 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('creates a recovered paid order for a success naming a released hold', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        expect((await t.request('DELETE', `/api/holds/${holdId}`)).status).toBe(200)
+
+        const late = await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_after_release' }, 'evt-late')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, qty: 2, amount: '199.98', status: 'paid', refund_required: false })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        // I4: the hold made its one order; it cannot make another.
+        const again = await t.request('POST', '/api/orders', { body: { hold_id: holdId } })
+        expect(again.status).toBe(409)
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('creates a recovered paid order for a success naming a hold past expires_at that no sweeper has expired yet', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+
+        const late = await webhook(t, { hold_id: holdId, status: 'success' }, 'evt-late')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('creates an expired order marked refund_required for a success naming an expired hold whose units another buyer took', async () => {
+        const t = await build({ stock: 2 })
+        const holdId = await holdOf(t, t.productId, 2)
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+        await holdOf(t, t.productId, 2)
+
+        const late = await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_too_late' }, 'evt-late')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'expired', outcome: 'refund_required' }))
+        expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, status: 'expired', paid_at: null, refund_required: true })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 2, sold: 0 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('processes a failed payment naming an ended hold with no order (outcome ignored) and changes no stock', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        expect((await t.request('DELETE', `/api/holds/${holdId}`)).status).toBe(200)
+
+        const late = await webhook(t, { hold_id: holdId, status: 'failed' }, 'evt-late-failed')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: null, order_status: null, outcome: 'ignored' }))
+        const replay = await webhook(t, { hold_id: holdId, status: 'failed' }, 'evt-late-failed')
+        expect(isReplay(replay)).toBe(true)
+        expect(replay.text).toBe(late.text)
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 5, reserved: 0, sold: 0 })
+        const order = await t.request('POST', '/api/orders', { body: { hold_id: holdId } })
+        expect(order.status).toBe(409)
+        expect(order.body.code).toBe('hold_released')
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+    })
+
+    describe('signature', () => {
+      it('refuses a wrong secret, a tampered body, a missing header and timestamps over 300 s old or ahead with 401, changing nothing', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 1)
+        const body = { order_id: orderId, status: 'success', payment_id: 'pay_sig' }
+        const key = 'evt-sig'
+        const nowS = serverTimestampS(t)
+        const tampered = signedWebhook(testWebhookSecret, body, { key, timestampS: nowS })
+        tampered.rawBody = JSON.stringify({ ...body, status: 'failed' })
+
+        const refusals = {
+          'wrong secret': await webhook(t, body, key, { secret: 'not-the-secret' }),
+          'tampered body': await t.request('POST', '/api/payments/webhook', tampered),
+          'missing header': await t.request('POST', '/api/payments/webhook', { body, headers: { 'idempotency-key': key } }),
+          'stale timestamp': await webhook(t, body, key, { timestampS: nowS - 301 }),
+          'future timestamp': await webhook(t, body, key, { timestampS: nowS + 301 }),
+        }
+
+        for (const [name, reply] of Object.entries(refusals)) {
+          expect(reply.status, name).toBe(401)
+          expect(reply.body.code, name).toBe('invalid_signature')
+          expect(reply.headers.get('content-type'), name).toContain('application/problem+json')
+        }
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 4, reserved: 1, sold: 0 })
+        // The refused calls did not use up the key: the first valid one is applied afresh.
+        const valid = await webhook(t, body, key)
+        expect(valid.status).toBe(200)
+        expect(isReplay(valid)).toBe(false)
+        expect(valid.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('measures the 300 s tolerance against the server clock: wall-clock time is refused once the clock moved, 299 s either way is accepted', async () => {
+        const t = await build({ stock: 5 })
+        const late = await pendingOrder(t, t.productId, 1)
+        const early = await pendingOrder(t, t.productId, 1)
+        t.clock.advanceMs(60 * 60 * 1000)
+
+        const wallClock = await webhook(t, { order_id: late.orderId, status: 'success' }, 'evt-wall', { timestampS: Math.floor(Date.now() / 1000) })
+        expect(wallClock.status).toBe(401)
+        expect(wallClock.body.code).toBe('invalid_signature')
+
+        // An hour on, both orders are past ORDER_TTL: these are late payments, recovered.
+        const behind = await webhook(t, { order_id: late.orderId, status: 'success' }, 'evt-behind', { timestampS: serverTimestampS(t) - 299 })
+        expect(behind.status).toBe(200)
+        expect(behind.body.outcome).toBe('recovered')
+        const ahead = await webhook(t, { order_id: early.orderId, status: 'success' }, 'evt-ahead', { timestampS: serverTimestampS(t) + 299 })
+        expect(ahead.status).toBe(200)
+        expect(ahead.body.outcome).toBe('recovered')
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+    })
+
+    describe('amount and refusals', () => {
+      it('accepts the amount as a JSON number or a decimal string equal to the order amount', async () => {
+        const t = await build({ stock: 5 })
+        const one = await pendingOrder(t, t.productId, 1)
+        const two = await pendingOrder(t, t.productId, 2)
+        expect(await getOrder(t, two.orderId)).toMatchObject({ amount: '199.98', currency: 'USD' })
+
+        const asNumber = await webhook(t, { order_id: one.orderId, status: 'success', amount: 99.99 }, 'evt-number')
+        const asString = await webhook(t, { order_id: two.orderId, status: 'success', amount: '199.98' }, 'evt-string')
+
+        expect(asNumber.status, asNumber.text).toBe(200)
+        expect(asNumber.body.outcome).toBe('paid')
+        expect(asString.status, asString.text).toBe(200)
+        expect(asString.body.outcome).toBe('paid')
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 2, reserved: 0, sold: 3 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('refuses a differing amount with 422 amount_mismatch and stores nothing: the same key with the right amount is processed afresh', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 1)
+
+        for (const amount of ['99.98', '100', 100, 0]) {
+          const mismatch = await webhook(t, { order_id: orderId, status: 'success', amount }, 'evt-amount')
+          expect(mismatch.status, String(amount)).toBe(422)
+          expect(mismatch.body.code).toBe('amount_mismatch')
+        }
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 4, reserved: 1, sold: 0 })
+
+        const right = await webhook(t, { order_id: orderId, status: 'success', amount: '99.99' }, 'evt-amount')
+        expect(right.status).toBe(200)
+        expect(isReplay(right)).toBe(false)
+        expect(right.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 4, reserved: 0, sold: 1 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('refuses a differing amount on a payment before the order and stores nothing: the order is created pending', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+
+        const mismatch = await webhook(t, { hold_id: holdId, status: 'success', amount: '99.99' }, 'evt-early-amount')
+        expect(mismatch.status).toBe(422)
+        expect(mismatch.body.code).toBe('amount_mismatch')
+
+        const order = await orderOf(t, holdId)
+        expect(order.status).toBe('pending')
+        const right = await webhook(t, { hold_id: holdId, status: 'success', amount: '199.98' }, 'evt-early-amount')
+        expect(right.status).toBe(200)
+        expect(right.body).toEqual(processed({ hold_id: holdId, order_id: order.order_id, order_status: 'paid', outcome: 'paid' }))
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('answers 404 for an unknown order_id or hold_id without storing the key, and 422 when no key is given', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 1)
+
+        const unknownOrder = await webhook(t, { order_id: 'ord_does_not_exist', status: 'success' }, 'evt-unknown')
+        expect(unknownOrder.status).toBe(404)
+        expect(unknownOrder.body.code).toBe('order_not_found')
+        const unknownHold = await webhook(t, { hold_id: 'hold_does_not_exist', status: 'success' }, 'evt-unknown')
+        expect(unknownHold.status).toBe(404)
+        expect(unknownHold.body.code).toBe('hold_not_found')
+        const noKey = await t.request('POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, { order_id: orderId, status: 'success' }, { timestampS: serverTimestampS(t) }))
+        expect(noKey.status).toBe(422)
+        expect(noKey.body.code).toBe('idempotency_key_required')
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
+
+        // Neither 404 stored the key, so it is free for the provider's corrected retry.
+        const retry = await webhook(t, { order_id: orderId, status: 'success' }, 'evt-unknown')
+        expect(retry.status).toBe(200)
+        expect(isReplay(retry)).toBe(false)
+        expect(retry.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+    })
+  })
+}
