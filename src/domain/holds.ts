@@ -61,9 +61,9 @@ export class Holds {
   }
 
   async create(request: HoldRequest): Promise<HoldAnswer> {
-    const fingerprint = fingerprintOf(['holds', request.productId, request.qty])
     const key = request.idempotencyKey
-    if (key === null) return this.enqueue(request, fingerprint)
+    if (key === null) return this.enqueue(request, '')
+    const fingerprint = fingerprintOf(['holds', request.productId, request.qty])
     // A duplicate that waited for the first is answered from what the first stored; if the
     // first changed nothing (a 4xx), the key is free again and the duplicate runs afresh.
     const attemptsMax = 3
