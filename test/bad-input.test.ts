@@ -121,6 +121,15 @@ for (const engine of testEngines()) {
       }
     })
 
+    it('answers a path with broken percent-encoding with a problem, never a framework error body', async () => {
+      const t = await buildTestApp(engine.name)
+      for (const path of ['/api/holds/%zz', '/api/orders/%E0%A4%A', `/api/products/%`]) {
+        const reply = await t.request('GET', path)
+        expect.soft(reply.status, path).toBeLessThan(500)
+        expect.soft(catalogueViolation(reply), path).toBeUndefined()
+      }
+    })
+
     it('refuses wrong JSON types field by field with 422 validation_failed naming the field', async () => {
       const t = await buildTestApp(engine.name)
       const holdId = await holdFor(t)

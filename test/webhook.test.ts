@@ -179,6 +179,46 @@ for (const engine of testEngines()) {
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
+      it('stores an early payment sent 20 times concurrently once: 20 × 202, 19 replayed, the order then paid once', async () => {
+        const t = await build({ stock: 5 })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success' }
+
+        const replies = await Promise.all(times(20, () => webhook(t, body, 'evt-early-burst')))
+
+        expect(countBy(replies, (reply) => reply.status)).toEqual({ 202: 20 })
+        expect(replies.filter(isReplay)).toHaveLength(19)
+        const order = await orderOf(t, holdId)
+        expect(order.status).toBe('paid')
+        const applied = await webhook(t, body, 'evt-early-burst')
+        expect(applied.body).toEqual(processed({ hold_id: holdId, order_id: order.order_id, order_status: 'paid', outcome: 'paid' }))
+        expect(t.events.filter((event) => event.name === 'payment.applied')).toHaveLength(1)
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('ends with one paid order, sold once, whichever of a payment and the order for the same hold commits first', async () => {
+        const t = await build({ stock: 10 })
+        const holdIds = await Promise.all(times(5, () => holdOf(t, t.productId, 2)))
+
+        const races = await Promise.all(
+          holdIds.map((holdId, index) =>
+            Promise.all([t.request('POST', '/api/orders', { body: { hold_id: holdId } }), webhook(t, { hold_id: holdId, status: 'success' }, `evt-race-${index}`)]),
+          ),
+        )
+
+        for (const [index, [order, payment]] of races.entries()) {
+          expect(order.status, order.text).toBe(201)
+          expect([200, 202]).toContain(payment.status)
+          // Whichever came first, the key now answers the one order it paid.
+          const settled = await webhook(t, { hold_id: holdIds[index], status: 'success' }, `evt-race-${index}`)
+          expect(settled.body).toEqual(processed({ hold_id: holdIds[index]!, order_id: order.body.order_id, order_status: 'paid', outcome: 'paid' }))
+          expect(await getOrder(t, order.body.order_id)).toMatchObject({ status: 'paid' })
+        }
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 10, available_stock: 0, reserved: 0, sold: 10 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
       it('applies early events in arrival order: failed cancels the new order, the later success recovers it', async () => {
         const t = await build({ stock: 5 })
         const holdId = await holdOf(t, t.productId, 2)
@@ -246,6 +286,24 @@ for (const engine of testEngines()) {
         expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
         expect(await getOrder(t, replay.body.order_id)).toMatchObject({ status: 'paid', refund_required: false })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('gives a lapsed hold units to its waiting success before the next buyer: the buyer is refused 409, the payment recovered', async () => {
+        const t = await build({ stock: 2 })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
+        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+
+        const buyer = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 2 } })
+
+        expect(buyer.status).toBe(409)
+        expect(buyer.body).toMatchObject({ code: 'insufficient_stock', available_stock: 0 })
+        const replay = await webhook(t, body, 'evt-waiting')
+        expect(replay.status).toBe(200)
+        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
@@ -386,6 +444,21 @@ for (const engine of testEngines()) {
         expect(late.status).toBe(200)
         expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'expired', outcome: 'refund_required' }))
         expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, status: 'expired', paid_at: null, refund_required: true })
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 2, sold: 0 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('creates a cancelled order marked refund_required for a success naming a released hold whose units another buyer took', async () => {
+        const t = await build({ stock: 2 })
+        const holdId = await holdOf(t, t.productId, 2)
+        expect((await t.request('DELETE', `/api/holds/${holdId}`)).status).toBe(200)
+        await holdOf(t, t.productId, 2)
+
+        const late = await webhook(t, { hold_id: holdId, status: 'success' }, 'evt-late')
+
+        expect(late.status).toBe(200)
+        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'cancelled', outcome: 'refund_required' }))
+        expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, status: 'cancelled', paid_at: null, refund_required: true })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 2, sold: 0 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })

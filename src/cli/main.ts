@@ -21,25 +21,27 @@ export async function runCli(argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   loadDotEnv()
   try {
+    // Commands without options still refuse unknown flags: `audit --fix` must not pass silently.
+    if (command === 'serve' || command === 'migrate' || command === 'seed' || command === 'audit') parseArgs({ args: rest, options: {}, strict: true })
     switch (command) {
       case 'serve':
         await startServer()
         return 0
       case 'migrate':
-        return withRuntime(async (runtime) => {
+        return await withRuntime(async (runtime) => {
           await runtime.store.migrate()
           console.log(`migrated ${runtime.config.engine} database`)
           return 0
         })
       case 'seed':
-        return withRuntime(async (runtime) => {
+        return await withRuntime(async (runtime) => {
           await runtime.store.migrate()
           const seeded = await seedIfEmpty(runtime)
           console.log(seeded ? `seeded product 1 with ${runtime.config.seedStock} units` : 'database already has products; nothing seeded')
           return 0
         })
       case 'audit':
-        return withRuntime(async (runtime) => {
+        return await withRuntime(async (runtime) => {
           const report = await audit(runtime.store)
           console.log(JSON.stringify(report, null, 2))
           return report.ok ? 0 : 1
@@ -50,7 +52,7 @@ export async function runCli(argv: string[]): Promise<number> {
           console.error('sweep runs inside every server; use `sweep --once` for a single pass')
           return 2
         }
-        return withRuntime(async (runtime) => {
+        return await withRuntime(async (runtime) => {
           const result = await sweepOnce(runtime.store, runtime.observer, runtime.clock.now(), runtime.config.sweepBatchMax)
           console.log(JSON.stringify(result))
           return 0

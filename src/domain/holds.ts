@@ -7,7 +7,7 @@ import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, fingerprintOf, InFlightKeys } from './idempotency.js'
-import { newHoldId } from './ids.js'
+import { isProductId, isResourceId, newHoldId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
 import type { Hold, IdempotencyRecord, Store } from './store.js'
@@ -61,6 +61,7 @@ export class Holds {
   }
 
   async create(request: HoldRequest): Promise<HoldAnswer> {
+    if (!isProductId(request.productId)) throw new DomainError('product_not_found')
     const key = request.idempotencyKey
     if (key === null) return this.enqueue(request, '')
     const fingerprint = fingerprintOf(['holds', request.productId, request.qty])
@@ -77,7 +78,7 @@ export class Holds {
   }
 
   async get(holdId: string): Promise<Hold> {
-    const hold = await this.store.getHold(holdId)
+    const hold = isResourceId(holdId) ? await this.store.getHold(holdId) : undefined
     if (!hold) throw new DomainError('hold_not_found')
     return hold
   }

@@ -10,3 +10,23 @@ export function newHoldId(): string {
 export function newOrderId(): string {
   return `ord_${randomBytes(idRandomBytes).toString('base64url')}`
 }
+
+// Ids that cannot name anything are refused before any query: the database would otherwise
+// reject some of them as errors (a product id past its 32-bit column, a NUL byte in PostgreSQL).
+export const productIdMax = 2_147_483_647
+const resourceIdPattern = /^[A-Za-z0-9_-]{1,64}$/
+
+export function isProductId(value: number): boolean {
+  return Number.isSafeInteger(value) && value >= 1 && value <= productIdMax
+}
+
+// Path segments: decimal digits only, no sign, no leading zero, no fraction.
+export function parseProductId(text: string): number | undefined {
+  if (!/^[1-9]\d{0,15}$/.test(text)) return undefined
+  const value = Number(text)
+  return isProductId(value) ? value : undefined
+}
+
+export function isResourceId(value: string): boolean {
+  return resourceIdPattern.test(value)
+}

@@ -5,7 +5,7 @@ import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, fingerprintOf, InFlightKeys } from './idempotency.js'
-import { newOrderId } from './ids.js'
+import { isResourceId, newOrderId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { applyPaymentToOrder, type SettleContext } from './settle.js'
 import type { IdempotencyRecord, Order, Store } from './store.js'
@@ -37,7 +37,7 @@ export class Orders {
   ) {}
 
   async get(orderId: string): Promise<Order> {
-    const order = await this.store.getOrder(orderId)
+    const order = isResourceId(orderId) ? await this.store.getOrder(orderId) : undefined
     if (!order) throw new DomainError('order_not_found')
     return order
   }
@@ -62,7 +62,7 @@ export class Orders {
   }
 
   private async createOnce(request: OrderRequest, fingerprint: string): Promise<OrderAnswer> {
-    const known = await this.store.getHold(request.holdId)
+    const known = isResourceId(request.holdId) ? await this.store.getHold(request.holdId) : undefined
     if (!known) throw new DomainError('hold_not_found')
     const now = this.clock.now()
     const orderId = newOrderId()

@@ -6,9 +6,10 @@ import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, fingerprintOf } from './idempotency.js'
+import { isResourceId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { parseAmountMinor } from './money.js'
-import { applyPaymentToHold, expireLapsed, type PaymentAnswerBody, type SettleContext } from './settle.js'
+import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, type SettleContext } from './settle.js'
 import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 
 export type { PaymentAnswerBody } from './settle.js'
@@ -50,7 +51,15 @@ export class Payments {
       request.amount === null ? null : String(request.amount),
     ])
     const stored = await this.store.getPaymentEvent(request.idempotencyKey)
-    if (stored) return this.replay(stored, fingerprint)
+    if (stored) {
+      assertSameFingerprint(stored.fingerprint, fingerprint)
+      // A replay answers what is true now: a payment still waiting on a hold that has lapsed
+      // is settled first (as a late payment), even if no sweeper has reached the hold yet.
+      const settled = stored.state === 'waiting' && stored.holdId !== null ? await this.settleLapsedHold(stored.holdId) : false
+      const current = settled ? await this.store.getPaymentEvent(request.idempotencyKey) : stored
+      assert(current !== undefined, 'payment events are never deleted')
+      return this.replay(current, fingerprint)
+    }
 
     const productId = await this.productOf(request)
     const now = this.clock.now()
@@ -102,7 +111,7 @@ export class Payments {
       if (!order && hold.status === 'active') {
         // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
         // any payment that was waiting on it (possibly creating the order).
-        await expireLapsed(ctx, this.settings.reclaimBatchMax)
+        await expireHolds(ctx, [hold])
         hold = await tx.getHold(hold.id)
         assert(hold !== undefined && hold.status === 'expired', 'a lapsed hold is expired by the reclaim')
         order = await tx.getOrderByHold(hold.id)
@@ -117,13 +126,35 @@ export class Payments {
     return result.answer
   }
 
+  // Expires the hold if it has lapsed while still active, settling its waiting payments.
+  private async settleLapsedHold(holdId: string): Promise<boolean> {
+    const known = await this.store.getHold(holdId)
+    const now = this.clock.now()
+    if (!known || known.status !== 'active' || known.expiresAt.getTime() > now.getTime()) return false
+    const events = await this.store.transaction({ label: 'payments.settle' }, async (tx) => {
+      const events: DomainEvent[] = []
+      const product = await tx.lockProduct(known.productId)
+      assert(product !== undefined, 'a hold names an existing product')
+      const hold = await tx.getHold(holdId)
+      // Someone else (a sweeper, an order, a reclaim) may have settled it meanwhile.
+      if (!hold || hold.status !== 'active') return events
+      const ledger = new ProductLedger(product)
+      await expireHolds({ tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }, [hold])
+      await ledger.flush(tx)
+      return events
+    })
+    emitAll(this.observer, events)
+    return true
+  }
+
   private async productOf(request: PaymentRequest): Promise<number> {
     if (request.orderId !== null) {
-      const order = await this.store.getOrder(request.orderId)
+      const order = isResourceId(request.orderId) ? await this.store.getOrder(request.orderId) : undefined
       if (!order) throw new DomainError('order_not_found')
       return order.productId
     }
-    const hold = await this.store.getHold(request.holdId ?? '')
+    const holdId = request.holdId ?? ''
+    const hold = isResourceId(holdId) ? await this.store.getHold(holdId) : undefined
     if (!hold) throw new DomainError('hold_not_found')
     return hold.productId
   }

@@ -2,6 +2,7 @@
 import { assert } from './assert.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
+import { isProductId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import type { Product, ProductSnapshot, Store } from './store.js'
 
@@ -32,6 +33,7 @@ export class ProductReader {
   ) {}
 
   read(productId: number): Promise<ProductView | undefined> {
+    if (!isProductId(productId)) return Promise.resolve(undefined)
     let slot = this.slots.get(productId)
     if (!slot) {
       slot = { waiters: [], running: false }
@@ -86,6 +88,7 @@ export class Catalog {
 
   // Adds (or, negative, withdraws) units; never below what holds, orders and sales commit.
   async addStock(productId: number, addStock: number): Promise<ProductView> {
+    if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
     await this.store.transaction({ label: 'products.add_stock' }, async (tx) => {
       const product = await tx.lockProduct(productId)

@@ -5,7 +5,7 @@ import { assert } from './assert.js'
 import type { DomainEvent } from './events.js'
 import { newOrderId } from './ids.js'
 import type { ProductLedger } from './ledger.js'
-import type { Hold, Order, PaymentEvent, PaymentOutcome, StoreTx } from './store.js'
+import type { Hold, LapsedRow, Order, PaymentEvent, PaymentOutcome, StoreTx } from './store.js'
 
 export interface PaymentAnswerBody {
   state: 'accepted' | 'processed'
@@ -29,17 +29,7 @@ export interface SettleContext {
 export async function expireLapsed(ctx: SettleContext, limit: number): Promise<number> {
   const { tx, ledger, now, events } = ctx
   const holds = await tx.lapsedHolds(ledger.productId, now, limit)
-  if (holds.length > 0) {
-    const holdIds = holds.map((hold) => hold.id)
-    const movedCount = await tx.setHoldsStatus(holdIds, 'active', 'expired', now)
-    // The product lock makes the rows read above stable, so every one of them must have moved.
-    assert(movedCount === holds.length, 'lapsed holds read under the product lock are still active')
-    for (const hold of holds) {
-      ledger.release(hold.qty)
-      events.push({ name: 'hold.expired', holdId: hold.id, productId: hold.productId, qty: hold.qty })
-    }
-    await settleWaitingPayments(ctx, holds.map((hold) => ({ ...hold, status: 'expired' as const })))
-  }
+  await expireHolds(ctx, holds)
   const orderLimit = limit - holds.length
   if (orderLimit <= 0) return holds.length
   const orders = await tx.lapsedOrders(ledger.productId, now, orderLimit)
@@ -52,6 +42,21 @@ export async function expireLapsed(ctx: SettleContext, limit: number): Promise<n
     }
   }
   return holds.length + orders.length
+}
+
+// Expires these lapsed, still active holds of the locked product and settles the payments that
+// were waiting on them (they become late payments).
+export async function expireHolds(ctx: SettleContext, holds: readonly LapsedRow[]): Promise<void> {
+  if (holds.length === 0) return
+  const { tx, ledger, now, events } = ctx
+  const movedCount = await tx.setHoldsStatus(holds.map((hold) => hold.id), 'active', 'expired', now)
+  // The product lock makes the rows read before stable, so every one of them must have moved.
+  assert(movedCount === holds.length, 'lapsed holds read under the product lock are still active')
+  for (const hold of holds) {
+    ledger.release(hold.qty)
+    events.push({ name: 'hold.expired', holdId: hold.id, productId: hold.productId, qty: hold.qty })
+  }
+  await settleWaitingPayments(ctx, holds.map((hold) => ({ ...hold, status: 'expired' as const })))
 }
 
 // True when qty units can be taken now, after reclaiming lapsed rows if they are short.

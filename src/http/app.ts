@@ -78,6 +78,10 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // events and the latency histogram say what happened.
     logController: new LogController({ requestIdLogLabel: 'request_id', disableRequestLogging: true }),
     return503OnClosing: true,
+    // Long enough that an over-long id reaches its route and is answered hold_not_found (etc.).
+    maxParamLength: 1024,
+    // URL errors found before routing (bad percent-encoding, an over-long id) are problems too.
+    frameworkErrors: (error, request, reply) => errorHandler(error, request, reply),
     ajv: {
       // Strict types (SPEC §3): a JSON integer field never accepts "5", true, null or 1.5.
       customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false, useDefaults: false },

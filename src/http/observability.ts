@@ -4,7 +4,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { DomainEvent, Observer } from '../domain/events.js'
-import { viewOf } from '../domain/products.js'
+import { viewOf, type ProductView } from '../domain/products.js'
 import type { Clock } from '../domain/clock.js'
 import type { Store } from '../domain/store.js'
 
@@ -42,28 +42,37 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry })
   }
 
-  // Per-product gauges, read from the database at scrape time.
+  // Per-product gauges, read from the database at scrape time: one query per scrape, shared
+  // by the three gauges (prom-client collects them concurrently, so each awaits the same read).
   trackProducts(store: Store, clock: Clock): void {
-    const available = new Gauge({ name: 'flash_sale_product_available', help: 'Units available to new holds', labelNames: ['product_id'], registers: [this.registry] })
-    const reserved = new Gauge({ name: 'flash_sale_product_reserved', help: 'Units in active holds and pending orders', labelNames: ['product_id'], registers: [this.registry] })
-    const sold = new Gauge({ name: 'flash_sale_product_sold', help: 'Units in paid orders', labelNames: ['product_id'], registers: [this.registry] })
-    // One query fills all three gauges at scrape time.
-    new Gauge({
-      name: 'flash_sale_products',
-      help: 'Products on sale',
-      registers: [this.registry],
-      async collect() {
-        const snapshots = await store.allProductSnapshots(clock.now(), productGaugesMax)
-        this.set(snapshots.length)
-        for (const snapshot of snapshots) {
-          const view = viewOf(snapshot)
-          const labels = { product_id: String(view.id) }
-          available.set(labels, view.availableStock)
-          reserved.set(labels, view.reserved)
-          sold.set(labels, view.sold)
-        }
-      },
-    })
+    let pending: Promise<ProductView[]> | undefined
+    const read = (): Promise<ProductView[]> => {
+      pending ??= store.allProductSnapshots(clock.now(), productGaugesMax).then(
+        (snapshots) => snapshots.map(viewOf),
+        () => [],
+      )
+      const current = pending
+      // The next scrape reads afresh once this one has its answer.
+      void current.finally(() => {
+        if (pending === current) pending = undefined
+      })
+      return current
+    }
+    const gauge = (name: string, help: string, value: (view: ProductView) => number): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['product_id'],
+        registers: [this.registry],
+        async collect() {
+          this.reset()
+          for (const view of await read()) this.set({ product_id: String(view.id) }, value(view))
+        },
+      })
+    }
+    gauge('flash_sale_product_available', 'Units available to new holds', (view) => view.availableStock)
+    gauge('flash_sale_product_reserved', 'Units in active holds and pending orders', (view) => view.reserved)
+    gauge('flash_sale_product_sold', 'Units in paid orders', (view) => view.sold)
   }
 }
 

@@ -100,8 +100,18 @@ export class KyselyStore implements Store {
     }
   }
 
+  // Reads that fail because the database is gone answer 503 busy (retry later), not 500.
+  private async read<T>(query: () => Promise<T>): Promise<T> {
+    try {
+      return await query()
+    } catch (error) {
+      if (this.capabilities.isUnavailable(error)) throw new DomainError('busy', { retry_after_s: 1 }, 'database unavailable')
+      throw error
+    }
+  }
+
   async productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined> {
-    const row = await this.snapshotQuery(now).where('p.id', '=', productId).executeTakeFirst()
+    const row = await this.read(() => this.snapshotQuery(now).where('p.id', '=', productId).executeTakeFirst())
     return row ? toSnapshot(row) : undefined
   }
 
@@ -122,6 +132,20 @@ export class KyselyStore implements Store {
           .whereRef('h.product_id', '=', 'p.id')
           .where('h.status', '=', 'active')
           .where('h.expires_at', '<=', nowMs)
+          // A lapsed hold with a success waiting on it is not free: settling it will sell its
+          // units to that payer (a late payment), so readers must not be promised them.
+          .where((inner) =>
+            inner.not(
+              inner.exists(
+                inner
+                  .selectFrom('payment_events as pe')
+                  .select('pe.seq')
+                  .whereRef('pe.hold_id', '=', 'h.id')
+                  .where('pe.state', '=', 'waiting')
+                  .where('pe.status', '=', 'success'),
+              ),
+            ),
+          )
           .as('lapsed_hold_qty'),
         eb
           .selectFrom('orders as o')
@@ -134,22 +158,22 @@ export class KyselyStore implements Store {
   }
 
   async getHold(holdId: string): Promise<Hold | undefined> {
-    const row = await this.db.selectFrom('holds').selectAll().where('id', '=', holdId).executeTakeFirst()
+    const row = await this.read(() => this.db.selectFrom('holds').selectAll().where('id', '=', holdId).executeTakeFirst())
     return row ? toHold(row) : undefined
   }
 
   async getOrder(orderId: string): Promise<Order | undefined> {
-    const row = await this.db.selectFrom('orders').selectAll().where('id', '=', orderId).executeTakeFirst()
+    const row = await this.read(() => this.db.selectFrom('orders').selectAll().where('id', '=', orderId).executeTakeFirst())
     return row ? toOrder(row) : undefined
   }
 
   async getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined> {
-    const row = await this.db.selectFrom('payment_events').selectAll().where('idem_key', '=', idempotencyKey).executeTakeFirst()
+    const row = await this.read(() => this.db.selectFrom('payment_events').selectAll().where('idem_key', '=', idempotencyKey).executeTakeFirst())
     return row ? toPaymentEvent(row) : undefined
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
-    return readIdempotencyRecord(this.db, scope, key)
+    return this.read(() => readIdempotencyRecord(this.db, scope, key))
   }
 
   async productsWithLapsedRows(now: Date, limit: number): Promise<number[]> {

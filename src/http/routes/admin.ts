@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify'
 import { audit } from '../../domain/audit.js'
 import { DomainError } from '../../domain/errors.js'
+import { parseProductId } from '../../domain/ids.js'
 import { isSupportedCurrency, parseAmountMinor } from '../../domain/money.js'
 import { presentProduct } from '../present.js'
 import { AuditView, NewProductBody, ProductParams, ProductView, StockBody, problemResponses, type NewProductBody as NewProduct, type StockBody as Stock } from '../schemas/index.js'
@@ -40,7 +41,7 @@ export async function adminRoutes(app: FastifyInstance, context: AppContext): Pr
     '/products/:id',
     { schema: { tags: ['admin'], security, params: ProductParams, body: StockBody, response: { 200: ProductView, ...problemResponses([400, 401, 404, 409, 415, 422]) } } },
     async (request) => {
-      const productId = /^[1-9]\d{0,15}$/.test(request.params.id) ? Number(request.params.id) : undefined
+      const productId = parseProductId(request.params.id)
       if (productId === undefined) throw new DomainError('product_not_found')
       return presentProduct(await services.catalog.addStock(productId, request.body.add_stock))
     },

@@ -1,6 +1,7 @@
 // The buyer- and provider-facing API (SPEC §3).
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { DomainError } from '../../domain/errors.js'
+import { parseProductId } from '../../domain/ids.js'
 import { presentHold, presentOrder, presentPayment, presentProduct } from '../present.js'
 import {
   HoldView,
@@ -53,7 +54,7 @@ export async function publicRoutes(app: FastifyInstance, context: AppContext): P
       schema: { tags: ['products'], params: ProductParams, response: { 200: ProductView, ...problemResponses([404, 429]) } },
     },
     async (request) => {
-      const productId = /^[1-9]\d{0,15}$/.test(request.params.id) ? Number(request.params.id) : undefined
+      const productId = parseProductId(request.params.id)
       const product = productId === undefined ? undefined : await services.reader.read(productId)
       if (!product) throw new DomainError('product_not_found')
       return presentProduct(product)

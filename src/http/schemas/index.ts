@@ -12,10 +12,13 @@ export const Problem = Type.Object(
   { $id: 'Problem', additionalProperties: true },
 )
 
+// Free text stored in the database: no NUL (PostgreSQL refuses it in text columns).
+const noNul = '^[^\\u0000]*$'
+
 export const idempotencyKeySchema = Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x21-\\x7E]+$' })
 
-export const ProductParams = Type.Object({ id: Type.String({ maxLength: 20 }) })
-export const ResourceParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) })
+export const ProductParams = Type.Object({ id: Type.String() })
+export const ResourceParams = Type.Object({ id: Type.String() })
 
 export const ProductView = Type.Object(
   {
@@ -83,7 +86,7 @@ export const WebhookBody = Type.Object({
   order_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
   hold_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
   status: Type.Union([Type.Literal('success'), Type.Literal('failed')]),
-  payment_id: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+  payment_id: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: noNul })),
   amount: Type.Optional(Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })])),
   idempotency_key: Type.Optional(idempotencyKeySchema),
 })
@@ -101,7 +104,7 @@ export const WebhookAnswer = Type.Object(
 )
 
 export const NewProductBody = Type.Object({
-  name: Type.String({ minLength: 1, maxLength: 200 }),
+  name: Type.String({ minLength: 1, maxLength: 200, pattern: noNul }),
   price: Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })]),
   currency: Type.Optional(Type.String({ pattern: '^[A-Z]{3}$' })),
   stock: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),

@@ -48,5 +48,5 @@ export function isConnectionError(error: unknown): boolean {
   const code = errorCode(error)
   if (typeof code === 'string' && connectionErrorCodes.has(code)) return true
   const message = error instanceof Error ? error.message : ''
-  return /Connection terminated|connection is closed|Pool is closed|Cannot enqueue/i.test(message)
+  return /Connection terminated|connection is closed|Pool is closed|Cannot enqueue|driver has already been destroyed|database connection is not open/i.test(message)
 }

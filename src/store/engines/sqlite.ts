@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import BetterSqlite3 from 'better-sqlite3'
 import { SqliteDialect } from 'kysely'
-import { errorCode, type Engine } from './engine.js'
+import { errorCode, isConnectionError, type Engine } from './engine.js'
 
 // How long a writer waits for another process's write lock before SQLITE_BUSY (then retried).
 const busyTimeoutMs = 5000
@@ -31,7 +31,7 @@ export const sqliteEngine: Engine = {
   },
   isUnavailable: (error) => {
     const code = errorCode(error)
-    return code === 'SQLITE_CANTOPEN' || code === 'SQLITE_IOERR' || code === 'SQLITE_FULL'
+    return code === 'SQLITE_CANTOPEN' || code === 'SQLITE_IOERR' || code === 'SQLITE_FULL' || isConnectionError(error)
   },
   schemaOf: () => undefined,
   createDialect(databaseUrl) {

@@ -1,0 +1,272 @@
+// Proves the operational surface works as SPEC §3 Operations, §6 and §7 describe: per-route rate
+// limits (and 0 for off), health and readiness, Prometheus metrics that count what happened, and
+// an OpenAPI document and UI built from the validating schemas, over real HTTP on each engine.
+import { describe, expect, it } from 'vitest'
+import { errorCodes } from '../src/domain/errors.js'
+import { buildTestApp, type TestApp } from './helpers/app.js'
+import { testEngines } from './helpers/engines.js'
+import { countBy, times } from './helpers/http.js'
+import { expectProblem } from './helpers/problem-checks.js'
+
+// The value of the sample `name{labels...}` whose labels include all of `labels`; undefined if
+// no such sample was exposed.
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
+    if (!match || match[1] !== name) continue
+    const found = Object.fromEntries([...(match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((pair) => [pair[1], pair[2]]))
+    if (Object.entries(labels).every(([key, value]) => found[key] === value)) return Number(match[3])
+  }
+  return undefined
+}
+
+async function scrape(t: TestApp): Promise<string> {
+  const reply = await t.request('GET', '/metrics')
+  expect(reply.status).toBe(200)
+  return reply.text
+}
+
+async function hold(t: TestApp, qty: number, headers: Record<string, string> = {}) {
+  return t.request('POST', '/api/holds', { body: { product_id: t.productId, qty }, headers })
+}
+
+for (const engine of testEngines()) {
+  describe.skipIf(!engine.available)(`${engine.name}: operations`, () => {
+    describe('rate limits', () => {
+      it('answers the 4th hold in a minute with 429 rate_limited and Retry-After when RATE_LIMIT_HOLD_PER_MIN=3', async () => {
+        const t = await buildTestApp(engine.name, { env: { RATE_LIMIT_HOLD_PER_MIN: '3' } })
+        for (let index = 0; index < 3; index++) expect((await hold(t, 1)).status).toBe(201)
+        const limited = await hold(t, 1)
+        expectProblem(limited, 429, 'rate_limited')
+        const retryAfterS = Number(limited.headers.get('retry-after'))
+        expect(Number.isInteger(retryAfterS)).toBe(true)
+        expect(retryAfterS).toBeGreaterThanOrEqual(1)
+        expect(retryAfterS).toBeLessThanOrEqual(60)
+        // The refused request reserved nothing, and reads are limited separately (off here).
+        const product = await t.request('GET', `/api/products/${t.productId}`)
+        expect(product.status).toBe(200)
+        expect(product.body.available_stock).toBe(97)
+        expect(sample(await scrape(t), 'flash_sale_rate_limited_total', { route: '/api/holds' })).toBe(1)
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('lets exactly RATE_LIMIT_HOLD_PER_MIN of 10 concurrent holds through', async () => {
+        const t = await buildTestApp(engine.name, { env: { RATE_LIMIT_HOLD_PER_MIN: '3' } })
+        const replies = await Promise.all(times(10, () => hold(t, 1)))
+        expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 3, 429: 7 })
+        const product = await t.request('GET', `/api/products/${t.productId}`)
+        expect(product.body.available_stock).toBe(97)
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('limits orders and reads by their own variables, each route counted apart', async () => {
+        const t = await buildTestApp(engine.name, { env: { RATE_LIMIT_ORDER_PER_MIN: '1', RATE_LIMIT_READ_PER_MIN: '2', RATE_LIMIT_HOLD_PER_MIN: '0' } })
+        const first = await hold(t, 1)
+        const second = await hold(t, 1)
+        expect((await t.request('POST', '/api/orders', { body: { hold_id: first.body.hold_id } })).status).toBe(201)
+        expectProblem(await t.request('POST', '/api/orders', { body: { hold_id: second.body.hold_id } }), 429, 'rate_limited')
+        expect(t.events.filter((event) => event.name === 'order.created')).toHaveLength(1)
+        const reads = []
+        for (let index = 0; index < 3; index++) reads.push((await t.request('GET', `/api/products/${t.productId}`)).status)
+        expect(reads).toEqual([200, 200, 429])
+        // Holds are not limited (0) even though reads and orders are used up.
+        expect((await hold(t, 1)).status).toBe(201)
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('turns every limit off with 0', async () => {
+        const t = await buildTestApp(engine.name, { env: { RATE_LIMIT_HOLD_PER_MIN: '0', RATE_LIMIT_ORDER_PER_MIN: '0', RATE_LIMIT_READ_PER_MIN: '0' } })
+        const holds = await Promise.all(times(25, () => hold(t, 1)))
+        expect(countBy(holds, (reply) => reply.status)).toEqual({ 201: 25 })
+        const orders = await Promise.all(holds.slice(0, 5).map((reply) => t.request('POST', '/api/orders', { body: { hold_id: reply.body.hold_id } })))
+        expect(countBy(orders, (reply) => reply.status)).toEqual({ 201: 5 })
+        const reads = await Promise.all(times(25, () => t.request('GET', `/api/products/${t.productId}`)))
+        expect(countBy(reads, (reply) => reply.status)).toEqual({ 200: 25 })
+        expect(reads.at(-1)!.body.available_stock).toBe(75)
+        expect((await t.audit()).ok).toBe(true)
+      })
+    })
+
+    describe('health and readiness', () => {
+      it('answers /health and /ready with 200 while the database is reachable', async () => {
+        const t = await buildTestApp(engine.name)
+        expect((await t.request('GET', '/health')).status).toBe(200)
+        const ready = await t.request('GET', '/ready')
+        expect(ready.status).toBe(200)
+      })
+
+      it('answers /ready with 503 once the database is closed, while /health stays 200', async () => {
+        const t = await buildTestApp(engine.name)
+        expect((await t.request('GET', '/ready')).status).toBe(200)
+        await t.runtime.store.close()
+        expect((await t.request('GET', '/ready')).status).toBe(503)
+        expect((await t.request('GET', '/health')).status).toBe(200)
+      })
+    })
+
+    describe('metrics', () => {
+      it('serves Prometheus text with every metric family SPEC §6 names', async () => {
+        const t = await buildTestApp(engine.name)
+        const reply = await t.request('GET', '/metrics')
+        expect(reply.status).toBe(200)
+        expect(reply.headers.get('content-type')).toMatch(/^text\/plain/)
+        const families = [
+          ['flash_sale_events_total', 'counter'],
+          ['flash_sale_http_request_duration_seconds', 'histogram'],
+          ['flash_sale_product_available', 'gauge'],
+          ['flash_sale_product_reserved', 'gauge'],
+          ['flash_sale_product_sold', 'gauge'],
+          ['flash_sale_sweeper_lag_seconds', 'gauge'],
+          ['flash_sale_tx_retries_total', 'counter'],
+          ['flash_sale_idempotent_replays_total', 'counter'],
+          ['flash_sale_rate_limited_total', 'counter'],
+        ]
+        for (const [name, type] of families) expect.soft(reply.text, name).toContain(`# TYPE ${name} ${type}\n`)
+      })
+
+      it('counts each named event once: holds created and refused, orders, payments, replays', async () => {
+        const t = await buildTestApp(engine.name, { stock: 5 })
+        const first = await hold(t, 3, { 'idempotency-key': 'metrics-hold' })
+        expect(first.status).toBe(201)
+        const replay = await hold(t, 3, { 'idempotency-key': 'metrics-hold' })
+        expect(replay.headers.get('idempotent-replayed')).toBe('true')
+        expect((await hold(t, 3)).status).toBe(409)
+        const order = await t.request('POST', '/api/orders', { body: { hold_id: first.body.hold_id } })
+        expect(order.status).toBe(201)
+        const payment = await t.request('POST', '/api/payments/webhook', { body: { order_id: order.body.order_id, status: 'success' }, headers: { 'idempotency-key': 'metrics-pay' } })
+        expect(payment.status).toBe(200)
+        const text = await scrape(t)
+        expect({
+          created: sample(text, 'flash_sale_events_total', { event: 'hold.created' }),
+          rejected: sample(text, 'flash_sale_events_total', { event: 'hold.rejected' }),
+          rejectedForStock: sample(text, 'flash_sale_holds_rejected_total', { reason: 'insufficient_stock' }),
+          orders: sample(text, 'flash_sale_events_total', { event: 'order.created' }),
+          payments: sample(text, 'flash_sale_events_total', { event: 'payment.applied' }),
+          replays: sample(text, 'flash_sale_idempotent_replays_total', { scope: 'holds' }),
+        }).toEqual({ created: 1, rejected: 1, rejectedForStock: 1, orders: 1, payments: 1, replays: 1 })
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('counts an expired hold once in hold.expired however many sweeps run', async () => {
+        const t = await buildTestApp(engine.name, { stock: 10 })
+        expect((await hold(t, 4)).status).toBe(201)
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+        await t.sweep()
+        await t.sweep()
+        expect(sample(await scrape(t), 'flash_sale_events_total', { event: 'hold.expired' })).toBe(1)
+        expect((await t.request('GET', `/api/products/${t.productId}`)).body.available_stock).toBe(10)
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('records request latency per route and status in a histogram', async () => {
+        const t = await buildTestApp(engine.name, { stock: 2 })
+        expect((await hold(t, 2)).status).toBe(201)
+        expect((await hold(t, 1)).status).toBe(409)
+        expect((await hold(t, 1)).status).toBe(409)
+        expect((await t.request('GET', `/api/products/${t.productId}`)).status).toBe(200)
+        const text = await scrape(t)
+        const histogram = 'flash_sale_http_request_duration_seconds'
+        const created = { method: 'POST', route: '/api/holds', status_code: '201' }
+        const refused = { method: 'POST', route: '/api/holds', status_code: '409' }
+        const read = { method: 'GET', route: '/api/products/:id', status_code: '200' }
+        expect(sample(text, `${histogram}_count`, created)).toBe(1)
+        expect(sample(text, `${histogram}_count`, refused)).toBe(2)
+        expect(sample(text, `${histogram}_count`, read)).toBe(1)
+        expect(sample(text, `${histogram}_bucket`, { ...refused, le: '+Inf' })).toBe(2)
+        expect(sample(text, `${histogram}_sum`, refused)).toBeGreaterThan(0)
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('shows per-product available, reserved and sold gauges as of the scrape', async () => {
+        const t = await buildTestApp(engine.name, { stock: 10 })
+        const labels = { product_id: String(t.productId) }
+        const gauges = async () => {
+          const text = await scrape(t)
+          return {
+            available: sample(text, 'flash_sale_product_available', labels),
+            reserved: sample(text, 'flash_sale_product_reserved', labels),
+            sold: sample(text, 'flash_sale_product_sold', labels),
+          }
+        }
+        const held = await hold(t, 3)
+        expect(await gauges()).toEqual({ available: 7, reserved: 3, sold: 0 })
+        const order = await t.request('POST', '/api/orders', { body: { hold_id: held.body.hold_id } })
+        await t.request('POST', '/api/payments/webhook', { body: { order_id: order.body.order_id, status: 'success' }, headers: { 'idempotency-key': 'gauge-pay' } })
+        expect(await gauges()).toEqual({ available: 7, reserved: 0, sold: 3 })
+        expect((await hold(t, 2)).status).toBe(201)
+        expect(await gauges()).toEqual({ available: 5, reserved: 2, sold: 3 })
+        expect((await t.audit()).ok).toBe(true)
+      })
+    })
+
+    describe('OpenAPI', () => {
+      it('documents every API route of SPEC §3 with its methods', async () => {
+        const t = await buildTestApp(engine.name)
+        const reply = await t.request('GET', '/openapi.json')
+        expect(reply.status).toBe(200)
+        expect(reply.body.openapi).toMatch(/^3\./)
+        const expected: Record<string, string[]> = {
+          '/api/products/{id}': ['get'],
+          '/api/holds': ['post'],
+          '/api/holds/{id}': ['get', 'delete'],
+          '/api/orders': ['post'],
+          '/api/orders/{id}': ['get'],
+          '/api/payments/webhook': ['post'],
+          '/api/admin/products': ['post'],
+          '/api/admin/products/{id}': ['patch'],
+          '/api/admin/audit': ['get'],
+        }
+        for (const [path, methods] of Object.entries(expected)) {
+          expect.soft(Object.keys(reply.body.paths?.[path] ?? {}).sort(), path).toEqual(expect.arrayContaining(methods))
+        }
+      })
+
+      it('names every error code of the catalogue in the document, as the Problem schema code', async () => {
+        const t = await buildTestApp(engine.name)
+        const document = (await t.request('GET', '/openapi.json')).body
+        const text = JSON.stringify(document)
+        for (const code of errorCodes) expect.soft(text, code).toContain(`"${code}"`)
+        const problem = Object.values(document.components.schemas as Record<string, any>).find((schema) => schema.title === 'Problem')
+        expect(problem).toBeDefined()
+        const documented = JSON.stringify(problem.properties.code).match(/"[a-z_]+"/g)!.map((quoted) => quoted.slice(1, -1)).filter((word) => (errorCodes as readonly string[]).includes(word))
+        expect(new Set(documented)).toEqual(new Set(errorCodes))
+      })
+
+      it('documents a request with the schema that validates it: MAX_QTY_PER_HOLD=7 shows as qty maximum 7', async () => {
+        const t = await buildTestApp(engine.name, { env: { MAX_QTY_PER_HOLD: '7' } })
+        const document = (await t.request('GET', '/openapi.json')).body
+        const schema = document.paths['/api/holds'].post.requestBody.content['application/json'].schema
+        expect(schema.properties.qty).toMatchObject({ type: 'integer', minimum: 1, maximum: 7 })
+        expect(schema.properties.product_id).toMatchObject({ type: 'integer' })
+        expect((await hold(t, 7)).status).toBe(201)
+        expectProblem(await hold(t, 8), 422, 'validation_failed')
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('marks admin operations as needing the bearer token and public ones as open', async () => {
+        const t = await buildTestApp(engine.name)
+        const document = (await t.request('GET', '/openapi.json')).body
+        expect(document.components.securitySchemes.bearer).toMatchObject({ type: 'http', scheme: 'bearer' })
+        for (const [path, methods] of Object.entries(document.paths as Record<string, Record<string, { security?: unknown }>>)) {
+          for (const [method, operation] of Object.entries(methods)) {
+            const label = `${method} ${path}`
+            if (path.startsWith('/api/admin/')) expect.soft(operation.security, label).toEqual([{ bearer: [] }])
+            else expect.soft(operation.security, label).toBeUndefined()
+          }
+        }
+      })
+
+      it('serves the OpenAPI UI at /docs (200, or a redirect to it)', async () => {
+        const t = await buildTestApp(engine.name)
+        const first = await fetch(`${t.baseUrl}/docs`, { redirect: 'manual' })
+        await first.arrayBuffer()
+        if (first.status >= 300 && first.status < 400) expect(first.headers.get('location')).toMatch(/docs/)
+        else expect(first.status).toBe(200)
+        const page = await t.request('GET', '/docs')
+        expect(page.status).toBe(200)
+        expect(page.headers.get('content-type')).toMatch(/^text\/html/)
+        expect(page.text).toMatch(/swagger/i)
+      })
+    })
+  })
+}

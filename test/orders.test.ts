@@ -1,0 +1,283 @@
+// Proves on every engine that a hold becomes at most one order (I4) under concurrent requests in
+// one process and across server processes, that orders and hold releases answer what SPEC §3
+// says with stock checked after each step, and that expiry racing conversion ends every hold
+// either converted with one order or expired, never both.
+import { describe, expect, it } from 'vitest'
+import { buildTestApp, type TestApp } from './helpers/app.js'
+import { rawQuery, testEngines } from './helpers/engines.js'
+import { countBy, request, times, type Reply } from './helpers/http.js'
+import { eventsNamed, loggedEvents, pollUntil, sleepMs, unknownId } from './helpers/lifecycle.js'
+import { startCluster } from './helpers/servers.js'
+
+interface HoldBody {
+  hold_id: string
+  qty: number
+  expires_at: string
+}
+
+async function hold(t: TestApp, qty: number, productId = t.productId): Promise<HoldBody> {
+  const reply = await t.request('POST', '/api/holds', { body: { product_id: productId, qty } })
+  expect(reply.status).toBe(201)
+  return reply.body as HoldBody
+}
+
+function order(t: TestApp, holdId: string): Promise<Reply> {
+  return t.request('POST', '/api/orders', { body: { hold_id: holdId } })
+}
+
+async function available(t: TestApp, productId = t.productId): Promise<number> {
+  const reply = await t.request('GET', `/api/products/${productId}`)
+  expect(reply.status).toBe(200)
+  return reply.body.available_stock as number
+}
+
+function expectProblem(reply: Reply, status: number, code: string): void {
+  expect(reply.status).toBe(status)
+  expect(reply.body).toMatchObject({ status, code })
+  expect(reply.headers.get('content-type')).toContain('application/problem+json')
+}
+
+// Every hold's final state from the rows: its status and how many orders name it.
+async function holdOutcomes(engine: TestApp['engine'], databaseUrl: string): Promise<Map<string, { status: string; orders: number }>> {
+  const rows = (await rawQuery(
+    engine,
+    databaseUrl,
+    'select h.id as id, h.status as status, count(o.id) as orders from holds h left join orders o on o.hold_id = h.id group by h.id, h.status',
+  )) as Array<{ id: string; status: string; orders: number | string }>
+  return new Map(rows.map((row) => [row.id, { status: row.status, orders: Number(row.orders) }]))
+}
+
+// One hold's replies from a race: at most one 201, and every 409 names that order.
+function classify(replies: Reply[]): { orderId: string | null } {
+  const created = replies.filter((reply) => reply.status === 201)
+  expect(created.length).toBeLessThanOrEqual(1)
+  const orderId = (created[0]?.body.order_id as string | undefined) ?? null
+  for (const reply of replies) {
+    if (reply.status === 201) continue
+    if (reply.status === 409) {
+      expect(reply.body).toMatchObject({ code: 'hold_already_used', order_id: orderId })
+      expect(orderId).not.toBeNull()
+    } else expectProblem(reply, 410, 'hold_expired')
+  }
+  return { orderId }
+}
+
+for (const engine of testEngines()) {
+  describe.skipIf(!engine.available)(`${engine.name}: orders`, () => {
+    it('20 concurrent orders for one hold: exactly one 201 and 19 × 409 hold_already_used naming that order', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const held = await hold(t, 2)
+      const replies = await Promise.all(times(20, () => order(t, held.hold_id)))
+      expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 1, 409: 19 })
+      const orderId = replies.find((reply) => reply.status === 201)!.body.order_id as string
+      for (const reply of replies.filter((reply) => reply.status === 409)) {
+        expectProblem(reply, 409, 'hold_already_used')
+        expect(reply.body.order_id).toBe(orderId)
+      }
+      expect(eventsNamed(t.events, 'order.created')).toHaveLength(1)
+      expect((await t.request('GET', `/api/holds/${held.hold_id}`)).body).toMatchObject({ status: 'converted' })
+      expect((await t.request('GET', `/api/orders/${orderId}`)).body).toMatchObject({ status: 'pending', hold_id: held.hold_id, qty: 2 })
+      expect(await available(t)).toBe(8)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    const processes = engine.name === 'sqlite' ? 2 : 3
+    it(`20 concurrent orders for one hold over ${processes} processes: exactly one 201 and 19 × 409 hold_already_used naming that order`, async () => {
+      const cluster = await startCluster(engine.name, { processes, stock: 10 })
+      const urls = cluster.servers.map((server) => server.baseUrl)
+      const held = await request(urls[0]!, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 3 } })
+      expect(held.status).toBe(201)
+      const replies = await Promise.all(times(20, (index) => request(urls[index % processes]!, 'POST', '/api/orders', { body: { hold_id: held.body.hold_id } })))
+      expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 1, 409: 19 })
+      const orderId = replies.find((reply) => reply.status === 201)!.body.order_id as string
+      for (const reply of replies.filter((reply) => reply.status === 409)) expect(reply.body).toMatchObject({ code: 'hold_already_used', order_id: orderId })
+      const orderRows = await rawQuery(engine.name, cluster.databaseUrl, `select id from orders where hold_id = '${held.body.hold_id}'`)
+      expect(orderRows).toHaveLength(1)
+      const product = await request(urls[processes - 1]!, 'GET', `/api/products/${cluster.productId}`)
+      expect(product.body).toMatchObject({ available_stock: 7, reserved: 3 })
+      expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('an order states amount = price × qty as a decimal string, currency, status pending and expires_at = created_at + ORDER_TTL_SECONDS', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10, priceMinor: 9_999, env: { ORDER_TTL_SECONDS: '600' } })
+      const held = await hold(t, 3)
+      const reply = await order(t, held.hold_id)
+      expect(reply.status).toBe(201)
+      const body = reply.body
+      expect(body).toMatchObject({ hold_id: held.hold_id, product_id: t.productId, qty: 3, amount: '299.97', currency: 'USD', status: 'pending' })
+      expect(body.order_id).toMatch(/^\S{16,}$/)
+      expect(body.created_at).toBe(t.clock.now().toISOString())
+      expect(Date.parse(body.expires_at) - Date.parse(body.created_at)).toBe(600_000)
+      // GET answers the same order.
+      expect((await t.request('GET', `/api/orders/${body.order_id}`)).body).toMatchObject({ ...body, status: 'pending' })
+      // The hold's units now belong to the order: still reserved, not sold.
+      const product = (await t.request('GET', `/api/products/${t.productId}`)).body
+      expect(product).toMatchObject({ available_stock: 7, reserved: 3, sold: 0 })
+
+      // A currency without minor units has no decimal point.
+      const created = await t.admin('POST', '/api/admin/products', { name: 'yen item', price: 1500, currency: 'JPY', stock: 5 })
+      expect(created.status).toBe(201)
+      const yenHold = await hold(t, 2, created.body.id as number)
+      expect((await order(t, yenHold.hold_id)).body).toMatchObject({ amount: '3000', currency: 'JPY', qty: 2 })
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 2, violations: [] })
+    })
+
+    it('an order from a released hold is refused 409 hold_released and takes no units', async () => {
+      const t = await buildTestApp(engine.name, { stock: 5 })
+      const held = await hold(t, 5)
+      expect((await t.request('DELETE', `/api/holds/${held.hold_id}`)).status).toBe(200)
+      expectProblem(await order(t, held.hold_id), 409, 'hold_released')
+      expect(eventsNamed(t.events, 'order.created')).toHaveLength(0)
+      expect(await available(t)).toBe(5)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('an order for an unknown hold is 404 hold_not_found', async () => {
+      const t = await buildTestApp(engine.name, { stock: 5 })
+      expectProblem(await order(t, unknownId('hold')), 404, 'hold_not_found')
+      expect(await available(t)).toBe(5)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('DELETE releases an active hold at once (200 released); a second DELETE answers 200 and releases nothing more', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const held = await hold(t, 3)
+      expect(await available(t)).toBe(7)
+      const first = await t.request('DELETE', `/api/holds/${held.hold_id}`)
+      expect(first.status).toBe(200)
+      expect(first.body).toMatchObject({ hold_id: held.hold_id, status: 'released', qty: 3 })
+      expect(await available(t)).toBe(10)
+      // Another buyer's hold, so a second release of the same units would show as a shortfall.
+      await hold(t, 4)
+      expect(await available(t)).toBe(6)
+      const again = await t.request('DELETE', `/api/holds/${held.hold_id}`)
+      expect(again.status).toBe(200)
+      expect(again.body).toMatchObject({ hold_id: held.hold_id, status: 'released' })
+      expect(await available(t)).toBe(6)
+      expect((await t.request('GET', `/api/products/${t.productId}`)).body).toMatchObject({ reserved: 4 })
+      expect(eventsNamed(t.events, 'hold.released')).toHaveLength(1)
+      expect((await t.request('GET', `/api/holds/${held.hold_id}`)).body).toMatchObject({ status: 'released' })
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('DELETE on a converted hold is 409 hold_already_used and the order keeps its units', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const held = await hold(t, 2)
+      const created = await order(t, held.hold_id)
+      expect(created.status).toBe(201)
+      expect(await available(t)).toBe(8)
+      expectProblem(await t.request('DELETE', `/api/holds/${held.hold_id}`), 409, 'hold_already_used')
+      expect(await available(t)).toBe(8)
+      expect((await t.request('GET', `/api/orders/${created.body.order_id}`)).body).toMatchObject({ status: 'pending' })
+      expect((await t.request('GET', `/api/holds/${held.hold_id}`)).body).toMatchObject({ status: 'converted' })
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('DELETE on an expired hold is 410 hold_expired and releases nothing twice', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const held = await hold(t, 4)
+      await hold(t, 1)
+      t.clock.advanceMs(Date.parse(held.expires_at) - t.clock.now().getTime())
+      expect(await available(t)).toBe(10)
+      // A hold taken after the others lapsed keeps its units through the refused release.
+      await hold(t, 5)
+      expect(await available(t)).toBe(5)
+      expectProblem(await t.request('DELETE', `/api/holds/${held.hold_id}`), 410, 'hold_expired')
+      expect(await available(t)).toBe(5)
+      expect(eventsNamed(t.events, 'hold.released')).toHaveLength(0)
+      await t.sweep()
+      expect(await available(t)).toBe(5)
+      expectProblem(await t.request('DELETE', `/api/holds/${held.hold_id}`), 410, 'hold_expired')
+      expect((await t.request('GET', `/api/holds/${held.hold_id}`)).body).toMatchObject({ status: 'expired' })
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('DELETE on an unknown hold is 404 hold_not_found and changes no stock', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      await hold(t, 2)
+      expectProblem(await t.request('DELETE', `/api/holds/${unknownId('hold')}`), 404, 'hold_not_found')
+      expect(await available(t)).toBe(8)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('orders and sweeps racing the expiry instant leave every hold converted with one order or expired, never both', async () => {
+      const t = await buildTestApp(engine.name, { stock: 40 })
+      const holds = await Promise.all(times(36, () => hold(t, 1)))
+      const racing = holds.slice(0, 30)
+      // Ordered only after the instant: these must all end expired.
+      const lateOnly = holds.slice(30)
+      t.clock.advanceMs(Date.parse(holds[0]!.expires_at) - 1 - t.clock.now().getTime())
+
+      const waveA = racing.map((held) => order(t, held.hold_id))
+      const sweepsA = times(2, () => t.sweep())
+      // The first answer was decided before the instant, so at least one hold converts; the
+      // clock then reaches expires_at while the rest of wave A is still in flight.
+      await Promise.race(waveA)
+      t.clock.advanceMs(1)
+      const waveB = holds.map((held) => order(t, held.hold_id))
+      const sweepsB = times(3, () => t.sweep())
+      const [repliesA, repliesB] = await Promise.all([Promise.all(waveA), Promise.all(waveB), Promise.all([...sweepsA, ...sweepsB])])
+      await t.sweep()
+
+      const orderIdByHold = new Map<string, string | null>()
+      for (const [index, held] of holds.entries()) {
+        const replies = index < racing.length ? [repliesA[index]!, repliesB[index]!] : [repliesB[index]!]
+        orderIdByHold.set(held.hold_id, classify(replies).orderId)
+      }
+      for (const held of lateOnly) expect(orderIdByHold.get(held.hold_id)).toBeNull()
+      const convertedIds = [...orderIdByHold].filter(([, orderId]) => orderId !== null).map(([holdId]) => holdId)
+      expect(convertedIds.length).toBeGreaterThanOrEqual(1)
+
+      const rows = await holdOutcomes(t.engine, t.databaseUrl)
+      const expiredEvents = new Set(eventsNamed(t.events, 'hold.expired').map((event) => event.holdId as string))
+      expect(expiredEvents.size).toBe(eventsNamed(t.events, 'hold.expired').length)
+      for (const [holdId, orderId] of orderIdByHold) {
+        expect({ holdId, ...rows.get(holdId) }).toEqual(orderId ? { holdId, status: 'converted', orders: 1 } : { holdId, status: 'expired', orders: 0 })
+        expect(expiredEvents.has(holdId)).toBe(orderId === null)
+        expect((await t.request('GET', `/api/holds/${holdId}`)).body.status).toBe(orderId ? 'converted' : 'expired')
+      }
+      expect(await available(t)).toBe(40 - convertedIds.length)
+      expect((await t.request('GET', `/api/products/${t.productId}`)).body).toMatchObject({ reserved: convertedIds.length, sold: 0 })
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it(`orders racing ${processes} processes' own sweepers at the expiry instant leave every hold converted with one order or expired, never both`, async () => {
+      const cluster = await startCluster(engine.name, { processes, stock: 40, env: { HOLD_TTL_SECONDS: '1', SWEEP_INTERVAL_MS: '10' } })
+      const urls = cluster.servers.map((server) => server.baseUrl)
+      const created = await Promise.all(times(30, (index) => request(urls[index % processes]!, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } })))
+      expect(countBy(created, (reply) => reply.status)).toEqual({ 201: 30 })
+      const holds = created.map((reply) => reply.body as HoldBody)
+
+      // Each hold gets two orders, on two processes, sent between 150 ms before and 30 ms after
+      // its expires_at (a request takes tens of ms here), while every process sweeps every 10 ms.
+      const repliesByHold = await Promise.all(
+        holds.map(async (held, index) => {
+          const offsetMs = -150 + (index % 10) * 20
+          await sleepMs(Math.max(0, Date.parse(held.expires_at) + offsetMs - Date.now()))
+          const body = { hold_id: held.hold_id }
+          return Promise.all([0, 1].map((shift) => request(urls[(index + shift) % processes]!, 'POST', '/api/orders', { body })))
+        }),
+      )
+      const orderIdByHold = new Map(holds.map((held, index) => [held.hold_id, classify(repliesByHold[index]!).orderId]))
+
+      // The sweepers bring every remaining hold up to date.
+      const rows = await pollUntil(
+        () => holdOutcomes(engine.name, cluster.databaseUrl),
+        (outcomes) => [...outcomes.values()].every((outcome) => outcome.status !== 'active'),
+        { what: 'no active hold left' },
+      )
+      await sleepMs(100)
+      const expiredLogged = cluster.servers.flatMap((server) => loggedEvents(server, 'hold.expired').map((line) => line.holdId as string))
+      expect(new Set(expiredLogged).size).toBe(expiredLogged.length)
+      for (const [holdId, orderId] of orderIdByHold) {
+        expect({ holdId, ...rows.get(holdId) }).toEqual(orderId ? { holdId, status: 'converted', orders: 1 } : { holdId, status: 'expired', orders: 0 })
+        expect(expiredLogged.includes(holdId)).toBe(orderId === null)
+      }
+      const convertedCount = [...orderIdByHold.values()].filter((orderId) => orderId !== null).length
+      console.log(`[expiry race] ${engine.name} ${processes} processes: ${convertedCount} of 30 holds converted, ${30 - convertedCount} expired`)
+      const product = await request(urls[0]!, 'GET', `/api/products/${cluster.productId}`)
+      expect(product.body).toMatchObject({ available_stock: 40 - convertedCount, reserved: convertedCount, sold: 0 })
+      expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+  })
+}
