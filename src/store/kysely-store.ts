@@ -347,22 +347,27 @@ class KyselyTx implements StoreTx {
   }
 
   async setHoldsStatus(holdIds: readonly string[], from: HoldStatus, to: HoldStatus, now: Date): Promise<number> {
-    if (holdIds.length === 0) return 0
-    const result = await this.db
-      .updateTable('holds')
-      .set({ status: to, updated_at: now.getTime() })
-      .where('id', 'in', holdIds)
-      .where('status', '=', from)
-      .executeTakeFirst()
-    return Number(result.numUpdatedRows)
+    return this.moveStatus('holds', holdIds, from, to, now)
   }
 
   async lapsedHolds(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
+    return this.lapsedRows('holds', 'active', productId, now, limit)
+  }
+
+  // Compare-and-set on status: only rows still in `from` move, and the count says how many.
+  private async moveStatus(table: 'holds' | 'orders', ids: readonly string[], from: string, to: string, now: Date): Promise<number> {
+    if (ids.length === 0) return 0
+    const result = await this.db.updateTable(table).set({ status: to, updated_at: now.getTime() }).where('id', 'in', ids).where('status', '=', from).executeTakeFirst()
+    return Number(result.numUpdatedRows)
+  }
+
+  // Rows of one product still `liveStatus` whose expiry has passed, oldest first.
+  private async lapsedRows(table: 'holds' | 'orders', liveStatus: string, productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
     const rows = await this.db
-      .selectFrom('holds')
+      .selectFrom(table)
       .select(['id', 'product_id', 'qty'])
       .where('product_id', '=', productId)
-      .where('status', '=', 'active')
+      .where('status', '=', liveStatus)
       .where('expires_at', '<=', now.getTime())
       .orderBy('expires_at')
       .limit(limit)
@@ -401,27 +406,11 @@ class KyselyTx implements StoreTx {
   }
 
   async setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number> {
-    if (orderIds.length === 0) return 0
-    const result = await this.db
-      .updateTable('orders')
-      .set({ status: to, updated_at: now.getTime() })
-      .where('id', 'in', orderIds)
-      .where('status', '=', from)
-      .executeTakeFirst()
-    return Number(result.numUpdatedRows)
+    return this.moveStatus('orders', orderIds, from, to, now)
   }
 
   async lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
-    const rows = await this.db
-      .selectFrom('orders')
-      .select(['id', 'product_id', 'qty'])
-      .where('product_id', '=', productId)
-      .where('status', '=', 'pending')
-      .where('expires_at', '<=', now.getTime())
-      .orderBy('expires_at')
-      .limit(limit)
-      .execute()
-    return rows.map((row) => ({ id: row.id, productId: Number(row.product_id), qty: Number(row.qty) }))
+    return this.lapsedRows('orders', 'pending', productId, now, limit)
   }
 
   async getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined> {
