@@ -107,8 +107,10 @@ export interface FunnelResult {
 }
 
 interface Answer {
+  // 0 when no answer came: `failure` says why (timeout, ECONNRESET, ...).
   status: number
   json: Record<string, unknown> | undefined
+  failure?: string
 }
 
 const funnelRequestTimeoutMs = 10_000
@@ -140,8 +142,12 @@ function call(agent: Agent, baseUrl: string, method: string, path: string, body:
         })
       },
     )
-    req.on('error', () => resolve({ status: 0, json: undefined }))
-    req.on('timeout', () => req.destroy())
+    let timedOut = false
+    req.on('error', (error: NodeJS.ErrnoException) => resolve({ status: 0, json: undefined, failure: timedOut ? 'timeout' : (error.code ?? error.message) }))
+    req.on('timeout', () => {
+      timedOut = true
+      req.destroy()
+    })
     if (body !== undefined) req.write(body)
     req.end()
   })
@@ -151,8 +157,8 @@ export async function funnel(options: FunnelOptions): Promise<FunnelResult> {
   const agent = new Agent({ keepAlive: true, maxSockets: options.buyers })
   const failures: Record<string, number> = {}
   const latenciesMs: number[] = []
-  const fail = (step: string, status: number): void => {
-    const key = `${step} ${status}`
+  const fail = (step: string, answer: Answer): void => {
+    const key = `${step} ${answer.status || answer.failure || 'no answer'}`
     failures[key] = (failures[key] ?? 0) + 1
   }
   const holdBody = JSON.stringify({ product_id: options.productId, qty: 1 })
@@ -166,14 +172,14 @@ export async function funnel(options: FunnelOptions): Promise<FunnelResult> {
       const hold = await call(agent, options.baseUrl, 'POST', '/api/holds', holdBody)
       const holdId = hold.json?.hold_id
       if (hold.status !== 201 || typeof holdId !== 'string') {
-        fail('hold', hold.status)
+        fail('hold', hold)
         await new Promise((resolve) => setTimeout(resolve, failureBackoffMs))
         continue
       }
       const order = await call(agent, options.baseUrl, 'POST', '/api/orders', JSON.stringify({ hold_id: holdId }))
       const orderId = order.json?.order_id
       if (order.status !== 201 || typeof orderId !== 'string') {
-        fail('order', order.status)
+        fail('order', order)
         await new Promise((resolve) => setTimeout(resolve, failureBackoffMs))
         continue
       }
@@ -183,7 +189,7 @@ export async function funnel(options: FunnelOptions): Promise<FunnelResult> {
       const signature = signPayload(options.webhookSecret, Math.floor(Date.now() / 1000), body)
       const paid = await call(agent, options.baseUrl, 'POST', '/api/payments/webhook', body, { 'idempotency-key': paymentId, 'webhook-signature': signature })
       if (paid.status !== 200 || paid.json?.order_status !== 'paid') {
-        fail('webhook', paid.status)
+        fail('webhook', paid)
         continue
       }
       latenciesMs.push(performance.now() - beganMs)

@@ -13,7 +13,7 @@ import { audit, type AuditReport } from '../domain/audit.js'
 import { openRuntime } from '../runtime.js'
 import { freshBenchDatabase, type BenchDatabase } from './database.js'
 import { cannon, funnel, jsonRequest, type FunnelResult, type LoadResult } from './load.js'
-import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
+import { batchStats, scrapeServer } from './metrics.js'
 import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
 import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
 
@@ -173,7 +173,10 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
   const measured = async <T>(work: () => Promise<T>): Promise<{ result: T; cpu: CpuShare }> => {
     const before = cpuSample(group)
     const result = await work()
-    return { result, cpu: cpuShare(before, cpuSample(group)) }
+    const cpu = cpuShare(before, cpuSample(group))
+    // SQLite runs inside the server: database server processes on this host serve someone else.
+    if (database.engine === 'sqlite') return { result, cpu: { ...cpu, databaseCores: 0, otherCores: cpu.otherCores + cpu.databaseCores } }
+    return { result, cpu }
   }
   const describe = (result: LoadResult): string => {
     const other = Object.entries(result.statusCounts)
@@ -303,7 +306,13 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     durationS: settings.durationS,
     levels,
     sellout,
-    serverStderr: server.stderrTail().trim(),
+    serverLogEvents: server.logEvents(),
+    // Fastify's deprecation notices are the same on every run; anything else is worth seeing.
+    serverStderr: server
+      .stderrTail()
+      .split('\n')
+      .filter((line) => line.trim() !== '' && !/FSTDEP\d+|--trace-warnings/.test(line))
+      .join('\n'),
   }
 }
 
@@ -311,8 +320,6 @@ function describeFailures(result: FunnelResult): string {
   const entries = Object.entries(result.failures)
   return entries.length ? `, failures: ${entries.map(([key, count]) => `${key}×${count}`).join(' ')}` : ''
 }
-
-export type { BatchStats }
 
 main().then(
   (code) => process.exit(code),

@@ -18,11 +18,25 @@ function keptLines(text: string): string[] {
     .sort()
 }
 
+// Rounds of scrapes until two in a row see the same answers: autocannon stops at its deadline,
+// but the server still finishes the batches already queued, so the first scrapes after a phase
+// may see a histogram still moving (and would count one worker twice).
+const scrapeRoundsMax = 10
+const scrapeRoundGapMs = 200
+
 export async function scrapeServer(baseUrl: string, workers: number): Promise<Series> {
-  const distinct = new Map<string, string[]>()
-  for (let index = 0; index < Math.max(1, workers) * scrapesPerWorker; index++) {
-    const lines = keptLines(await textRequest(`${baseUrl}/metrics`))
-    distinct.set(lines.join('\n'), lines)
+  let previous = ''
+  let distinct = new Map<string, string[]>()
+  for (let round = 1; round <= scrapeRoundsMax; round++) {
+    distinct = new Map()
+    for (let index = 0; index < Math.max(1, workers) * scrapesPerWorker; index++) {
+      const lines = keptLines(await textRequest(`${baseUrl}/metrics`))
+      distinct.set(lines.join('\n'), lines)
+    }
+    const signature = [...distinct.keys()].sort().join('\n--\n')
+    if (signature === previous && distinct.size <= Math.max(1, workers)) break
+    previous = signature
+    await new Promise((resolve) => setTimeout(resolve, scrapeRoundGapMs))
   }
   const total: Series = new Map()
   for (const lines of distinct.values()) {

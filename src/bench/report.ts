@@ -38,6 +38,8 @@ export interface BenchReport {
   durationS: number
   levels: LevelReport[]
   sellout: SelloutReport | undefined
+  // The server's warn-or-worse log lines over the whole run, by event (tx.retry, tx.busy, ...).
+  serverLogEvents: Record<string, number>
   serverStderr: string
 }
 
@@ -76,6 +78,16 @@ function cores(share: CpuShare | undefined): string {
   return `${share.serverCores.toFixed(2)} / ${share.databaseCores.toFixed(2)} / ${share.benchCores.toFixed(2)} / ${share.otherCores.toFixed(2)}`
 }
 
+// Server CPU time per answer: steadier than rates on a shared machine, and holds/s can reach
+// the health rate only if a hold costs the server about as much CPU as a health check.
+// With `all`, the database server's and the load generator's CPU too: on a machine where all
+// three share the cores, the rate of a request type is about the busy cores over this cost.
+function cpuPerAnswer(share: CpuShare | undefined, result: LoadResult | undefined, all = false): string {
+  if (!share || !result || !(result.answersPerS > 0)) return '–'
+  const cores = all ? share.serverCores + share.databaseCores + share.benchCores : share.serverCores
+  return whole.format((cores * 1e6) / result.answersPerS)
+}
+
 export function formatReport(report: BenchReport): string {
   const { machine, levels } = report
   const header = `| ${report.engineVersion}, WORKERS=${report.workers}, ${report.durationS} s per phase | ${levels.map((level) => `${level.connections} connections`).join(' | ')} |`
@@ -94,10 +106,30 @@ export function formatReport(report: BenchReport): string {
     row('reads p99 latency, ms', (level) => ms(level.reads?.latencyP99Ms)),
     row('funnel (hold → order → signed webhook), buyers/s', (level) => rate(level.funnel?.buyersPerS)),
     row('funnel p50 / p99 per buyer, ms', (level) => `${ms(level.funnel?.latencyP50Ms)} / ${ms(level.funnel?.latencyP99Ms)}`),
+    row('server CPU per answer, µs: health / hold / read', (level) =>
+      [cpuPerAnswer(level.cpu.health1, level.health[0]), cpuPerAnswer(level.cpu.holds, level.holds), cpuPerAnswer(level.cpu.reads, level.reads)].join(' / '),
+    ),
+    row('server + db + client CPU per answer, µs: health / hold / read', (level) =>
+      [cpuPerAnswer(level.cpu.health1, level.health[0], true), cpuPerAnswer(level.cpu.holds, level.holds, true), cpuPerAnswer(level.cpu.reads, level.reads, true)].join(' / '),
+    ),
     row('CPU cores during holds: server / db / bench / other', (level) => cores(level.cpu.holds)),
   ]
   const lines: string[] = ['', '## Benchmark', '', ...rows, '']
   const { sellout } = report
+  const last = levels[levels.length - 1]
+  if (last) {
+    const health = healthRate(last)
+    const verdict = (ok: boolean | undefined): string => (ok === undefined ? 'not measured' : ok ? 'met' : 'NOT met')
+    const holdsRatio = last.holds && health ? last.holds.okPerS / health : undefined
+    const readsRatio = last.reads && health ? last.reads.okPerS / health : undefined
+    lines.push(
+      `Targets (issue 4) at ${last.connections} connections: holds/s ≥ 0.9 × health: ${verdict(holdsRatio === undefined ? undefined : holdsRatio >= 0.9)}` +
+        ` (${holdsRatio?.toFixed(2) ?? '–'}); holds p99 ≤ 50 ms: ${verdict(last.holds ? last.holds.latencyP99Ms <= 50 : undefined)} (${ms(last.holds?.latencyP99Ms)} ms);` +
+        ` reads/s ≥ 0.9 × health: ${verdict(readsRatio === undefined ? undefined : readsRatio >= 0.9)} (${readsRatio?.toFixed(2) ?? '–'});` +
+        ` 0 oversold: ${verdict(sellout ? sellout.oversold === 0 : undefined)}.`,
+      '',
+    )
+  }
   if (sellout) {
     lines.push(
       `Sell-out: stock ${whole.format(sellout.stock)}, ${sellout.connections} connections, ${sellout.durationS.toFixed(1)} s: ` +
@@ -115,8 +147,13 @@ export function formatReport(report: BenchReport): string {
       `${report.engineVersion} (${report.engine}) on the same host; load average at the end ${machine.loadAverage.map((value) => value.toFixed(2)).join(' ')}.`,
     'Client: autocannon in one process on the same machine, 127.0.0.1, keep-alive, no pipelining; each figure is from one run, ' +
       'and the ratios compare phases of that run (the machine is shared, so absolute rates move between runs). ' +
-      'CPU cores: busy cores averaged over the phase, from /proc ("other" is everything else on the machine).',
+      'CPU cores: busy cores averaged over the phase, from /proc ("db" is every database server process on the host, ' +
+        '"other" everything else on the machine).',
   )
+  const logged = Object.entries(report.serverLogEvents)
+  lines.push('', `Server warnings over the run: ${logged.length ? logged.map(([event, count]) => `${event} ×${count}`).join(', ') : 'none'}.`)
+  const failures = levels.flatMap((level) => Object.entries(level.funnel?.failures ?? {}).map(([key, count]) => `${level.connections} buyers: ${key} ×${count}`))
+  if (failures.length) lines.push(`Funnel steps that failed: ${failures.join(', ')}.`)
   if (report.serverStderr) lines.push('', 'Server stderr (tail):', '```', report.serverStderr, '```')
   return lines.join('\n')
 }

@@ -19,6 +19,8 @@ export interface ServerProcess {
   baseUrl: string
   port: number
   stderrTail(): string
+  // Warn-or-worse log lines (LOG_LEVEL=warn) counted by event and label: tx.retry, tx.busy, ...
+  logEvents(): Record<string, number>
   stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null; forced: boolean }>
 }
 
@@ -64,7 +66,7 @@ export async function startServer(options: ServerOptions): Promise<ServerProcess
   const port = await freePort()
   const child = spawn(process.execPath, [...options.nodeFlags, 'dist/main.js'], {
     env: { ...process.env, ...options.env, DATABASE_URL: options.databaseUrl, WORKERS: String(options.workers), PORT: String(port), HOST: '127.0.0.1' },
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
     // Its own process group: one kill(-pid) reaches the primary and every worker.
     detached: true,
   })
@@ -73,6 +75,23 @@ export async function startServer(options: ServerOptions): Promise<ServerProcess
   let stderr = ''
   child.stderr!.on('data', (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-stderrKeptChars)
+  })
+  const logEvents: Record<string, number> = {}
+  let stdoutRest = ''
+  child.stdout!.on('data', (chunk: Buffer) => {
+    const lines = (stdoutRest + chunk.toString()).split('\n')
+    stdoutRest = (lines.pop() ?? '').slice(-stderrKeptChars)
+    for (const line of lines) {
+      if (line.trim() === '') continue
+      let key = 'unparsed log line'
+      try {
+        const entry = JSON.parse(line) as { event?: string; label?: string; msg?: string }
+        key = [entry.event ?? entry.msg ?? 'log', entry.label].filter(Boolean).join(' ')
+      } catch {
+        // Counted as unparsed.
+      }
+      logEvents[key] = (logEvents[key] ?? 0) + 1
+    }
   })
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => {
@@ -105,7 +124,7 @@ export async function startServer(options: ServerOptions): Promise<ServerProcess
     await stop()
     throw new Error(`server did not become ready in ${startTimeoutMs} ms:\n${stderr}`)
   }
-  return { child, baseUrl, port, stderrTail: () => stderr, stop }
+  return { child, baseUrl, port, stderrTail: () => stderr, logEvents: () => ({ ...logEvents }), stop }
 }
 
 function probe(url: string): Promise<number> {
@@ -131,8 +150,10 @@ export function sleep(ms: number): Promise<void> {
 
 export interface CpuSample {
   atMs: number
-  serverTicks: number
-  databaseTicks: number
+  // Ticks per pid, so a process that ends between two samples (another client's database
+  // backend) drops out instead of making the difference negative.
+  serverTicks: Map<number, number>
+  databaseTicks: Map<number, number>
   machineBusyTicks: number
   benchUs: number
 }
@@ -170,8 +191,8 @@ function readProcStat(pid: string): ProcStat | undefined {
 }
 
 export function cpuSample(serverGroup: number | undefined): CpuSample {
-  let serverTicks = 0
-  let databaseTicks = 0
+  const serverTicks = new Map<number, number>()
+  const databaseTicks = new Map<number, number>()
   let pids: string[] = []
   try {
     pids = readdirSync('/proc').filter((name) => /^\d+$/.test(name))
@@ -181,8 +202,8 @@ export function cpuSample(serverGroup: number | undefined): CpuSample {
   for (const pid of pids) {
     const stat = readProcStat(pid)
     if (!stat) continue
-    if (serverGroup !== undefined && stat.pgrp === serverGroup) serverTicks += stat.ticks
-    else if (databaseCommands.has(stat.comm)) databaseTicks += stat.ticks
+    if (serverGroup !== undefined && stat.pgrp === serverGroup) serverTicks.set(stat.pid, stat.ticks)
+    else if (databaseCommands.has(stat.comm)) databaseTicks.set(stat.pid, stat.ticks)
   }
   let machineBusyTicks = 0
   try {
@@ -197,10 +218,18 @@ export function cpuSample(serverGroup: number | undefined): CpuSample {
   return { atMs: performance.now(), serverTicks, databaseTicks, machineBusyTicks, benchUs: usage.user + usage.system }
 }
 
+// Ticks spent between two samples by processes alive at the second: a process born in between
+// counts whole.
+function ticksBetween(before: Map<number, number>, after: Map<number, number>): number {
+  let total = 0
+  for (const [pid, ticks] of after) total += Math.max(0, ticks - (before.get(pid) ?? 0))
+  return total
+}
+
 export function cpuShare(before: CpuSample, after: CpuSample): CpuShare {
   const wallS = Math.max((after.atMs - before.atMs) / 1000, 1e-3)
-  const serverCores = (after.serverTicks - before.serverTicks) / ticksPerS / wallS
-  const databaseCores = (after.databaseTicks - before.databaseTicks) / ticksPerS / wallS
+  const serverCores = ticksBetween(before.serverTicks, after.serverTicks) / ticksPerS / wallS
+  const databaseCores = ticksBetween(before.databaseTicks, after.databaseTicks) / ticksPerS / wallS
   const benchCores = (after.benchUs - before.benchUs) / 1e6 / wallS
   const machineCores = (after.machineBusyTicks - before.machineBusyTicks) / ticksPerS / wallS
   return { serverCores, databaseCores, benchCores, otherCores: Math.max(0, machineCores - serverCores - databaseCores - benchCores) }
