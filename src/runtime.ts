@@ -81,7 +81,14 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
     closing ??= (async () => {
       // Stop accepting, finish in-flight requests (and the hold batches they wait on), stop
       // the sweeper, then close the database.
-      await app.close()
+      // Connections idle between requests are closed as they appear; busy ones close after
+      // their answer (Connection: close while draining), so close() completes.
+      const idleSweep = setInterval(() => app.server.closeIdleConnections(), 50)
+      try {
+        await app.close()
+      } finally {
+        clearInterval(idleSweep)
+      }
       await app.services.holds.drain()
       await sweeper.stop()
       await store.close()

@@ -7,7 +7,7 @@ import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, fingerprintOf, InFlightKeys } from './idempotency.js'
-import { isProductId, isResourceId, newHoldId } from './ids.js'
+import { isProductId, isResourceId, newHoldIds } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
 import type { Hold, IdempotencyRecord, Store } from './store.js'
@@ -174,8 +174,9 @@ export class Holds {
     const now = this.clock.now()
     const expiresAt = addMs(now, this.settings.holdTtlMs)
     // Ids are made before the transaction so a retried attempt inserts the same holds.
-    const candidates: Hold[] = batch.map((waiter) => ({
-      id: newHoldId(),
+    const holdIds = newHoldIds(batch.length)
+    const candidates: Hold[] = batch.map((waiter, index) => ({
+      id: holdIds[index]!,
       productId,
       qty: waiter.request.qty,
       status: 'active',

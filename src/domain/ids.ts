@@ -7,6 +7,12 @@ export function newHoldId(): string {
   return `hold_${randomBytes(idRandomBytes).toString('base64url')}`
 }
 
+// One call to the random source for a whole batch: each id still gets its own 96 random bits.
+export function newHoldIds(count: number): string[] {
+  const bytes = randomBytes(idRandomBytes * count)
+  return Array.from({ length: count }, (_, index) => `hold_${bytes.subarray(index * idRandomBytes, (index + 1) * idRandomBytes).toString('base64url')}`)
+}
+
 export function newOrderId(): string {
   return `ord_${randomBytes(idRandomBytes).toString('base64url')}`
 }

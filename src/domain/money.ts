@@ -5,8 +5,16 @@ export function isSupportedCurrency(currency: string): boolean {
   return /^[A-Z]{3}$/.test(currency) && supportedCurrencies.has(currency)
 }
 
+const decimalsByCurrency = new Map<string, number>()
+
+// Building an Intl.NumberFormat costs more than the rest of a product read: cached per currency.
 export function currencyDecimals(currency: string): number {
-  return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2
+  let decimals = decimalsByCurrency.get(currency)
+  if (decimals === undefined) {
+    decimals = new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits ?? 2
+    decimalsByCurrency.set(currency, decimals)
+  }
+  return decimals
 }
 
 // Accepts "99.99", "100", 99.99 or 100; refuses more decimals than the currency has, signs,

@@ -42,12 +42,16 @@ export class ProductReader {
     const target = slot
     return new Promise((resolve, reject) => {
       target.waiters.push({ resolve, reject })
-      if (!target.running) void this.pump(productId, target)
+      if (!target.running) {
+        target.running = true
+        // Sent on the next turn of the event loop, so reads that arrived together share it
+        // (with a synchronous driver the query would otherwise finish before the next arrives).
+        setImmediate(() => void this.pump(productId, target))
+      }
     })
   }
 
   private async pump(productId: number, slot: ReadSlot): Promise<void> {
-    slot.running = true
     while (slot.waiters.length > 0) {
       const waiters = slot.waiters
       slot.waiters = []

@@ -77,7 +77,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // Per-request access lines would cost more than a hold itself under a burst; the named
     // events and the latency histogram say what happened.
     logController: new LogController({ requestIdLogLabel: 'request_id', disableRequestLogging: true }),
-    return503OnClosing: true,
+    // While draining, requests that arrive on open connections are still served (they are
+    // answered with Connection: close below), rather than given Fastify's bare 503.
+    return503OnClosing: false,
     // Long enough that an over-long id reaches its route and is answered hold_not_found (etc.).
     maxParamLength: 1024,
     // URL errors found before routing (bad percent-encoding, an over-long id) are problems too.
@@ -100,6 +102,16 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       return done(new DomainError('malformed_json'), undefined)
     }
     parseJson(request, text, (error, parsed) => (error ? done(new DomainError('malformed_json'), undefined) : done(null, parsed)))
+  })
+
+  // Draining (SIGTERM): every answer closes its connection, so keep-alive clients let go and
+  // the server can finish; in-flight requests complete normally.
+  let draining = false
+  app.addHook('preClose', async () => {
+    draining = true
+  })
+  app.addHook('onSend', async (_request, reply) => {
+    if (draining) reply.header('connection', 'close')
   })
 
   app.addHook('onRequest', (request, _reply, done) => {

@@ -176,26 +176,24 @@ export class KyselyStore implements Store {
     return this.read(() => readIdempotencyRecord(this.db, scope, key))
   }
 
+  // Products with lapsed rows, found through the per-product (product_id, status, expires_at)
+  // indexes: a hot product's holds need no second index just for the sweeper.
   async productsWithLapsedRows(now: Date, limit: number): Promise<number[]> {
     const nowMs = now.getTime()
-    const holds = await this.db
-      .selectFrom('holds')
-      .select('product_id')
-      .distinct()
-      .where('status', '=', 'active')
-      .where('expires_at', '<=', nowMs)
+    const rows = await this.db
+      .selectFrom('products as p')
+      .select('p.id')
+      .where((eb) =>
+        eb.or([
+          eb.exists(eb.selectFrom('holds as h').select('h.id').whereRef('h.product_id', '=', 'p.id').where('h.status', '=', 'active').where('h.expires_at', '<=', nowMs)),
+          eb.exists(eb.selectFrom('orders as o').select('o.id').whereRef('o.product_id', '=', 'p.id').where('o.status', '=', 'pending').where('o.expires_at', '<=', nowMs)),
+        ]),
+      )
+      // Ascending product ids: sweepers lock products in one order.
+      .orderBy('p.id')
       .limit(limit)
       .execute()
-    const orders = await this.db
-      .selectFrom('orders')
-      .select('product_id')
-      .distinct()
-      .where('status', '=', 'pending')
-      .where('expires_at', '<=', nowMs)
-      .limit(limit)
-      .execute()
-    // Ascending product ids: sweepers and reclaimers lock products in one order.
-    return [...new Set([...holds, ...orders].map((row) => Number(row.product_id)))].sort((a, b) => a - b)
+    return rows.map((row) => Number(row.id))
   }
 
   async deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number> {

@@ -40,7 +40,6 @@ function initial(engine: Engine): Migration {
           .addCheckConstraint('holds_status_check', sql`status in ('active', 'converted', 'expired', 'released')`),
       ).execute()
       await db.schema.createIndex('holds_lapsed_idx').on('holds').columns(['product_id', 'status', 'expires_at']).execute()
-      await db.schema.createIndex('holds_due_idx').on('holds').columns(['status', 'expires_at']).execute()
 
       await finish(
         db.schema
@@ -63,7 +62,6 @@ function initial(engine: Engine): Migration {
           .addCheckConstraint('orders_status_check', sql`status in ('pending', 'paid', 'cancelled', 'expired')`),
       ).execute()
       await db.schema.createIndex('orders_lapsed_idx').on('orders').columns(['product_id', 'status', 'expires_at']).execute()
-      await db.schema.createIndex('orders_due_idx').on('orders').columns(['status', 'expires_at']).execute()
 
       await finish(
         db.schema
