@@ -35,15 +35,24 @@ export function openRuntime(config: Config, options: RuntimeOptions = {}): Runti
   const logged = createObserver(logger, metrics)
   const { onEvent } = options
   const observer: Observer = onEvent ? { emit: (event) => (onEvent(event), logged.emit(event)) } : logged
-  const store = new KyselyStore({ databaseUrl: config.databaseUrl, engine: config.engine, observer, txAttemptsMax: config.txAttemptsMax })
+  const store = new KyselyStore({
+    databaseUrl: config.databaseUrl,
+    engine: config.engine,
+    observer,
+    txAttemptsMax: config.txAttemptsMax,
+    seed: { ...seedProduct, stock: config.seedStock },
+  })
   metrics.trackProducts(store, clock)
   return { config, logger, metrics, observer, store, clock }
 }
 
-// Product 1 with SEED_STOCK units, only into an empty database: a restart never re-seeds.
+const seedProduct = { name: 'Limited edition sneaker', priceMinor: 9_999, currency: 'USD' }
+
+// `flash-sale seed`: product 1 with SEED_STOCK units if the database has no product. (A new
+// database is seeded by its migrations already; this is for one emptied or migrated unseeded.)
 export async function seedIfEmpty(runtime: Runtime): Promise<boolean> {
-  if ((await runtime.store.countProducts()) > 0) return false
-  await new Catalog(runtime.store, runtime.clock).create({ name: 'Limited edition sneaker', priceMinor: 9_999, currency: 'USD', stock: runtime.config.seedStock })
+  if ((await runtime.store.countProducts()) > 0 || runtime.config.seedStock <= 0) return false
+  await new Catalog(runtime.store, runtime.clock).create({ ...seedProduct, stock: runtime.config.seedStock })
   return true
 }
 
@@ -53,10 +62,7 @@ const closeTimeoutMs = 10_000
 export async function serve(config: Config, options: { migrate: boolean }): Promise<{ close: () => Promise<void>; port: number }> {
   const runtime = openRuntime(config)
   const { store, logger, metrics, observer, clock } = runtime
-  if (options.migrate) {
-    await store.migrate()
-    if (await seedIfEmpty(runtime)) logger.info({ event: 'seed.created', stock: config.seedStock }, 'seed.created')
-  }
+  if (options.migrate) await store.migrate()
   const redis = config.redisUrl ? new Redis(config.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false }) : undefined
   redis?.on('error', (error) => logger.warn({ err: error.message }, 'redis.error'))
   const app = await buildApp({ config, store, clock, logger, metrics, observer, ...(redis ? { redis } : {}) })

@@ -3,7 +3,7 @@
 import cluster from 'node:cluster'
 import { ConfigError, loadConfig, loadDotEnv, type Config } from './config.js'
 import { createLogger } from './http/logger.js'
-import { installSignalHandlers, openRuntime, seedIfEmpty, serve } from './runtime.js'
+import { installSignalHandlers, openRuntime, serve } from './runtime.js'
 
 export async function startServer(): Promise<void> {
   loadDotEnv()
@@ -21,7 +21,6 @@ export async function startServer(): Promise<void> {
   if (config.workers > 1 && cluster.isPrimary) {
     const runtime = openRuntime(config, { logger })
     await runtime.store.migrate()
-    if (await seedIfEmpty(runtime)) logger.info({ event: 'seed.created', stock: config.seedStock }, 'seed.created')
     await runtime.store.close()
     for (let index = 0; index < config.workers; index++) cluster.fork()
     let stopping = false
@@ -46,6 +45,16 @@ export async function startServer(): Promise<void> {
   }
   const { close, port } = await serve(config, { migrate: cluster.isPrimary })
   installSignalHandlers(close, logger)
+  if (cluster.isWorker) {
+    // A worker whose primary died (killed, crashed) must not live on unsupervised: drain and exit.
+    process.once('disconnect', () => {
+      logger.warn({ event: 'worker.orphaned', pid: process.pid }, 'primary gone: draining')
+      close().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      )
+    })
+  }
   logger.info({ event: 'server.listening', port, host: config.host, engine: config.engine, pid: process.pid }, 'server.listening')
 }
 

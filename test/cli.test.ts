@@ -15,7 +15,7 @@ interface AuditOutput {
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: cli`, () => {
-    it('migrate creates the schema and is repeatable; seed creates product 1 with SEED_STOCK units once', async () => {
+    it('migrate creates the schema and product 1 once, and is repeatable; seed then has nothing to do', async () => {
       const fresh = await freshDatabase(engine.name)
       try {
         const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
@@ -23,11 +23,6 @@ for (const engine of testEngines()) {
           const migrated = await runCli(['migrate'], env)
           expect({ code: migrated.code, stderr: migrated.stderr }).toEqual({ code: 0, stderr: '' })
         }
-        expect(await rawQuery(engine.name, fresh.url, 'select id from products')).toEqual([])
-
-        const seeded = await runCli(['seed'], env)
-        expect(seeded.code).toBe(0)
-        expect(seeded.stdout).toContain('seeded product 1 with 7 units')
         const again = await runCli(['seed'], env)
         expect(again.code).toBe(0)
         expect(again.stdout).toContain('nothing seeded')
@@ -38,6 +33,24 @@ for (const engine of testEngines()) {
         const audited = await runCli(['audit'], env)
         expect(audited.code).toBe(0)
         expect(JSON.parse(audited.stdout)).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+      } finally {
+        await fresh.drop()
+      }
+    })
+
+    it('a database migrated with SEED_STOCK=0 has no product until seed creates product 1 with SEED_STOCK units, once', async () => {
+      const fresh = await freshDatabase(engine.name)
+      try {
+        expect((await runCli(['migrate'], { DATABASE_URL: fresh.url, SEED_STOCK: '0' })).code).toBe(0)
+        expect(await rawQuery(engine.name, fresh.url, 'select id from products')).toEqual([])
+        const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
+        const seeded = await runCli(['seed'], env)
+        expect(seeded.code).toBe(0)
+        expect(seeded.stdout).toContain('seeded product 1 with 7 units')
+        expect((await runCli(['seed'], env)).stdout).toContain('nothing seeded')
+        const products = (await rawQuery(engine.name, fresh.url, 'select id, stock from products')) as Array<Record<string, unknown>>
+        expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock) }))).toEqual([{ id: 1, stock: 7 }])
+        expect((await runCli(['audit'], env)).code).toBe(0)
       } finally {
         await fresh.drop()
       }

@@ -27,7 +27,7 @@ import type { Engine } from './engines/engine.js'
 import { mysqlEngine } from './engines/mysql.js'
 import { postgresEngine } from './engines/postgres.js'
 import { sqliteEngine } from './engines/sqlite.js'
-import { migrationProvider } from './migrations/index.js'
+import { migrationProvider, type SeedProduct } from './migrations/index.js'
 import type { Database, HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
 
 export const engines: Record<EngineName, Engine> = { sqlite: sqliteEngine, postgres: postgresEngine, mysql: mysqlEngine }
@@ -38,6 +38,8 @@ export interface StoreOptions {
   observer: Observer
   txAttemptsMax: number
   poolSizeMax?: number
+  // Product 1 of a new database (see migrations/0002_seed_product).
+  seed?: SeedProduct
 }
 
 const retryBackoffMsMin = 2
@@ -58,7 +60,7 @@ export class KyselyStore implements Store {
 
   async migrate(): Promise<void> {
     const schema = this.capabilities.schemaOf(this.options.databaseUrl)
-    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities), ...(schema ? { migrationTableSchema: schema } : {}) })
+    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities, this.options.seed), ...(schema ? { migrationTableSchema: schema } : {}) })
     const { error, results } = await migrator.migrateToLatest()
     const failed = results?.find((result) => result.status === 'Error')
     if (error || failed) throw new Error(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)

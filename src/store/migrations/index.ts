@@ -100,8 +100,33 @@ function initial(engine: Engine): Migration {
   }
 }
 
-export function migrationProvider(engine: Engine): MigrationProvider {
+export interface SeedProduct {
+  name: string
+  priceMinor: number
+  currency: string
+  stock: number
+}
+
+// The first product of a new database, created by a migration so that it happens exactly once,
+// under the migrator's lock, even when several instances start together on an empty database.
+// With no seed (or zero stock) nothing is created, and the migration still counts as applied.
+function seedProduct(seed: SeedProduct | undefined): Migration {
   return {
-    getMigrations: async () => ({ '0001_initial': initial(engine) }),
+    async up(db: Kysely<any>) {
+      if (!seed || seed.stock <= 0) return
+      const existing = await db.selectFrom('products').select(sql<number>`count(*)`.as('n')).executeTakeFirstOrThrow()
+      if (Number(existing.n) > 0) return
+      const nowMs = Date.now()
+      await db
+        .insertInto('products')
+        .values({ name: seed.name, price_minor: seed.priceMinor, currency: seed.currency, stock: seed.stock, reserved: 0, sold: 0, created_at: nowMs, updated_at: nowMs })
+        .execute()
+    },
+  }
+}
+
+export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
+  return {
+    getMigrations: async () => ({ '0001_initial': initial(engine), '0002_seed_product': seedProduct(seed) }),
   }
 }
