@@ -1,7 +1,7 @@
 // The only SQL in the service. Implements domain/store.ts on SQLite, PostgreSQL and MySQL;
 // what differs between them is asked of the engine as a capability.
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Kysely, Migrator, sql, type Selectable } from 'kysely'
+import { CompiledQuery, Kysely, Migrator, sql, type Selectable } from 'kysely'
 import type { EngineName } from '../config.js'
 import { DomainError } from '../domain/errors.js'
 import type { Observer } from '../domain/events.js'
@@ -51,6 +51,7 @@ export class KyselyStore implements Store {
   readonly engine: EngineName
   private readonly db: Db
   private readonly capabilities: Engine
+  private readonly hotSql = new HotSql()
 
   constructor(private readonly options: StoreOptions) {
     this.engine = options.engine
@@ -73,7 +74,7 @@ export class KyselyStore implements Store {
         return await this.db.connection().execute(async (connection) => {
           await sql.raw(this.capabilities.beginSql).execute(connection)
           try {
-            const result = await fn(new KyselyTx(connection, this.capabilities))
+            const result = await fn(new KyselyTx(connection, this.capabilities, this.hotSql))
             await sql`commit`.execute(connection)
             return result
           } catch (error) {
@@ -277,31 +278,57 @@ export class KyselyStore implements Store {
 }
 
 
+// The statements of the hold hot path, compiled by Kysely once (per row count for the insert)
+// and then run with fresh parameters: building and compiling them on every batch cost more CPU
+// than the database spent executing them. The first build checks, with sentinel values, that
+// the parameters come out in the order the callers pass them.
+class HotSql {
+  private readonly texts = new Map<string, string>()
+
+  text(key: string, sentinels: readonly unknown[], build: () => CompiledQuery): string {
+    let text = this.texts.get(key)
+    if (text === undefined) {
+      const compiled = build()
+      if (JSON.stringify(compiled.parameters) !== JSON.stringify(sentinels)) {
+        throw new Error(`hot statement ${key} has parameters ${JSON.stringify(compiled.parameters)}, expected ${JSON.stringify(sentinels)}`)
+      }
+      text = compiled.sql
+      this.texts.set(key, text)
+    }
+    return text
+  }
+}
+
+const holdColumns = ['id', 'product_id', 'qty', 'status', 'expires_at', 'created_at', 'updated_at'] as const
+
 class KyselyTx implements StoreTx {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly engine: Engine,
+    private readonly hotSql: HotSql,
   ) {}
 
   async lockProduct(productId: number): Promise<Product | undefined> {
-    let query = this.db.selectFrom('products').selectAll().where('id', '=', productId)
-    if (this.engine.supportsForUpdate) query = query.forUpdate()
-    const row = await query.executeTakeFirst()
+    const text = this.hotSql.text('lockProduct', [-1], () => {
+      const query = this.db.selectFrom('products').selectAll().where('id', '=', -1)
+      return (this.engine.supportsForUpdate ? query.forUpdate() : query).compile()
+    })
+    const { rows } = await this.db.executeQuery<Selectable<ProductsTable>>(CompiledQuery.raw(text, [productId]))
+    const row = rows[0]
     return row ? toProduct(row) : undefined
   }
 
   async applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void> {
-    const result = await this.db
-      .updateTable('products')
-      .set((eb) => ({
-        reserved: eb('reserved', '+', delta.reserved),
-        sold: eb('sold', '+', delta.sold),
-        stock: eb('stock', '+', delta.stock),
-        updated_at: Date.now(),
-      }))
-      .where('id', '=', productId)
-      .executeTakeFirst()
-    if (Number(result.numUpdatedRows) !== 1) throw new Error(`product ${productId} vanished under its lock`)
+    const sentinels = [-11, -12, -13, -14, -15]
+    const text = this.hotSql.text('applyProductDelta', sentinels, () =>
+      this.db
+        .updateTable('products')
+        .set((eb) => ({ reserved: eb('reserved', '+', -11), sold: eb('sold', '+', -12), stock: eb('stock', '+', -13), updated_at: -14 }))
+        .where('id', '=', -15)
+        .compile(),
+    )
+    const result = await this.db.executeQuery(CompiledQuery.raw(text, [delta.reserved, delta.sold, delta.stock, Date.now(), productId]))
+    if (Number(result.numAffectedRows ?? 0) !== 1) throw new Error(`product ${productId} vanished under its lock`)
   }
 
   async insertProduct(product: NewProduct): Promise<number> {
@@ -325,20 +352,23 @@ class KyselyTx implements StoreTx {
 
   async insertHolds(holds: readonly Hold[]): Promise<void> {
     if (holds.length === 0) return
-    await this.db
-      .insertInto('holds')
-      .values(
-        holds.map((hold) => ({
-          id: hold.id,
-          product_id: hold.productId,
-          qty: hold.qty,
-          status: hold.status,
-          expires_at: hold.expiresAt.getTime(),
-          created_at: hold.createdAt.getTime(),
-          updated_at: hold.createdAt.getTime(),
-        })),
-      )
-      .execute()
+    const sentinels = holds.flatMap((_, row) => holdColumns.map((_, column) => `s${row}_${column}`))
+    const text = this.hotSql.text(`insertHolds:${holds.length}`, sentinels, () =>
+      this.db
+        .insertInto('holds')
+        .values(holds.map((_, row) => Object.fromEntries(holdColumns.map((name, column) => [name, `s${row}_${column}`])) as never))
+        .compile(),
+    )
+    const parameters = holds.flatMap((hold) => [
+      hold.id,
+      hold.productId,
+      hold.qty,
+      hold.status,
+      hold.expiresAt.getTime(),
+      hold.createdAt.getTime(),
+      hold.createdAt.getTime(),
+    ])
+    await this.db.executeQuery(CompiledQuery.raw(text, parameters))
   }
 
   async getHold(holdId: string): Promise<Hold | undefined> {

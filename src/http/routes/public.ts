@@ -44,6 +44,9 @@ function rateLimit(perMin: number) {
   return perMin > 0 ? { rateLimit: { max: perMin, timeWindow: 60_000 } } : { rateLimit: false as const }
 }
 
+// The JSON of a product view, made once however many coalesced reads answer with it.
+const serializedViews = new WeakMap<object, string>()
+
 export async function publicRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
   const { config, services, clock } = context
 
@@ -53,11 +56,17 @@ export async function publicRoutes(app: FastifyInstance, context: AppContext): P
       config: rateLimit(config.rateLimitReadPerMin),
       schema: { tags: ['products'], params: ProductParams, response: { 200: ProductView, ...problemResponses([404, 429]) } },
     },
-    async (request) => {
+    async (request, reply) => {
       const productId = parseProductId(request.params.id)
       const product = productId === undefined ? undefined : await services.reader.read(productId)
       if (!product) throw new DomainError('product_not_found')
-      return presentProduct(product)
+      // Reads that shared one query share one view object: serialise it once for all of them.
+      let body = serializedViews.get(product)
+      if (body === undefined) {
+        body = JSON.stringify(presentProduct(product))
+        serializedViews.set(product, body)
+      }
+      return reply.type('application/json; charset=utf-8').send(body)
     },
   )
 
