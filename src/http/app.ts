@@ -81,7 +81,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // answered with Connection: close below), rather than given Fastify's bare 503.
     return503OnClosing: false,
     // Long enough that an over-long id reaches its route and is answered hold_not_found (etc.).
-    maxParamLength: 1024,
+    routerOptions: { maxParamLength: 1024 },
     // URL errors found before routing (bad percent-encoding, an over-long id) are problems too.
     frameworkErrors: (error, request, reply) => errorHandler(error, request, reply),
     ajv: {

@@ -62,9 +62,20 @@ export class KyselyStore implements Store {
   async migrate(): Promise<void> {
     const schema = this.capabilities.schemaOf(this.options.databaseUrl)
     const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities, this.options.seed), ...(schema ? { migrationTableSchema: schema } : {}) })
-    const { error, results } = await migrator.migrateToLatest()
-    const failed = results?.find((result) => result.status === 'Error')
-    if (error || failed) throw new Error(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)
+    // The migrator first introspects the catalogue of every schema; another schema being dropped
+    // at that moment (other tenants, parallel test suites) makes that look-up fail. Nothing has
+    // run yet then, and each migration runs in its own transaction, so a bounded retry is safe.
+    const attemptsMax = 5
+    for (let attempt = 1; ; attempt++) {
+      const { error, results } = await migrator.migrateToLatest()
+      const failed = results?.find((result) => result.status === 'Error')
+      if (!error && !failed) return
+      if (attempt >= attemptsMax || failed) {
+        throw new Error(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)
+      }
+      this.options.observer.emit({ name: 'tx.retry', label: 'migrate', attempt, delayMs: 100 * attempt, reason: String(error).slice(0, 200) })
+      await sleep(100 * attempt)
+    }
   }
 
   async transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
