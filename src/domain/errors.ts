@@ -43,7 +43,3 @@ export class DomainError extends Error {
     super(message ?? code)
   }
 }
-
-export function isDomainError(error: unknown): error is DomainError {
-  return error instanceof DomainError
-}

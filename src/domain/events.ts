@@ -29,8 +29,6 @@ export interface Observer {
   emit(event: DomainEvent): void
 }
 
-export const silentObserver: Observer = { emit: () => {} }
-
 export function emitAll(observer: Observer, events: readonly DomainEvent[]): void {
   for (const event of events) observer.emit(event)
 }

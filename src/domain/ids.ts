@@ -3,10 +3,6 @@ import { randomBytes } from 'node:crypto'
 // 96 random bits: knowing an id is what lets a buyer use it (SPEC §3), so it must not be guessable.
 const idRandomBytes = 12
 
-export function newHoldId(): string {
-  return `hold_${randomBytes(idRandomBytes).toString('base64url')}`
-}
-
 // One call to the random source for a whole batch: each id still gets its own 96 random bits.
 export function newHoldIds(count: number): string[] {
   const bytes = randomBytes(idRandomBytes * count)

@@ -179,14 +179,3 @@ export interface Store {
   ping(): Promise<void>
   close(): Promise<void>
 }
-
-export class TransientConflictError extends Error {
-  override name = 'TransientConflictError'
-}
-
-export interface TxRetryInfo {
-  label: string
-  attempt: number
-  delayMs: number
-  reason: string
-}
