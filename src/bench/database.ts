@@ -6,9 +6,8 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import BetterSqlite3 from 'better-sqlite3'
-import mysql from 'mysql2/promise'
-import pg from 'pg'
 import type { EngineName } from '../config.js'
+import { withMysql, withPostgres } from '../store/admin-connection.js'
 
 export interface BenchDatabase {
   engine: EngineName
@@ -57,7 +56,7 @@ export async function freshBenchDatabase(databaseUrl: string | undefined): Promi
     const adminUrl = new URL(databaseUrl!)
     adminUrl.searchParams.delete('schema')
     const schema = `bench_${suffix}`
-    const version = await withPg(adminUrl.toString(), async (client) => {
+    const version = await withPostgres(adminUrl.toString(), async (client) => {
       await client.query(`create schema ${schema}`)
       const result = await client.query<{ server_version: string }>('show server_version')
       return `PostgreSQL ${result.rows[0]?.server_version ?? '?'}`
@@ -69,7 +68,7 @@ export async function freshBenchDatabase(databaseUrl: string | undefined): Promi
       url: url.toString(),
       displayUrl: masked(url),
       version,
-      drop: () => withPg(adminUrl.toString(), (client) => client.query(`drop schema if exists ${schema} cascade`)).then(() => undefined),
+      drop: () => withPostgres(adminUrl.toString(), (client) => client.query(`drop schema if exists ${schema} cascade`)).then(() => undefined),
     }
   }
   const adminUrl = new URL(databaseUrl!.replace(/^mariadb:/, 'mysql:'))
@@ -91,21 +90,4 @@ export async function freshBenchDatabase(databaseUrl: string | undefined): Promi
   }
 }
 
-async function withPg<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 })
-  await client.connect()
-  try {
-    return await fn(client)
-  } finally {
-    await client.end()
-  }
-}
 
-async function withMysql<T>(url: string, fn: (connection: mysql.Connection) => Promise<T>): Promise<T> {
-  const connection = await mysql.createConnection({ uri: url, connectTimeout: 5000 })
-  try {
-    return await fn(connection)
-  } finally {
-    await connection.end()
-  }
-}

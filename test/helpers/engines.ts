@@ -4,9 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
-import pg from 'pg'
-import mysql from 'mysql2/promise'
 import type { EngineName } from '../../src/config.js'
+import { withMysql, withPostgres } from '../../src/store/admin-connection.js'
 
 export interface TestEngine {
   name: EngineName
@@ -44,10 +43,10 @@ export async function freshDatabase(engine: EngineName): Promise<FreshDatabase> 
   if (engine === 'postgres') {
     const adminUrl = process.env.TEST_POSTGRES_URL!
     const schema = `t_${suffix}`
-    await withPg(adminUrl, (client) => client.query(`create schema ${schema}`))
+    await withPostgres(adminUrl, (client) => client.query(`create schema ${schema}`))
     const url = new URL(adminUrl)
     url.searchParams.set('schema', schema)
-    return { url: url.toString(), drop: () => withPg(adminUrl, (client) => client.query(`drop schema if exists ${schema} cascade`)).then(() => undefined) }
+    return { url: url.toString(), drop: () => withPostgres(adminUrl, (client) => client.query(`drop schema if exists ${schema} cascade`)).then(() => undefined) }
   }
   const adminUrl = process.env.TEST_MYSQL_URL!
   const database = `t_${suffix}`
@@ -57,24 +56,7 @@ export async function freshDatabase(engine: EngineName): Promise<FreshDatabase> 
   return { url: url.toString(), drop: () => withMysql(adminUrl, (connection) => connection.query(`drop database if exists ${database}`)).then(() => undefined) }
 }
 
-async function withPg<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try {
-    return await fn(client)
-  } finally {
-    await client.end()
-  }
-}
 
-async function withMysql<T>(url: string, fn: (connection: mysql.Connection) => Promise<T>): Promise<T> {
-  const connection = await mysql.createConnection(url)
-  try {
-    return await fn(connection)
-  } finally {
-    await connection.end()
-  }
-}
 
 // Runs raw SQL on a test database (to corrupt a row for the audit test, or read rows directly).
 export async function rawQuery(engine: EngineName, url: string, text: string): Promise<unknown[]> {
@@ -82,7 +64,7 @@ export async function rawQuery(engine: EngineName, url: string, text: string): P
     const parsed = new URL(url)
     const schema = parsed.searchParams.get('schema')
     parsed.searchParams.delete('schema')
-    return withPg(parsed.toString(), async (client) => {
+    return withPostgres(parsed.toString(), async (client) => {
       if (schema) await client.query(`set search_path to ${schema}`)
       return (await client.query(text)).rows
     })
