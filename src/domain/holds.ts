@@ -174,7 +174,7 @@ export class Holds {
     const now = this.clock.now()
     const expiresAt = addMs(now, this.settings.holdTtlMs)
     // Ids are made before the transaction so a retried attempt inserts the same holds.
-    const holdIds = newHoldIds(batch.length)
+    const holdIds = newHoldIds(batch.length, now)
     const candidates: Hold[] = batch.map((waiter, index) => ({
       id: holdIds[index]!,
       productId,

@@ -65,7 +65,7 @@ export class Orders {
     const known = isResourceId(request.holdId) ? await this.store.getHold(request.holdId) : undefined
     if (!known) throw new DomainError('hold_not_found')
     const now = this.clock.now()
-    const orderId = newOrderId()
+    const orderId = newOrderId(now)
     const key = request.idempotencyKey
     const result = await this.store.transaction({ label: 'orders.create' }, async (tx) => {
       const events: DomainEvent[] = []

@@ -116,7 +116,7 @@ export async function applyPaymentToHold(
   }
   const product = ctx.ledger.product
   const created: Order = {
-    id: newOrderId(),
+    id: newOrderId(ctx.now),
     holdId: hold.id,
     productId: hold.productId,
     qty: hold.qty,
