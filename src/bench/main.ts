@@ -2,8 +2,11 @@
 // SQLite file) with rate limits off, drives it over 127.0.0.1 with autocannon at each of
 // BENCH_CONNECTIONS, and prints from one run: the GET /health rate (this machine's ceiling for
 // this server), holds/s with p50/p99, product reads/s, buyers/s through the whole funnel, then a
-// sell-out of 1,000 units with the audit. Every phase is bounded in time; the server and the
-// database created for the run are gone when it ends, however it ends.
+// sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
+// same database with HOLD_BATCH_MAX=1 (one transaction per hold: the lock-per-request design)
+// takes the same holds, so the gain of group commit is measured in the run, not quoted. Every
+// phase is bounded in time; the servers and the database created for the run are gone when it
+// ends, however it ends.
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
@@ -13,12 +16,12 @@ import { audit, type AuditReport } from '../domain/audit.js'
 import { openRuntime } from '../runtime.js'
 import { freshBenchDatabase, type BenchDatabase } from './database.js'
 import { cannon, funnel, jsonRequest, type FunnelResult, type LoadResult } from './load.js'
-import { batchStats, scrapeServer } from './metrics.js'
+import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
 import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
 import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
 
-type Phase = 'health' | 'holds' | 'reads' | 'funnel' | 'sellout'
-const allPhases: Phase[] = ['health', 'holds', 'reads', 'funnel', 'sellout']
+type Phase = 'health' | 'holds' | 'unbatched' | 'reads' | 'funnel' | 'sellout'
+const allPhases: Phase[] = ['health', 'holds', 'unbatched', 'reads', 'funnel', 'sellout']
 
 interface Settings {
   databaseUrl: string | undefined
@@ -76,6 +79,8 @@ const selloutRefusalsFactor = 10
 const benchHoldTtlS = 600
 // Slack on top of the phases' own durations for start-up, scrapes, audit and shutdown.
 const overheadBudgetS = 240
+// The unbatched server starts and drains once per level, on top of that slack.
+const unbatchedServerOverheadS = 30
 
 function log(line: string): void {
   process.stderr.write(`${line}\n`)
@@ -92,8 +97,13 @@ async function main(): Promise<number> {
     }
     throw error
   }
-  const phaseCount = settings.connectionLevels.length * 5 + 3
-  const budgetS = phaseCount * settings.durationS + 3 * settings.warmupS + overheadBudgetS
+  const levelCount = settings.connectionLevels.length
+  // Per level: health twice, holds, unbatched holds, reads, funnel.
+  const phaseCount = levelCount * 6 + 3
+  // Warm-ups: three on the main server, one on each level's unbatched server.
+  const warmupCount = 3 + (settings.phases.has('unbatched') ? levelCount : 0)
+  const unbatchedOverheadS = settings.phases.has('unbatched') ? levelCount * unbatchedServerOverheadS : 0
+  const budgetS = phaseCount * settings.durationS + warmupCount * settings.warmupS + overheadBudgetS + unbatchedOverheadS
   // The hard bound: whatever hangs, the bench ends and takes its server with it.
   setTimeout(() => {
     console.error(`bench: still running after ${budgetS} s; stopping`)
@@ -141,22 +151,18 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${resolve(settings.cpuProfDir)}`)
   }
   log(`bench: ${database.version} at ${database.displayUrl}, WORKERS=${settings.workers}, ${settings.durationS} s per phase`)
-  const server = await startServer({
-    databaseUrl: database.url,
-    workers: settings.workers,
-    nodeFlags,
-    env: {
-      NODE_ENV: 'production',
-      LOG_LEVEL: 'warn',
-      ADMIN_TOKEN: adminToken,
-      WEBHOOK_SECRET: webhookSecret,
-      RATE_LIMIT_READ_PER_MIN: '0',
-      RATE_LIMIT_HOLD_PER_MIN: '0',
-      RATE_LIMIT_ORDER_PER_MIN: '0',
-      HOLD_TTL_SECONDS: String(benchHoldTtlS),
-      SEED_STOCK: '0',
-    },
-  })
+  const serverEnv: Record<string, string> = {
+    NODE_ENV: 'production',
+    LOG_LEVEL: 'warn',
+    ADMIN_TOKEN: adminToken,
+    WEBHOOK_SECRET: webhookSecret,
+    RATE_LIMIT_READ_PER_MIN: '0',
+    RATE_LIMIT_HOLD_PER_MIN: '0',
+    RATE_LIMIT_ORDER_PER_MIN: '0',
+    HOLD_TTL_SECONDS: String(benchHoldTtlS),
+    SEED_STOCK: '0',
+  }
+  const server = await startServer({ databaseUrl: database.url, workers: settings.workers, nodeFlags, env: serverEnv })
   onStarted(server)
   const group = server.child.pid
   const { baseUrl } = server
@@ -172,10 +178,10 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
   const holdBody = JSON.stringify({ product_id: hotProductId, qty: 1 })
   const urls = { health: `${baseUrl}/health`, holds: `${baseUrl}/api/holds`, product: `${baseUrl}/api/products/${hotProductId}` }
 
-  const measured = async <T>(work: () => Promise<T>): Promise<{ result: T; cpu: CpuShare }> => {
-    const before = cpuSample(group)
+  const measured = async <T>(work: () => Promise<T>, serverGroup = group): Promise<{ result: T; cpu: CpuShare }> => {
+    const before = cpuSample(serverGroup)
     const result = await work()
-    const cpu = cpuShare(before, cpuSample(group))
+    const cpu = cpuShare(before, cpuSample(serverGroup))
     // SQLite runs inside the server: database server processes on this host serve someone else.
     if (database.engine === 'sqlite') return { result, cpu: { ...cpu, databaseCores: 0, otherCores: cpu.otherCores + cpu.databaseCores } }
     return { result, cpu }
@@ -188,6 +194,40 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     return `${result.label} @${result.connections}: ${Math.round(result.okPerS)} 2xx/s, p50 ${result.latencyP50Ms} ms, p99 ${result.latencyP99Ms} ms${problems.length ? `, ${problems.join(' ')}` : ''}`
   }
 
+  const unbatchedLogEvents: Record<string, number> = {}
+  let unbatchedStderr = ''
+  // The reference for group commit: the same holds on a second server whose every hold is its
+  // own transaction (lock the product row, update its counts, insert the hold, commit). It runs
+  // while the main server is idle, on the same database and machine, with the same env and
+  // WORKERS, so the two rates differ only by HOLD_BATCH_MAX. One difference from a handler that
+  // opens its own transaction: each worker still queues a product's holds and runs one
+  // transaction at a time, so at most WORKERS of them wait on the row lock, not every pooled
+  // connection. It starts fresh at each level (nothing of it runs during the main server's other
+  // phases) and gets its own warm-up, so a cold JIT and pool do not flatter the gain. No
+  // --cpu-prof: the profiles are the main server's.
+  const unbatchedHolds = async (connections: number): Promise<{ result: LoadResult; cpu: CpuShare; batches: BatchStats }> => {
+    const second = await startServer({ databaseUrl: database.url, workers: settings.workers, nodeFlags: [], env: { ...serverEnv, HOLD_BATCH_MAX: '1' } })
+    try {
+      const url = `${second.baseUrl}/api/holds`
+      if (settings.warmupS > 0) {
+        await cannon({ label: 'warm-up unbatched holds', url, connections: Math.min(...settings.connectionLevels), durationS: settings.warmupS, method: 'POST', body: holdBody })
+      }
+      const metricsBefore = await scrapeServer(second.baseUrl, settings.workers)
+      const { result, cpu } = await measured(
+        () => cannon({ label: 'POST /api/holds unbatched', url, connections, durationS: settings.durationS, method: 'POST', body: holdBody }),
+        second.child.pid,
+      )
+      return { result, cpu, batches: batchStats(metricsBefore, await scrapeServer(second.baseUrl, settings.workers)) }
+    } finally {
+      // Stopped before the main server's next phase, whatever happened; killAllServers covers
+      // a bench that dies before this runs.
+      const stopped = await second.stop()
+      if (stopped.forced) log('bench: the unbatched server did not stop within its drain time and was killed')
+      for (const [event, count] of Object.entries(second.logEvents())) unbatchedLogEvents[event] = (unbatchedLogEvents[event] ?? 0) + count
+      unbatchedStderr = second.stderrTail()
+    }
+  }
+
   if (settings.warmupS > 0) {
     // Warm-up (not reported): JIT, connection pools, prepared statements.
     const connections = Math.min(...settings.connectionLevels)
@@ -198,7 +238,17 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
 
   const levels: LevelReport[] = []
   for (const connections of settings.connectionLevels) {
-    const level: LevelReport = { connections, health: [], holds: undefined, reads: undefined, funnel: undefined, batches: undefined, cpu: {} }
+    const level: LevelReport = {
+      connections,
+      health: [],
+      holds: undefined,
+      unbatched: undefined,
+      reads: undefined,
+      funnel: undefined,
+      batches: undefined,
+      unbatchedBatches: undefined,
+      cpu: {},
+    }
     const health = async (): Promise<void> => {
       if (!settings.phases.has('health')) return
       const { result, cpu } = await measured(() => cannon({ label: 'GET /health', url: urls.health, connections, durationS: settings.durationS }))
@@ -216,6 +266,14 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
       level.cpu.holds = cpu
       level.batches = batchStats(metricsBefore, await scrapeServer(baseUrl, settings.workers))
       log(`  ${describe(result)}; batches: mean ${level.batches.meanSize.toFixed(1)}, ${Math.round(level.batches.batches / result.durationS)} tx/s`)
+    }
+    // Right after the batched holds, so both see the machine in about the same state.
+    if (settings.phases.has('unbatched')) {
+      const { result, cpu, batches } = await unbatchedHolds(connections)
+      level.unbatched = result
+      level.cpu.unbatched = cpu
+      level.unbatchedBatches = batches
+      log(`  ${describe(result)}; batches: mean ${batches.meanSize.toFixed(1)}, ${Math.round(batches.batches / result.durationS)} tx/s`)
     }
     if (settings.phases.has('reads')) {
       const { result, cpu } = await measured(() => cannon({ label: 'GET /api/products/:id', url: urls.product, connections, durationS: settings.durationS }))
@@ -309,13 +367,18 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     levels,
     sellout,
     serverLogEvents: server.logEvents(),
-    // Fastify's deprecation notices are the same on every run; anything else is worth seeing.
-    serverStderr: server
-      .stderrTail()
-      .split('\n')
-      .filter((line) => line.trim() !== '' && !/FSTDEP\d+|--trace-warnings/.test(line))
-      .join('\n'),
+    serverStderr: worthSeeing(server.stderrTail()),
+    unbatchedServerLogEvents: unbatchedLogEvents,
+    unbatchedServerStderr: worthSeeing(unbatchedStderr),
   }
+}
+
+// Fastify's deprecation notices are the same on every run; anything else is worth seeing.
+function worthSeeing(stderr: string): string {
+  return stderr
+    .split('\n')
+    .filter((line) => line.trim() !== '' && !/FSTDEP\d+|--trace-warnings/.test(line))
+    .join('\n')
 }
 
 function describeFailures(result: FunnelResult): string {

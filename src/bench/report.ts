@@ -9,9 +9,14 @@ export interface LevelReport {
   // Measured before and after the hold and read phases.
   health: LoadResult[]
   holds: LoadResult | undefined
+  // The same holds on a second server with HOLD_BATCH_MAX=1: one transaction per hold, the
+  // lock-per-request design that group commit is measured against.
+  unbatched: LoadResult | undefined
   reads: LoadResult | undefined
   funnel: FunnelResult | undefined
   batches: BatchStats | undefined
+  // Its mean size must be 1.0: anything more means the reference was not one hold per transaction.
+  unbatchedBatches: BatchStats | undefined
   cpu: Record<string, CpuShare>
 }
 
@@ -41,6 +46,9 @@ export interface BenchReport {
   // The server's warn-or-worse log lines over the whole run, by event (tx.retry, tx.busy, ...).
   serverLogEvents: Record<string, number>
   serverStderr: string
+  // The same for the unbatched servers, summed over levels; stderr of the last one.
+  unbatchedServerLogEvents: Record<string, number>
+  unbatchedServerStderr: string
 }
 
 const whole = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 })
@@ -101,6 +109,9 @@ export function formatReport(report: BenchReport): string {
     row('holds / health', (level) => ratio(level.holds?.okPerS, healthRate(level))),
     row('holds p50 / p99 latency, ms', (level) => `${ms(level.holds?.latencyP50Ms)} / ${ms(level.holds?.latencyP99Ms)}`),
     row('hold batch size, mean (p90 ≤)', (level) => (level.batches ? `${level.batches.meanSize.toFixed(1)} (${level.batches.p90SizeAtMost})` : '–')),
+    row('POST /api/holds unbatched (HOLD_BATCH_MAX=1), holds/s', (level) => rate(level.unbatched?.okPerS) + nonSuccess(level.unbatched)),
+    row('unbatched p50 / p99 latency, ms', (level) => `${ms(level.unbatched?.latencyP50Ms)} / ${ms(level.unbatched?.latencyP99Ms)}`),
+    row('group commit gain, × (holds / unbatched)', (level) => ratio(level.holds?.okPerS, level.unbatched?.okPerS)),
     row('GET /api/products/:id, reads/s', (level) => rate(level.reads?.okPerS) + nonSuccess(level.reads)),
     row('reads / health', (level) => ratio(level.reads?.okPerS, healthRate(level))),
     row('reads p99 latency, ms', (level) => ms(level.reads?.latencyP99Ms)),
@@ -129,6 +140,13 @@ export function formatReport(report: BenchReport): string {
         ` 0 oversold: ${verdict(sellout ? sellout.oversold === 0 : undefined)}.`,
       '',
     )
+    if (last.unbatched) {
+      lines.push(
+        `Group commit at ${last.connections} connections: ${rate(last.holds?.okPerS)} holds/s batched, ${rate(last.unbatched.okPerS)} with one transaction per hold ` +
+          `(a second server on the same database, HOLD_BATCH_MAX=1, run right after): ${ratio(last.holds?.okPerS, last.unbatched.okPerS)}.`,
+        '',
+      )
+    }
   }
   if (sellout) {
     lines.push(
@@ -152,8 +170,11 @@ export function formatReport(report: BenchReport): string {
   )
   const logged = Object.entries(report.serverLogEvents)
   lines.push('', `Server warnings over the run: ${logged.length ? logged.map(([event, count]) => `${event} ×${count}`).join(', ') : 'none'}.`)
+  const loggedUnbatched = Object.entries(report.unbatchedServerLogEvents)
+  if (loggedUnbatched.length) lines.push(`Unbatched server warnings: ${loggedUnbatched.map(([event, count]) => `${event} ×${count}`).join(', ')}.`)
   const failures = levels.flatMap((level) => Object.entries(level.funnel?.failures ?? {}).map(([key, count]) => `${level.connections} buyers: ${key} ×${count}`))
   if (failures.length) lines.push(`Funnel steps that failed: ${failures.join(', ')}.`)
   if (report.serverStderr) lines.push('', 'Server stderr (tail):', '```', report.serverStderr, '```')
+  if (report.unbatchedServerStderr) lines.push('', 'Unbatched server stderr (tail):', '```', report.unbatchedServerStderr, '```')
   return lines.join('\n')
 }
