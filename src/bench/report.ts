@@ -96,6 +96,19 @@ function cpuPerAnswer(share: CpuShare | undefined, result: LoadResult | undefine
   return whole.format((cores * 1e6) / result.answersPerS)
 }
 
+// What the CPU measured during the holds phase allows, whatever the batching and waiting: with
+// the server, the database and the load generator on the same cores, no rate above cores / CPU
+// per hold can be had while each hold costs what it cost.
+function cpuCeiling(level: LevelReport, cpuCount: number): { holdTotalUs: number; holdServerUs: number; holdsPerS: number } | undefined {
+  const share = level.cpu.holds
+  const answersPerS = level.holds?.answersPerS
+  if (!share || !answersPerS || !(answersPerS > 0)) return undefined
+  const holdServerUs = (share.serverCores * 1e6) / answersPerS
+  const holdTotalUs = ((share.serverCores + share.databaseCores + share.benchCores) * 1e6) / answersPerS
+  if (!(holdTotalUs > 0)) return undefined
+  return { holdTotalUs, holdServerUs, holdsPerS: (cpuCount * 1e6) / holdTotalUs }
+}
+
 export function formatReport(report: BenchReport): string {
   const { machine, levels } = report
   const header = `| ${report.engineVersion}, WORKERS=${report.workers}, ${report.durationS} s per phase | ${levels.map((level) => `${level.connections} connections`).join(' | ')} |`
@@ -140,6 +153,15 @@ export function formatReport(report: BenchReport): string {
         ` 0 oversold: ${verdict(sellout ? sellout.oversold === 0 : undefined)}.`,
       '',
     )
+    const ceiling = cpuCeiling(last, machine.cpuCount)
+    if (ceiling && health) {
+      lines.push(
+        `CPU ceiling at ${last.connections} connections: a hold cost ${whole.format(ceiling.holdTotalUs)} µs of CPU (server ${whole.format(ceiling.holdServerUs)}, ` +
+          `the rest database and client), so ${machine.cpuCount} fully busy cores allow at most ${rate(ceiling.holdsPerS)} holds/s: ` +
+          `holds / health ≤ ${(ceiling.holdsPerS / health).toFixed(2)} at this cost per hold, however the waiting is arranged.`,
+        '',
+      )
+    }
     if (last.unbatched) {
       lines.push(
         `Group commit at ${last.connections} connections: ${rate(last.holds?.okPerS)} holds/s batched, ${rate(last.unbatched.okPerS)} with one transaction per hold ` +
