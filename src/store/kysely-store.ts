@@ -124,8 +124,14 @@ export class KyselyStore implements Store {
     }
   }
 
+  // Every coalesced read burst sends this one: compiled once, not built anew each time.
   async productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined> {
-    const row = await this.read(() => this.snapshotQuery(now).where('p.id', '=', productId).executeTakeFirst())
+    const template = this.hotSql.template('productSnapshot', [snapshotNowSentinel, snapshotProductSentinel], () =>
+      this.snapshotQuery(new Date(snapshotNowSentinel)).where('p.id', '=', snapshotProductSentinel).compile(),
+    )
+    const parameters = template.parameters.map((value) => (value === snapshotNowSentinel ? now.getTime() : value === snapshotProductSentinel ? productId : value))
+    const { rows } = await this.read(() => this.db.executeQuery<SnapshotRow>(CompiledQuery.raw(template.sql, parameters)))
+    const row = rows[0]
     return row ? toSnapshot(row) : undefined
   }
 
@@ -295,6 +301,21 @@ export class KyselyStore implements Store {
 // the parameters come out in the order the callers pass them.
 class HotSql {
   private readonly texts = new Map<string, string>()
+  private readonly templates = new Map<string, { sql: string; parameters: readonly unknown[] }>()
+
+  // For statements with constant parameters besides the variable ones: the caller swaps each
+  // sentinel in `parameters` for its value. Each sentinel must appear.
+  template(key: string, sentinels: readonly unknown[], build: () => CompiledQuery): { sql: string; parameters: readonly unknown[] } {
+    let template = this.templates.get(key)
+    if (template === undefined) {
+      const compiled = build()
+      const missing = sentinels.filter((sentinel) => !compiled.parameters.includes(sentinel))
+      if (missing.length > 0) throw new Error(`hot statement ${key} lacks the sentinels ${JSON.stringify(missing)}`)
+      template = { sql: compiled.sql, parameters: compiled.parameters }
+      this.templates.set(key, template)
+    }
+    return template
+  }
 
   text(key: string, sentinels: readonly unknown[], build: () => CompiledQuery): string {
     let text = this.texts.get(key)
@@ -588,7 +609,14 @@ function toProduct(row: Selectable<ProductsTable>): Product {
   }
 }
 
-function toSnapshot(row: Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }): ProductSnapshot {
+type SnapshotRow = Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }
+
+// Stand-ins for the clock and the product id while the snapshot statement is compiled: values no
+// real parameter takes (times and ids are positive).
+const snapshotNowSentinel = -8_000_000_001
+const snapshotProductSentinel = -8_000_000_002
+
+function toSnapshot(row: SnapshotRow): ProductSnapshot {
   return { ...toProduct(row), lapsedQty: Number(row.lapsed_hold_qty ?? 0) + Number(row.lapsed_order_qty ?? 0) }
 }
 
