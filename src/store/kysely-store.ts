@@ -332,6 +332,10 @@ class HotSql {
 }
 
 const holdColumns = ['id', 'product_id', 'qty', 'status', 'expires_at', 'created_at', 'updated_at'] as const
+// The column types of migration 0001, in holdColumns' order.
+const insertHoldsUnnestSql =
+  `insert into holds (${holdColumns.join(', ')}) ` +
+  'select * from unnest($1::varchar[], $2::integer[], $3::integer[], $4::varchar[], $5::bigint[], $6::bigint[], $7::bigint[])'
 
 class KyselyTx implements StoreTx {
   constructor(
@@ -384,6 +388,15 @@ class KyselyTx implements StoreTx {
 
   async insertHolds(holds: readonly Hold[]): Promise<void> {
     if (holds.length === 0) return
+    if (this.engine.insertManyStyle === 'unnest') {
+      const columns = holdColumns.map((): unknown[] => [])
+      for (const hold of holds) {
+        const row = [hold.id, hold.productId, hold.qty, hold.status, hold.expiresAt.getTime(), hold.createdAt.getTime(), hold.createdAt.getTime()]
+        for (const [column, value] of row.entries()) columns[column]!.push(value)
+      }
+      await this.db.executeQuery(CompiledQuery.raw(insertHoldsUnnestSql, columns))
+      return
+    }
     const sentinels = holds.flatMap((_, row) => holdColumns.map((_, column) => `s${row}_${column}`))
     const text = this.hotSql.text(`insertHolds:${holds.length}`, sentinels, () =>
       this.db

@@ -11,6 +11,11 @@ export interface Engine {
   // How a conflicting insert becomes "nothing inserted": ON CONFLICT DO NOTHING, or (where a
   // failed statement leaves the transaction usable) catching the duplicate-key error.
   readonly insertIgnoreStyle: 'on_conflict' | 'catch_duplicate'
+  // Many rows in one INSERT: a VALUES list (a parameter per cell), or, where the driver sends
+  // arrays, one array per column through unnest(): the statement text is then the same for
+  // every batch size and the server parses seven parameters instead of seven per row
+  // (PostgreSQL, 60-row inserts: 11.2 -> 7.9 µs of backend CPU a row).
+  readonly insertManyStyle: 'values' | 'unnest'
   readonly beginSql: string
   // SQL type of an auto-increment primary key, and whether it needs the AUTOINCREMENT keyword
   // (PostgreSQL's serial types do not; SQLite needs exactly "integer" to alias the rowid).

@@ -7,6 +7,7 @@ export const mysqlEngine: Engine = {
   supportsReturning: false, // MySQL 8 has no RETURNING: insert, then read insertId.
   supportsForUpdate: true,
   insertIgnoreStyle: 'catch_duplicate',
+  insertManyStyle: 'values',
   beginSql: 'start transaction',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigint' : 'integer', keyword: true }),
   tableOptionsSql: 'engine=InnoDB default charset=utf8mb4 collate=utf8mb4_bin',

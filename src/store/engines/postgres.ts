@@ -19,6 +19,7 @@ export const postgresEngine: Engine = {
   supportsReturning: true,
   supportsForUpdate: true,
   insertIgnoreStyle: 'on_conflict',
+  insertManyStyle: 'unnest',
   // READ COMMITTED with row locks: every transaction locks the product row first, so the
   // rows it reads afterwards are the latest committed ones.
   beginSql: 'begin',

@@ -16,6 +16,7 @@ export const sqliteEngine: Engine = {
   supportsReturning: true,
   supportsForUpdate: false,
   insertIgnoreStyle: 'on_conflict',
+  insertManyStyle: 'values',
   // IMMEDIATE takes the write lock at BEGIN, so two processes never both read then fail to
   // upgrade (SQLITE_BUSY without waiting); every transaction here writes anyway.
   beginSql: 'begin immediate',
