@@ -84,8 +84,10 @@ export class Orders {
       }
       const hold = await tx.getHold(request.holdId)
       assert(hold !== undefined, 'holds are never deleted')
-      // Where several refusals apply, the order is: already used, released, expired.
-      const existing = await tx.getOrderByHold(hold.id)
+      // Where several refusals apply, the order is: already used, released, expired. An active
+      // hold has no order (orders are made only from converted or ended holds), so the common
+      // case spends no round trip under the product lock looking for one.
+      const existing = hold.status === 'active' ? undefined : await tx.getOrderByHold(hold.id)
       if (existing || hold.status === 'converted') {
         throw new DomainError('hold_already_used', { order_id: existing?.id ?? null })
       }
