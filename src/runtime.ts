@@ -96,6 +96,7 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
         clearInterval(idleSweep)
       }
       await app.services.holds.drain()
+      await app.services.orders.drain()
       await sweeper.stop()
       await store.close()
       redis?.disconnect()

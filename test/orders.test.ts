@@ -3,10 +3,11 @@
 // says with stock checked after each step, and that expiry racing conversion ends every hold
 // either converted with one order or expired, never both.
 import { describe, expect, it } from 'vitest'
-import { buildTestApp, type TestApp } from './helpers/app.js'
+import { buildTestApp, testWebhookSecret, type TestApp } from './helpers/app.js'
 import { rawQuery, testEngines } from './helpers/engines.js'
-import { countBy, request, times, type Reply } from './helpers/http.js'
+import { countBy, request, signedWebhook, times, type Reply } from './helpers/http.js'
 import { eventsNamed, loggedEvents, pollUntil, sleepMs, unknownId } from './helpers/lifecycle.js'
+import { holdOf, stockOf, webhookEnv } from './helpers/checkout.js'
 import { startCluster } from './helpers/servers.js'
 
 interface HoldBody {
@@ -95,6 +96,45 @@ for (const engine of testEngines()) {
       expect(orderRows).toHaveLength(1)
       const product = await request(urls[processes - 1]!, 'GET', `/api/products/${cluster.productId}`)
       expect(product.body).toMatchObject({ available_stock: 7, reserved: 3 })
+      expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('a burst of orders on one product is served in batches: each hold one order, its duplicates refused naming it, early payments applied (batched path)', async () => {
+      // A server process of its own, so requests queue behind the transaction in flight.
+      const cluster = await startCluster(engine.name, { processes: 1, stock: 100, env: webhookEnv })
+      const { baseUrl } = cluster.servers[0]!
+      const holdIds = await Promise.all(times(60, () => holdOf(baseUrl, cluster.productId, 1)))
+      // Ten holds get their success before their order: each order must be created paid.
+      const earlyPaid = holdIds.slice(0, 10)
+      for (const [index, holdId] of earlyPaid.entries()) {
+        const early = await request(baseUrl, 'POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, { hold_id: holdId, status: 'success', payment_id: `pay_${index}` }, { key: `evt-batch-${index}` }))
+        expect(early.status, early.text).toBe(202)
+      }
+      // Every hold ordered twice at once, the two requests side by side.
+      const targets = holdIds.flatMap((holdId) => [holdId, holdId])
+      const replies = await Promise.all(targets.map((holdId) => request(baseUrl, 'POST', '/api/orders', { body: { hold_id: holdId } })))
+      expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 60, 409: 60 })
+      const orderOfHold = new Map<string, string>()
+      for (const [index, reply] of replies.entries()) {
+        if (reply.status !== 201) continue
+        expect(reply.body.hold_id).toBe(targets[index])
+        expect(orderOfHold.has(targets[index]!)).toBe(false)
+        orderOfHold.set(targets[index]!, reply.body.order_id as string)
+        expect(reply.body.status).toBe(earlyPaid.includes(targets[index]!) ? 'paid' : 'pending')
+      }
+      expect(new Set(orderOfHold.values()).size).toBe(60)
+      for (const [index, reply] of replies.entries()) {
+        if (reply.status === 409) expect(reply.body).toMatchObject({ code: 'hold_already_used', order_id: orderOfHold.get(targets[index]!) })
+      }
+      // Served in batches: fewer transactions than requests.
+      const metrics = (await request(baseUrl, 'GET', '/metrics')).text
+      const batches = Number(/flash_sale_order_batch_size_count (\d+)/.exec(metrics)?.[1])
+      const batched = Number(/flash_sale_order_batch_size_sum (\d+)/.exec(metrics)?.[1])
+      expect(batched).toBe(120)
+      expect(batches).toBeLessThan(120)
+      const orderRows = await rawQuery(engine.name, cluster.databaseUrl, 'select hold_id, status from orders')
+      expect(orderRows).toHaveLength(60)
+      expect(await stockOf(baseUrl, cluster.productId)).toEqual({ stock: 100, available_stock: 40, reserved: 50, sold: 10 })
       expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 

@@ -7,6 +7,7 @@ export type EventName =
   | 'hold.expired'
   | 'hold.released'
   | 'order.created'
+  | 'order.batch'
   | 'order.expired'
   | 'order.cancelled'
   | 'payment.applied'

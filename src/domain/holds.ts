@@ -3,6 +3,7 @@
 // one counts update and one multi-row insert for the batch, each request answered in arrival
 // order as if it had been served alone.
 import { assert } from './assert.js'
+import { ProductBatches } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
@@ -41,15 +42,9 @@ interface Waiter {
   reject: (error: unknown) => void
 }
 
-interface ProductQueue {
-  waiters: Waiter[]
-  running: boolean
-}
-
 export class Holds {
-  private readonly queues = new Map<number, ProductQueue>()
+  private readonly batches: ProductBatches<Waiter>
   private readonly inFlight = new InFlightKeys()
-  private readonly idle = new Set<() => void>()
 
   constructor(
     private readonly store: Store,
@@ -57,7 +52,7 @@ export class Holds {
     private readonly observer: Observer,
     private readonly settings: HoldSettings,
   ) {
-    assert(settings.holdBatchMax >= 1, 'holdBatchMax >= 1')
+    this.batches = new ProductBatches(settings.holdBatchMax, (productId, batch) => this.serveBatch(productId, batch))
   }
 
   async create(request: HoldRequest): Promise<HoldAnswer> {
@@ -117,7 +112,7 @@ export class Holds {
 
   // Resolves when every queued hold request has been answered (graceful shutdown).
   async drain(): Promise<void> {
-    while (this.queues.size > 0) await new Promise<void>((resolve) => this.idle.add(resolve))
+    await this.batches.drain()
   }
 
   private async replay(key: string, fingerprint: string): Promise<HoldAnswer | undefined> {
@@ -127,22 +122,7 @@ export class Holds {
   }
 
   private async enqueue(request: HoldRequest, fingerprint: string): Promise<HoldAnswer> {
-    const outcome = await new Promise<Outcome>((resolve, reject) => {
-      let queue = this.queues.get(request.productId)
-      if (!queue) {
-        queue = { waiters: [], running: false }
-        this.queues.set(request.productId, queue)
-      }
-      queue.waiters.push({ request, fingerprint, resolve, reject })
-      if (!queue.running) {
-        queue.running = true
-        // Start on the next turn of the event loop, so every request that arrived in this I/O
-        // phase joins the first batch. With a synchronous driver (SQLite) a transaction would
-        // otherwise finish before the next request is even parsed, and each pay its own fsync.
-        const target = queue
-        setImmediate(() => void this.pump(request.productId, target))
-      }
-    })
+    const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(request.productId, { request, fingerprint, resolve, reject }))
     if (outcome.ok !== 'key_taken' && outcome.event) this.observer.emit(outcome.event)
     if (outcome.ok === true) return { hold: outcome.hold, replayed: false }
     if (outcome.ok === false) throw outcome.error
@@ -152,22 +132,6 @@ export class Holds {
     const record = await this.store.getIdempotencyRecord('holds', key)
     if (!record) throw new DomainError('idempotency_key_in_flight')
     return answerFromRecord(record, fingerprint)
-  }
-
-  private async pump(productId: number, queue: ProductQueue): Promise<void> {
-    try {
-      while (queue.waiters.length > 0) {
-        const batch = queue.waiters.splice(0, this.settings.holdBatchMax)
-        await this.serveBatch(productId, batch)
-      }
-    } finally {
-      queue.running = false
-      this.queues.delete(productId)
-      if (this.queues.size === 0) {
-        for (const resolve of this.idle) resolve()
-        this.idle.clear()
-      }
-    }
   }
 
   private async serveBatch(productId: number, batch: Waiter[]): Promise<void> {

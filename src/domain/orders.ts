@@ -1,6 +1,8 @@
 // Orders: a hold becomes at most one order (I4), in one transaction that also applies any
 // payment that arrived before it (SPEC §3), so the order may be created paid or cancelled.
+// Order requests for one product are group-committed like holds (batcher.ts).
 import { assert } from './assert.js'
+import { ProductBatches } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
@@ -8,11 +10,12 @@ import { assertSameFingerprint, fingerprintOf, InFlightKeys } from './idempotenc
 import { isResourceId, newOrderId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { applyPaymentToOrder, type SettleContext } from './settle.js'
-import type { IdempotencyRecord, Order, Store } from './store.js'
+import type { Hold, IdempotencyRecord, Order, Store, StoreTx } from './store.js'
 
 export interface OrderSettings {
   orderTtlMs: number
   idempotencyTtlMs: number
+  orderBatchMax: number
   reclaimBatchMax: number
 }
 
@@ -26,15 +29,29 @@ export interface OrderAnswer {
   replayed: boolean
 }
 
+// Each outcome carries its own events, emitted in its request's context (so the log lines have
+// that request's id), not in the batch leader's.
+type Outcome = { ok: true; order: Order; events: DomainEvent[] } | { ok: false; error: DomainError } | { ok: 'key_taken' }
+
+interface Waiter {
+  request: OrderRequest
+  fingerprint: string
+  resolve: (outcome: Outcome) => void
+  reject: (error: unknown) => void
+}
+
 export class Orders {
   private readonly inFlight = new InFlightKeys()
+  private readonly batches: ProductBatches<Waiter>
 
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly observer: Observer,
     private readonly settings: OrderSettings,
-  ) {}
+  ) {
+    this.batches = new ProductBatches(settings.orderBatchMax, (productId, batch) => this.serveBatch(productId, batch))
+  }
 
   async get(orderId: string): Promise<Order> {
     const order = isResourceId(orderId) ? await this.store.getOrder(orderId) : undefined
@@ -61,78 +78,146 @@ export class Orders {
     return record && record.expiresAt.getTime() > this.clock.now().getTime() ? record : undefined
   }
 
+  // Resolves when every queued order request has been answered (graceful shutdown).
+  async drain(): Promise<void> {
+    await this.batches.drain()
+  }
+
   private async createOnce(request: OrderRequest, fingerprint: string): Promise<OrderAnswer> {
+    // The hold names the product whose lock (and batch) the order needs; it never changes.
     const known = isResourceId(request.holdId) ? await this.store.getHold(request.holdId) : undefined
     if (!known) throw new DomainError('hold_not_found')
-    const now = this.clock.now()
-    const orderId = newOrderId(now)
-    const key = request.idempotencyKey
-    const result = await this.store.transaction({ label: 'orders.create' }, async (tx) => {
-      const events: DomainEvent[] = []
-      const product = await tx.lockProduct(known.productId)
-      assert(product !== undefined, 'a hold names an existing product')
-      if (key !== null) {
-        const record: IdempotencyRecord = {
-          scope: 'orders',
-          key,
-          fingerprint,
-          statusCode: 0,
-          responseJson: '',
-          expiresAt: addMs(now, this.settings.idempotencyTtlMs),
-        }
-        if (!(await tx.claimIdempotencyKey(record, now))) return { taken: true as const }
-      }
-      const hold = await tx.getHold(request.holdId)
-      assert(hold !== undefined, 'holds are never deleted')
-      // Where several refusals apply, the order is: already used, released, expired. An active
-      // hold has no order (orders are made only from converted or ended holds), so the common
-      // case spends no round trip under the product lock looking for one.
-      const existing = hold.status === 'active' ? undefined : await tx.getOrderByHold(hold.id)
-      if (existing || hold.status === 'converted') {
-        throw new DomainError('hold_already_used', { order_id: existing?.id ?? null })
-      }
-      if (hold.status === 'released') throw new DomainError('hold_released')
-      if (hold.status === 'expired' || hold.expiresAt.getTime() <= now.getTime()) throw new DomainError('hold_expired')
-
-      const moved = await tx.setHoldsStatus([hold.id], 'active', 'converted', now)
-      assert(moved === 1, 'I4: an active hold read under the product lock converts once')
-      let order: Order = {
-        id: orderId,
-        holdId: hold.id,
-        productId: hold.productId,
-        qty: hold.qty,
-        amountMinor: product.priceMinor * hold.qty,
-        currency: product.currency,
-        status: 'pending',
-        createdAt: now,
-        expiresAt: addMs(now, this.settings.orderTtlMs),
-        paidAt: null,
-        paymentId: null,
-        refundRequired: false,
-      }
-      // The hold's units stay reserved: they now belong to the pending order (I2).
-      await tx.insertOrder(order)
-      events.push({ name: 'order.created', orderId, holdId: hold.id, productId: hold.productId, qty: hold.qty, status: 'pending' })
-      const ledger = new ProductLedger(product)
-      const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
-      for (const event of await tx.waitingPaymentEvents([hold.id])) {
-        const applied = await applyPaymentToOrder(ctx, order, event, true)
-        assert(applied.order !== null, 'a payment applied to an order names it')
-        order = applied.order
-        await tx.markPaymentEventProcessed(applied.event)
-      }
-      await ledger.flush(tx)
-      if (key !== null) await tx.completeIdempotencyKey('orders', key, 201, JSON.stringify(order))
-      return { taken: false as const, order, events }
-    })
-    if (result.taken) {
-      assert(key !== null, 'only keyed requests can find their key taken')
-      const record = await this.store.getIdempotencyRecord('orders', key)
-      if (!record) throw new DomainError('idempotency_key_in_flight')
-      return answerFromRecord(record, fingerprint)
+    const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(known.productId, { request, fingerprint, resolve, reject }))
+    if (outcome.ok === true) {
+      emitAll(this.observer, outcome.events)
+      return { order: outcome.order, replayed: false }
     }
-    emitAll(this.observer, result.events)
-    return { order: result.order, replayed: false }
+    if (outcome.ok === false) throw outcome.error
+    // Another process committed this key first: answer what it stored.
+    const key = request.idempotencyKey
+    assert(key !== null, 'only keyed requests can find their key taken')
+    const record = await this.store.getIdempotencyRecord('orders', key)
+    if (!record) throw new DomainError('idempotency_key_in_flight')
+    return answerFromRecord(record, fingerprint)
+  }
+
+  // One transaction for every order request of this product that queued meanwhile: one lock,
+  // one read of their holds, one compare-and-set of the holds, one multi-row insert, one
+  // commit. Requests are judged in arrival order, each as if it were alone (a second request
+  // for a hold converted earlier in the batch is refused naming that order).
+  private async serveBatch(productId: number, batch: Waiter[]): Promise<void> {
+    const now = this.clock.now()
+    // Ids are made before the transaction so a retried attempt inserts the same orders.
+    const orderIds = batch.map(() => newOrderId(now))
+    let outcomes: Outcome[]
+    try {
+      outcomes = await this.store.transaction({ label: 'orders.create' }, async (tx) => {
+        const product = await tx.lockProduct(productId)
+        assert(product !== undefined, 'a hold names an existing product')
+        const holds = new Map((await tx.getHolds([...new Set(batch.map((waiter) => waiter.request.holdId))])).map((hold) => [hold.id, hold]))
+        const results: Array<Outcome | undefined> = batch.map(() => undefined)
+        const ordersByHold = new Map<string, Order>()
+        const refusedKeys: string[] = []
+        for (const [index, waiter] of batch.entries()) {
+          const key = waiter.request.idempotencyKey
+          if (key !== null) {
+            const record: IdempotencyRecord = {
+              scope: 'orders',
+              key,
+              fingerprint: waiter.fingerprint,
+              statusCode: 0,
+              responseJson: '',
+              expiresAt: addMs(now, this.settings.idempotencyTtlMs),
+            }
+            if (!(await tx.claimIdempotencyKey(record, now))) {
+              results[index] = { ok: 'key_taken' }
+              continue
+            }
+          }
+          const hold = holds.get(waiter.request.holdId)
+          assert(hold !== undefined && hold.productId === productId, 'holds are never deleted and keep their product')
+          const refusal = await this.refusal(tx, hold, ordersByHold.get(hold.id), now)
+          if (refusal) {
+            results[index] = { ok: false, error: refusal }
+            // Only answers that changed something use up the key (SPEC §3).
+            if (key !== null) refusedKeys.push(key)
+            continue
+          }
+          const order: Order = {
+            id: orderIds[index]!,
+            holdId: hold.id,
+            productId,
+            qty: hold.qty,
+            amountMinor: product.priceMinor * hold.qty,
+            currency: product.currency,
+            status: 'pending',
+            createdAt: now,
+            expiresAt: addMs(now, this.settings.orderTtlMs),
+            paidAt: null,
+            paymentId: null,
+            refundRequired: false,
+          }
+          ordersByHold.set(hold.id, order)
+        }
+        const created = [...ordersByHold.values()]
+        const eventsByHold = new Map<string, DomainEvent[]>()
+        const ledger = new ProductLedger(product)
+        if (created.length > 0) {
+          const moved = await tx.setHoldsStatus(
+            created.map((order) => order.holdId),
+            'active',
+            'converted',
+            now,
+          )
+          assert(moved === created.length, 'I4: active holds read under the product lock convert once')
+          // The holds' units stay reserved: they now belong to the pending orders (I2).
+          await tx.insertOrders(created)
+          for (const order of created) {
+            eventsByHold.set(order.holdId, [{ name: 'order.created', orderId: order.id, holdId: order.holdId, productId, qty: order.qty, status: 'pending' }])
+          }
+          // Payments that arrived before their order (SPEC §3), in arrival order.
+          for (const event of await tx.waitingPaymentEvents(created.map((order) => order.holdId))) {
+            const order = ordersByHold.get(event.holdId ?? '')
+            assert(order !== undefined, 'a waiting payment names a hold converted in this batch')
+            const events = eventsByHold.get(order.holdId)!
+            const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
+            const applied = await applyPaymentToOrder(ctx, order, event, true)
+            assert(applied.order !== null, 'a payment applied to an order names it')
+            ordersByHold.set(order.holdId, applied.order)
+            await tx.markPaymentEventProcessed(applied.event)
+          }
+        }
+        await ledger.flush(tx)
+        for (const key of refusedKeys) await tx.releaseIdempotencyKey('orders', key)
+        for (const [index, waiter] of batch.entries()) {
+          if (results[index]) continue
+          const order = ordersByHold.get(waiter.request.holdId)
+          assert(order !== undefined, 'every request not refused made an order')
+          results[index] = { ok: true, order, events: eventsByHold.get(order.holdId) ?? [] }
+          if (waiter.request.idempotencyKey !== null) await tx.completeIdempotencyKey('orders', waiter.request.idempotencyKey, 201, JSON.stringify(order))
+        }
+        return results.map((result) => result ?? { ok: false as const, error: new DomainError('internal_error') })
+      })
+    } catch (error) {
+      // The batch did not commit: every request in it fails alike and none was answered yet.
+      for (const waiter of batch) waiter.reject(error)
+      return
+    }
+    this.observer.emit({ name: 'order.batch', productId, size: batch.length })
+    for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
+  }
+
+  // Why a hold cannot become an order now, if it cannot. Where several refusals apply, the
+  // order is: already used, released, expired.
+  private async refusal(tx: StoreTx, hold: Hold, madeInBatch: Order | undefined, now: Date): Promise<DomainError | undefined> {
+    if (madeInBatch) return new DomainError('hold_already_used', { order_id: madeInBatch.id })
+    // An active hold has no order (orders are made only from converted or ended holds), so
+    // the common case spends no round trip under the product lock looking for one.
+    const existing = hold.status === 'active' ? undefined : await tx.getOrderByHold(hold.id)
+    if (existing || hold.status === 'converted') return new DomainError('hold_already_used', { order_id: existing?.id ?? null })
+    if (hold.status === 'released') return new DomainError('hold_released')
+    if (hold.status === 'expired' || hold.expiresAt.getTime() <= now.getTime()) return new DomainError('hold_expired')
+    return undefined
   }
 }
 

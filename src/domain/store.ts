@@ -128,11 +128,13 @@ export interface StoreTx {
 
   insertHolds(holds: readonly Hold[]): Promise<void>
   getHold(holdId: string): Promise<Hold | undefined>
+  getHolds(holdIds: readonly string[]): Promise<Hold[]>
   // Compare-and-set: returns how many of the given holds moved from `from` to `to`.
   setHoldsStatus(holdIds: readonly string[], from: HoldStatus, to: HoldStatus, now: Date): Promise<number>
   lapsedHolds(productId: number, now: Date, limit: number): Promise<LapsedRow[]>
 
   insertOrder(order: Order): Promise<void>
+  insertOrders(orders: readonly Order[]): Promise<void>
   getOrder(orderId: string): Promise<Order | undefined>
   getOrderByHold(holdId: string): Promise<Order | undefined>
   // Compare-and-set on status; returns whether the order was in `from` and is now updated.

@@ -30,6 +30,12 @@ export class Metrics {
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
     registers: [this.registry],
   })
+  readonly orderBatchSize = new Histogram({
+    name: 'flash_sale_order_batch_size',
+    help: 'Order requests served by one transaction (group commit)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+    registers: [this.registry],
+  })
   readonly requestDuration = new Histogram({
     name: 'flash_sale_http_request_duration_seconds',
     help: 'Request latency by route',
@@ -83,6 +89,10 @@ export function createObserver(baseLogger: FastifyBaseLogger, metrics: Metrics):
       const log = requestLogContext.getStore() ?? baseLogger
       if (name === 'hold.batch') {
         metrics.holdBatchSize.observe(Number(details.size))
+        return
+      }
+      if (name === 'order.batch') {
+        metrics.orderBatchSize.observe(Number(details.size))
         return
       }
       if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required') log.warn({ event: name, ...details }, name)

@@ -421,6 +421,12 @@ class KyselyTx implements StoreTx {
     return row ? toHold(row) : undefined
   }
 
+  async getHolds(holdIds: readonly string[]): Promise<Hold[]> {
+    if (holdIds.length === 0) return []
+    const rows = await this.db.selectFrom('holds').selectAll().where('id', 'in', holdIds).execute()
+    return rows.map(toHold)
+  }
+
   async setHoldsStatus(holdIds: readonly string[], from: HoldStatus, to: HoldStatus, now: Date): Promise<number> {
     return this.moveStatus('holds', holdIds, from, to, now)
   }
@@ -452,6 +458,11 @@ class KyselyTx implements StoreTx {
 
   async insertOrder(order: Order): Promise<void> {
     await this.db.insertInto('orders').values(orderValues(order)).execute()
+  }
+
+  async insertOrders(orders: readonly Order[]): Promise<void> {
+    if (orders.length === 0) return
+    await this.db.insertInto('orders').values(orders.map(orderValues)).execute()
   }
 
   async getOrder(orderId: string): Promise<Order | undefined> {
