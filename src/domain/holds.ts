@@ -7,7 +7,7 @@ import { ProductBatches } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
-import { assertSameFingerprint, fingerprintOf, InFlightKeys } from './idempotency.js'
+import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
@@ -158,15 +158,7 @@ export class Holds {
         for (const [index, waiter] of batch.entries()) {
           const key = waiter.request.idempotencyKey
           if (key === null) continue
-          const record: IdempotencyRecord = {
-            scope: 'holds',
-            key,
-            fingerprint: waiter.fingerprint,
-            statusCode: 0,
-            responseJson: '',
-            expiresAt: addMs(now, this.settings.idempotencyTtlMs),
-          }
-          if (!(await tx.claimIdempotencyKey(record, now))) outcomes[index] = { ok: 'key_taken' }
+          if (!(await claimKey(tx, 'holds', key, waiter.fingerprint, now, this.settings.idempotencyTtlMs))) outcomes[index] = { ok: 'key_taken' }
         }
         const wantedQty = batch.reduce((sum, waiter, index) => sum + (outcomes[index] ? 0 : waiter.request.qty), 0)
         // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up

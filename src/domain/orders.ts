@@ -6,7 +6,7 @@ import { ProductBatches } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
-import { assertSameFingerprint, fingerprintOf, InFlightKeys } from './idempotency.js'
+import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './idempotency.js'
 import { isResourceId, newOrderId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { applyPaymentToOrder, type SettleContext } from './settle.js'
@@ -120,19 +120,9 @@ export class Orders {
         const refusedKeys: string[] = []
         for (const [index, waiter] of batch.entries()) {
           const key = waiter.request.idempotencyKey
-          if (key !== null) {
-            const record: IdempotencyRecord = {
-              scope: 'orders',
-              key,
-              fingerprint: waiter.fingerprint,
-              statusCode: 0,
-              responseJson: '',
-              expiresAt: addMs(now, this.settings.idempotencyTtlMs),
-            }
-            if (!(await tx.claimIdempotencyKey(record, now))) {
-              results[index] = { ok: 'key_taken' }
-              continue
-            }
+          if (key !== null && !(await claimKey(tx, 'orders', key, waiter.fingerprint, now, this.settings.idempotencyTtlMs))) {
+            results[index] = { ok: 'key_taken' }
+            continue
           }
           const hold = holds.get(waiter.request.holdId)
           assert(hold !== undefined && hold.productId === productId, 'holds are never deleted and keep their product')
