@@ -29,6 +29,7 @@ export interface Config {
   readonly rateLimitOrderPerMin: number
   readonly holdBatchMax: number
   readonly orderBatchMax: number
+  readonly webhookBatchMax: number
   readonly txAttemptsMax: number
   readonly bodyBytesMax: number
   readonly seedStock: number
@@ -113,6 +114,7 @@ export function loadConfig(env: Env = process.env): Config {
     rateLimitOrderPerMin: integer(env, 'RATE_LIMIT_ORDER_PER_MIN', 600, 0, 100_000_000),
     holdBatchMax: integer(env, 'HOLD_BATCH_MAX', 256, 1, 10_000),
     orderBatchMax: integer(env, 'ORDER_BATCH_MAX', 256, 1, 10_000),
+    webhookBatchMax: integer(env, 'WEBHOOK_BATCH_MAX', 256, 1, 10_000),
     txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
     bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
     seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),

@@ -85,7 +85,7 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
   let closing: Promise<void> | undefined
   const close = (): Promise<void> => {
     closing ??= (async () => {
-      // Stop accepting, finish in-flight requests (and the hold batches they wait on), stop
+      // Stop accepting, finish in-flight requests (and the batches they wait on), stop
       // the sweeper, then close the database.
       // Connections idle between requests are closed as they appear; busy ones close after
       // their answer (Connection: close while draining), so close() completes.
@@ -97,6 +97,7 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
       }
       await app.services.holds.drain()
       await app.services.orders.drain()
+      await app.services.payments.drain()
       await sweeper.stop()
       await store.close()
       redis?.disconnect()

@@ -66,6 +66,48 @@ for (const engine of testEngines()) {
         expect(await cluster.audit()).toMatchObject(cleanAudit)
       })
 
+      it('serves a burst of webhooks on one product in batches: each order paid once, a repeated key replayed, another key a duplicate, a wrong amount refused alone (batched path)', async () => {
+        // A server process of its own, so webhooks queue behind the transaction in flight.
+        const cluster = await startCluster(engine.name, { processes: 1, stock: 100, env: webhookEnv })
+        const { baseUrl } = cluster.servers[0]!
+        const orders = await Promise.all(times(40, () => pendingOrder(baseUrl, cluster.productId, 1)))
+        const send = (orderId: string, key: string, extra: Record<string, unknown> = {}) =>
+          request(baseUrl, 'POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, { order_id: orderId, status: 'success', payment_id: `pay_${key}`, ...extra }, { key }))
+        const calls = [
+          ...orders.map(({ orderId }, index) => ({ orderId, kind: 'first', key: `evt-burst-${index}`, reply: send(orderId, `evt-burst-${index}`) })),
+          // The same key again, side by side with the first: one effect, the same answer.
+          ...orders.slice(0, 10).map(({ orderId }, index) => ({ orderId, kind: 'same key', key: `evt-burst-${index}`, reply: send(orderId, `evt-burst-${index}`) })),
+          // Another key for the same order: whichever comes second is a recorded duplicate.
+          ...orders.slice(10, 20).map(({ orderId }, index) => ({ orderId, kind: 'other key', key: `evt-other-${index}`, reply: send(orderId, `evt-other-${index}`) })),
+          { orderId: orders[20]!.orderId, kind: 'wrong amount', key: 'evt-wrong-amount', reply: send(orders[20]!.orderId, 'evt-wrong-amount', { amount: '0.01' }) },
+        ]
+        const replies = await Promise.all(calls.map((call) => call.reply))
+
+        expect(countBy(replies, (reply) => reply.status)).toEqual({ 200: 60, 422: 1 })
+        expect(replies[calls.length - 1]!.body).toMatchObject({ code: 'amount_mismatch' })
+        for (const [index, { orderId }] of orders.entries()) {
+          const mine = calls.flatMap((call, callIndex) => (call.orderId === orderId && call.kind !== 'wrong amount' ? [replies[callIndex]!] : []))
+          // Exactly one answer made the sale; the others are a replay of it or a duplicate.
+          expect(mine.filter((reply) => reply.body.outcome === 'paid' && !isReplay(reply)), `order ${index}`).toHaveLength(1)
+          if (index < 10) {
+            expect(mine.map((reply) => reply.text)[0]).toBe(mine.map((reply) => reply.text)[1])
+            expect(mine.filter(isReplay)).toHaveLength(1)
+          }
+          if (index >= 10 && index < 20) expect(mine.map((reply) => reply.body.outcome).sort()).toEqual(['duplicate', 'paid'])
+          expect(await getOrder(baseUrl, orderId)).toMatchObject({ status: 'paid' })
+        }
+        // Served in batches: fewer transactions than webhooks. Every key's first call goes through
+        // a batch (51); a repeat that arrives after its first committed is replayed before one.
+        const metrics = (await request(baseUrl, 'GET', '/metrics')).text
+        const batches = Number(/flash_sale_webhook_batch_size_count (\d+)/.exec(metrics)?.[1])
+        const batched = Number(/flash_sale_webhook_batch_size_sum (\d+)/.exec(metrics)?.[1])
+        expect(batched).toBeGreaterThanOrEqual(51)
+        expect(batched).toBeLessThanOrEqual(61)
+        expect(batches).toBeLessThan(batched)
+        expect(await stockOf(baseUrl, cluster.productId)).toEqual({ stock: 100, available_stock: 60, reserved: 0, sold: 40 })
+        expect(await cluster.audit()).toMatchObject(cleanAudit)
+      })
+
       it('refuses the same key with another body (422 idempotency_key_reused) and keeps the first answer', async () => {
         const t = await build({ stock: 5 })
         const { holdId, orderId } = await pendingOrder(t, t.productId, 1)

@@ -11,6 +11,7 @@ export type EventName =
   | 'order.expired'
   | 'order.cancelled'
   | 'payment.applied'
+  | 'payment.batch'
   | 'payment.duplicate'
   | 'payment.early'
   | 'payment.refund_required'

@@ -2,6 +2,7 @@
 // after the order exists. The payment_events table is the key store: its unique key on the
 // idempotency key is what makes a concurrent duplicate a replay and never a second effect.
 import { assert } from './assert.js'
+import { ProductBatches } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
@@ -16,6 +17,7 @@ export type { PaymentAnswerBody } from './settle.js'
 
 export interface PaymentSettings {
   reclaimBatchMax: number
+  webhookBatchMax: number
 }
 
 export interface PaymentRequest {
@@ -33,13 +35,27 @@ export interface PaymentAnswer {
   replayed: boolean
 }
 
+// Each outcome carries its own events, emitted in its request's context.
+type Outcome = { ok: true; answer: PaymentAnswer; events: DomainEvent[] } | { ok: false; error: DomainError } | { ok: 'replay'; event: PaymentEvent }
+
+interface Waiter {
+  request: PaymentRequest
+  fingerprint: string
+  resolve: (outcome: Outcome) => void
+  reject: (error: unknown) => void
+}
+
 export class Payments {
+  private readonly batches: ProductBatches<Waiter>
+
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly observer: Observer,
     private readonly settings: PaymentSettings,
-  ) {}
+  ) {
+    this.batches = new ProductBatches(settings.webhookBatchMax, (productId, batch) => this.serveBatch(productId, batch))
+  }
 
   async receive(request: PaymentRequest): Promise<PaymentAnswer> {
     const fingerprint = fingerprintOf([
@@ -62,68 +78,107 @@ export class Payments {
     }
 
     const productId = await this.productOf(request)
-    const now = this.clock.now()
-    const result = await this.store.transaction({ label: 'payments.receive' }, async (tx) => {
-      const events: DomainEvent[] = []
-      const product = await tx.lockProduct(productId)
-      assert(product !== undefined, 'an order or hold names an existing product')
-      // A duplicate that committed while this one waited for the product lock is seen here.
-      const earlier = await tx.getPaymentEvent(request.idempotencyKey)
-      if (earlier) return { replay: earlier }
-      const ledger = new ProductLedger(product)
-      const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
-      const event: PaymentEvent = {
-        idempotencyKey: request.idempotencyKey,
-        fingerprint,
-        orderId: request.orderId,
-        holdId: request.holdId,
-        status: request.status,
-        paymentId: request.paymentId,
-        amountMinor: null,
-        state: 'waiting',
-        outcome: null,
-        responseJson: null,
-        createdAt: now,
-        processedAt: null,
-      }
-      let order = request.orderId !== null ? await tx.getOrder(request.orderId) : await tx.getOrderByHold(request.holdId ?? '')
-      let hold = order ? await tx.getHold(order.holdId) : await tx.getHold(request.holdId ?? '')
-      assert(hold !== undefined, 'the hold named by a payment exists')
-      event.holdId = hold.id
-      // `amount`, when given, must be what the order costs; a mismatch changes nothing (422).
-      const expectedMinor = order?.amountMinor ?? product.priceMinor * hold.qty
-      if (request.amount !== null) {
-        const amountMinor = parseAmountMinor(request.amount, product.currency)
-        if (amountMinor === undefined) {
-          throw new DomainError('validation_failed', { errors: [{ field: 'amount', message: `must be a non-negative amount in ${product.currency}` }] })
-        }
-        if (amountMinor !== expectedMinor) throw new DomainError('amount_mismatch', { expected_amount_minor: expectedMinor })
-        event.amountMinor = amountMinor
-      }
+    const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
+    if (outcome.ok === 'replay') return this.replay(outcome.event, fingerprint)
+    if (outcome.ok === false) throw outcome.error
+    emitAll(this.observer, outcome.events)
+    return outcome.answer
+  }
 
-      if (!order && hold.status === 'active' && hold.expiresAt.getTime() > now.getTime()) {
-        // Webhook before the order: stored durably, applied when the order is created.
-        await tx.insertPaymentEvent(event)
-        events.push({ name: 'payment.early', key: event.idempotencyKey, holdId: hold.id, productId })
-        const body: PaymentAnswerBody = { state: 'accepted', holdId: hold.id, orderId: null, orderStatus: null, outcome: null }
-        return { answer: { statusCode: 202 as const, body, replayed: false }, events }
+  // Resolves when every queued webhook has been answered (graceful shutdown).
+  async drain(): Promise<void> {
+    await this.batches.drain()
+  }
+
+  // One transaction for every webhook of this product that queued meanwhile: one lock and one
+  // commit for all, each webhook then handled in arrival order exactly as it would be alone
+  // (a duplicate key later in the batch sees the first one's row and replays it).
+  private async serveBatch(productId: number, batch: Waiter[]): Promise<void> {
+    const now = this.clock.now()
+    let outcomes: Outcome[]
+    try {
+      outcomes = await this.store.transaction({ label: 'payments.receive' }, async (tx) => {
+        const product = await tx.lockProduct(productId)
+        assert(product !== undefined, 'an order or hold names an existing product')
+        const ledger = new ProductLedger(product)
+        const results: Outcome[] = []
+        for (const waiter of batch) {
+          const ctx: SettleContext = { tx, ledger, now, events: [], reclaimBatchMax: this.settings.reclaimBatchMax }
+          try {
+            results.push(await this.receiveIn(ctx, waiter.request, waiter.fingerprint))
+          } catch (error) {
+            // Refusals (a bad amount) are decided before the webhook writes anything.
+            if (!(error instanceof DomainError)) throw error
+            results.push({ ok: false, error })
+          }
+        }
+        await ledger.flush(tx)
+        return results
+      })
+    } catch (error) {
+      // The batch did not commit: every webhook in it fails alike and none was answered yet.
+      for (const waiter of batch) waiter.reject(error)
+      return
+    }
+    this.observer.emit({ name: 'payment.batch', productId, size: batch.length })
+    for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
+  }
+
+  private async receiveIn(ctx: SettleContext, request: PaymentRequest, fingerprint: string): Promise<Outcome> {
+    const { tx, ledger, now, events } = ctx
+    const product = ledger.product
+    const productId = product.id
+    // A duplicate that committed while this one waited for the product lock, or that came
+    // earlier in this batch, is seen here.
+    const earlier = await tx.getPaymentEvent(request.idempotencyKey)
+    if (earlier) return { ok: 'replay', event: earlier }
+    const event: PaymentEvent = {
+      idempotencyKey: request.idempotencyKey,
+      fingerprint,
+      orderId: request.orderId,
+      holdId: request.holdId,
+      status: request.status,
+      paymentId: request.paymentId,
+      amountMinor: null,
+      state: 'waiting',
+      outcome: null,
+      responseJson: null,
+      createdAt: now,
+      processedAt: null,
+    }
+    let order = request.orderId !== null ? await tx.getOrder(request.orderId) : await tx.getOrderByHold(request.holdId ?? '')
+    let hold = order ? await tx.getHold(order.holdId) : await tx.getHold(request.holdId ?? '')
+    assert(hold !== undefined, 'the hold named by a payment exists')
+    event.holdId = hold.id
+    // `amount`, when given, must be what the order costs; a mismatch changes nothing (422).
+    const expectedMinor = order?.amountMinor ?? product.priceMinor * hold.qty
+    if (request.amount !== null) {
+      const amountMinor = parseAmountMinor(request.amount, product.currency)
+      if (amountMinor === undefined) {
+        throw new DomainError('validation_failed', { errors: [{ field: 'amount', message: `must be a non-negative amount in ${product.currency}` }] })
       }
-      if (!order && hold.status === 'active') {
-        // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
-        // any payment that was waiting on it (possibly creating the order).
-        await expireHolds(ctx, [hold])
-        hold = await tx.getHold(hold.id)
-        assert(hold !== undefined && hold.status === 'expired', 'a lapsed hold is expired by the reclaim')
-        order = await tx.getOrderByHold(hold.id)
-      }
-      const applied = await applyPaymentToHold(ctx, hold, order ?? null, event, true)
-      await tx.insertPaymentEvent(applied.event)
-      await ledger.flush(tx)
-      return { answer: { statusCode: 200 as const, body: applied.body, replayed: false }, events }
-    })
-    if ('replay' in result && result.replay) return this.replay(result.replay, fingerprint)
-    emitAll(this.observer, result.events)
-    return result.answer
+      if (amountMinor !== expectedMinor) throw new DomainError('amount_mismatch', { expected_amount_minor: expectedMinor })
+      event.amountMinor = amountMinor
+    }
+
+    if (!order && hold.status === 'active' && hold.expiresAt.getTime() > now.getTime()) {
+      // Webhook before the order: stored durably, applied when the order is created.
+      await tx.insertPaymentEvent(event)
+      events.push({ name: 'payment.early', key: event.idempotencyKey, holdId: hold.id, productId })
+      const body: PaymentAnswerBody = { state: 'accepted', holdId: hold.id, orderId: null, orderStatus: null, outcome: null }
+      return { ok: true, answer: { statusCode: 202, body, replayed: false }, events }
+    }
+    if (!order && hold.status === 'active') {
+      // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
+      // any payment that was waiting on it (possibly creating the order).
+      await expireHolds(ctx, [hold])
+      hold = await tx.getHold(hold.id)
+      assert(hold !== undefined && hold.status === 'expired', 'a lapsed hold is expired by the reclaim')
+      order = await tx.getOrderByHold(hold.id)
+    }
+    const applied = await applyPaymentToHold(ctx, hold, order ?? null, event, true)
+    await tx.insertPaymentEvent(applied.event)
+    return { ok: true, answer: { statusCode: 200, body: applied.body, replayed: false }, events }
   }
 
   // Expires the hold if it has lapsed while still active, settling its waiting payments.

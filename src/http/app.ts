@@ -57,7 +57,7 @@ export function createServices(deps: Pick<AppDeps, 'config' | 'store' | 'clock' 
   return {
     holds: new Holds(store, clock, observer, { holdTtlMs: config.holdTtlMs, idempotencyTtlMs: config.idempotencyTtlMs, holdBatchMax: config.holdBatchMax, reclaimBatchMax }),
     orders: new Orders(store, clock, observer, { orderTtlMs: config.orderTtlMs, idempotencyTtlMs: config.idempotencyTtlMs, orderBatchMax: config.orderBatchMax, reclaimBatchMax }),
-    payments: new Payments(store, clock, observer, { reclaimBatchMax }),
+    payments: new Payments(store, clock, observer, { reclaimBatchMax, webhookBatchMax: config.webhookBatchMax }),
     reader: new ProductReader(store, clock),
     catalog: new Catalog(store, clock),
   }

@@ -36,6 +36,12 @@ export class Metrics {
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
     registers: [this.registry],
   })
+  readonly webhookBatchSize = new Histogram({
+    name: 'flash_sale_webhook_batch_size',
+    help: 'Payment webhooks served by one transaction (group commit)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+    registers: [this.registry],
+  })
   readonly requestDuration = new Histogram({
     name: 'flash_sale_http_request_duration_seconds',
     help: 'Request latency by route',
@@ -93,6 +99,10 @@ export function createObserver(baseLogger: FastifyBaseLogger, metrics: Metrics):
       }
       if (name === 'order.batch') {
         metrics.orderBatchSize.observe(Number(details.size))
+        return
+      }
+      if (name === 'payment.batch') {
+        metrics.webhookBatchSize.observe(Number(details.size))
         return
       }
       if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required') log.warn({ event: name, ...details }, name)
