@@ -60,7 +60,7 @@ function send(server: ServerProcess, productId: number, sent: Sent): Promise<Out
 }
 
 // Prepares holds and orders, then fires the mixed burst over `targets` (round robin) and kills
-// `victim` with SIGKILL once half the burst has been answered.
+// `victim` with SIGKILL once half the burst has been answered, just after a request to it went out.
 async function burstWithCrash(cluster: Cluster, targets: readonly ServerProcess[], victim: ServerProcess) {
   const { productId } = cluster
   const prepared = await Promise.all(times(2 * preparedPairs, (index) => postHold(targets[index % targets.length]!, productId, qtyOf(index))))
@@ -77,16 +77,23 @@ async function burstWithCrash(cluster: Cluster, targets: readonly ServerProcess[
   while (sents.length < burstSize) sents.push({ kind: 'hold', qty: qtyOf(sents.length) })
 
   let killedAtMs: number | undefined
+  let answeredSoFar = 0
+  // The kill lands right after a request to the victim has gone out, once half the burst is
+  // answered: a batching server answers in bursts, and waiting for an answer to trigger it could
+  // find nothing of the victim's still in flight.
   const tasks = sents.map((sent, index) => async (): Promise<Tracked> => {
     const serverIndex = index % targets.length
     const startedAtMs = Date.now()
-    return { ...(await send(targets[serverIndex]!, productId, sent)), sent, serverIndex, startedAtMs }
-  })
-  const tracked = await runBurst(tasks, burstConcurrencyMax, (_outcome, _index, answeredCount) => {
-    if (killedAtMs === undefined && answeredCount >= killAfterAnswered) {
+    const reply = send(targets[serverIndex]!, productId, sent)
+    if (killedAtMs === undefined && targets[serverIndex] === victim && answeredSoFar >= killAfterAnswered) {
+      await new Promise((resolve) => setImmediate(resolve))
       killedAtMs = Date.now()
       victim.child.kill('SIGKILL')
     }
+    return { ...(await reply), sent, serverIndex, startedAtMs }
+  })
+  const tracked = await runBurst(tasks, burstConcurrencyMax, (_outcome, _index, answeredCount) => {
+    answeredSoFar = answeredCount
   })
   expect(killedAtMs, 'the victim was killed mid-burst').toBeDefined()
   const answeredByKind = countBy(tracked.filter((outcome) => outcome.answered), (outcome) => outcome.sent.kind)
