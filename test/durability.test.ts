@@ -60,7 +60,7 @@ function send(server: ServerProcess, productId: number, sent: Sent): Promise<Out
 }
 
 // Prepares holds and orders, then fires the mixed burst over `targets` (round robin) and kills
-// `victim` with SIGKILL once half the burst has been answered, just after a request to it went out.
+// `victim` with SIGKILL once half the burst has been answered, as a request to it is being sent.
 async function burstWithCrash(cluster: Cluster, targets: readonly ServerProcess[], victim: ServerProcess) {
   const { productId } = cluster
   const prepared = await Promise.all(times(2 * preparedPairs, (index) => postHold(targets[index % targets.length]!, productId, qtyOf(index))))
@@ -78,15 +78,15 @@ async function burstWithCrash(cluster: Cluster, targets: readonly ServerProcess[
 
   let killedAtMs: number | undefined
   let answeredSoFar = 0
-  // The kill lands right after a request to the victim has gone out, once half the burst is
-  // answered: a batching server answers in bursts, and waiting for an answer to trigger it could
-  // find nothing of the victim's still in flight.
+  // The kill lands as a request to the victim is being sent, once half the burst is answered: a
+  // batching server answers in bursts, and waiting for an answer to trigger it could find
+  // nothing of the victim's still in flight.
   const tasks = sents.map((sent, index) => async (): Promise<Tracked> => {
     const serverIndex = index % targets.length
     const startedAtMs = Date.now()
     const reply = send(targets[serverIndex]!, productId, sent)
     if (killedAtMs === undefined && targets[serverIndex] === victim && answeredSoFar >= killAfterAnswered) {
-      await new Promise((resolve) => setImmediate(resolve))
+      // At once: given even one turn of the event loop, a fast server can answer it first.
       killedAtMs = Date.now()
       victim.child.kill('SIGKILL')
     }
