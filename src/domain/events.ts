@@ -19,6 +19,7 @@ export type EventName =
   | 'tx.retry'
   | 'tx.busy'
   | 'sweep.completed'
+  | 'db.unavailable'
 
 export interface DomainEvent {
   name: EventName

@@ -88,7 +88,7 @@ export function createObserver(baseLogger: FastifyBaseLogger, metrics: Metrics):
         batchSize.observe(Number(details.size))
         return
       }
-      if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required') log.warn({ event: name, ...details }, name)
+      if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required' || name === 'db.unavailable') log.warn({ event: name, ...details }, name)
       else log.info({ event: name, ...details }, name)
       metrics.events.inc({ event: name })
       if (name === 'hold.rejected') metrics.holdsRejected.inc({ reason: String(details.reason ?? 'unknown') })

@@ -44,6 +44,8 @@ export interface StoreOptions {
 
 const retryBackoffMsMin = 2
 const retryBackoffMsMax = 200
+// While the database is away every request fails alike; one log line per interval says so.
+const unavailableLogIntervalMs = 5_000
 
 type Db = Kysely<Database>
 
@@ -52,11 +54,16 @@ export class KyselyStore implements Store {
   private readonly db: Db
   private readonly capabilities: Engine
   private readonly hotSql = new HotSql()
+  private unavailableLoggedAtMs = -Infinity
 
   constructor(private readonly options: StoreOptions) {
     this.engine = options.engine
     this.capabilities = engines[options.engine]
-    this.db = new Kysely<Database>({ dialect: this.capabilities.createDialect(options.databaseUrl, { poolSizeMax: options.poolSizeMax ?? 16 }) })
+    const dialect = this.capabilities.createDialect(options.databaseUrl, {
+      poolSizeMax: options.poolSizeMax ?? 16,
+      onConnectionError: (error) => this.noteUnavailable(error),
+    })
+    this.db = new Kysely<Database>({ dialect })
   }
 
   async migrate(): Promise<void> {
@@ -98,7 +105,7 @@ export class KyselyStore implements Store {
         // the retried attempt sees it and answers as a replay.
         const transient = this.capabilities.isTransientConflict(error) || this.capabilities.isUniqueViolation(error)
         if (!transient) {
-          if (this.capabilities.isUnavailable(error)) throw new DomainError('busy', { retry_after_s: 1 }, 'database unavailable')
+          if (this.capabilities.isUnavailable(error)) throw this.unavailable(error)
           throw error
         }
         if (attempt >= txAttemptsMax) {
@@ -119,9 +126,21 @@ export class KyselyStore implements Store {
     try {
       return await query()
     } catch (error) {
-      if (this.capabilities.isUnavailable(error)) throw new DomainError('busy', { retry_after_s: 1 }, 'database unavailable')
+      if (this.capabilities.isUnavailable(error)) throw this.unavailable(error)
       throw error
     }
+  }
+
+  private unavailable(error: unknown): DomainError {
+    this.noteUnavailable(error)
+    return new DomainError('busy', { retry_after_s: 1 }, 'database unavailable')
+  }
+
+  private noteUnavailable(error: unknown): void {
+    const nowMs = Date.now()
+    if (nowMs - this.unavailableLoggedAtMs < unavailableLogIntervalMs) return
+    this.unavailableLoggedAtMs = nowMs
+    this.options.observer.emit({ name: 'db.unavailable', reason: errorText(error) })
   }
 
   // Every coalesced read burst sends this one: compiled once, not built anew each time.

@@ -28,7 +28,10 @@ export interface Engine {
   isUniqueViolation(error: unknown): boolean
   // A lost or refused connection: the request fails with 503 and is safe to retry.
   isUnavailable(error: unknown): boolean
-  createDialect(databaseUrl: string, options: { poolSizeMax: number }): Dialect
+  // onConnectionError hears errors of pooled connections that no query is waiting on (a server
+  // restart terminates idle connections): unheard, they would be an unhandled 'error' event that
+  // ends the process (SPEC I7).
+  createDialect(databaseUrl: string, options: { poolSizeMax: number; onConnectionError: (error: Error) => void }): Dialect
   // The schema the service's tables live in, when the URL names one: the migrator must look
   // for its own tables there, not in whichever schema first has tables of that name.
   schemaOf(databaseUrl: string): string | undefined

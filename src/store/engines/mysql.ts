@@ -19,18 +19,22 @@ export const mysqlEngine: Engine = {
   isUniqueViolation: (error) => errorNumber(error) === 1062,
   isUnavailable: isConnectionError,
   schemaOf: () => undefined,
-  createDialect(databaseUrl, { poolSizeMax }) {
+  createDialect(databaseUrl, { poolSizeMax, onConnectionError }) {
     const url = new URL(databaseUrl.replace(/^mariadb:/, 'mysql:'))
+    const pool = createPool({
+      uri: url.toString(),
+      connectionLimit: poolSizeMax,
+      decimalNumbers: true,
+      supportBigNumbers: true,
+      bigNumberStrings: false,
+      charset: 'utf8mb4_bin',
+      timezone: 'Z',
+    })
+    // mysql2 drops a broken pooled connection itself; a listener still keeps any 'error' the
+    // pool re-emits from ending the process (SPEC I7).
+    pool.on('error', onConnectionError)
     return new MysqlDialect({
-      pool: createPool({
-        uri: url.toString(),
-        connectionLimit: poolSizeMax,
-        decimalNumbers: true,
-        supportBigNumbers: true,
-        bigNumberStrings: false,
-        charset: 'utf8mb4_bin',
-        timezone: 'Z',
-      }),
+      pool,
       // REPEATABLE READ's gap locks and old snapshots buy nothing here (every transaction locks
       // the product row first), and READ COMMITTED lets reads after that lock see the latest rows.
       onCreateConnection: async (connection) => {

@@ -32,19 +32,21 @@ export const postgresEngine: Engine = {
   isUniqueViolation: (error) => errorCode(error) === '23505',
   isUnavailable: isConnectionError,
   schemaOf: (databaseUrl) => new URL(databaseUrl).searchParams.get('schema') ?? undefined,
-  createDialect(databaseUrl, { poolSizeMax }) {
+  createDialect(databaseUrl, { poolSizeMax, onConnectionError }) {
     // `?schema=name` selects a schema (the tests give each test its own).
     const url = new URL(databaseUrl)
     const schema = url.searchParams.get('schema')
     url.searchParams.delete('schema')
-    return new PostgresDialect({
-      pool: new pg.Pool({
-        connectionString: url.toString(),
-        max: poolSizeMax,
-        types,
-        connectionTimeoutMillis: 5000,
-        ...(schema ? { options: `-c search_path=${schema}` } : {}),
-      }),
+    const pool = new pg.Pool({
+      connectionString: url.toString(),
+      max: poolSizeMax,
+      types,
+      connectionTimeoutMillis: 5000,
+      ...(schema ? { options: `-c search_path=${schema}` } : {}),
     })
+    // A restart sends 57P01 to every connection; pg-pool drops the broken client and re-emits
+    // the error on the pool, where an unheard 'error' event would end the process.
+    pool.on('error', onConnectionError)
+    return new PostgresDialect({ pool })
   },
 }
