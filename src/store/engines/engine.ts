@@ -1,6 +1,13 @@
 // What differs between engines, asked as capabilities; shared code never tests a name.
 import type { Dialect } from 'kysely'
-import type { EngineName } from '../../config.js'
+
+export type EngineName = 'sqlite' | 'postgres' | 'mysql'
+
+// A column of a multi-row insert that sends one array per column, with its SQL type.
+export interface ArrayColumn {
+  readonly name: string
+  readonly type: 'varchar' | 'integer' | 'bigint'
+}
 
 export interface Engine {
   readonly name: EngineName
@@ -11,11 +18,15 @@ export interface Engine {
   // How a conflicting insert becomes "nothing inserted": ON CONFLICT DO NOTHING, or (where a
   // failed statement leaves the transaction usable) catching the duplicate-key error.
   readonly insertIgnoreStyle: 'on_conflict' | 'catch_duplicate'
-  // Many rows in one INSERT: a VALUES list (a parameter per cell), or, where the driver sends
-  // arrays, one array per column through unnest(): the statement text is then the same for
-  // every batch size and the server parses seven parameters instead of seven per row
-  // (PostgreSQL, 60-row inserts: 11.2 -> 7.9 µs of backend CPU a row).
-  readonly insertManyStyle: 'values' | 'unnest'
+  // Many rows in one INSERT. Undefined: a VALUES list, a parameter per cell. Where the driver
+  // sends arrays, the statement this returns takes one array per column (parameter $n is the
+  // n-th column's values): its text is then the same for every batch size and the server
+  // parses seven parameters instead of seven per row (PostgreSQL, 60-row inserts: 11.2 -> 7.9
+  // µs of backend CPU a row).
+  columnArraysInsertSql?(table: string, columns: readonly ArrayColumn[]): string
+  // The most parameters one statement may carry. A batch whose largest statement needs more
+  // fails at run time, so start-up refuses batch sizes that cannot fit (statement-limits.ts).
+  readonly statementParametersMax: number
   readonly beginSql: string
   // SQL type of an auto-increment primary key, and whether it needs the AUTOINCREMENT keyword
   // (PostgreSQL's serial types do not; SQLite needs exactly "integer" to alias the rowid).

@@ -19,7 +19,11 @@ export const postgresEngine: Engine = {
   supportsReturning: true,
   supportsForUpdate: true,
   insertIgnoreStyle: 'on_conflict',
-  insertManyStyle: 'unnest',
+  // The wire protocol's Bind message counts parameters in 16 bits.
+  statementParametersMax: 65_535,
+  columnArraysInsertSql: (table, columns) =>
+    `insert into ${table} (${columns.map((column) => column.name).join(', ')}) ` +
+    `select * from unnest(${columns.map((column, index) => `$${index + 1}::${column.type}[]`).join(', ')})`,
   // READ COMMITTED with row locks: every transaction locks the product row first, so the
   // rows it reads afterwards are the latest committed ones.
   beginSql: 'begin',

@@ -1,0 +1,224 @@
+// One transaction's statements (domain/store.ts StoreTx), on the connection the transaction
+// runner (kysely-store.ts) holds.
+import type { Kysely } from 'kysely'
+import type {
+  Hold,
+  HoldStatus,
+  IdempotencyRecord,
+  IdempotencyScope,
+  LapsedRow,
+  NewProduct,
+  Order,
+  OrderStatus,
+  PaymentEvent,
+  Product,
+  ProductCountsDelta,
+  StoreTx,
+} from '../domain/store.js'
+import type { Engine } from './engines/engine.js'
+import type { HotSql } from './hot-sql.js'
+import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
+import { idempotencyKeyValues, orderColumns, orderValues, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
+import type { Database } from './schema.js'
+import { inListShape, type StatementShape } from './statement-shape.js'
+
+type Db = Kysely<Database>
+
+// The statements whose parameters grow with the rows they touch.
+export const holdsByIdShape = inListShape('reading holds by id', 0)
+// Beside the ids: the new status, updated_at and the status compared against.
+export const moveStatusShape = inListShape('moving holds or orders to another status', 3)
+// Beside the hold ids: the state.
+export const waitingPaymentEventsShape = inListShape('reading the payments waiting on holds', 1)
+export const insertOrdersShape: StatementShape = { statement: 'the multi-row insert of orders', parameters: () => ({ fixed: 0, perRow: orderColumns.length }) }
+
+export class KyselyTx implements StoreTx {
+  constructor(
+    private readonly db: Db,
+    private readonly engine: Engine,
+    private readonly hotSql: HotSql,
+  ) {}
+
+  async lockProduct(productId: number): Promise<Product | undefined> {
+    return this.hotSql.lockProduct(this.db, productId)
+  }
+
+  async applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void> {
+    const changed = await this.hotSql.applyProductDelta(this.db, productId, delta, new Date())
+    if (changed !== 1) throw new Error(`product ${productId} vanished under its lock`)
+  }
+
+  async insertProduct(product: NewProduct): Promise<number> {
+    const values = {
+      name: product.name,
+      price_minor: product.priceMinor,
+      currency: product.currency,
+      stock: product.stock,
+      reserved: 0,
+      sold: 0,
+      created_at: product.createdAt.getTime(),
+      updated_at: product.createdAt.getTime(),
+    }
+    if (this.engine.supportsReturning) {
+      const row = await this.db.insertInto('products').values(values).returning('id').executeTakeFirstOrThrow()
+      return Number(row.id)
+    }
+    const result = await this.db.insertInto('products').values(values).executeTakeFirstOrThrow()
+    return Number(result.insertId)
+  }
+
+  async insertHolds(holds: readonly Hold[]): Promise<void> {
+    await this.hotSql.insertHolds(this.db, holds)
+  }
+
+  async getHold(holdId: string): Promise<Hold | undefined> {
+    return findHold(this.db, holdId)
+  }
+
+  async getHolds(holdIds: readonly string[]): Promise<Hold[]> {
+    if (holdIds.length === 0) return []
+    const rows = await this.db.selectFrom('holds').selectAll().where('id', 'in', holdIds).execute()
+    return rows.map(toHold)
+  }
+
+  async setHoldsStatus(holdIds: readonly string[], from: HoldStatus, to: HoldStatus, now: Date): Promise<number> {
+    return this.moveStatus('holds', holdIds, from, to, now)
+  }
+
+  async lapsedHolds(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
+    return this.lapsedRows('holds', 'active', productId, now, limit)
+  }
+
+  // Compare-and-set on status: only rows still in `from` move, and the count says how many.
+  private async moveStatus(table: 'holds' | 'orders', ids: readonly string[], from: string, to: string, now: Date): Promise<number> {
+    if (ids.length === 0) return 0
+    const result = await this.db.updateTable(table).set({ status: to, updated_at: now.getTime() }).where('id', 'in', ids).where('status', '=', from).executeTakeFirst()
+    return Number(result.numUpdatedRows)
+  }
+
+  // Rows of one product still `liveStatus` whose expiry has passed, oldest first.
+  private async lapsedRows(table: 'holds' | 'orders', liveStatus: string, productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
+    const rows = await this.db
+      .selectFrom(table)
+      .select(['id', 'product_id', 'qty'])
+      .where('product_id', '=', productId)
+      .where('status', '=', liveStatus)
+      .where('expires_at', '<=', now.getTime())
+      .orderBy('expires_at')
+      .limit(limit)
+      .execute()
+    return rows.map((row) => ({ id: row.id, productId: Number(row.product_id), qty: Number(row.qty) }))
+  }
+
+  async insertOrder(order: Order): Promise<void> {
+    await this.insertOrders([order])
+  }
+
+  async insertOrders(orders: readonly Order[]): Promise<void> {
+    if (orders.length === 0) return
+    await this.db.insertInto('orders').values(orders.map(orderValues)).execute()
+  }
+
+  async getOrder(orderId: string): Promise<Order | undefined> {
+    return findOrder(this.db, orderId)
+  }
+
+  async getOrderByHold(holdId: string): Promise<Order | undefined> {
+    const row = await this.db.selectFrom('orders').selectAll().where('hold_id', '=', holdId).executeTakeFirst()
+    return row ? toOrder(row) : undefined
+  }
+
+  async updateOrder(order: Order, from: OrderStatus, now: Date): Promise<boolean> {
+    const result = await this.db
+      .updateTable('orders')
+      .set({
+        status: order.status,
+        paid_at: order.paidAt?.getTime() ?? null,
+        payment_id: order.paymentId,
+        refund_required: order.refundRequired ? 1 : 0,
+        updated_at: now.getTime(),
+      })
+      .where('id', '=', order.id)
+      .where('status', '=', from)
+      .executeTakeFirst()
+    return Number(result.numUpdatedRows) === 1
+  }
+
+  async setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number> {
+    return this.moveStatus('orders', orderIds, from, to, now)
+  }
+
+  async lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
+    return this.lapsedRows('orders', 'pending', productId, now, limit)
+  }
+
+  async getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined> {
+    return findPaymentEvent(this.db, idempotencyKey)
+  }
+
+  async insertPaymentEvent(event: PaymentEvent): Promise<void> {
+    await this.db.insertInto('payment_events').values(paymentEventValues(event)).execute()
+  }
+
+  async waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]> {
+    if (holdIds.length === 0) return []
+    const rows = await this.db.selectFrom('payment_events').selectAll().where('hold_id', 'in', holdIds).where('state', '=', 'waiting').orderBy('seq').execute()
+    return rows.map(toPaymentEvent)
+  }
+
+  async markPaymentEventProcessed(event: PaymentEvent): Promise<void> {
+    const result = await this.db
+      .updateTable('payment_events')
+      .set({
+        state: 'processed',
+        order_id: event.orderId,
+        outcome: event.outcome,
+        response_json: event.responseJson,
+        processed_at: event.processedAt?.getTime() ?? null,
+      })
+      .where('idem_key', '=', event.idempotencyKey)
+      .where('state', '=', 'waiting')
+      .executeTakeFirst()
+    if (Number(result.numUpdatedRows) !== 1) throw new Error(`payment event ${event.idempotencyKey} was not waiting`)
+  }
+
+  async claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean> {
+    // An expired key is free again: remove it first, so the insert below can take it.
+    await this.db
+      .deleteFrom('idempotency_keys')
+      .where('scope', '=', record.scope)
+      .where('idem_key', '=', record.key)
+      .where('expires_at', '<=', now.getTime())
+      .execute()
+    const insert = this.db.insertInto('idempotency_keys').values(idempotencyKeyValues(record, now))
+    if (this.engine.insertIgnoreStyle === 'on_conflict') {
+      const result = await insert.onConflict((conflict) => conflict.columns(['scope', 'idem_key']).doNothing()).executeTakeFirst()
+      return Number(result.numInsertedOrUpdatedRows ?? 0) === 1
+    }
+    // MySQL: a failed statement does not abort the transaction, so the duplicate error is the answer.
+    try {
+      await insert.execute()
+      return true
+    } catch (error) {
+      if (this.engine.isUniqueViolation(error)) return false
+      throw error
+    }
+  }
+
+  async completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void> {
+    await this.db
+      .updateTable('idempotency_keys')
+      .set({ status_code: statusCode, response_json: responseJson })
+      .where('scope', '=', scope)
+      .where('idem_key', '=', key)
+      .execute()
+  }
+
+  async releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void> {
+    await this.db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', '=', key).where('status_code', '=', 0).execute()
+  }
+
+  async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
+    return findIdempotencyRecord(this.db, scope, key)
+  }
+}

@@ -1,0 +1,168 @@
+// Row mapping: table rows (schema.ts) to domain values and back. Row types never leave store/.
+import type { Selectable } from 'kysely'
+import type { Hold, HoldStatus, IdempotencyRecord, IdempotencyScope, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot } from '../domain/store.js'
+import type { ArrayColumn } from './engines/engine.js'
+import type { HoldsTable, IdempotencyKeysTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
+
+export type SnapshotRow = Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }
+
+// Every column of holds with its type in migration 0001, in the order holdValues gives them.
+export const holdColumns = [
+  { name: 'id', type: 'varchar' },
+  { name: 'product_id', type: 'integer' },
+  { name: 'qty', type: 'integer' },
+  { name: 'status', type: 'varchar' },
+  { name: 'expires_at', type: 'bigint' },
+  { name: 'created_at', type: 'bigint' },
+  { name: 'updated_at', type: 'bigint' },
+] as const satisfies readonly (ArrayColumn & { name: keyof HoldsTable })[]
+
+// Every column of orders, as orderValues sets them: one parameter each a row inserted.
+export const orderColumns = [
+  'id',
+  'hold_id',
+  'product_id',
+  'qty',
+  'amount_minor',
+  'currency',
+  'status',
+  'created_at',
+  'expires_at',
+  'updated_at',
+  'paid_at',
+  'payment_id',
+  'refund_required',
+] as const satisfies readonly (keyof OrdersTable)[]
+
+export function toProduct(row: Selectable<ProductsTable>): Product {
+  return {
+    id: Number(row.id),
+    name: row.name,
+    priceMinor: Number(row.price_minor),
+    currency: row.currency,
+    stock: Number(row.stock),
+    reserved: Number(row.reserved),
+    sold: Number(row.sold),
+    createdAt: new Date(Number(row.created_at)),
+  }
+}
+
+export function toSnapshot(row: SnapshotRow): ProductSnapshot {
+  return { ...toProduct(row), lapsedQty: Number(row.lapsed_hold_qty ?? 0) + Number(row.lapsed_order_qty ?? 0) }
+}
+
+export function toHold(row: Selectable<HoldsTable>): Hold {
+  return {
+    id: row.id,
+    productId: Number(row.product_id),
+    qty: Number(row.qty),
+    status: row.status as HoldStatus,
+    expiresAt: new Date(Number(row.expires_at)),
+    createdAt: new Date(Number(row.created_at)),
+  }
+}
+
+export function holdValues(hold: Hold): Selectable<HoldsTable> {
+  return {
+    id: hold.id,
+    product_id: hold.productId,
+    qty: hold.qty,
+    status: hold.status,
+    expires_at: hold.expiresAt.getTime(),
+    created_at: hold.createdAt.getTime(),
+    updated_at: hold.createdAt.getTime(),
+  }
+}
+
+export function toOrder(row: Selectable<OrdersTable>): Order {
+  return {
+    id: row.id,
+    holdId: row.hold_id,
+    productId: Number(row.product_id),
+    qty: Number(row.qty),
+    amountMinor: Number(row.amount_minor),
+    currency: row.currency,
+    status: row.status as OrderStatus,
+    createdAt: new Date(Number(row.created_at)),
+    expiresAt: new Date(Number(row.expires_at)),
+    paidAt: row.paid_at === null ? null : new Date(Number(row.paid_at)),
+    paymentId: row.payment_id,
+    refundRequired: Number(row.refund_required) === 1,
+  }
+}
+
+export function orderValues(order: Order): Selectable<OrdersTable> {
+  return {
+    id: order.id,
+    hold_id: order.holdId,
+    product_id: order.productId,
+    qty: order.qty,
+    amount_minor: order.amountMinor,
+    currency: order.currency,
+    status: order.status,
+    created_at: order.createdAt.getTime(),
+    expires_at: order.expiresAt.getTime(),
+    updated_at: order.createdAt.getTime(),
+    paid_at: order.paidAt?.getTime() ?? null,
+    payment_id: order.paymentId,
+    refund_required: order.refundRequired ? 1 : 0,
+  }
+}
+
+export function toPaymentEvent(row: Selectable<PaymentEventsTable>): PaymentEvent {
+  return {
+    idempotencyKey: row.idem_key,
+    fingerprint: row.fingerprint,
+    orderId: row.order_id,
+    holdId: row.hold_id,
+    status: row.status as PaymentEvent['status'],
+    paymentId: row.payment_id,
+    amountMinor: row.amount_minor === null ? null : Number(row.amount_minor),
+    state: row.state as PaymentEvent['state'],
+    outcome: row.outcome as PaymentEvent['outcome'],
+    responseJson: row.response_json,
+    createdAt: new Date(Number(row.created_at)),
+    processedAt: row.processed_at === null ? null : new Date(Number(row.processed_at)),
+  }
+}
+
+// The sequence number is the database's to give.
+export function paymentEventValues(event: PaymentEvent): Omit<Selectable<PaymentEventsTable>, 'seq'> {
+  return {
+    idem_key: event.idempotencyKey,
+    fingerprint: event.fingerprint,
+    order_id: event.orderId,
+    hold_id: event.holdId,
+    status: event.status,
+    payment_id: event.paymentId,
+    amount_minor: event.amountMinor,
+    state: event.state,
+    outcome: event.outcome,
+    response_json: event.responseJson,
+    created_at: event.createdAt.getTime(),
+    processed_at: event.processedAt?.getTime() ?? null,
+  }
+}
+
+export function toIdempotencyRecord(row: Selectable<IdempotencyKeysTable>): IdempotencyRecord {
+  return {
+    scope: row.scope as IdempotencyScope,
+    key: row.idem_key,
+    fingerprint: row.fingerprint,
+    statusCode: Number(row.status_code),
+    responseJson: row.response_json,
+    expiresAt: new Date(Number(row.expires_at)),
+  }
+}
+
+export function idempotencyKeyValues(record: IdempotencyRecord, now: Date): Selectable<IdempotencyKeysTable> {
+  return {
+    scope: record.scope,
+    idem_key: record.key,
+    fingerprint: record.fingerprint,
+    status_code: record.statusCode,
+    response_json: record.responseJson,
+    created_at: now.getTime(),
+    expires_at: record.expiresAt.getTime(),
+  }
+}
