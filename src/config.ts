@@ -1,8 +1,10 @@
 // The only reader of process.env. Every variable is checked once at start-up, converted to the
 // units the code uses (seconds -> ...Ms) and frozen; a bad value stops start-up naming it.
 import { existsSync } from 'node:fs'
+import type { EngineName } from './store/engines/engine.js'
+import { batchLimit, type BatchVariable } from './store/statement-limits.js'
 
-export type EngineName = 'sqlite' | 'postgres' | 'mysql'
+export type { EngineName } from './store/engines/engine.js'
 
 export interface Config {
   readonly nodeEnv: string
@@ -68,6 +70,21 @@ function positiveNumber(env: Env, name: string, fallback: number, max: number): 
   return value
 }
 
+// A batch is written with multi-row statements; one statement takes a limited number of
+// parameters on each engine, so a batch size whose statements cannot fit is refused here rather
+// than failing every full batch at run time.
+function batchSize(env: Env, name: BatchVariable, engine: EngineName, fallback: number, max: number): number {
+  const value = integer(env, name, fallback, 1, max)
+  const limit = batchLimit(engine, name)
+  if (limit && value > limit.rowsMax) {
+    throw new ConfigError(
+      `${name} must be at most ${limit.rowsMax} on ${engine}: ${limit.statement} takes ${limit.parametersPerRow} parameters a row ` +
+        `and ${engine} takes at most ${limit.statementParametersMax} in one statement, got "${read(env, name)}"`,
+    )
+  }
+  return value
+}
+
 function engineOf(databaseUrl: string): EngineName {
   if (databaseUrl.startsWith('sqlite:')) return 'sqlite'
   if (databaseUrl.startsWith('postgres://') || databaseUrl.startsWith('postgresql://')) return 'postgres'
@@ -89,18 +106,19 @@ export function loadConfig(env: Env = process.env): Config {
   const redisUrl = read(env, 'REDIS_URL')
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError(`REDIS_URL must start with redis://, got "${redisUrl}"`)
 
+  const engine = engineOf(databaseUrl)
   const config: Config = {
     nodeEnv,
     port: integer(env, 'PORT', 8000, 0, 65_535),
     host: read(env, 'HOST') ?? '127.0.0.1',
     databaseUrl,
-    engine: engineOf(databaseUrl),
+    engine,
     redisUrl,
     holdTtlMs: Math.round(positiveNumber(env, 'HOLD_TTL_SECONDS', 120, 86_400) * 1000),
     orderTtlMs: Math.round(positiveNumber(env, 'ORDER_TTL_SECONDS', 900, 7 * 86_400) * 1000),
     maxQtyPerHold: integer(env, 'MAX_QTY_PER_HOLD', 10, 1, 1_000_000),
     sweepIntervalMs: integer(env, 'SWEEP_INTERVAL_MS', 1000, 10, 3_600_000),
-    sweepBatchMax: integer(env, 'SWEEP_BATCH_MAX', 500, 1, 100_000),
+    sweepBatchMax: batchSize(env, 'SWEEP_BATCH_MAX', engine, 500, 100_000),
     idempotencyTtlMs: Math.round(positiveNumber(env, 'IDEMPOTENCY_TTL_HOURS', 24, 24 * 365) * 3_600_000),
     webhookSecret,
     webhookToleranceMs: 300_000,
@@ -112,9 +130,9 @@ export function loadConfig(env: Env = process.env): Config {
     rateLimitReadPerMin: integer(env, 'RATE_LIMIT_READ_PER_MIN', 6000, 0, 100_000_000),
     rateLimitHoldPerMin: integer(env, 'RATE_LIMIT_HOLD_PER_MIN', 600, 0, 100_000_000),
     rateLimitOrderPerMin: integer(env, 'RATE_LIMIT_ORDER_PER_MIN', 600, 0, 100_000_000),
-    holdBatchMax: integer(env, 'HOLD_BATCH_MAX', 256, 1, 10_000),
-    orderBatchMax: integer(env, 'ORDER_BATCH_MAX', 256, 1, 10_000),
-    webhookBatchMax: integer(env, 'WEBHOOK_BATCH_MAX', 256, 1, 10_000),
+    holdBatchMax: batchSize(env, 'HOLD_BATCH_MAX', engine, 256, 10_000),
+    orderBatchMax: batchSize(env, 'ORDER_BATCH_MAX', engine, 256, 10_000),
+    webhookBatchMax: batchSize(env, 'WEBHOOK_BATCH_MAX', engine, 256, 10_000),
     txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
     bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
     seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),

@@ -1,0 +1,124 @@
+// Proves the compiled-once hot statements (src/store/hot-sql.ts) answer and write exactly what
+// the ordinary Kysely queries they are compiled from do, on every engine: the sentinel swap puts
+// each parameter where it belongs, and PostgreSQL's column-array insert stores the same rows as
+// a VALUES list.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { Kysely } from 'kysely'
+import type { Hold } from '../src/domain/store.js'
+import { engines } from '../src/store/engines/index.js'
+import { HotSql, insertHoldsQuery, lockProductQuery, productDeltaQuery, snapshotQuery } from '../src/store/hot-sql.js'
+import { KyselyStore } from '../src/store/kysely-store.js'
+import { toHold, toProduct, toSnapshot } from '../src/store/rows.js'
+import type { Database } from '../src/store/schema.js'
+import { freshDatabase, testEngines, type FreshDatabase } from './helpers/engines.js'
+
+const nowMs = 1_800_000_000_000
+const minuteMs = 60_000
+
+function hold(id: string, productId: number, qty: number, expiresAtMs: number, status: Hold['status'] = 'active'): Hold {
+  return { id, productId, qty, status, expiresAt: new Date(expiresAtMs), createdAt: new Date(expiresAtMs - 2 * minuteMs) }
+}
+
+for (const engine of testEngines()) {
+  describe.skipIf(!engine.available)(`${engine.name}: hot statements`, () => {
+    let database: FreshDatabase
+    let store: KyselyStore
+    let db: Kysely<Database>
+    let hot: HotSql
+
+    beforeEach(async () => {
+      database = await freshDatabase(engine.name)
+      store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer: { emit: () => undefined }, txAttemptsMax: 3, poolSizeMax: 2 })
+      await store.migrate()
+      db = new Kysely<Database>({ dialect: engines[engine.name].createDialect(database.url, { poolSizeMax: 2, onConnectionError: () => undefined }) })
+      hot = new HotSql(engines[engine.name])
+    })
+
+    afterEach(async () => {
+      await db.destroy()
+      await store.close()
+      await database.drop()
+    })
+
+    async function newProduct(stock: number): Promise<number> {
+      return store.transaction({ label: 'test' }, (tx) => tx.insertProduct({ name: 'P', priceMinor: 1250, currency: 'USD', stock, createdAt: new Date(nowMs) }))
+    }
+
+    it('productSnapshot counts the same lapsed units as the ordinary snapshot query, for each product and for none', async () => {
+      const first = await newProduct(100)
+      const second = await newProduct(50)
+      await store.transaction({ label: 'test' }, async (tx) => {
+        await tx.applyProductDelta(first, { reserved: 2 + 3 + 4 + 5, sold: 0, stock: 0 })
+        await tx.applyProductDelta(second, { reserved: 6, sold: 0, stock: 0 })
+        await tx.insertHolds([
+          hold('h-lapsed', first, 2, nowMs - minuteMs),
+          hold('h-live', first, 3, nowMs + minuteMs),
+          // Lapsed, but a success waits on it: not free.
+          hold('h-paid-late', first, 4, nowMs - minuteMs),
+          hold('h-ordered', first, 5, nowMs - 2 * minuteMs, 'converted'),
+          hold('h-other', second, 6, nowMs - minuteMs),
+        ])
+        await tx.insertOrders([
+          { id: 'o-lapsed', holdId: 'h-ordered', productId: first, qty: 5, amountMinor: 6250, currency: 'USD', status: 'pending', createdAt: new Date(nowMs - 2 * minuteMs), expiresAt: new Date(nowMs - 1), paidAt: null, paymentId: null, refundRequired: false },
+        ])
+        await tx.insertPaymentEvent({
+          idempotencyKey: 'evt-1', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,
+        })
+      })
+      const now = new Date(nowMs)
+      for (const [productId, lapsedQty] of [[first, 2 + 5], [second, 6]] as const) {
+        const ordinary = toSnapshot(await snapshotQuery(db, now).where('p.id', '=', productId).executeTakeFirstOrThrow())
+        expect(ordinary.lapsedQty).toBe(lapsedQty)
+        expect(await hot.productSnapshot(db, productId, now)).toEqual(ordinary)
+        // The store's read is the hot one.
+        expect(await store.productSnapshot(productId, now)).toEqual(ordinary)
+      }
+      // A later clock with the same compiled text: the live hold has lapsed by then.
+      const later = new Date(nowMs + 2 * minuteMs)
+      expect((await hot.productSnapshot(db, first, later))?.lapsedQty).toBe(2 + 3 + 5)
+      expect(await hot.productSnapshot(db, 999_999, now)).toBeUndefined()
+    })
+
+    it('lockProduct reads the same row as the ordinary locking select, and nothing for an unknown id', async () => {
+      const first = await newProduct(7)
+      const second = await newProduct(9)
+      for (const productId of [first, second, 999_999]) {
+        const ordinaryRow = await db.transaction().execute((trx) => lockProductQuery(trx, engines[engine.name], productId).executeTakeFirst())
+        const hotProduct = await db.transaction().execute((trx) => hot.lockProduct(trx, productId))
+        expect(hotProduct).toEqual(ordinaryRow ? toProduct(ordinaryRow) : undefined)
+      }
+      expect((await db.transaction().execute((trx) => hot.lockProduct(trx, second)))?.stock).toBe(9)
+    })
+
+    it('applyProductDelta moves the same counts as the ordinary update, each into its own column', async () => {
+      const viaHot = await newProduct(100)
+      const viaOrdinary = await newProduct(100)
+      const updatedAt = new Date(nowMs + 5)
+      // Distinct values per column: a swapped parameter would show.
+      for (const delta of [{ reserved: 7, sold: 3, stock: 11 }, { reserved: -2, sold: 1, stock: 0 }]) {
+        expect(await hot.applyProductDelta(db, viaHot, delta, updatedAt)).toBe(1)
+        await productDeltaQuery(db, viaOrdinary, delta, updatedAt).execute()
+      }
+      const rows = await db.selectFrom('products').selectAll().where('id', 'in', [viaHot, viaOrdinary]).orderBy('id').execute()
+      expect({ ...rows[0]!, id: 0 }).toEqual({ ...rows[1]!, id: 0 })
+      expect(toProduct(rows[0]!)).toMatchObject({ id: viaHot, reserved: 5, sold: 4, stock: 111 })
+      expect(Number(rows[0]!.updated_at)).toBe(updatedAt.getTime())
+      expect(await hot.applyProductDelta(db, 999_999, { reserved: 1, sold: 0, stock: 0 }, updatedAt)).toBe(0)
+    })
+
+    it('insertHolds stores the same rows as the ordinary VALUES insert, for batches of one and of several', async () => {
+      const productId = await newProduct(100)
+      for (const [round, size] of [1, 3, 1].entries()) {
+        const batch = Array.from({ length: size }, (_, index) => hold(`b${round}-${index}`, productId, index + 1, nowMs + index * minuteMs))
+        await hot.insertHolds(db, batch.map((each) => ({ ...each, id: `hot-${each.id}` })))
+        await insertHoldsQuery(db, batch.map((each) => ({ ...each, id: `plain-${each.id}` }))).execute()
+      }
+      const rows = await db.selectFrom('holds').selectAll().orderBy('id').execute()
+      const hotRows = rows.filter((row) => row.id.startsWith('hot-')).map((row) => ({ ...row, id: row.id.slice('hot-'.length) }))
+      const plainRows = rows.filter((row) => row.id.startsWith('plain-')).map((row) => ({ ...row, id: row.id.slice('plain-'.length) }))
+      expect(hotRows).toHaveLength(5)
+      expect(hotRows).toEqual(plainRows)
+      expect(hotRows.map(toHold).map((each) => each.qty).sort()).toEqual([1, 1, 1, 2, 3])
+    })
+  })
+}
