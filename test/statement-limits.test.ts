@@ -1,0 +1,169 @@
+// Proves batch sizes are checked against what one statement can carry (src/store/
+// statement-limits.ts): each multi-row statement takes the parameters its declared shape says,
+// on every engine's SQL; start-up refuses a batch size one over the limit, naming the variable;
+// and on a database the limit is exact: the largest statement of a full batch runs, and one row
+// more is refused by the engine itself.
+import { DummyDriver, Kysely, MysqlAdapter, MysqlIntrospector, MysqlQueryCompiler, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, SqliteAdapter, SqliteIntrospector, SqliteQueryCompiler, type CompiledQuery, type Dialect } from 'kysely'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { ConfigError, loadConfig, type EngineName } from '../src/config.js'
+import type { Hold, Order, StoreTx } from '../src/domain/store.js'
+import { engines } from '../src/store/engines/index.js'
+import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
+import { KyselyStore } from '../src/store/kysely-store.js'
+import { holdsByIdShape, insertOrdersShape, KyselyTx, moveStatusShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
+import type { Database } from '../src/store/schema.js'
+import { batchLimit, batchStatements, type BatchVariable } from '../src/store/statement-limits.js'
+import type { StatementShape } from '../src/store/statement-shape.js'
+import { freshDatabase, testEngines, type FreshDatabase } from './helpers/engines.js'
+
+const engineNames: readonly EngineName[] = ['sqlite', 'postgres', 'mysql']
+const variables: readonly BatchVariable[] = ['HOLD_BATCH_MAX', 'ORDER_BATCH_MAX', 'WEBHOOK_BATCH_MAX', 'SWEEP_BATCH_MAX']
+const urlOf: Record<EngineName, string> = { sqlite: 'sqlite:/tmp/never-opened.db', postgres: 'postgres://u@db:5432/shop', mysql: 'mysql://u@db:3306/shop' }
+const nowMs = 1_800_000_000_000
+
+// Kysely with an engine's SQL compiler and no database: statements are compiled and recorded.
+function compilingOnly(engine: EngineName, recorded: CompiledQuery[]): Kysely<Database> {
+  const parts = {
+    sqlite: { adapter: () => new SqliteAdapter(), compiler: () => new SqliteQueryCompiler(), introspector: (db: Kysely<unknown>) => new SqliteIntrospector(db) },
+    postgres: { adapter: () => new PostgresAdapter(), compiler: () => new PostgresQueryCompiler(), introspector: (db: Kysely<unknown>) => new PostgresIntrospector(db) },
+    mysql: { adapter: () => new MysqlAdapter(), compiler: () => new MysqlQueryCompiler(), introspector: (db: Kysely<unknown>) => new MysqlIntrospector(db) },
+  }[engine]
+  const dialect: Dialect = { createAdapter: parts.adapter, createDriver: () => new DummyDriver(), createQueryCompiler: parts.compiler, createIntrospector: parts.introspector }
+  return new Kysely<Database>({ dialect, log: (event) => void recorded.push(event.query) })
+}
+
+function holds(count: number, productId = 1, prefix = 'h'): Hold[] {
+  return Array.from({ length: count }, (_, index) => ({ id: `${prefix}${index}`, productId, qty: 1, status: 'active', expiresAt: new Date(nowMs + 60_000), createdAt: new Date(nowMs) }))
+}
+
+function orders(of: readonly Hold[]): Order[] {
+  return of.map((hold) => ({
+    id: `o-${hold.id}`, holdId: hold.id, productId: hold.productId, qty: hold.qty, amountMinor: 100, currency: 'USD', status: 'pending',
+    createdAt: new Date(nowMs), expiresAt: new Date(nowMs + 60_000), paidAt: null, paymentId: null, refundRequired: false,
+  }))
+}
+
+// Each declared shape, and a call that runs its statement with `rows` rows.
+const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promise<unknown>]> = [
+  [insertHoldsShape, (tx, rows) => tx.insertHolds(holds(rows))],
+  [holdsByIdShape, (tx, rows) => tx.getHolds(holds(rows).map((hold) => hold.id))],
+  [moveStatusShape, (tx, rows) => tx.setHoldsStatus(holds(rows).map((hold) => hold.id), 'active', 'expired', new Date(nowMs))],
+  [moveStatusShape, (tx, rows) => tx.setOrdersStatus(holds(rows).map((hold) => hold.id), 'pending', 'expired', new Date(nowMs))],
+  [insertOrdersShape, (tx, rows) => tx.insertOrders(orders(holds(rows)))],
+  [waitingPaymentEventsShape, (tx, rows) => tx.waitingPaymentEvents(holds(rows).map((hold) => hold.id))],
+]
+
+describe('statement shapes', () => {
+  it('every statement a batch variable names is one whose shape is checked here', () => {
+    const checked = new Set(runs.map(([shape]) => shape))
+    for (const variable of variables) for (const shape of batchStatements[variable]) expect(checked.has(shape), shape.statement).toBe(true)
+  })
+
+  for (const engine of engineNames) {
+    it(`${engine}: each multi-row statement takes the parameters its shape declares, for 1, 2 and 9 rows`, async () => {
+      for (const [shape, run] of runs) {
+        const { fixed, perRow } = shape.parameters(engines[engine])
+        for (const rows of [1, 2, 9]) {
+          const recorded: CompiledQuery[] = []
+          const db = compilingOnly(engine, recorded)
+          await run(new KyselyTx(db, engines[engine], new HotSql(engines[engine])), rows)
+          expect(recorded, shape.statement).toHaveLength(1)
+          expect(recorded[0]!.parameters.length, `${shape.statement}, ${rows} rows`).toBe(fixed + perRow * rows)
+        }
+      }
+    })
+  }
+})
+
+describe('batch sizes at start-up', () => {
+  function configErrorOf(env: Record<string, string>): ConfigError | undefined {
+    try {
+      loadConfig(env)
+      return undefined
+    } catch (error) {
+      if (error instanceof ConfigError) return error
+      throw error
+    }
+  }
+
+  it('SQLite (32,766 parameters a statement) takes 4,680 holds and 2,520 orders a batch, and no more', () => {
+    const env = { DATABASE_URL: urlOf.sqlite }
+    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '4680', ORDER_BATCH_MAX: '2520' })).toMatchObject({ holdBatchMax: 4680, orderBatchMax: 2520 })
+    expect(configErrorOf({ ...env, HOLD_BATCH_MAX: '4681' })?.message).toBe(
+      'HOLD_BATCH_MAX must be at most 4680 on sqlite: the multi-row insert of holds takes 7 parameters a row and sqlite takes at most 32766 in one statement, got "4681"',
+    )
+    expect(configErrorOf({ ...env, ORDER_BATCH_MAX: '2521' })?.message).toMatch(/^ORDER_BATCH_MAX must be at most 2520 on sqlite: .* got "2521"$/)
+    expect(configErrorOf({ ...env, SWEEP_BATCH_MAX: '32764' })?.message).toMatch(/^SWEEP_BATCH_MAX must be at most 32763 on sqlite/)
+  })
+
+  it('PostgreSQL sends holds as column arrays: any hold batch size fits, orders up to 5,041', () => {
+    const env = { DATABASE_URL: urlOf.postgres }
+    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '10000', ORDER_BATCH_MAX: '5041' })).toMatchObject({ holdBatchMax: 10_000, orderBatchMax: 5041 })
+    expect(configErrorOf({ ...env, ORDER_BATCH_MAX: '5042' })?.message).toMatch(/^ORDER_BATCH_MAX must be at most 5041 on postgres/)
+    // The range every engine has still applies.
+    expect(configErrorOf({ ...env, HOLD_BATCH_MAX: '10001' })?.message).toMatch(/^HOLD_BATCH_MAX must be between 1 and 10000/)
+  })
+
+  for (const engine of engineNames) {
+    it(`${engine}: each batch variable is accepted at its limit and refused one above it, naming the variable`, () => {
+      for (const variable of variables) {
+        const limit = batchLimit(engine, variable)
+        const env = { DATABASE_URL: urlOf[engine] }
+        if (limit === undefined) {
+          // No statement grows with this batch (webhooks: each is applied with its own rows).
+          expect(batchStatements[variable].every((shape) => shape.parameters(engines[engine]).perRow === 0)).toBe(true)
+          continue
+        }
+        if (limit.rowsMax > 100_000) continue
+        expect(configErrorOf({ ...env, [variable]: String(limit.rowsMax) }), variable).toBeUndefined()
+        const error = configErrorOf({ ...env, [variable]: String(limit.rowsMax + 1) })
+        expect(error?.message, variable).toContain(`${variable} must be`)
+        expect(error?.message, variable).toContain(`got "${limit.rowsMax + 1}"`)
+      }
+      // The defaults fit everywhere.
+      expect(configErrorOf({ DATABASE_URL: urlOf[engine] })).toBeUndefined()
+    })
+  }
+})
+
+for (const engine of testEngines()) {
+  // How the engine refuses a statement one row over the limit (PostgreSQL: the 16-bit count of
+  // parameters wraps, and the server sees a mismatch). MySQL: Kysely's driver sends text
+  // queries, so the declared (prepared-statement) limit is conservative there and nothing fails.
+  const overLimitError = { sqlite: /too many SQL variables/, postgres: /bind message/, mysql: undefined }[engine.name]
+  const engineRefusesOverLimit = overLimitError !== undefined
+
+  describe.skipIf(!engine.available)(`${engine.name}: batch limits on the database`, () => {
+    let database: FreshDatabase
+    let store: KyselyStore
+    let productId: number
+
+    beforeEach(async () => {
+      database = await freshDatabase(engine.name)
+      store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer: { emit: () => undefined }, txAttemptsMax: 1, poolSizeMax: 2 })
+      await store.migrate()
+      productId = await store.transaction({ label: 'test' }, (tx) => tx.insertProduct({ name: 'P', priceMinor: 100, currency: 'USD', stock: 100_000, createdAt: new Date(nowMs) }))
+    })
+
+    afterEach(async () => {
+      await store.close()
+      await database.drop()
+    })
+
+    for (const variable of ['HOLD_BATCH_MAX', 'ORDER_BATCH_MAX'] as const) {
+      const limit = batchLimit(engine.name, variable)
+      // PostgreSQL's hold insert takes column arrays: no row count is too many.
+      it.skipIf(limit === undefined)(`a full ${variable} batch's largest statement runs${engineRefusesOverLimit ? ', and one row more is refused by the engine' : ''}`, async () => {
+        if (limit === undefined) return
+        const all = holds(limit.rowsMax + 1, productId)
+        const insert = (rows: readonly Hold[]) =>
+          store.transaction({ label: 'test' }, (tx) => (variable === 'HOLD_BATCH_MAX' ? tx.insertHolds(rows) : tx.insertOrders(orders(rows))))
+        if (variable === 'ORDER_BATCH_MAX') await store.transaction({ label: 'test' }, (tx) => tx.insertHolds(all))
+        if (overLimitError) await expect(insert(all)).rejects.toThrow(overLimitError)
+        await insert(all.slice(0, limit.rowsMax))
+        const [facts] = (await store.auditFacts()).products
+        expect(variable === 'HOLD_BATCH_MAX' ? facts?.activeHoldQty : facts?.pendingOrderQty).toBe(limit.rowsMax)
+      })
+    }
+  })
+}
