@@ -1,4 +1,4 @@
-// Table interfaces. Row types never leave store/: kysely-store.ts maps them to domain types.
+// Table interfaces. Row types never leave store/: rows.ts maps them to domain types.
 // Instants are stored as integer milliseconds since the epoch (UTC) on every engine, which
 // sidesteps DATETIME precision and session time zones, and compares exactly across engines.
 import type { Generated } from 'kysely'
