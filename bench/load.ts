@@ -4,7 +4,7 @@
 // cannot chain.
 import { Agent, request } from 'node:http'
 import autocannon from 'autocannon'
-import { signPayload } from '../http/signature.js'
+import { signPayload } from '../src/http/signature.js'
 
 export interface LoadResult {
   label: string
