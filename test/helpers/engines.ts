@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { EngineName } from '../../src/config.js'
-import { withMysql, withPostgres } from '../../src/store/admin-connection.js'
+import { withMysql, withPostgres } from '../../dev/admin-connection.js'
 
 export interface TestEngine {
   name: EngineName

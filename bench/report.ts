@@ -9,6 +9,13 @@ export interface LevelReport {
   // Measured before and after the hold and read phases.
   health: LoadResult[]
   holds: LoadResult | undefined
+  // Plain holds with a fresh Idempotency-Key each.
+  keyed: LoadResult | undefined
+  // Holds with a buyer token (a different buyer each request) on a product with per_buyer_limit.
+  buyer: LoadResult | undefined
+  // POST /bench/hold-ceiling: the hold route's parsing and validation of the same body and key,
+  // without the database: what this server could answer if holds cost nothing behind the route.
+  ceiling: LoadResult | undefined
   // The same holds on a second server with HOLD_BATCH_MAX=1: one transaction per hold, the
   // lock-per-request design that group commit is measured against.
   unbatched: LoadResult | undefined
@@ -41,6 +48,11 @@ export interface BenchReport {
   engineVersion: string
   workers: number
   durationS: number
+  perBuyerLimit: number
+  // Distinct buyers (tokens) the buyer phase cycled through.
+  buyers: number
+  // Phase -> why it did not run (the service lacks what it measures).
+  skipped: Record<string, string>
   levels: LevelReport[]
   sellout: SelloutReport | undefined
   // The server's warn-or-worse log lines over the whole run, by event (tx.retry, tx.busy, ...).
@@ -109,6 +121,32 @@ function cpuCeiling(level: LevelReport, cpuCount: number): { holdTotalUs: number
   return { holdTotalUs, holdServerUs, holdsPerS: (cpuCount * 1e6) / holdTotalUs }
 }
 
+// One row per hold shape: its rate and latency, and where it stands between the plain holds
+// (what a shape's extra work costs) and the ceiling (what the database work behind the route costs).
+function holdShapes(report: BenchReport, level: LevelReport): string[] {
+  const shapes: Array<[string, LoadResult | undefined, string | undefined]> = [
+    ['plain holds (POST /api/holds)', level.holds, report.skipped.holds],
+    ['keyed: a fresh Idempotency-Key each', level.keyed, report.skipped.keyed],
+    [`buyer: a buyer token each (${report.buyers ? `${whole.format(report.buyers)} buyers, ` : ''}per_buyer_limit ${report.perBuyerLimit})`, level.buyer, report.skipped.buyer],
+    ['ceiling: hold parse + validate, no database (POST /bench/hold-ceiling)', level.ceiling, report.skipped.ceiling],
+  ]
+  const measured = shapes.filter(([, result]) => result !== undefined)
+  if (measured.length === 0) return []
+  const rows = [
+    `| hold shapes at ${level.connections} connections | 2xx/s | p50 / p99, ms | ÷ plain holds | ÷ ceiling |`,
+    '|---|---:|---:|---:|---:|',
+    ...shapes
+      .filter(([, result, reason]) => result !== undefined || reason !== undefined)
+      .map(([label, result, reason]) =>
+        result
+          ? `| ${label} | ${rate(result.okPerS)}${nonSuccess(result)} | ${ms(result.latencyP50Ms)} / ${ms(result.latencyP99Ms)} | ${ratio(result.okPerS, level.holds?.okPerS)} | ${ratio(result.okPerS, level.ceiling?.okPerS)} |`
+          : `| ${label} | skipped | | | |`,
+      ),
+    '',
+  ]
+  return rows
+}
+
 export function formatReport(report: BenchReport): string {
   const { machine, levels } = report
   const header = `| ${report.engineVersion}, WORKERS=${report.workers}, ${report.durationS} s per phase | ${levels.map((level) => `${level.connections} connections`).join(' | ')} |`
@@ -138,7 +176,8 @@ export function formatReport(report: BenchReport): string {
     ),
     row('CPU cores during holds: server / db / bench / other', (level) => cores(level.cpu.holds)),
   ]
-  const lines: string[] = ['', '## Benchmark', '', ...rows, '']
+  const lines: string[] = ['', '## Benchmark', '', ...rows, '', ...levels.flatMap((level) => holdShapes(report, level))]
+  for (const [phase, reason] of Object.entries(report.skipped)) lines.push(`Phase ${phase} skipped: ${reason}.`, '')
   const { sellout } = report
   const last = levels[levels.length - 1]
   if (last) {

@@ -6,8 +6,8 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import BetterSqlite3 from 'better-sqlite3'
-import type { EngineName } from '../config.js'
-import { withMysql, withPostgres } from '../store/admin-connection.js'
+import type { EngineName } from '../src/config.js'
+import { withMysql, withPostgres } from '../dev/admin-connection.js'
 
 export interface BenchDatabase {
   engine: EngineName

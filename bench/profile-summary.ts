@@ -3,7 +3,7 @@
 // dist/, each package in node_modules, Node's internals, GC, idle), so one can see whether a
 // hot path spends its CPU in JSON and HTTP, in the database driver, or waiting.
 //
-//   node dist/bench/profile-summary.js <file.cpuprofile | directory> [--top 30]
+//   npx tsx bench/profile-summary.ts <file.cpuprofile | directory> [--top 30]
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { basename, join } from 'node:path'
 
@@ -30,7 +30,7 @@ interface CpuProfile {
 const topDefault = 30
 
 function usage(): never {
-  console.error('usage: node dist/bench/profile-summary.js <file.cpuprofile | directory> [--top N]')
+  console.error('usage: npx tsx bench/profile-summary.ts <file.cpuprofile | directory> [--top N]')
   process.exit(2)
 }
 

@@ -1,8 +1,10 @@
 // `npm run bench`: starts the service on the engine DATABASE_URL names (default: a temporary
 // SQLite file) with rate limits off, drives it over 127.0.0.1 with autocannon at each of
 // BENCH_CONNECTIONS, and prints from one run: the GET /health rate (this machine's ceiling for
-// this server), holds/s with p50/p99, product reads/s, buyers/s through the whole funnel, then a
-// sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
+// this server), holds/s with p50/p99, the same holds with a fresh Idempotency-Key each (`keyed`),
+// with a buyer token on a product with a per-buyer limit (`buyer`), the hold route's parsing and
+// validation alone without the database (`ceiling`), product reads/s, buyers/s through the
+// whole funnel, then a sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
 // same database with HOLD_BATCH_MAX=1 (one transaction per hold: the lock-per-request design)
 // takes the same holds, so the gain of group commit is measured in the run, not quoted. Every
 // phase is bounded in time; the servers and the database created for the run are gone when it
@@ -11,17 +13,18 @@ import { randomBytes } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { resolve } from 'node:path'
-import { loadConfig } from '../config.js'
-import { audit, type AuditReport } from '../domain/audit.js'
-import { openRuntime } from '../runtime.js'
+import { loadConfig } from '../src/config.js'
+import { audit, type AuditReport } from '../src/domain/audit.js'
+import { openRuntime } from '../src/runtime.js'
+import { BuyerPool, buyerProduct } from './buyers.js'
 import { freshBenchDatabase, type BenchDatabase } from './database.js'
 import { cannon, funnel, jsonRequest, type FunnelResult, type LoadResult } from './load.js'
 import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
 import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
 import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
 
-type Phase = 'health' | 'holds' | 'unbatched' | 'reads' | 'funnel' | 'sellout'
-const allPhases: Phase[] = ['health', 'holds', 'unbatched', 'reads', 'funnel', 'sellout']
+type Phase = 'health' | 'holds' | 'keyed' | 'buyer' | 'ceiling' | 'unbatched' | 'reads' | 'funnel' | 'sellout'
+const allPhases: Phase[] = ['health', 'holds', 'keyed', 'buyer', 'ceiling', 'unbatched', 'reads', 'funnel', 'sellout']
 
 interface Settings {
   databaseUrl: string | undefined
@@ -31,6 +34,7 @@ interface Settings {
   workers: number
   phases: Set<Phase>
   selloutStock: number
+  perBuyerLimit: number
   cpuProfDir: string | undefined
   jsonFile: string | undefined
 }
@@ -66,6 +70,7 @@ function readSettings(): Settings {
     workers: integerSetting('BENCH_WORKERS', databaseUrl === undefined || databaseUrl.startsWith('sqlite:') ? 1 : os.cpus().length, 1, 64),
     phases,
     selloutStock: integerSetting('BENCH_SELLOUT_STOCK', 1000, 1, 1_000_000),
+    perBuyerLimit: integerSetting('BENCH_PER_BUYER_LIMIT', 5, 1, 1_000),
     cpuProfDir: process.env.BENCH_CPU_PROF_DIR?.trim() || undefined,
     jsonFile: process.env.BENCH_JSON_FILE?.trim() || undefined,
   }
@@ -81,6 +86,11 @@ const benchHoldTtlS = 600
 const overheadBudgetS = 240
 // The unbatched server starts and drains once per level, on top of that slack.
 const unbatchedServerOverheadS = 30
+// Buyers are minted for this many times the holds the buyer phase could take at the plain hold
+// rate, so no buyer reaches the limit and the phase measures granted holds, not refusals.
+const buyerPoolHeadroom = 2
+// The plain hold rate assumed for sizing the pool when the holds phase is not run.
+const assumedHoldsPerS = 20_000
 
 function log(line: string): void {
   process.stderr.write(`${line}\n`)
@@ -98,10 +108,10 @@ async function main(): Promise<number> {
     throw error
   }
   const levelCount = settings.connectionLevels.length
-  // Per level: health twice, holds, unbatched holds, reads, funnel.
-  const phaseCount = levelCount * 6 + 3
-  // Warm-ups: three on the main server, one on each level's unbatched server.
-  const warmupCount = 3 + (settings.phases.has('unbatched') ? levelCount : 0)
+  // Per level: health twice, holds, keyed, buyer, ceiling, unbatched holds, reads, funnel.
+  const phaseCount = levelCount * 9 + 3
+  // Warm-ups: five on the main server, one on each level's unbatched server and buyer product.
+  const warmupCount = 5 + (settings.phases.has('unbatched') ? levelCount : 0) + (settings.phases.has('buyer') ? levelCount : 0)
   const unbatchedOverheadS = settings.phases.has('unbatched') ? levelCount * unbatchedServerOverheadS : 0
   const budgetS = phaseCount * settings.durationS + warmupCount * settings.warmupS + overheadBudgetS + unbatchedOverheadS
   // The hard bound: whatever hangs, the bench ends and takes its server with it.
@@ -145,6 +155,7 @@ async function main(): Promise<number> {
 async function run(settings: Settings, database: BenchDatabase, onStarted: (server: ServerProcess) => void): Promise<BenchReport> {
   const adminToken = randomBytes(16).toString('hex')
   const webhookSecret = randomBytes(16).toString('hex')
+  const buyerSecret = randomBytes(32).toString('hex')
   const nodeFlags: string[] = []
   if (settings.cpuProfDir) {
     mkdirSync(settings.cpuProfDir, { recursive: true })
@@ -161,6 +172,9 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     RATE_LIMIT_ORDER_PER_MIN: '0',
     HOLD_TTL_SECONDS: String(benchHoldTtlS),
     SEED_STOCK: '0',
+    BUYER_TOKEN_SECRET: buyerSecret,
+    // Adds POST /bench/hold-ceiling: the hold route's parsing and validation, no database.
+    BENCH_CEILING_ROUTE: '1',
   }
   const server = await startServer({ databaseUrl: database.url, workers: settings.workers, nodeFlags, env: serverEnv })
   onStarted(server)
@@ -176,7 +190,21 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
   const hotProductId = await createProduct('bench hot product', hotStock)
   const funnelProductId = await createProduct('bench funnel product', hotStock)
   const holdBody = JSON.stringify({ product_id: hotProductId, qty: 1 })
-  const urls = { health: `${baseUrl}/health`, holds: `${baseUrl}/api/holds`, product: `${baseUrl}/api/products/${hotProductId}` }
+  const urls = { health: `${baseUrl}/health`, holds: `${baseUrl}/api/holds`, product: `${baseUrl}/api/products/${hotProductId}`, ceiling: `${baseUrl}/bench/hold-ceiling` }
+  // Keys unique over the run (levels and warm-ups share the database's key table).
+  const keyPrefix = randomBytes(6).toString('hex')
+  let keySequence = 0
+  const freshKey = (): Record<string, string> => ({ 'idempotency-key': `bench-${keyPrefix}-${++keySequence}` })
+  const skipped: Record<string, string> = {}
+
+  // The ceiling route exists only where the service has it and BENCH_CEILING_ROUTE=1 turned it on.
+  if (settings.phases.has('ceiling')) {
+    const probe = await jsonRequest(baseUrl, 'POST', '/bench/hold-ceiling', { product_id: hotProductId, qty: 1 }, freshKey())
+    if (probe.status === 404) skipped.ceiling = 'POST /bench/hold-ceiling answered 404: this server has no ceiling route (BENCH_CEILING_ROUTE=1 adds it where the service supports it)'
+    else if (probe.status < 200 || probe.status > 299) skipped.ceiling = `POST /bench/hold-ceiling answered ${probe.status || probe.failure}, not 2xx`
+    if (skipped.ceiling) log(`bench: ceiling phase skipped: ${skipped.ceiling}`)
+  }
+  const buyers = new BuyerPool(buyerSecret)
 
   const measured = async <T>(work: () => Promise<T>, serverGroup = group): Promise<{ result: T; cpu: CpuShare }> => {
     const before = cpuSample(serverGroup)
@@ -234,6 +262,10 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     await cannon({ label: 'warm-up health', url: urls.health, connections, durationS: settings.warmupS })
     if (settings.phases.has('holds')) await cannon({ label: 'warm-up holds', url: urls.holds, connections, durationS: settings.warmupS, method: 'POST', body: holdBody })
     if (settings.phases.has('reads')) await cannon({ label: 'warm-up reads', url: urls.product, connections, durationS: settings.warmupS })
+    if (settings.phases.has('keyed')) await cannon({ label: 'warm-up keyed holds', url: urls.holds, connections, durationS: settings.warmupS, method: 'POST', body: holdBody, headersPerRequest: freshKey })
+    if (settings.phases.has('ceiling') && !skipped.ceiling) {
+      await cannon({ label: 'warm-up ceiling', url: urls.ceiling, connections, durationS: settings.warmupS, method: 'POST', body: holdBody, headersPerRequest: freshKey })
+    }
   }
 
   const levels: LevelReport[] = []
@@ -242,6 +274,9 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
       connections,
       health: [],
       holds: undefined,
+      keyed: undefined,
+      buyer: undefined,
+      ceiling: undefined,
       unbatched: undefined,
       reads: undefined,
       funnel: undefined,
@@ -267,7 +302,44 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
       level.batches = batchStats(metricsBefore, await scrapeServer(baseUrl, settings.workers))
       log(`  ${describe(result)}; batches: mean ${level.batches.meanSize.toFixed(1)}, ${Math.round(level.batches.batches / result.durationS)} tx/s`)
     }
-    // Right after the batched holds, so both see the machine in about the same state.
+    // The hold shapes of a real drop, each next to the plain holds: a retry-safe client's key,
+    // then a buyer on a limited product, then the same request without the database.
+    if (settings.phases.has('keyed')) {
+      const { result, cpu } = await measured(() =>
+        cannon({ label: 'POST /api/holds, fresh Idempotency-Key', url: urls.holds, connections, durationS: settings.durationS, method: 'POST', body: holdBody, headersPerRequest: freshKey }),
+      )
+      level.keyed = result
+      level.cpu.keyed = cpu
+      log(`  ${describe(result)}`)
+    }
+    if (settings.phases.has('buyer') && !skipped.buyer) {
+      const product = await buyerProduct(baseUrl, admin, buyers, { name: `bench buyer product @${connections}`, stock: hotStock, perBuyerLimit: settings.perBuyerLimit })
+      if ('skipped' in product) {
+        skipped.buyer = product.skipped
+        log(`bench: buyer phase skipped: ${product.skipped}`)
+      } else {
+        const expectedHolds = (level.holds?.okPerS ?? assumedHoldsPerS) * (settings.durationS + settings.warmupS) * buyerPoolHeadroom
+        await buyers.grow(Math.ceil(expectedHolds / settings.perBuyerLimit))
+        const url = urls.holds
+        const body = JSON.stringify({ product_id: product.productId, qty: 1 })
+        if (settings.warmupS > 0) await cannon({ label: 'warm-up buyer holds', url, connections, durationS: settings.warmupS, method: 'POST', body, headersPerRequest: buyers.nextHeaders })
+        const { result, cpu } = await measured(() =>
+          cannon({ label: `POST /api/holds, buyer token (per_buyer_limit ${settings.perBuyerLimit}, ${buyers.authorizations.length} buyers)`, url, connections, durationS: settings.durationS, method: 'POST', body, headersPerRequest: buyers.nextHeaders }),
+        )
+        level.buyer = result
+        level.cpu.buyer = cpu
+        log(`  ${describe(result)}`)
+      }
+    }
+    if (settings.phases.has('ceiling') && !skipped.ceiling) {
+      const { result, cpu } = await measured(() =>
+        cannon({ label: 'POST /bench/hold-ceiling (hold parse + validate, no database)', url: urls.ceiling, connections, durationS: settings.durationS, method: 'POST', body: holdBody, headersPerRequest: freshKey }),
+      )
+      level.ceiling = result
+      level.cpu.ceiling = cpu
+      log(`  ${describe(result)}`)
+    }
+    // Soon after the batched holds (the hold shapes come between), so both see the machine in about the same state.
     if (settings.phases.has('unbatched')) {
       const { result, cpu, batches } = await unbatchedHolds(connections)
       level.unbatched = result
@@ -364,6 +436,9 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     engineVersion: database.version,
     workers: settings.workers,
     durationS: settings.durationS,
+    perBuyerLimit: settings.perBuyerLimit,
+    buyers: buyers.authorizations.length,
+    skipped,
     levels,
     sellout,
     serverLogEvents: server.logEvents(),
