@@ -18,9 +18,10 @@ import {
   webhook,
   webhookEnv,
 } from './helpers/checkout.js'
+import { stopGracefully } from './helpers/bursts.js'
 import { testEngines } from './helpers/engines.js'
-import { countBy, request, signedWebhook, times } from './helpers/http.js'
-import { startCluster } from './helpers/servers.js'
+import { countBy, request, signedWebhook, times, type Reply } from './helpers/http.js'
+import { logEvents, processCounts, serverFor, startCluster } from './helpers/servers.js'
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: payment webhook`, () => {
@@ -45,26 +46,31 @@ for (const engine of testEngines()) {
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
-      const processes = engine.name === 'sqlite' ? 2 : 3
-      it(`applies one key sent 20 times concurrently across ${processes} processes once: one sale, 19 replays`, async () => {
-        const cluster = await startCluster(engine.name, { processes, stock: 5, env: webhookEnv })
-        const urls = cluster.servers.map((server) => server.baseUrl)
-        const { holdId, orderId } = await pendingOrder(urls[0]!, cluster.productId, 2)
-        const body = { order_id: orderId, status: 'success', payment_id: 'pay_cluster' }
+      for (const processes of processCounts(engine.name)) {
+        it(`applies one key sent 20 times concurrently across ${processes} process(es) once: one sale, 20 identical answers, 19 replays`, async () => {
+          const cluster = await startCluster(engine.name, { processes, stock: 5, env: webhookEnv })
+          const { servers } = cluster
+          const { holdId, orderId } = await pendingOrder(servers[0]!.baseUrl, cluster.productId, 2)
+          const body = { order_id: orderId, status: 'success', payment_id: 'pay_cluster' }
 
-        // The servers run on the wall clock, so the signature's default timestamp (now) is fresh.
-        const replies = await Promise.all(
-          times(20, (index) => request(urls[index % processes]!, 'POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, body, { key: 'evt-cluster' }))),
-        )
+          // The servers run on the wall clock, so the signature's default timestamp (now) is fresh.
+          const replies = await Promise.all(
+            times(20, (index) => request(serverFor(servers, index).baseUrl, 'POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, body, { key: 'evt-cluster' }))),
+          )
 
-        expect(countBy(replies, (reply) => reply.status)).toEqual({ 200: 20 })
-        expect(new Set(replies.map((reply) => reply.text)).size).toBe(1)
-        expect(replies[0]!.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
-        expect(replies.filter(isReplay)).toHaveLength(19)
-        expect(await stockOf(urls[1]!, cluster.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
-        expect(await getOrder(urls[processes - 1]!, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_cluster' })
-        expect(await cluster.audit()).toMatchObject(cleanAudit)
-      })
+          expect(countBy(replies, (reply) => reply.status)).toEqual({ 200: 20 })
+          expect(new Set(replies.map((reply) => reply.text)).size).toBe(1)
+          expect(replies[0]!.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+          expect(replies.filter(isReplay)).toHaveLength(19)
+          expect(await stockOf(serverFor(servers, 1).baseUrl, cluster.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+          expect(await getOrder(serverFor(servers, processes - 1).baseUrl, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_cluster' })
+          expect(await cluster.runtime.store.getPaymentEvent('evt-cluster')).toMatchObject({ state: 'processed', orderId })
+          // One effect: one payment.applied across every process (final once they have stopped).
+          expect(await stopGracefully(servers)).toEqual(servers.map(() => ({ code: 0, signal: null })))
+          expect(logEvents(servers, 'payment.applied').filter((line) => line.key === 'evt-cluster')).toHaveLength(1)
+          expect(await cluster.audit()).toMatchObject(cleanAudit)
+        })
+      }
 
       it('serves a burst of webhooks on one product in batches: each order paid once, a repeated key replayed, another key a duplicate, a wrong amount refused alone (batched path)', async () => {
         // A server process of its own, so webhooks queue behind the transaction in flight.
@@ -191,6 +197,20 @@ for (const engine of testEngines()) {
     })
 
     describe('payment before the order', () => {
+      // A hold of 2 units whose success came first: stored, answered 202, waiting for an order.
+      const waitingSuccess = async (stock: number) => {
+        const t = await build({ stock })
+        const holdId = await holdOf(t, t.productId, 2)
+        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
+        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+        return { t, holdId, replay: () => webhook(t, body, 'evt-waiting') }
+      }
+      // The stored success applied once the hold ended: a paid order recovered for the hold.
+      const expectRecovered = (reply: Reply, holdId: string) => {
+        expect(reply.status, reply.text).toBe(200)
+        expect(reply.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+      }
+
       it('accepts a success naming a hold with 202 (its replay too), creates the order paid, then replays 200 processed', async () => {
         const t = await build({ stock: 5 })
         const holdId = await holdOf(t, t.productId, 2)
@@ -296,55 +316,43 @@ for (const engine of testEngines()) {
       })
 
       it('settles a waiting success when the hold is released: the replay then answers 200 with a recovered paid order', async () => {
-        const t = await build({ stock: 5 })
-        const holdId = await holdOf(t, t.productId, 2)
-        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
-        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+        const { t, holdId, replay: replayOf } = await waitingSuccess(5)
 
         const released = await t.request('DELETE', `/api/holds/${holdId}`)
         expect(released.status).toBe(200)
         expect(released.body.status).toBe('released')
 
-        const replay = await webhook(t, body, 'evt-waiting')
-        expect(replay.status).toBe(200)
+        const replay = await replayOf()
+        expectRecovered(replay, holdId)
         expect(isReplay(replay)).toBe(true)
-        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
         expect(await getOrder(t, replay.body.order_id)).toMatchObject({ hold_id: holdId, status: 'paid', payment_id: 'pay_waiting', refund_required: false })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
       it('settles a waiting success when the sweeper expires the hold: the replay then answers 200 with a recovered paid order', async () => {
-        const t = await build({ stock: 5 })
-        const holdId = await holdOf(t, t.productId, 2)
-        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
-        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+        const { t, holdId, replay: replayOf } = await waitingSuccess(5)
 
         t.clock.advanceMs(t.config.holdTtlMs + 1)
         expect((await t.sweep()).expiredCount).toBe(1)
 
-        const replay = await webhook(t, body, 'evt-waiting')
-        expect(replay.status).toBe(200)
-        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        const replay = await replayOf()
+        expectRecovered(replay, holdId)
         expect(await getOrder(t, replay.body.order_id)).toMatchObject({ status: 'paid', refund_required: false })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
       it('gives a lapsed hold units to its waiting success before the next buyer: the buyer is refused 409, the payment recovered', async () => {
-        const t = await build({ stock: 2 })
-        const holdId = await holdOf(t, t.productId, 2)
-        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
-        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+        const { t, holdId, replay: replayOf } = await waitingSuccess(2)
         t.clock.advanceMs(t.config.holdTtlMs + 1)
 
         const buyer = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 2 } })
 
         expect(buyer.status).toBe(409)
         expect(buyer.body).toMatchObject({ code: 'insufficient_stock', available_stock: 0 })
-        const replay = await webhook(t, body, 'evt-waiting')
-        expect(replay.status).toBe(200)
-        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        const replay = await replayOf()
+        expectRecovered(replay, holdId)
         expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
@@ -352,16 +360,12 @@ for (const engine of testEngines()) {
       it('answers a replay after the hold expired with 200 processed even before the sweeper has run', async () => {
         // SPEC §4: the hold is expired from expires_at on, whether or not a job has run; the
         // replay answers "what is true now" (§3), so the stored success is a late payment by then.
-        const t = await build({ stock: 5 })
-        const holdId = await holdOf(t, t.productId, 2)
-        const body = { hold_id: holdId, status: 'success', payment_id: 'pay_waiting' }
-        expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
+        const { t, holdId, replay: replayOf } = await waitingSuccess(5)
 
         t.clock.advanceMs(t.config.holdTtlMs + 1)
 
-        const replay = await webhook(t, body, 'evt-waiting')
-        expect(replay.status).toBe(200)
-        expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        const replay = await replayOf()
+        expectRecovered(replay, holdId)
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
