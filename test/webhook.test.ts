@@ -3,7 +3,7 @@
 // process with a manual clock, and to several server processes on one database) and checking the
 // answers, the order and product as the API then reports them, and a clean audit.
 import { describe, expect, it } from 'vitest'
-import { buildTestApp, testWebhookSecret, type TestAppOptions } from './helpers/app.js'
+import { buildTestApp, testWebhookSecret, type TestApp, type TestAppOptions } from './helpers/app.js'
 import {
   accepted,
   cleanAudit,
@@ -27,6 +27,11 @@ for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: payment webhook`, () => {
     // WEBHOOK_SECRET is set as in production (where it is required), so every call is signed.
     const build = (options: TestAppOptions = {}) => buildTestApp(engine.name, { ...options, env: { ...webhookEnv, ...options.env } })
+    // A success applied after its hold or order had ended, while the units were free: the order paid after all.
+    const expectRecovered = (reply: Reply, holdId: string, orderId: string = expect.any(String)) => {
+      expect(reply.status, reply.text).toBe(200)
+      expect(reply.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'recovered' }))
+    }
 
     describe('duplicates', () => {
       it('applies one key sent 20 times concurrently once: one sale, 20 identical answers, 19 marked replayed', async () => {
@@ -205,11 +210,6 @@ for (const engine of testEngines()) {
         expect((await webhook(t, body, 'evt-waiting')).status).toBe(202)
         return { t, holdId, replay: () => webhook(t, body, 'evt-waiting') }
       }
-      // The stored success applied once the hold ended: a paid order recovered for the hold.
-      const expectRecovered = (reply: Reply, holdId: string) => {
-        expect(reply.status, reply.text).toBe(200)
-        expect(reply.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
-      }
 
       it('accepts a success naming a hold with 202 (its replay too), creates the order paid, then replays 200 processed', async () => {
         const t = await build({ stock: 5 })
@@ -372,19 +372,34 @@ for (const engine of testEngines()) {
     })
 
     describe('late payments', () => {
-      it('recovers the sale when a success follows a failure and the units are still available', async () => {
-        const t = await build({ stock: 5 })
-        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
-        expect((await webhook(t, { order_id: orderId, status: 'failed' }, 'evt-failed')).body.outcome).toBe('cancelled')
+      // Two ways a pending order ends before its success arrives; the units stay free either way.
+      const endedOrders = [
+        {
+          title: 'recovers the sale when a success follows a failure and the units are still available',
+          end: async (t: TestApp, orderId: string) => expect((await webhook(t, { order_id: orderId, status: 'failed' }, 'evt-failed')).body.outcome).toBe('cancelled'),
+        },
+        {
+          title: 'treats a success for a pending order past ORDER_TTL as a late payment, recovered when units are free',
+          end: async (t: TestApp, orderId: string) => {
+            t.clock.advanceMs(t.config.orderTtlMs + 1)
+            expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired' })
+          },
+        },
+      ]
+      for (const ended of endedOrders) {
+        it(ended.title, async () => {
+          const t = await build({ stock: 5 })
+          const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
+          await ended.end(t, orderId)
 
-        const late = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_late' }, 'evt-late')
+          const late = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_late' }, 'evt-late')
 
-        expect(late.status).toBe(200)
-        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'recovered' }))
-        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_late', refund_required: false })
-        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
-        expect(await t.audit()).toMatchObject(cleanAudit)
-      })
+          expectRecovered(late, holdId, orderId)
+          expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_late', refund_required: false })
+          expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
+          expect(await t.audit()).toMatchObject(cleanAudit)
+        })
+      }
 
       it('marks a success after a failure refund_required when the units were sold to someone else meanwhile', async () => {
         const t = await build({ stock: 2 })
@@ -402,21 +417,6 @@ for (const engine of testEngines()) {
         expect(await getOrder(t, other.orderId)).toMatchObject({ status: 'paid', refund_required: false })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 0, sold: 2 })
         expect(t.events.filter((event) => event.name === 'payment.refund_required')).toMatchObject([{ orderId: first.orderId }])
-        expect(await t.audit()).toMatchObject(cleanAudit)
-      })
-
-      it('treats a success for a pending order past ORDER_TTL as a late payment, recovered when units are free', async () => {
-        const t = await build({ stock: 5 })
-        const { holdId, orderId } = await pendingOrder(t, t.productId, 2)
-        t.clock.advanceMs(t.config.orderTtlMs + 1)
-        expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired' })
-
-        const late = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_slow' }, 'evt-slow')
-
-        expect(late.status).toBe(200)
-        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'recovered' }))
-        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_slow', refund_required: false })
-        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
@@ -456,8 +456,7 @@ for (const engine of testEngines()) {
 
         const late = await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_after_release' }, 'evt-late')
 
-        expect(late.status).toBe(200)
-        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expectRecovered(late, holdId)
         expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, qty: 2, amount: '199.98', status: 'paid', refund_required: false })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         // I4: the hold made its one order; it cannot make another.
@@ -473,41 +472,41 @@ for (const engine of testEngines()) {
 
         const late = await webhook(t, { hold_id: holdId, status: 'success' }, 'evt-late')
 
-        expect(late.status).toBe(200)
-        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'paid', outcome: 'recovered' }))
+        expectRecovered(late, holdId)
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
-      it('creates an expired order marked refund_required for a success naming an expired hold whose units another buyer took', async () => {
-        const t = await build({ stock: 2 })
-        const holdId = await holdOf(t, t.productId, 2)
-        t.clock.advanceMs(t.config.holdTtlMs + 1)
-        await holdOf(t, t.productId, 2)
+      const endings = [
+        {
+          orderStatus: 'expired',
+          hold: 'an expired hold',
+          body: { status: 'success', payment_id: 'pay_too_late' },
+          end: async (t: TestApp) => t.clock.advanceMs(t.config.holdTtlMs + 1),
+        },
+        {
+          orderStatus: 'cancelled',
+          hold: 'a released hold',
+          body: { status: 'success' },
+          end: async (t: TestApp, holdId: string) => expect((await t.request('DELETE', `/api/holds/${holdId}`)).status).toBe(200),
+        },
+      ]
+      for (const ending of endings) {
+        it(`creates a${ending.orderStatus === 'expired' ? 'n' : ''} ${ending.orderStatus} order marked refund_required for a success naming ${ending.hold} whose units another buyer took`, async () => {
+          const t = await build({ stock: 2 })
+          const holdId = await holdOf(t, t.productId, 2)
+          await ending.end(t, holdId)
+          await holdOf(t, t.productId, 2)
 
-        const late = await webhook(t, { hold_id: holdId, status: 'success', payment_id: 'pay_too_late' }, 'evt-late')
+          const late = await webhook(t, { hold_id: holdId, ...ending.body }, 'evt-late')
 
-        expect(late.status).toBe(200)
-        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'expired', outcome: 'refund_required' }))
-        expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, status: 'expired', paid_at: null, refund_required: true })
-        expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 2, sold: 0 })
-        expect(await t.audit()).toMatchObject(cleanAudit)
-      })
-
-      it('creates a cancelled order marked refund_required for a success naming a released hold whose units another buyer took', async () => {
-        const t = await build({ stock: 2 })
-        const holdId = await holdOf(t, t.productId, 2)
-        expect((await t.request('DELETE', `/api/holds/${holdId}`)).status).toBe(200)
-        await holdOf(t, t.productId, 2)
-
-        const late = await webhook(t, { hold_id: holdId, status: 'success' }, 'evt-late')
-
-        expect(late.status).toBe(200)
-        expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: 'cancelled', outcome: 'refund_required' }))
-        expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, status: 'cancelled', paid_at: null, refund_required: true })
-        expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 2, sold: 0 })
-        expect(await t.audit()).toMatchObject(cleanAudit)
-      })
+          expect(late.status).toBe(200)
+          expect(late.body).toEqual(processed({ hold_id: holdId, order_id: expect.any(String), order_status: ending.orderStatus, outcome: 'refund_required' }))
+          expect(await getOrder(t, late.body.order_id)).toMatchObject({ hold_id: holdId, status: ending.orderStatus, paid_at: null, refund_required: true })
+          expect(await stockOf(t, t.productId)).toEqual({ stock: 2, available_stock: 0, reserved: 2, sold: 0 })
+          expect(await t.audit()).toMatchObject(cleanAudit)
+        })
+      }
 
       it('processes a failed payment naming an ended hold with no order (outcome ignored) and changes no stock', async () => {
         const t = await build({ stock: 5 })
