@@ -1,7 +1,8 @@
 // Proves on every engine that a hold becomes at most one order (I4) under concurrent requests in
-// one process and across server processes, that orders and hold releases answer what SPEC §3
-// says with stock checked after each step, and that expiry racing conversion ends every hold
-// either converted with one order or expired, never both.
+// process and across {1, many} server processes, that orders and hold releases answer what SPEC §3
+// says with stock checked after each step, that expiry racing conversion ends every hold either
+// converted with one order or expired, never both, and that a transient conflict is retried
+// (or, with its attempts used up, answered 503 busy having written nothing).
 import { describe, expect, it } from 'vitest'
 import { buildTestApp, testWebhookSecret, type TestApp } from './helpers/app.js'
 import { openConflict, stopGracefully } from './helpers/bursts.js'
