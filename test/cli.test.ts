@@ -4,7 +4,7 @@
 import { createHmac } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
 import { buildTestApp } from './helpers/app.js'
-import { freshDatabase, rawQuery, testEngines } from './helpers/engines.js'
+import { rawQuery, testDatabase, testEngines } from './helpers/engines.js'
 import { runCli } from './helpers/lifecycle.js'
 
 interface AuditOutput {
@@ -13,47 +13,48 @@ interface AuditOutput {
   violations: Array<{ invariant: string; productId?: number; message: string }>
 }
 
+// Each command line exits 2 with stderr matching (a pattern) or containing (a string) what it names.
+async function expectMisuse(cases: ReadonlyArray<{ args: string[]; env: Record<string, string>; stderr: RegExp | string }>): Promise<void> {
+  for (const misuse of cases) {
+    const result = await runCli(misuse.args, misuse.env)
+    expect({ args: misuse.args, code: result.code }).toEqual({ args: misuse.args, code: 2 })
+    expect(result.stderr).toMatch(misuse.stderr)
+  }
+}
+
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: cli`, () => {
     it('migrate creates the schema and product 1 once, and is repeatable; seed then has nothing to do', async () => {
-      const fresh = await freshDatabase(engine.name)
-      try {
-        const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
-        for (let run = 0; run < 2; run++) {
-          const migrated = await runCli(['migrate'], env)
-          expect({ code: migrated.code, stderr: migrated.stderr }).toEqual({ code: 0, stderr: '' })
-        }
-        const again = await runCli(['seed'], env)
-        expect(again.code).toBe(0)
-        expect(again.stdout).toContain('nothing seeded')
-        const products = (await rawQuery(engine.name, fresh.url, 'select id, stock, reserved, sold from products')) as Array<Record<string, unknown>>
-        expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock), reserved: Number(row.reserved), sold: Number(row.sold) }))).toEqual([
-          { id: 1, stock: 7, reserved: 0, sold: 0 },
-        ])
-        const audited = await runCli(['audit'], env)
-        expect(audited.code).toBe(0)
-        expect(JSON.parse(audited.stdout)).toEqual({ ok: true, checkedProducts: 1, violations: [] })
-      } finally {
-        await fresh.drop()
+      const fresh = await testDatabase(engine.name)
+      const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
+      for (let run = 0; run < 2; run++) {
+        const migrated = await runCli(['migrate'], env)
+        expect({ code: migrated.code, stderr: migrated.stderr }).toEqual({ code: 0, stderr: '' })
       }
+      const again = await runCli(['seed'], env)
+      expect(again.code).toBe(0)
+      expect(again.stdout).toContain('nothing seeded')
+      const products = (await rawQuery(engine.name, fresh.url, 'select id, stock, reserved, sold from products')) as Array<Record<string, unknown>>
+      expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock), reserved: Number(row.reserved), sold: Number(row.sold) }))).toEqual([
+        { id: 1, stock: 7, reserved: 0, sold: 0 },
+      ])
+      const audited = await runCli(['audit'], env)
+      expect(audited.code).toBe(0)
+      expect(JSON.parse(audited.stdout)).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
     it('a database migrated with SEED_STOCK=0 has no product until seed creates product 1 with SEED_STOCK units, once', async () => {
-      const fresh = await freshDatabase(engine.name)
-      try {
-        expect((await runCli(['migrate'], { DATABASE_URL: fresh.url, SEED_STOCK: '0' })).code).toBe(0)
-        expect(await rawQuery(engine.name, fresh.url, 'select id from products')).toEqual([])
-        const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
-        const seeded = await runCli(['seed'], env)
-        expect(seeded.code).toBe(0)
-        expect(seeded.stdout).toContain('seeded product 1 with 7 units')
-        expect((await runCli(['seed'], env)).stdout).toContain('nothing seeded')
-        const products = (await rawQuery(engine.name, fresh.url, 'select id, stock from products')) as Array<Record<string, unknown>>
-        expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock) }))).toEqual([{ id: 1, stock: 7 }])
-        expect((await runCli(['audit'], env)).code).toBe(0)
-      } finally {
-        await fresh.drop()
-      }
+      const fresh = await testDatabase(engine.name)
+      expect((await runCli(['migrate'], { DATABASE_URL: fresh.url, SEED_STOCK: '0' })).code).toBe(0)
+      expect(await rawQuery(engine.name, fresh.url, 'select id from products')).toEqual([])
+      const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
+      const seeded = await runCli(['seed'], env)
+      expect(seeded.code).toBe(0)
+      expect(seeded.stdout).toContain('seeded product 1 with 7 units')
+      expect((await runCli(['seed'], env)).stdout).toContain('nothing seeded')
+      const products = (await rawQuery(engine.name, fresh.url, 'select id, stock from products')) as Array<Record<string, unknown>>
+      expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock) }))).toEqual([{ id: 1, stock: 7 }])
+      expect((await runCli(['audit'], env)).code).toBe(0)
     })
 
     it('audit exits 0 on clean rows, 1 naming I2 after reserved is corrupted, and 0 again once repaired', async () => {
@@ -173,58 +174,34 @@ for (const engine of testEngines()) {
     })
 
     it('misuse exits 2 with a message: no or unknown command, sweep without --once, an unknown sweep flag, sign without --body or secret', async () => {
-      const fresh = await freshDatabase(engine.name)
-      try {
-        const env = { DATABASE_URL: fresh.url }
-        const cases: Array<{ args: string[]; env?: Record<string, string>; stderr: RegExp }> = [
-          { args: [], stderr: /usage: flash-sale/ },
-          { args: ['frobnicate'], stderr: /usage: flash-sale/ },
-          { args: ['sweep'], stderr: /--once/ },
-          { args: ['sweep', '--twice'], stderr: /twice/ },
-          { args: ['sign', '--secret', 's'], stderr: /--body/ },
-          { args: ['sign', '--body', '{}'], env: { WEBHOOK_SECRET: '' }, stderr: /secret/ },
-        ]
-        for (const misuse of cases) {
-          const result = await runCli(misuse.args, { ...env, ...misuse.env })
-          expect({ args: misuse.args, code: result.code }).toEqual({ args: misuse.args, code: 2 })
-          expect(result.stderr).toMatch(misuse.stderr)
-        }
-      } finally {
-        await fresh.drop()
-      }
+      const fresh = await testDatabase(engine.name)
+      const env = { DATABASE_URL: fresh.url }
+      const cases: Array<{ args: string[]; env?: Record<string, string>; stderr: RegExp }> = [
+        { args: [], stderr: /usage: flash-sale/ },
+        { args: ['frobnicate'], stderr: /usage: flash-sale/ },
+        { args: ['sweep'], stderr: /--once/ },
+        { args: ['sweep', '--twice'], stderr: /twice/ },
+        { args: ['sign', '--secret', 's'], stderr: /--body/ },
+        { args: ['sign', '--body', '{}'], env: { WEBHOOK_SECRET: '' }, stderr: /secret/ },
+      ]
+      await expectMisuse(cases.map((misuse) => ({ ...misuse, env: { ...env, ...misuse.env } })))
     })
 
     it('a bad configuration variable exits 2 naming it, for every command that opens the database', async () => {
-      const fresh = await freshDatabase(engine.name)
-      try {
-        const cases: Array<{ args: string[]; env: Record<string, string>; variable: string }> = [
-          { args: ['audit'], env: { HOLD_TTL_SECONDS: 'soon' }, variable: 'HOLD_TTL_SECONDS' },
-          { args: ['sweep', '--once'], env: { SWEEP_BATCH_MAX: '0' }, variable: 'SWEEP_BATCH_MAX' },
-          { args: ['seed'], env: { SEED_STOCK: 'many' }, variable: 'SEED_STOCK' },
-          { args: ['migrate'], env: { DATABASE_URL: 'oracle://db' }, variable: 'DATABASE_URL' },
-        ]
-        for (const misuse of cases) {
-          const result = await runCli(misuse.args, { DATABASE_URL: fresh.url, ...misuse.env })
-          expect({ args: misuse.args, code: result.code }).toEqual({ args: misuse.args, code: 2 })
-          expect(result.stderr).toContain(misuse.variable)
-        }
-      } finally {
-        await fresh.drop()
-      }
+      const fresh = await testDatabase(engine.name)
+      const cases: Array<{ args: string[]; env: Record<string, string>; variable: string }> = [
+        { args: ['audit'], env: { HOLD_TTL_SECONDS: 'soon' }, variable: 'HOLD_TTL_SECONDS' },
+        { args: ['sweep', '--once'], env: { SWEEP_BATCH_MAX: '0' }, variable: 'SWEEP_BATCH_MAX' },
+        { args: ['seed'], env: { SEED_STOCK: 'many' }, variable: 'SEED_STOCK' },
+        { args: ['migrate'], env: { DATABASE_URL: 'oracle://db' }, variable: 'DATABASE_URL' },
+      ]
+      await expectMisuse(cases.map(({ args, env, variable }) => ({ args, env: { DATABASE_URL: fresh.url, ...env }, stderr: variable })))
     })
 
     it('an unknown flag on audit, migrate or seed exits 2 instead of running the command', async () => {
-      const fresh = await freshDatabase(engine.name)
-      try {
-        expect((await runCli(['migrate'], { DATABASE_URL: fresh.url })).code).toBe(0)
-        for (const args of [['audit', '--fix'], ['migrate', '--down'], ['seed', '--force']]) {
-          const result = await runCli(args, { DATABASE_URL: fresh.url })
-          expect({ args, code: result.code }).toEqual({ args, code: 2 })
-          expect(result.stderr).toContain(args[1])
-        }
-      } finally {
-        await fresh.drop()
-      }
+      const fresh = await testDatabase(engine.name)
+      expect((await runCli(['migrate'], { DATABASE_URL: fresh.url })).code).toBe(0)
+      await expectMisuse([['audit', '--fix'], ['migrate', '--down'], ['seed', '--force']].map((args) => ({ args, env: { DATABASE_URL: fresh.url }, stderr: args[1]! })))
     })
   })
 }

@@ -1,12 +1,12 @@
 // Proves configuration is checked once at start (SPEC §7): loadConfig gives the documented
 // defaults, converts units, freezes the result and throws a ConfigError naming each bad
 // variable and the value seen, and the compiled server exits with status 2 naming it.
-import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { ConfigError, loadConfig } from '../src/config.js'
+import { runToExit, type ExitResult } from './helpers/servers.js'
 
 function configErrorOf(env: Record<string, string>): ConfigError | undefined {
   try {
@@ -19,24 +19,15 @@ function configErrorOf(env: Record<string, string>): ConfigError | undefined {
 }
 
 // Starts the compiled server (what `npm start` runs) and waits for it to exit by itself.
-async function runServer(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+async function runServer(env: Record<string, string>): Promise<ExitResult> {
   // A minimal environment, so nothing from the test runner leaks in; should the variable under
   // test wrongly pass, the server would use a throw-away database and port, not the repository's.
   const dir = mkdtempSync(join(tmpdir(), 'flash-sale-config-'))
-  const child = spawn(process.execPath, ['dist/main.js'], {
-    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'silent', PORT: '0', DATABASE_URL: `sqlite:${join(dir, 'test.db')}`, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
-  const exitWaitMs = 20_000
-  const timer = setTimeout(() => child.kill('SIGKILL'), exitWaitMs)
-  const code = await new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)))
-  clearTimeout(timer)
-  rmSync(dir, { recursive: true, force: true })
-  return { code, stdout, stderr }
+  try {
+    return await runToExit(['dist/main.js'], { PATH: process.env.PATH ?? '', LOG_LEVEL: 'silent', PORT: '0', DATABASE_URL: `sqlite:${join(dir, 'test.db')}`, ...env }, 20_000)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
 
 describe('configuration', () => {

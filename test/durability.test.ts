@@ -1,13 +1,16 @@
-// Proves I5 (an acknowledged write survives a crash): a real server process is killed with SIGKILL
-// while a mixed burst of holds, orders and payment webhooks is in flight, and every 201/200 it
-// had sent is then found on the database, by a new process or by the one that kept serving,
-// with the counts and the audit consistent.
+// Proves I5 (an acknowledged write survives a crash or a shutdown): a real server process is
+// killed with SIGKILL while a mixed burst of holds, orders and payment webhooks is in flight, and
+// every 201/200 it had sent is then found on the database, by a new process or by the one that
+// kept serving, with the counts and the audit consistent; and a SIGTERM (one process, or WORKERS=2)
+// drains: in-flight holds are answered and committed, then the process exits 0.
 import { describe, expect, it } from 'vitest'
 import { testWebhookSecret } from './helpers/app.js'
-import { attempt, exitOf, runBurst, sum, type Outcome } from './helpers/bursts.js'
+import { attempt, exitOf, outcomeCounts, runBurst, sum, type Outcome } from './helpers/bursts.js'
 import { testEngines } from './helpers/engines.js'
-import { countBy, signedWebhook, times } from './helpers/http.js'
-import { startCluster, type Cluster, type ServerProcess } from './helpers/servers.js'
+import { countBy, request, signedWebhook, times } from './helpers/http.js'
+import { pollUntil } from './helpers/lifecycle.js'
+import { expectProblem } from './helpers/problem-checks.js'
+import { logEvents, rowCount, startCluster, type Cluster, type ServerProcess } from './helpers/servers.js'
 
 // The burst: a fixed number of requests, at most this many in flight, and the kill once this
 // many have been answered, so the crash always lands mid-burst with requests in flight.
@@ -177,8 +180,59 @@ async function expectNothingAcknowledgedLost(cluster: Cluster, survivor: ServerP
   expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
 }
 
+// How long a drain of this small burst may take, and a request wait during it. The service's own
+// limit is 10 s before it forces an exit (code 1); a drain that needs half of that is stuck.
+const drainTimeoutMs = 5_000
+
+interface Drain {
+  outcomes: Outcome[]
+  // Successes that reached the client after SIGTERM had been sent (counted in arrival order).
+  acknowledgedAfterSignal: number
+}
+
+// Fires `count` concurrent holds at `server` and sends SIGTERM as soon as the first is answered,
+// so the rest are in flight, queued in a hold batch, or not yet accepted when the drain starts.
+async function burstThenSigterm(cluster: Cluster, server: ServerProcess, count: number): Promise<Drain> {
+  let signalled = false
+  let acknowledgedAfterSignal = 0
+  const tasks = times(count, () => () => attempt(server.baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } }, drainTimeoutMs))
+  const outcomes = await runBurst(tasks, count, (outcome) => {
+    if (signalled) {
+      if (outcome.answered && outcome.reply.status === 201) acknowledgedAfterSignal += 1
+      return
+    }
+    signalled = true
+    server.child.kill('SIGTERM')
+  })
+  return { outcomes, acknowledgedAfterSignal }
+}
+
+// After a drain: every answer was a success or a refusal that changed nothing, holds were still
+// answered after the signal, and the rows hold exactly the acknowledged holds (nothing committed
+// was left unanswered, nothing answered was lost).
+async function expectDrained(cluster: Cluster, drain: Drain, holdsBefore: number): Promise<void> {
+  const { outcomes, acknowledgedAfterSignal } = drain
+  const answered = outcomes.filter((outcome): outcome is Outcome & { answered: true } => outcome.answered)
+  const errors = countBy(outcomes.filter((outcome) => !outcome.answered), (outcome) => (outcome.answered ? '' : outcome.error))
+  console.log(`[drain] ${cluster.engine} ${JSON.stringify(outcomeCounts(outcomes))} ${JSON.stringify(errors)}, acknowledged after SIGTERM: ${acknowledgedAfterSignal}`)
+  // Nobody is left waiting: each request is answered or refused within the drain's time.
+  expect(errors.timeout ?? 0).toBe(0)
+  for (const outcome of answered) expect([201, 503]).toContain(outcome.reply.status)
+  // A request that reaches a draining server may be turned away, but as SPEC's errors are:
+  // problem details with a code, and a Retry-After saying when to come back (elsewhere).
+  for (const outcome of answered.filter((outcome) => outcome.reply.status === 503)) {
+    expectProblem(outcome.reply, 503, 'busy')
+    expect(outcome.reply.headers.get('retry-after')).toMatch(/^\d+$/)
+  }
+  const acknowledged = answered.filter((outcome) => outcome.reply.status === 201)
+  expect(acknowledgedAfterSignal).toBeGreaterThan(0)
+  expect(await rowCount(cluster, 'holds', cluster.productId)).toBe(holdsBefore + acknowledged.length)
+  for (const outcome of acknowledged) expect(await cluster.runtime.store.getHold(outcome.reply.body.hold_id)).toMatchObject({ status: 'active', qty: 1 })
+  expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+}
+
 for (const engine of testEngines()) {
-  describe.skipIf(!engine.available)(`${engine.name}: durability across a crash`, () => {
+  describe.skipIf(!engine.available)(`${engine.name}: durability across a crash or a drain`, () => {
     it('a process killed with SIGKILL mid-burst and started again on the same database has lost no acknowledged hold, order or payment', async () => {
       const cluster = await startCluster(engine.name, { processes: 1, stock: 1_000, env: { WEBHOOK_SECRET: testWebhookSecret } })
       const victim = cluster.servers[0]!
@@ -197,6 +251,43 @@ for (const engine of testEngines()) {
       expect(toSurvivor.length).toBe(burstSize / 2)
       expect(toSurvivor.filter((outcome) => outcome.startedAtMs > burst.killedAtMs).length).toBeGreaterThan(0)
       await expectNothingAcknowledgedLost(cluster, survivor, burst)
+    })
+
+    it('WORKERS=2 runs two worker processes on one port and both serve holds; SIGTERM drains them: in-flight holds answered and committed, exit 0', async () => {
+      const cluster = await startCluster(engine.name, { processes: 0, stock: 1_000 })
+      const server = await cluster.start({ WORKERS: '2' })
+      await pollUntil(() => logEvents([server], 'server.listening').length, (count) => count >= 2, { what: 'both workers listening' })
+      const listening = logEvents([server], 'server.listening')
+      expect(logEvents([server], 'server.started')).toEqual([expect.objectContaining({ workers: 2, pid: server.child.pid })])
+      expect(listening).toHaveLength(2)
+      expect(listening.map((line) => line.port)).toEqual([Number(new URL(server.baseUrl).port), Number(new URL(server.baseUrl).port)])
+      const workerPids = new Set(listening.map((line) => line.pid))
+      expect(workerPids.size).toBe(2)
+      expect(workerPids.has(server.child.pid)).toBe(false)
+
+      const warmup = await Promise.all(times(100, () => request(server.baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } })))
+      expect(countBy(warmup, (reply) => reply.status)).toEqual({ 201: 100 })
+      await pollUntil(() => logEvents([server], 'hold.created').length, (count) => count >= 100, { what: 'a hold.created line per hold' })
+      // Both workers took a share of the connections on the one port.
+      expect(new Set(logEvents([server], 'hold.created').map((line) => line.pid))).toEqual(workerPids)
+
+      const drain = await burstThenSigterm(cluster, server, 150)
+      const exit = await exitOf(server, drainTimeoutMs).catch((error: Error) => error.message)
+      await expectDrained(cluster, drain, 100)
+      // Last, so the checks above report even when the drain does not finish in time.
+      expect(new Set(logEvents([server], 'server.closed').map((line) => line.pid))).toEqual(workerPids)
+      expect(exit).toEqual({ code: 0, signal: null })
+    })
+
+    it('a single process on SIGTERM answers and commits its in-flight holds, then exits 0', async () => {
+      const cluster = await startCluster(engine.name, { processes: 1, stock: 1_000 })
+      const server = cluster.servers[0]!
+      const drain = await burstThenSigterm(cluster, server, 150)
+      const exit = await exitOf(server, drainTimeoutMs).catch((error: Error) => error.message)
+      await expectDrained(cluster, drain, 0)
+      // Last, so the checks above report even when the drain does not finish in time.
+      expect(logEvents([server], 'server.closed')).toHaveLength(1)
+      expect(exit).toEqual({ code: 0, signal: null })
     })
   })
 }

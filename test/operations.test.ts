@@ -2,7 +2,6 @@
 // limits (and 0 for off), health and readiness, Prometheus metrics that count what happened, and
 // an OpenAPI document and UI built from the validating schemas, over real HTTP on each engine.
 import { describe, expect, it } from 'vitest'
-import { errorCodes } from '../src/domain/errors.js'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
 import { countBy, times } from './helpers/http.js'
@@ -18,6 +17,41 @@ function sample(text: string, name: string, labels: Record<string, string> = {})
     if (Object.entries(labels).every(([key, value]) => found[key] === value)) return Number(match[3])
   }
   return undefined
+}
+
+// The codes a problem answer may carry, as SPEC §3 names them; a new code is added here by hand.
+const clientErrorCodes = [
+  'product_not_found',
+  'insufficient_stock',
+  'hold_not_found',
+  'hold_expired',
+  'hold_already_used',
+  'hold_released',
+  'order_not_found',
+  'amount_mismatch',
+  'idempotency_key_reused',
+  'idempotency_key_in_flight',
+  'idempotency_key_required',
+  'invalid_signature',
+  'stock_below_committed',
+  'validation_failed',
+  'malformed_json',
+  'unsupported_media_type',
+  'payload_too_large',
+  'not_found',
+  'unauthorized',
+  'rate_limited',
+  'busy',
+  'internal_error',
+  'bad_request',
+]
+
+// Every value a JSON schema pins down (`const`, `enum`), however the schema nests them.
+function literalsOf(schema: unknown): unknown[] {
+  if (Array.isArray(schema)) return schema.flatMap(literalsOf)
+  if (typeof schema !== 'object' || schema === null) return []
+  const own = schema as Record<string, unknown>
+  return [...('const' in own ? [own.const] : []), ...(Array.isArray(own.enum) ? own.enum : []), ...Object.values(own).flatMap(literalsOf)]
 }
 
 async function scrape(t: TestApp): Promise<string> {
@@ -221,15 +255,14 @@ for (const engine of testEngines()) {
         }
       })
 
-      it('names every error code of the catalogue in the document, as the Problem schema code', async () => {
+      it('names every error code a client can meet in the document, as the Problem schema code', async () => {
         const t = await buildTestApp(engine.name)
         const document = (await t.request('GET', '/openapi.json')).body
-        const text = JSON.stringify(document)
-        for (const code of errorCodes) expect.soft(text, code).toContain(`"${code}"`)
         const problem = Object.values(document.components.schemas as Record<string, any>).find((schema) => schema.title === 'Problem')
         expect(problem).toBeDefined()
-        const documented = JSON.stringify(problem.properties.code).match(/"[a-z_]+"/g)!.map((quoted) => quoted.slice(1, -1)).filter((word) => (errorCodes as readonly string[]).includes(word))
-        expect(new Set(documented)).toEqual(new Set(errorCodes))
+        // Compared with a list written out here rather than read from the source, so a code
+        // dropped from (or added to) the catalogue that generates the schema shows as a difference.
+        expect(literalsOf(problem.properties.code).sort()).toEqual([...clientErrorCodes].sort())
       })
 
       it('documents a request with the schema that validates it: MAX_QTY_PER_HOLD=7 shows as qty maximum 7', async () => {

@@ -1,14 +1,17 @@
 // Proves on every engine that a hold becomes at most one order (I4) under concurrent requests in
-// one process and across server processes, that orders and hold releases answer what SPEC §3
-// says with stock checked after each step, and that expiry racing conversion ends every hold
-// either converted with one order or expired, never both.
+// process and across {1, many} server processes, that orders and hold releases answer what SPEC §3
+// says with stock checked after each step, that expiry racing conversion ends every hold either
+// converted with one order or expired, never both, and that a transient conflict is retried
+// (or, with its attempts used up, answered 503 busy having written nothing).
 import { describe, expect, it } from 'vitest'
 import { buildTestApp, testWebhookSecret, type TestApp } from './helpers/app.js'
+import { openConflict, stopGracefully } from './helpers/bursts.js'
 import { rawQuery, testEngines } from './helpers/engines.js'
 import { countBy, request, signedWebhook, times, type Reply } from './helpers/http.js'
-import { eventsNamed, loggedEvents, pollUntil, sleepMs, unknownId } from './helpers/lifecycle.js'
+import { eventsNamed, pollUntil, unknownId, untilWallClock } from './helpers/lifecycle.js'
 import { holdOf, stockOf, webhookEnv } from './helpers/checkout.js'
-import { startCluster } from './helpers/servers.js'
+import { expectProblem } from './helpers/problem-checks.js'
+import { logEvents, processCounts, serverFor, startCluster, type ServerProcess } from './helpers/servers.js'
 
 interface HoldBody {
   hold_id: string
@@ -30,12 +33,6 @@ async function available(t: TestApp, productId = t.productId): Promise<number> {
   const reply = await t.request('GET', `/api/products/${productId}`)
   expect(reply.status).toBe(200)
   return reply.body.available_stock as number
-}
-
-function expectProblem(reply: Reply, status: number, code: string): void {
-  expect(reply.status).toBe(status)
-  expect(reply.body).toMatchObject({ status, code })
-  expect(reply.headers.get('content-type')).toContain('application/problem+json')
 }
 
 // Every hold's final state from the rows: its status and how many orders name it.
@@ -82,22 +79,26 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
-    const processes = engine.name === 'sqlite' ? 2 : 3
-    it(`20 concurrent orders for one hold over ${processes} processes: exactly one 201 and 19 × 409 hold_already_used naming that order`, async () => {
-      const cluster = await startCluster(engine.name, { processes, stock: 10 })
-      const urls = cluster.servers.map((server) => server.baseUrl)
-      const held = await request(urls[0]!, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 3 } })
-      expect(held.status).toBe(201)
-      const replies = await Promise.all(times(20, (index) => request(urls[index % processes]!, 'POST', '/api/orders', { body: { hold_id: held.body.hold_id } })))
-      expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 1, 409: 19 })
-      const orderId = replies.find((reply) => reply.status === 201)!.body.order_id as string
-      for (const reply of replies.filter((reply) => reply.status === 409)) expect(reply.body).toMatchObject({ code: 'hold_already_used', order_id: orderId })
-      const orderRows = await rawQuery(engine.name, cluster.databaseUrl, `select id from orders where hold_id = '${held.body.hold_id}'`)
-      expect(orderRows).toHaveLength(1)
-      const product = await request(urls[processes - 1]!, 'GET', `/api/products/${cluster.productId}`)
-      expect(product.body).toMatchObject({ available_stock: 7, reserved: 3 })
-      expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
-    })
+    for (const processes of processCounts(engine.name)) {
+      it(`20 concurrent orders for one hold over ${processes} process(es): exactly one 201 and 19 × 409 hold_already_used naming that order`, async () => {
+        const cluster = await startCluster(engine.name, { processes, stock: 10 })
+        const { servers } = cluster
+        const held = await holdOf(servers[0]!.baseUrl, cluster.productId, 3)
+        const replies = await Promise.all(times(20, (index) => request(serverFor(servers, index).baseUrl, 'POST', '/api/orders', { body: { hold_id: held } })))
+        expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 1, 409: 19 })
+        const winner = replies.find((reply) => reply.status === 201)!.body
+        expect(winner).toMatchObject({ hold_id: held, qty: 3, status: 'pending' })
+        for (const reply of replies.filter((reply) => reply.status === 409)) {
+          expectProblem(reply, 409, 'hold_already_used')
+          expect(reply.body.order_id).toBe(winner.order_id)
+        }
+        expect(await rawQuery(engine.name, cluster.databaseUrl, `select id from orders where hold_id = '${held}'`)).toEqual([{ id: winner.order_id }])
+        expect(await cluster.runtime.store.getHold(held)).toMatchObject({ status: 'converted' })
+        expect(await cluster.runtime.store.getOrder(winner.order_id)).toMatchObject({ holdId: held, status: 'pending', qty: 3 })
+        expect(await stockOf(serverFor(servers, processes - 1).baseUrl, cluster.productId)).toEqual({ stock: 10, available_stock: 7, reserved: 3, sold: 0 })
+        expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+      })
+    }
 
     it('a burst of orders on one product is served in batches: each hold one order, its duplicates refused naming it, early payments applied (batched path)', async () => {
       // A server process of its own, so requests queue behind the transaction in flight.
@@ -281,42 +282,104 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
-    it(`orders racing ${processes} processes' own sweepers at the expiry instant leave every hold converted with one order or expired, never both`, async () => {
-      const cluster = await startCluster(engine.name, { processes, stock: 40, env: { HOLD_TTL_SECONDS: '1', SWEEP_INTERVAL_MS: '10' } })
-      const urls = cluster.servers.map((server) => server.baseUrl)
-      const created = await Promise.all(times(30, (index) => request(urls[index % processes]!, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } })))
-      expect(countBy(created, (reply) => reply.status)).toEqual({ 201: 30 })
-      const holds = created.map((reply) => reply.body as HoldBody)
+    for (const processes of processCounts(engine.name)) {
+      it(`orders racing ${processes} process(es)' own sweepers at the expiry instant leave every hold converted with one order or expired, never both`, async () => {
+        const cluster = await startCluster(engine.name, { processes, stock: 40, env: { HOLD_TTL_SECONDS: '1', SWEEP_INTERVAL_MS: '10' } })
+        const { servers } = cluster
+        const created = await Promise.all(times(30, (index) => request(serverFor(servers, index).baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } })))
+        expect(countBy(created, (reply) => reply.status)).toEqual({ 201: 30 })
+        const holds = created.map((reply) => reply.body as HoldBody)
 
-      // Each hold gets two orders, on two processes, sent between 150 ms before and 30 ms after
-      // its expires_at (a request takes tens of ms here), while every process sweeps every 10 ms.
-      const repliesByHold = await Promise.all(
-        holds.map(async (held, index) => {
-          const offsetMs = -150 + (index % 10) * 20
-          await sleepMs(Math.max(0, Date.parse(held.expires_at) + offsetMs - Date.now()))
-          const body = { hold_id: held.hold_id }
-          return Promise.all([0, 1].map((shift) => request(urls[(index + shift) % processes]!, 'POST', '/api/orders', { body })))
-        }),
-      )
-      const orderIdByHold = new Map(holds.map((held, index) => [held.hold_id, classify(repliesByHold[index]!).orderId]))
+        // Each hold gets two orders, on two processes where there are two, sent relative to its
+        // expires_at: the first three 600 ms before (always converted), the last three 200 ms after
+        // (always expired), the rest between 150 ms before and 30 ms after (a request takes tens of
+        // ms here), while every process sweeps every 10 ms.
+        const offsetMs = (index: number): number => (index < 3 ? -600 : index >= 27 ? 200 : -150 + (index % 10) * 20)
+        const repliesByHold = await Promise.all(
+          holds.map(async (held, index) => {
+            await untilWallClock(Date.parse(held.expires_at) + offsetMs(index))
+            const body = { hold_id: held.hold_id }
+            return Promise.all([0, 1].map((shift) => request(serverFor(servers, index + shift).baseUrl, 'POST', '/api/orders', { body })))
+          }),
+        )
+        const orderIdByHold = new Map(holds.map((held, index) => [held.hold_id, classify(repliesByHold[index]!).orderId]))
+        const convertedCount = [...orderIdByHold.values()].filter((orderId) => orderId !== null).length
+        const expiredCount = 30 - convertedCount
+        // Both sides of the race happened.
+        expect(convertedCount).toBeGreaterThan(0)
+        expect(expiredCount).toBeGreaterThan(0)
 
-      // The sweepers bring every remaining hold up to date.
-      const rows = await pollUntil(
-        () => holdOutcomes(engine.name, cluster.databaseUrl),
-        (outcomes) => [...outcomes.values()].every((outcome) => outcome.status !== 'active'),
-        { what: 'no active hold left' },
-      )
-      await sleepMs(100)
-      const expiredLogged = cluster.servers.flatMap((server) => loggedEvents(server, 'hold.expired').map((line) => line.holdId as string))
-      expect(new Set(expiredLogged).size).toBe(expiredLogged.length)
-      for (const [holdId, orderId] of orderIdByHold) {
-        expect({ holdId, ...rows.get(holdId) }).toEqual(orderId ? { holdId, status: 'converted', orders: 1 } : { holdId, status: 'expired', orders: 0 })
-        expect(expiredLogged.includes(holdId)).toBe(orderId === null)
+        // The sweepers bring every remaining hold up to date.
+        const rows = await pollUntil(
+          () => holdOutcomes(engine.name, cluster.databaseUrl),
+          (outcomes) => [...outcomes.values()].every((outcome) => outcome.status !== 'active'),
+          { what: 'no active hold left' },
+        )
+        const product = await request(servers[0]!.baseUrl, 'GET', `/api/products/${cluster.productId}`)
+        expect(product.body).toMatchObject({ stock: 40, available_stock: 40 - convertedCount, reserved: convertedCount, sold: 0 })
+        // Stopped, every process has logged each release it made and makes none again.
+        expect(await stopGracefully(servers)).toEqual(servers.map(() => ({ code: 0, signal: null })))
+        const expiredLogged = logEvents(servers, 'hold.expired').map((line) => line.holdId as string)
+        expect(expiredLogged).toHaveLength(expiredCount)
+        expect(new Set(expiredLogged).size).toBe(expiredCount)
+        for (const [holdId, orderId] of orderIdByHold) {
+          expect({ holdId, ...rows.get(holdId) }).toEqual(orderId ? { holdId, status: 'converted', orders: 1 } : { holdId, status: 'expired', orders: 0 })
+          expect(expiredLogged.includes(holdId)).toBe(orderId === null)
+        }
+        console.log(`[expiry race] ${engine.name} ${processes} process(es): ${convertedCount} of 30 holds converted, ${expiredCount} expired, tx.retry=${logEvents(servers, 'tx.retry').length}`)
+        expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+      })
+    }
+
+    it('a transient conflict is retried (tx.retry logged) and the order succeeds; with TX_ATTEMPTS_MAX=1 it is 503 busy with Retry-After and writes nothing', async () => {
+      const cluster = await startCluster(engine.name, { processes: 0, stock: 10 })
+      const [patient, impatient] = await Promise.all([cluster.start(), cluster.start({ TX_ATTEMPTS_MAX: '1' })])
+      const holdOn = async (server: ServerProcess) => (await request(server.baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } })).body.hold_id as string
+      const [retriedHold, refusedHold] = [await holdOn(patient), await holdOn(impatient)]
+
+      // Retried: the conflict costs the patient server one attempt and the order is made on the
+      // next. Exhausted: the impatient one has a single attempt, so its order is 503 busy.
+      // PostgreSQL and MySQL need one deadlock per collision, so the two run one after the other;
+      // on SQLite one held write lock stalls both servers, so they share its 5 s busy timeout.
+      const together = engine.name === 'sqlite'
+      const orderOn = (server: ServerProcess, holdId: string) => request(server.baseUrl, 'POST', '/api/orders', { body: { hold_id: holdId } })
+      let retried: Promise<Reply>
+      let refused: Promise<Reply> | undefined
+      const retryConflict = await openConflict(engine.name, cluster.databaseUrl, { holdId: retriedHold, productId: cluster.productId })
+      try {
+        retried = orderOn(patient, retriedHold)
+        if (together) refused = orderOn(impatient, refusedHold)
+        await retryConflict.collide()
+        await pollUntil(() => logEvents([patient], 'tx.retry').length, (count) => count > 0, { what: 'tx.retry in the log' })
+        if (together) await refused
+      } finally {
+        await retryConflict.release()
       }
-      const convertedCount = [...orderIdByHold.values()].filter((orderId) => orderId !== null).length
-      console.log(`[expiry race] ${engine.name} ${processes} processes: ${convertedCount} of 30 holds converted, ${30 - convertedCount} expired`)
-      const product = await request(urls[0]!, 'GET', `/api/products/${cluster.productId}`)
-      expect(product.body).toMatchObject({ available_stock: 40 - convertedCount, reserved: convertedCount, sold: 0 })
+      expect((await retried).status).toBe(201)
+      const retries = logEvents([patient], 'tx.retry')
+      expect(retries[0]).toMatchObject({ label: 'orders.create', attempt: 1, reason: expect.stringMatching(/40P01|ER_LOCK_DEADLOCK|SQLITE_BUSY/) })
+
+      if (!refused) {
+        const refuseConflict = await openConflict(engine.name, cluster.databaseUrl, { holdId: refusedHold, productId: cluster.productId })
+        try {
+          refused = orderOn(impatient, refusedHold)
+          await refuseConflict.collide()
+          await refused
+        } finally {
+          await refuseConflict.release()
+        }
+      }
+      const busy = await refused
+      expectProblem(busy, 503, 'busy')
+      expect(Number(busy.headers.get('retry-after'))).toBeGreaterThan(0)
+      await pollUntil(() => logEvents([impatient], 'tx.busy').length, (count) => count > 0, { what: 'tx.busy in the log' })
+      expect(await cluster.runtime.store.getHold(refusedHold)).toMatchObject({ status: 'active' })
+      expect(await rawQuery(engine.name, cluster.databaseUrl, `select id from orders where hold_id = '${refusedHold}'`)).toEqual([])
+      // The client's retry, as Retry-After invites, is processed afresh.
+      expect((await request(impatient.baseUrl, 'POST', '/api/orders', { body: { hold_id: refusedHold } })).status).toBe(201)
+      console.log(`[retries] ${engine.name} forced conflict: tx.retry=${retries.length} (default attempts, then 201), tx.busy=${logEvents([impatient], 'tx.busy').length} (TX_ATTEMPTS_MAX=1, 503)`)
+      const product = await request(patient.baseUrl, 'GET', `/api/products/${cluster.productId}`)
+      expect(product.body).toMatchObject({ reserved: 2, sold: 0, available_stock: 8 })
       expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
   })

@@ -7,6 +7,7 @@ import { loadConfig, type Config, type EngineName } from '../../src/config.js'
 import { audit, type AuditReport } from '../../src/domain/audit.js'
 import { ManualClock } from '../../src/domain/clock.js'
 import type { DomainEvent } from '../../src/domain/events.js'
+import type { Clock } from '../../src/domain/clock.js'
 import { Catalog } from '../../src/domain/products.js'
 import { buildApp, type App } from '../../src/http/app.js'
 import { sweepOnce, type SweepResult } from '../../src/jobs/sweeper.js'
@@ -57,6 +58,12 @@ export function baseEnv(databaseUrl: string, env: Record<string, string> = {}): 
   }
 }
 
+// Creates products straight through the catalogue (no admin request), named after their stock.
+export function productCreator(store: Runtime['store'], clock: Clock): (stock: number, priceMinor?: number) => Promise<number> {
+  const catalog = new Catalog(store, clock)
+  return async (stock, priceMinor = 9_999) => (await catalog.create({ name: `product ${stock}`, priceMinor, currency: 'USD', stock })).id
+}
+
 export async function buildTestApp(engine: EngineName, options: TestAppOptions = {}): Promise<TestApp> {
   const fresh = options.databaseUrl ? undefined : await freshDatabase(engine)
   const databaseUrl = options.databaseUrl ?? fresh!.url
@@ -69,14 +76,14 @@ export async function buildTestApp(engine: EngineName, options: TestAppOptions =
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   const baseUrl = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`
-  const catalog = new Catalog(runtime.store, clock)
-  const createProduct = async (stock: number, priceMinor = 9_999): Promise<number> =>
-    (await catalog.create({ name: `product ${stock}`, priceMinor, currency: 'USD', stock })).id
+  const createProduct = productCreator(runtime.store, clock)
   const productId = options.stock === undefined && options.databaseUrl ? 0 : await createProduct(options.stock ?? 100, options.priceMinor)
 
   onTestFinished(async () => {
     await app.close()
-    await app.services.holds.drain()
+    // Every batcher, so no batch of a finished test still writes while its store closes.
+    const { holds, orders, payments } = app.services
+    await Promise.all([holds.drain(), orders.drain(), payments.drain()])
     await runtime.store.close()
     await fresh?.drop()
   })

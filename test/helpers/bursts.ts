@@ -1,19 +1,13 @@
 // Bursts of requests against real server processes that may die or drain under them: every
 // request ends either answered or with the connection error the client saw, never hung, and
 // every wait is a bounded poll.
-import { setTimeout as sleep } from 'node:timers/promises'
 import Database from 'better-sqlite3'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
-import pino from 'pino'
-import { loadConfig, type EngineName } from '../../src/config.js'
-import { audit, type AuditReport } from '../../src/domain/audit.js'
-import { Catalog } from '../../src/domain/products.js'
-import { openRuntime, type Runtime } from '../../src/runtime.js'
-import { baseEnv } from './app.js'
-import { freshDatabase } from './engines.js'
-import { request, type Reply, type RequestOptions } from './http.js'
-import { spawnServer, type ServerProcess } from './servers.js'
+import type { EngineName } from '../../src/config.js'
+import { countBy, request, type Reply, type RequestOptions } from './http.js'
+import { pollUntil } from './lifecycle.js'
+import type { ServerProcess } from './servers.js'
 
 // What one request came to: an HTTP answer, or the transport error the client got instead.
 export type Outcome = { answered: true; reply: Reply; answeredAtMs: number } | { answered: false; error: string; failedAtMs: number }
@@ -62,15 +56,6 @@ export async function runBurst<T extends Outcome>(
   return outcomes
 }
 
-// Polls `check` every `intervalMs` until it holds, failing with `what` after `timeoutMs`.
-export async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000, intervalMs = 25): Promise<void> {
-  const deadlineMs = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadlineMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await sleep(intervalMs)
-  }
-}
-
 // Resolves with how the process ended, failing if it has not ended within `timeoutMs`.
 export async function exitOf(server: ServerProcess, timeoutMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   let timer: NodeJS.Timeout | undefined
@@ -84,90 +69,20 @@ export async function exitOf(server: ServerProcess, timeoutMs = 15_000): Promise
   }
 }
 
-export type LogLine = Record<string, unknown> & { event?: string; pid?: number }
-
-// The JSON log lines of these processes that carry the named event.
-export function logEvents(servers: readonly ServerProcess[], event: string): LogLine[] {
-  const lines: LogLine[] = []
-  for (const server of servers) {
-    for (const line of server.logLines) {
-      if (!line.includes(`"event":"${event}"`)) continue
-      try {
-        lines.push(JSON.parse(line) as LogLine)
-      } catch {
-        // A line cut by a SIGKILL is not JSON; the events a test counts come from whole lines.
-      }
-    }
-  }
-  return lines
-}
-
-export function statusCounts(outcomes: readonly Outcome[]): Record<string, number> {
-  const counts: Record<string, number> = {}
-  for (const outcome of outcomes) {
-    const name = outcome.answered ? String(outcome.reply.status) : 'connection_error'
-    counts[name] = (counts[name] ?? 0) + 1
-  }
-  return counts
+// SIGTERM to every process, then their exits: once they are gone, every line they logged is in
+// and no sweeper of theirs runs again, so log counts are final without waiting a guessed time.
+export async function stopGracefully(servers: readonly ServerProcess[], timeoutMs = 15_000): Promise<Array<{ code: number | null; signal: NodeJS.Signals | null }>> {
+  for (const server of servers) server.child.kill('SIGTERM')
+  return Promise.all(servers.map((server) => exitOf(server, timeoutMs)))
 }
 
 export function sum(values: readonly number[]): number {
   return values.reduce((total, value) => total + value, 0)
 }
 
-export interface SharedCluster {
-  engine: EngineName
-  databaseUrl: string
-  servers: ServerProcess[]
-  runtime: Runtime
-  // Products in the database so far (what a clean audit reports as checkedProducts).
-  productCount: number
-  createProduct(stock: number, priceMinor?: number): Promise<number>
-  audit(): Promise<AuditReport>
-  close(): Promise<void>
-}
-
-// Like startCluster, but owned by a describe block (beforeAll/afterAll) rather than one test,
-// so several tests share the processes' start-up cost; each test then uses a product of its own.
-export async function startSharedCluster(engine: EngineName, options: { processes: number; env?: Record<string, string> }): Promise<SharedCluster> {
-  const fresh = await freshDatabase(engine)
-  const config = loadConfig(baseEnv(fresh.url, options.env))
-  const runtime = openRuntime(config, { logger: pino({ level: 'silent' }) })
-  const servers: ServerProcess[] = []
-  const close = async (): Promise<void> => {
-    for (const server of servers) if (server.child.exitCode === null && server.child.signalCode === null) server.child.kill('SIGKILL')
-    await Promise.all(servers.map((server) => server.exited))
-    await runtime.store.close()
-    await fresh.drop()
-  }
-  const catalog = new Catalog(runtime.store, runtime.clock)
-  const shared: SharedCluster = {
-    engine,
-    databaseUrl: fresh.url,
-    servers,
-    runtime,
-    productCount: 0,
-    createProduct: async (stock, priceMinor = 9_999) => {
-      const { id } = await catalog.create({ name: `product ${stock}`, priceMinor, currency: 'USD', stock })
-      shared.productCount += 1
-      return id
-    },
-    audit: () => audit(runtime.store),
-    close,
-  }
-  try {
-    await runtime.store.migrate()
-    // A product before any process starts, so none of them seeds one into an empty database.
-    await shared.createProduct(0)
-    const started = await Promise.allSettled(Array.from({ length: options.processes }, () => spawnServer(fresh.url, options.env)))
-    for (const result of started) if (result.status === 'fulfilled') servers.push(result.value)
-    const failed = started.find((result) => result.status === 'rejected')
-    if (failed) throw failed.reason
-  } catch (error) {
-    await close()
-    throw error
-  }
-  return shared
+// What a burst came to by outcome: `{ 201: 40, connection_error: 2 }`.
+export function outcomeCounts(outcomes: readonly Outcome[]): Record<string, number> {
+  return countBy(outcomes, (outcome) => (outcome.answered ? outcome.reply.status : 'connection_error'))
 }
 
 // A transaction of the test's own that makes the server's next transaction on a hold meet a
@@ -196,10 +111,11 @@ export async function openConflict(engine: EngineName, databaseUrl: string, targ
     await client.query('select id from holds where id = $1 for update', [target.holdId])
     return once({
       async collide() {
-        await waitUntil('a server transaction waiting on the test lock', async () => {
-          const { rows } = await client.query('select count(*)::int as n from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))')
-          return rows[0].n > 0
-        })
+        await pollUntil(
+          async () => (await client.query('select count(*)::int as n from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))')).rows[0].n as number,
+          (waiting) => waiting > 0,
+          { what: 'a server transaction waiting on the test lock', timeoutMs: 10_000 },
+        )
         // Completes the cycle; granted once the server's deadlock check has aborted its transaction.
         await client.query('select id from products where id = $1 for update', [target.productId])
       },
@@ -220,13 +136,17 @@ export async function openConflict(engine: EngineName, databaseUrl: string, targ
       async collide() {
         // INNODB_TRX is a cache, refreshed only after 100 ms without readers: poll slower than
         // that, and look for this hold's update, so an earlier collision's stale row never counts.
-        await waitUntil('a server transaction waiting on the test lock', async () => {
-          const [rows] = await connection.query(
-            "select count(*) as n from information_schema.innodb_trx t join information_schema.processlist p on p.id = t.trx_mysql_thread_id where t.trx_state = 'LOCK WAIT' and p.db = database() and t.trx_query like ?",
-            [`%${target.holdId}%`],
-          )
-          return Number((rows as Array<{ n: unknown }>)[0]!.n) > 0
-        }, 10_000, 150)
+        await pollUntil(
+          async () => {
+            const [rows] = await connection.query(
+              "select count(*) as n from information_schema.innodb_trx t join information_schema.processlist p on p.id = t.trx_mysql_thread_id where t.trx_state = 'LOCK WAIT' and p.db = database() and t.trx_query like ?",
+              [`%${target.holdId}%`],
+            )
+            return Number((rows as Array<{ n: unknown }>)[0]!.n)
+          },
+          (waiting) => waiting > 0,
+          { what: 'a server transaction waiting on the test lock', timeoutMs: 10_000, intervalMs: 150 },
+        )
         await connection.query('select id from products where id = ? for update', [target.productId])
       },
       async release() {

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { onTestFinished } from 'vitest'
 import type { EngineName } from '../../src/config.js'
 import { withMysql, withPostgres } from '../../dev/admin-connection.js'
 
@@ -32,6 +33,13 @@ export function testEngines(): TestEngine[] {
 export interface FreshDatabase {
   url: string
   drop(): Promise<void>
+}
+
+// A fresh database dropped when the current test finishes, whatever it did.
+export async function testDatabase(engine: EngineName): Promise<FreshDatabase> {
+  const fresh = await freshDatabase(engine)
+  onTestFinished(() => fresh.drop())
+  return fresh
 }
 
 export async function freshDatabase(engine: EngineName): Promise<FreshDatabase> {

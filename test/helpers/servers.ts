@@ -1,14 +1,17 @@
-// Real server processes (the compiled `npm start` entry) sharing one database, for tests of
-// concurrency across processes, crashes (SIGKILL) and graceful drains (SIGTERM).
+// Node processes started from the repository: real server processes (the compiled `npm start`
+// entry) sharing one database, for tests of concurrency across processes, crashes (SIGKILL) and
+// graceful drains (SIGTERM); and commands run to their exit (the CLI, a server refusing to start).
 import { spawn, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { onTestFinished } from 'vitest'
 import pino from 'pino'
 import { loadConfig, type EngineName } from '../../src/config.js'
 import { audit, type AuditReport } from '../../src/domain/audit.js'
-import { Catalog } from '../../src/domain/products.js'
 import { openRuntime, type Runtime } from '../../src/runtime.js'
-import { baseEnv } from './app.js'
-import { freshDatabase } from './engines.js'
+import { baseEnv, productCreator } from './app.js'
+import { freshDatabase, rawQuery } from './engines.js'
+
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url))
 
 export interface ServerProcess {
   child: ChildProcess
@@ -30,21 +33,52 @@ export interface Cluster {
   createProduct(stock: number, priceMinor?: number): Promise<number>
 }
 
+// `node <args>` from the repository root with exactly `env`, stdout and stderr piped.
+function spawnNode(args: readonly string[], env: NodeJS.ProcessEnv): ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream } {
+  return spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] }) as ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream }
+}
+
+export interface ExitResult {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+// Runs `node <args>` to its exit; a process still running after timeoutMs is killed and fails the test.
+export function runToExit(args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<ExitResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawnNode(args, env)
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`node ${args.join(' ')} did not exit in ${timeoutMs} ms: ${stderr}`))
+    }, timeoutMs)
+    child.once('error', (error) => {
+      clearTimeout(timer)
+      reject(error)
+    })
+    child.once('close', (code) => {
+      clearTimeout(timer)
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
 const startTimeoutMs = 20_000
 
 export async function spawnServer(databaseUrl: string, env: Record<string, string> = {}): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['dist/main.js'], {
-    env: { ...process.env, ...baseEnv(databaseUrl, { LOG_LEVEL: 'info', PORT: '0', ...env }) },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
+  const child = spawnNode(['dist/main.js'], { ...process.env, ...baseEnv(databaseUrl, { LOG_LEVEL: 'info', PORT: '0', ...env }) })
   const logLines: string[] = []
   let stderr = ''
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start in ${startTimeoutMs} ms: ${stderr}`)), startTimeoutMs)
     let buffered = ''
-    child.stdout!.on('data', (chunk: Buffer) => {
+    child.stdout.on('data', (chunk: Buffer) => {
       buffered += chunk.toString()
       const lines = buffered.split('\n')
       buffered = lines.pop() ?? ''
@@ -65,15 +99,42 @@ export async function spawnServer(databaseUrl: string, env: Record<string, strin
   return { child, baseUrl: `http://127.0.0.1:${port}`, logLines, exited }
 }
 
+export type LogLine = Record<string, unknown> & { event?: string; pid?: number }
+
+// The JSON log lines of these processes that carry the named event.
+export function logEvents(servers: readonly ServerProcess[], event: string): LogLine[] {
+  const lines: LogLine[] = []
+  for (const server of servers) {
+    for (const line of server.logLines) {
+      if (!line.includes(`"event":"${event}"`)) continue
+      try {
+        lines.push(JSON.parse(line) as LogLine)
+      } catch {
+        // A line cut by a SIGKILL is not JSON; the events a test counts come from whole lines.
+      }
+    }
+  }
+  return lines
+}
+
+// The server a request with this index goes to: requests spread round-robin over the processes.
+export function serverFor(servers: readonly ServerProcess[], index: number): ServerProcess {
+  return servers[index % servers.length]!
+}
+
+// The cells of the multi-process tests: one process, and several on one database (fewer on
+// SQLite, where writers take turns on one file lock).
+export function processCounts(engine: EngineName): number[] {
+  return [1, engine === 'sqlite' ? 2 : 3]
+}
+
 export async function startCluster(engine: EngineName, options: { processes: number; stock?: number; env?: Record<string, string> }): Promise<Cluster> {
   const fresh = await freshDatabase(engine)
   const config = loadConfig(baseEnv(fresh.url, options.env))
   const runtime = openRuntime(config, { logger: pino({ level: 'silent' }) })
   // Migrate once here, so the processes started below never race each other's migration.
   await runtime.store.migrate()
-  const catalog = new Catalog(runtime.store, runtime.clock)
-  const createProduct = async (stock: number, priceMinor = 9_999): Promise<number> =>
-    (await catalog.create({ name: `product ${stock}`, priceMinor, currency: 'USD', stock })).id
+  const createProduct = productCreator(runtime.store, runtime.clock)
   const productId = await createProduct(options.stock ?? 100)
   const servers: ServerProcess[] = []
   const start = async (env: Record<string, string> = {}): Promise<ServerProcess> => {
@@ -89,4 +150,10 @@ export async function startCluster(engine: EngineName, options: { processes: num
   })
   await Promise.all(Array.from({ length: options.processes }, () => start()))
   return { databaseUrl: fresh.url, engine, servers, runtime, productId, start, audit: () => audit(runtime.store), createProduct }
+}
+
+// How many rows of `table` name the product, read from the database rather than through a server.
+export async function rowCount(cluster: Cluster, table: 'holds' | 'orders', productId: number): Promise<number> {
+  const rows = (await rawQuery(cluster.engine, cluster.databaseUrl, `select count(*) as n from ${table} where product_id = ${productId}`)) as Array<{ n: unknown }>
+  return Number(rows[0]!.n)
 }
