@@ -48,6 +48,11 @@ function answeredAt(outcome: Outcome): number {
   return outcome.answered ? outcome.answeredAtMs : outcome.failedAtMs
 }
 
+function percentile(values: readonly number[], fraction: number): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))]!
+}
+
 async function storedHoldIds(server: ThrowawayServer, productId: number): Promise<Set<string>> {
   if (server.engine === 'postgres') {
     const client = new pg.Client({ connectionString: server.url })
@@ -74,6 +79,9 @@ interface RestartRun {
   firstGrantAfterReturnMs: number
   readyWhileAway: number
   readyAfter: number
+  // How long each step took, for the printed figures: the stop, the first 503 after it, the
+  // /ready check while away, the start.
+  phasesMs: Record<string, number>
 }
 
 // Holds from `connections` lanes; once they are flowing the database is stopped (mode), kept
@@ -94,13 +102,25 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
   const granted = (after: number) => outcomes.some((outcome) => outcome.answered && outcome.reply.status === 201 && outcome.answeredAtMs >= after)
   try {
     await waitUntil('holds flowing before the restart', () => outcomes.filter((outcome) => statusOf(outcome) === '201').length >= connections, 20_000)
+    const phasesMs: Record<string, number> = {}
+    let phaseStartMs = Date.now()
+    const phase = (name: string) => {
+      phasesMs[name] = Date.now() - phaseStartMs
+      phaseStartMs = Date.now()
+    }
     const stoppedAtMs = Date.now()
     await database.stop(mode)
-    await waitUntil('a 503 while the database is away', () => outcomes.some((outcome) => statusOf(outcome) === '503' && outcome.startedAtMs >= stoppedAtMs), 15_000)
+    phase('stop')
+    // Any outcome of a request sent after the stop (what it was, the assertions judge).
+    await waitUntil('an answer to a request sent while the database is away', () => outcomes.some((outcome) => outcome.startedAtMs >= stoppedAtMs), 30_000)
+    phase('first503')
     const readyWhileAway = (await request(server.baseUrl, 'GET', '/ready')).status
+    phase('ready')
     const awayForMs = Date.now() - stoppedAtMs
     if (awayForMs < outageMinMs) await sleepMs(outageMinMs - awayForMs)
+    phaseStartMs = Date.now()
     await database.start()
+    phase('start')
     const returnedAtMs = Date.now()
     await waitUntil('a hold granted after the database returned', () => granted(returnedAtMs), recoveryMaxMs)
     const firstGrantAfterReturnMs =
@@ -109,10 +129,12 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
     await waitUntil('/ready 200 after the return', async () => (readyAfter = (await request(server.baseUrl, 'GET', '/ready')).status) === 200, recoveryMaxMs)
     endAtMs = Date.now() + tailMs
     await Promise.all(lanes)
-    return { outcomes, stoppedAtMs, returnedAtMs, firstGrantAfterReturnMs, readyWhileAway, readyAfter }
+    return { outcomes, stoppedAtMs, returnedAtMs, firstGrantAfterReturnMs, readyWhileAway, readyAfter, phasesMs }
   } finally {
     endAtMs = 0
     await Promise.all(lanes)
+    // A failed case must not leave the next one without its database.
+    if (!(await database.reachable())) await database.start()
   }
 }
 
@@ -158,10 +180,12 @@ for (const throwaway of throwaways) {
             const stored = await storedHoldIds(database, productId)
             const unavailableLines = logEvents([server], 'db.unavailable')
             const endedAtMs = Math.max(...run.outcomes.map(answeredAt))
+            const busyLatenciesMs = run.outcomes.filter((outcome) => statusOf(outcome) === '503').map((outcome) => answeredAt(outcome) - outcome.startedAtMs)
             console.log(
               `[db-restart] ${throwaway.label} WORKERS=${processes} ${mode}: ${run.outcomes.length} requests ${JSON.stringify(statuses)}, ` +
                 `away ${((run.returnedAtMs - run.stoppedAtMs) / 1000).toFixed(2)} s, first 201 ${(run.firstGrantAfterReturnMs / 1000).toFixed(2)} s after the return, ` +
-                `acknowledged ${acknowledged.length} / stored ${stored.size}, db.unavailable lines ${unavailableLines.length}`,
+                `acknowledged ${acknowledged.length} / stored ${stored.size}, db.unavailable lines ${unavailableLines.length}, steps (ms) ${JSON.stringify(run.phasesMs)}, ` +
+                `503 latency p50/max ${percentile(busyLatenciesMs, 0.5)}/${percentile(busyLatenciesMs, 1)} ms`,
             )
 
             // No process exited or was replaced: the one (or the primary and its 3 workers) lives.

@@ -23,6 +23,7 @@ export interface ThrowawayServer {
   // immediate: PostgreSQL's crash-like stop (SIGQUIT, recovery on start) / SIGKILL for MariaDB.
   stop(mode: StopMode): Promise<void>
   start(): Promise<void>
+  reachable(): Promise<boolean>
   // Stops and removes everything; safe to call twice.
   destroy(): Promise<void>
 }
@@ -164,7 +165,8 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
     await destroy()
     throw error
   }
-  return { engine: 'postgres', url, port, stop, start, destroy }
+  const reachable = () => probe('postgres').then(() => true, () => false)
+  return { engine: 'postgres', url, port, stop, start, destroy, reachable }
 }
 
 export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
@@ -178,8 +180,11 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
   const url = `mysql://root@127.0.0.1:${port}/test`
   const probe = async (): Promise<void> => {
     const connection = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 1_000 })
-    await connection.query('select 1')
-    await connection.end()
+    try {
+      await connection.query('select 1')
+    } finally {
+      connection.destroy()
+    }
   }
   const start = async (): Promise<void> => {
     // Options for a throwaway: no binary log, a small buffer pool, no flush per commit (the
@@ -230,5 +235,6 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
     await destroy()
     throw error
   }
-  return { engine: 'mysql', url, port, stop, start, destroy }
+  const reachable = () => probe().then(() => true, () => false)
+  return { engine: 'mysql', url, port, stop, start, destroy, reachable }
 }
