@@ -29,7 +29,7 @@ export interface ThrowawayServer {
 }
 
 // How long a start may take before the test fails (recovery after an immediate stop included).
-const startTimeoutMs = 60_000
+const startTimeoutMs = 120_000
 
 export async function sparePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -117,7 +117,7 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
   await asPostgres(binDir, 'initdb', ['-D', dataDir, '-A', 'trust', '-U', 'postgres', '--no-sync'])
   const url = `postgres://postgres@127.0.0.1:${port}/test`
   const probe = async (database: string): Promise<void> => {
-    const client = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${port}/${database}`, connectionTimeoutMillis: 1_000 })
+    const client = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${port}/${database}`, connectionTimeoutMillis: 5_000 })
     client.on('error', () => {})
     try {
       await client.connect()
@@ -179,7 +179,7 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
   let exited: Promise<void> = Promise.resolve()
   const url = `mysql://root@127.0.0.1:${port}/test`
   const probe = async (): Promise<void> => {
-    const connection = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 1_000 })
+    const connection = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 5_000 })
     try {
       await connection.query('select 1')
     } finally {
