@@ -51,6 +51,10 @@ export const postgresEngine: Engine = {
     // A restart sends 57P01 to every connection; pg-pool drops the broken client and re-emits
     // the error on the pool, where an unheard 'error' event would end the process.
     pool.on('error', onConnectionError)
+    // pg-pool listens only while a client is idle: a socket error on a client checked out for a
+    // transaction (ECONNRESET between two statements) is emitted on the client with no listener,
+    // and ends the process. Heard here; its query fails, and the pool drops it on release.
+    pool.on('connect', (client) => client.on('error', onConnectionError))
     return new PostgresDialect({ pool })
   },
 }
