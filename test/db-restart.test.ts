@@ -190,6 +190,8 @@ for (const throwaway of throwaways) {
                 `503 latency p50/max ${percentile(busyLatenciesMs, 0.5)}/${percentile(busyLatenciesMs, 1)} ms`,
             )
 
+            // What the server logged for anything unexpected, so a failure names its cause.
+            for (const line of server.logLines.filter((entry) => entry.includes('request.failed') || entry.includes('Unhandled'))) console.log(`[db-restart] server: ${line.slice(0, 600)}`)
             // No process exited or was replaced: the one (or the primary and its 3 workers) lives.
             expect(server.child.exitCode).toBeNull()
             expect(server.child.signalCode).toBeNull()
