@@ -15,15 +15,16 @@ import { audit } from '../src/domain/audit.js'
 import { Catalog } from '../src/domain/products.js'
 import { openRuntime, type Runtime } from '../src/runtime.js'
 import { baseEnv } from './helpers/app.js'
-import { attempt, logEvents, waitUntil, type Outcome } from './helpers/bursts.js'
+import { attempt, type Outcome } from './helpers/bursts.js'
 import { freshDatabase, testEngines } from './helpers/engines.js'
 import { request, times } from './helpers/http.js'
-import { sleepMs } from './helpers/lifecycle.js'
-import type { ServerProcess } from './helpers/servers.js'
+import { pollUntil } from './helpers/lifecycle.js'
+import { logEvents, type ServerProcess } from './helpers/servers.js'
 import { startServerProcess } from './helpers/fault-servers.js'
 import { startThrowawayMariadb, startThrowawayPostgres, throwawayUnavailable, type StopMode, type ThrowawayServer } from './helpers/throwaway-databases.js'
 
 const connections = 64
+const pauseMs = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 // A client told 503 waits before trying again (a real one would honour Retry-After; a short
 // pause keeps the outage's request rate bounded while still measuring the return closely).
 const retryPauseMs = 50
@@ -95,13 +96,13 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
       const startedAtMs = Date.now()
       const outcome = await attempt(server.baseUrl, 'POST', '/api/holds', { body: { product_id: productId, qty: 1 } })
       outcomes.push({ ...outcome, startedAtMs })
-      if (!outcome.answered || outcome.reply.status !== 201) await sleepMs(retryPauseMs)
+      if (!outcome.answered || outcome.reply.status !== 201) await pauseMs(retryPauseMs)
     }
   }
   const lanes = times(connections, lane)
   const granted = (after: number) => outcomes.some((outcome) => outcome.answered && outcome.reply.status === 201 && outcome.answeredAtMs >= after)
   try {
-    await waitUntil('holds flowing before the restart', () => outcomes.filter((outcome) => statusOf(outcome) === '201').length >= connections, 20_000)
+    await pollUntil(() => outcomes.filter((outcome) => statusOf(outcome) === '201').length >= connections, (done) => done, { timeoutMs: 20_000, what: 'holds flowing before the restart' })
     const phasesMs: Record<string, number> = {}
     let phaseStartMs = Date.now()
     const phase = (name: string) => {
@@ -112,21 +113,21 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
     await database.stop(mode)
     phase('stop')
     // Any outcome of a request sent after the stop (what it was, the assertions judge).
-    await waitUntil('an answer to a request sent while the database is away', () => outcomes.some((outcome) => outcome.startedAtMs >= stoppedAtMs), 30_000)
+    await pollUntil(() => outcomes.some((outcome) => outcome.startedAtMs >= stoppedAtMs), (done) => done, { timeoutMs: 30_000, what: 'an answer to a request sent while the database is away' })
     phase('first503')
     const readyWhileAway = (await request(server.baseUrl, 'GET', '/ready')).status
     phase('ready')
     const awayForMs = Date.now() - stoppedAtMs
-    if (awayForMs < outageMinMs) await sleepMs(outageMinMs - awayForMs)
+    if (awayForMs < outageMinMs) await pauseMs(outageMinMs - awayForMs)
     phaseStartMs = Date.now()
     await database.start()
     phase('start')
     const returnedAtMs = Date.now()
-    await waitUntil('a hold granted after the database returned', () => granted(returnedAtMs), recoveryMaxMs)
+    await pollUntil(() => granted(returnedAtMs), (done) => done, { timeoutMs: recoveryMaxMs, what: 'a hold granted after the database returned' })
     const firstGrantAfterReturnMs =
       Math.min(...outcomes.filter((outcome) => outcome.answered && outcome.reply.status === 201 && outcome.answeredAtMs >= returnedAtMs).map(answeredAt)) - returnedAtMs
     let readyAfter = 0
-    await waitUntil('/ready 200 after the return', async () => (readyAfter = (await request(server.baseUrl, 'GET', '/ready')).status) === 200, recoveryMaxMs)
+    await pollUntil(async () => (readyAfter = (await request(server.baseUrl, 'GET', '/ready')).status) === 200, (done) => done, { timeoutMs: recoveryMaxMs, what: '/ready 200 after the return' })
     endAtMs = Date.now() + tailMs
     await Promise.all(lanes)
     return { outcomes, stoppedAtMs, returnedAtMs, firstGrantAfterReturnMs, readyWhileAway, readyAfter, phasesMs }
