@@ -19,8 +19,7 @@ import { attempt, type Outcome } from './helpers/bursts.js'
 import { freshDatabase, testEngines } from './helpers/engines.js'
 import { request, times } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
-import { logEvents, type ServerProcess } from './helpers/servers.js'
-import { startServerProcess } from './helpers/fault-servers.js'
+import { faultStartTimeoutMs, logEvents, spawnServer, type ServerProcess } from './helpers/servers.js'
 import { startThrowawayMariadb, startThrowawayPostgres, throwawayUnavailable, type StopMode, type ThrowawayServer } from './helpers/throwaway-databases.js'
 
 const connections = 64
@@ -174,7 +173,7 @@ for (const throwaway of throwaways) {
           // A case that failed with its database away must not fail this one too.
           if (!(await database.reachable())) await database.start()
           const { id: productId } = await catalog.create({ name: `restart ${processes} ${mode}`, priceMinor: 1_000, currency: 'USD', stock: 1_000_000 })
-          const server = await startServerProcess(database.url, { WORKERS: String(processes) }, processes)
+          const server = await spawnServer(database.url, { WORKERS: String(processes) }, { listeningMin: processes, startTimeoutMs: faultStartTimeoutMs })
           try {
             const run = await restartMidBurst(database, server, productId, mode)
             const statuses: Record<string, number> = {}
@@ -237,7 +236,7 @@ describe.skipIf(!selected.has('sqlite'))('sqlite: the file locked by another pro
     await runtime.store.migrate()
     const { id: productId } = await new Catalog(runtime.store, runtime.clock).create({ name: 'locked', priceMinor: 1_000, currency: 'USD', stock: 100 })
     // One attempt: each attempt waits the whole busy timeout (5 s) inside the event loop.
-    const server = await startServerProcess(fresh.url, { TX_ATTEMPTS_MAX: '1' })
+    const server = await spawnServer(fresh.url, { TX_ATTEMPTS_MAX: '1' }, { startTimeoutMs: faultStartTimeoutMs })
     const locker = new Database(fresh.url.replace(/^sqlite:/, ''))
     try {
       const hold = () => attempt(server.baseUrl, 'POST', '/api/holds', { body: { product_id: productId, qty: 1 } })

@@ -11,9 +11,8 @@ import { openRuntime } from '../src/runtime.js'
 import { baseEnv, testWebhookSecret } from './helpers/app.js'
 import { attempt, exitOf, runBurst, type Outcome } from './helpers/bursts.js'
 import { freshDatabase, testEngines } from './helpers/engines.js'
-import { startServerProcess } from './helpers/fault-servers.js'
 import { signedWebhook } from './helpers/http.js'
-import type { ServerProcess } from './helpers/servers.js'
+import { faultStartTimeoutMs, spawnServer, type ServerProcess } from './helpers/servers.js'
 
 const cycles = Number(process.env.KILL_CYCLES ?? 20)
 // Per cycle: this many requests, at most this many in flight, the kill once half are answered.
@@ -54,7 +53,7 @@ for (const engine of testEngines()) {
         const pendingOrders: string[] = []
         const totals = { acknowledged: 0, cut: 0, starts: 0 }
         for (let cycle = 0; cycle < cycles; cycle++) {
-          server = await startServerProcess(fresh.url, { WEBHOOK_SECRET: testWebhookSecret })
+          server = await spawnServer(fresh.url, { WEBHOOK_SECRET: testWebhookSecret }, { startTimeoutMs: faultStartTimeoutMs })
           totals.starts += 1
           const ops: Op[] = []
           for (let index = 0; ops.length < requestsPerCycle; index++) {

@@ -33,9 +33,19 @@ export interface Cluster {
   createProduct(stock: number, priceMinor?: number): Promise<number>
 }
 
+// Every child still running when this test process exits is killed with it: a test that times
+// out or crashes must not leave servers behind that slow every later test on the machine.
+const liveChildren = new Set<ChildProcess>()
+process.once('exit', () => {
+  for (const child of liveChildren) child.kill('SIGKILL')
+})
+
 // `node <args>` from the repository root with exactly `env`, stdout and stderr piped.
 function spawnNode(args: readonly string[], env: NodeJS.ProcessEnv): ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream } {
-  return spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] }) as ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream }
+  const child = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] }) as ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream }
+  liveChildren.add(child)
+  child.once('exit', () => liveChildren.delete(child))
+  return child
 }
 
 export interface ExitResult {
@@ -67,15 +77,26 @@ export function runToExit(args: readonly string[], env: NodeJS.ProcessEnv, timeo
   })
 }
 
-const startTimeoutMs = 20_000
+// Long enough for WORKERS=3 to start while a database server of the test's own starts too.
+export const faultStartTimeoutMs = 90_000
 
-export async function spawnServer(databaseUrl: string, env: Record<string, string> = {}): Promise<ServerProcess> {
+export interface SpawnOptions {
+  // How many `server.listening` lines to wait for (WORKERS=N writes one per worker).
+  listeningMin?: number
+  startTimeoutMs?: number
+}
+
+// Starts the compiled server on a free port; resolves once it listens. A process that fails to
+// start is killed, not left running.
+export async function spawnServer(databaseUrl: string, env: Record<string, string> = {}, options: SpawnOptions = {}): Promise<ServerProcess> {
+  const { listeningMin = 1, startTimeoutMs = 30_000 } = options
   const child = spawnNode(['dist/main.js'], { ...process.env, ...baseEnv(databaseUrl, { LOG_LEVEL: 'info', PORT: '0', ...env }) })
   const logLines: string[] = []
   let stderr = ''
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
-  const port = await new Promise<number>((resolve, reject) => {
+  const ports: number[] = []
+  const port = new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start in ${startTimeoutMs} ms: ${stderr}`)), startTimeoutMs)
     let buffered = ''
     child.stdout.on('data', (chunk: Buffer) => {
@@ -85,18 +106,25 @@ export async function spawnServer(databaseUrl: string, env: Record<string, strin
       for (const line of lines) {
         logLines.push(line)
         const match = /"event":"server.listening","port":(\d+)/.exec(line)
-        if (match) {
+        if (match) ports.push(Number(match[1]))
+        if (ports.length >= listeningMin) {
           clearTimeout(timer)
-          resolve(Number(match[1]))
+          resolve(ports[0]!)
         }
       }
     })
-    void exited.then(({ code }) => {
+    void exited.then(({ code, signal }) => {
       clearTimeout(timer)
-      reject(new Error(`server exited (${code}) before listening: ${stderr}`))
+      reject(new Error(`server exited (${code ?? signal}) before listening: ${stderr}`))
     })
   })
-  return { child, baseUrl: `http://127.0.0.1:${port}`, logLines, exited }
+  try {
+    return { child, baseUrl: `http://127.0.0.1:${await port}`, logLines, exited }
+  } catch (error) {
+    child.kill('SIGKILL')
+    await exited
+    throw error
+  }
 }
 
 export type LogLine = Record<string, unknown> & { event?: string; pid?: number }
