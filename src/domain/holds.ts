@@ -10,14 +10,13 @@ import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
 import { ProductLedger } from './ledger.js'
-import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
+import { expireLapsed, settleWaitingPayments, reclaimBatchMax, type SettleContext } from './settle.js'
 import type { Hold, IdempotencyRecord, Store } from './store.js'
 
 export interface HoldSettings {
   holdTtlMs: number
   idempotencyTtlMs: number
   holdBatchMax: number
-  reclaimBatchMax: number
 }
 
 export interface HoldRequest {
@@ -56,6 +55,18 @@ export class Holds {
   }
 
   async create(request: HoldRequest): Promise<HoldAnswer> {
+    try {
+      return await this.createKnown(request)
+    } catch (error) {
+      // Refusals decided in the batch carry their own event; an unknown product is found before.
+      if (error instanceof DomainError && error.code === 'product_not_found') {
+        this.observer.emit({ name: 'hold.rejected', productId: request.productId, qty: request.qty, reason: error.code })
+      }
+      throw error
+    }
+  }
+
+  private async createKnown(request: HoldRequest): Promise<HoldAnswer> {
     if (!isProductId(request.productId)) throw new DomainError('product_not_found')
     const key = request.idempotencyKey
     if (key === null) return this.enqueue(request, '')
@@ -100,7 +111,7 @@ export class Holds {
       ledger.release(hold.qty)
       events.push({ name: 'hold.released', holdId, productId: hold.productId, qty: hold.qty })
       const released: Hold = { ...hold, status: 'released' }
-      const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
+      const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax }
       // A payment stored for this hold is now a late payment (SPEC §3, webhook before the order).
       await settleWaitingPayments(ctx, [released])
       await ledger.flush(tx)
@@ -164,8 +175,8 @@ export class Holds {
         // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up
         // to SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep.
         if (wantedQty > ledger.available()) {
-          const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
-          await expireLapsed(ctx, this.settings.reclaimBatchMax)
+          const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax }
+          await expireLapsed(ctx, reclaimBatchMax)
         }
         events.push({ name: 'hold.batch', productId, size: batch.length })
         const granted: Hold[] = []

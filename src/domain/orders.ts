@@ -9,14 +9,13 @@ import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './idempotency.js'
 import { isResourceId, newOrderId } from './ids.js'
 import { ProductLedger } from './ledger.js'
-import { applyPaymentToOrder, type SettleContext } from './settle.js'
+import { applyPaymentToOrder, reclaimBatchMax, type SettleContext } from './settle.js'
 import type { Hold, IdempotencyRecord, Order, Store, StoreTx } from './store.js'
 
 export interface OrderSettings {
   orderTtlMs: number
   idempotencyTtlMs: number
   orderBatchMax: number
-  reclaimBatchMax: number
 }
 
 export interface OrderRequest {
@@ -170,7 +169,7 @@ export class Orders {
             const order = ordersByHold.get(event.holdId ?? '')
             assert(order !== undefined, 'a waiting payment names a hold converted in this batch')
             const events = eventsByHold.get(order.holdId)!
-            const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
+            const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax }
             const applied = await applyPaymentToOrder(ctx, order, event, true)
             assert(applied.order !== null, 'a payment applied to an order names it')
             ordersByHold.set(order.holdId, applied.order)

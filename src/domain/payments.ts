@@ -10,13 +10,12 @@ import { assertSameFingerprint, fingerprintOf } from './idempotency.js'
 import { isResourceId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { parseAmountMinor } from './money.js'
-import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, type SettleContext } from './settle.js'
+import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, reclaimBatchMax, type SettleContext } from './settle.js'
 import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 
 export type { PaymentAnswerBody } from './settle.js'
 
 export interface PaymentSettings {
-  reclaimBatchMax: number
   webhookBatchMax: number
 }
 
@@ -103,7 +102,7 @@ export class Payments {
         const ledger = new ProductLedger(product)
         const results: Outcome[] = []
         for (const waiter of batch) {
-          const ctx: SettleContext = { tx, ledger, now, events: [], reclaimBatchMax: this.settings.reclaimBatchMax }
+          const ctx: SettleContext = { tx, ledger, now, events: [], reclaimBatchMax }
           try {
             results.push(await this.receiveIn(ctx, waiter.request, waiter.fingerprint))
           } catch (error) {
@@ -194,7 +193,7 @@ export class Payments {
       // Someone else (a sweeper, an order, a reclaim) may have settled it meanwhile.
       if (!hold || hold.status !== 'active') return events
       const ledger = new ProductLedger(product)
-      await expireHolds({ tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }, [hold])
+      await expireHolds({ tx, ledger, now, events, reclaimBatchMax }, [hold])
       await ledger.flush(tx)
       return events
     })
