@@ -11,6 +11,7 @@ import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { expireLapsed, settleWaitingPayments, reclaimBatchMax, type SettleContext } from './settle.js'
+import { effectiveStatus } from './status.js'
 import type { Hold, IdempotencyRecord, Store } from './store.js'
 
 export interface HoldSettings {
@@ -104,7 +105,7 @@ export class Holds {
         const order = await tx.getOrderByHold(holdId)
         throw new DomainError('hold_already_used', { order_id: order?.id ?? null })
       }
-      if (hold.status === 'expired' || hold.expiresAt.getTime() <= now.getTime()) throw new DomainError('hold_expired')
+      if (effectiveStatus(hold, now) === 'expired') throw new DomainError('hold_expired')
       const ledger = new ProductLedger(product)
       const moved = await tx.setHoldsStatus([holdId], 'active', 'released', now)
       assert(moved === 1, 'an active hold read under the product lock can be released')
@@ -205,7 +206,7 @@ export class Holds {
           const outcome = outcomes[index]
           if (key === null || outcome === undefined || outcome.ok === 'key_taken') continue
           // Only answers that changed something use up the key (SPEC §3).
-          if (outcome.ok) await tx.completeIdempotencyKey('holds', key, 201, JSON.stringify(outcome.hold))
+          if (outcome.ok) await tx.completeIdempotencyKey('holds', key, JSON.stringify(outcome.hold))
           else await tx.releaseIdempotencyKey('holds', key)
         }
         return { outcomes: outcomes.map((outcome) => outcome ?? { ok: false as const, error: new DomainError('internal_error') }), events }
@@ -226,7 +227,7 @@ export class Holds {
 
 function answerFromRecord(record: IdempotencyRecord, fingerprint: string): HoldAnswer {
   assertSameFingerprint(record.fingerprint, fingerprint)
-  if (record.statusCode === 0) throw new DomainError('idempotency_key_in_flight')
+  if (record.state === 'claimed') throw new DomainError('idempotency_key_in_flight')
   return { hold: reviveHold(record.responseJson), replayed: true }
 }
 

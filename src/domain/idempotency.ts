@@ -13,10 +13,10 @@ export function assertSameFingerprint(stored: string, given: string): void {
   if (stored !== given) throw new DomainError('idempotency_key_reused')
 }
 
-// Claims the key for a request being served in this transaction (status 0 until its answer is
+// Claims the key for a request being served in this transaction (claimed until its answer is
 // stored); false when a live claim or answer already holds it.
 export function claimKey(tx: StoreTx, scope: IdempotencyScope, key: string, fingerprint: string, now: Date, ttlMs: number): Promise<boolean> {
-  return tx.claimIdempotencyKey({ scope, key, fingerprint, statusCode: 0, responseJson: '', expiresAt: addMs(now, ttlMs) }, now)
+  return tx.claimIdempotencyKey({ scope, key, fingerprint, state: 'claimed', responseJson: '', expiresAt: addMs(now, ttlMs) }, now)
 }
 
 // Requests in this process that carry a key still being served. A duplicate waits for the

@@ -10,6 +10,7 @@ import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './
 import { isResourceId, newOrderId } from './ids.js'
 import { ProductLedger } from './ledger.js'
 import { applyPaymentToOrder, reclaimBatchMax, type SettleContext } from './settle.js'
+import { effectiveStatus } from './status.js'
 import type { Hold, IdempotencyRecord, Order, Store, StoreTx } from './store.js'
 
 export interface OrderSettings {
@@ -183,7 +184,7 @@ export class Orders {
           const order = ordersByHold.get(waiter.request.holdId)
           assert(order !== undefined, 'every request not refused made an order')
           results[index] = { ok: true, order, events: eventsByHold.get(order.holdId) ?? [] }
-          if (waiter.request.idempotencyKey !== null) await tx.completeIdempotencyKey('orders', waiter.request.idempotencyKey, 201, JSON.stringify(order))
+          if (waiter.request.idempotencyKey !== null) await tx.completeIdempotencyKey('orders', waiter.request.idempotencyKey, JSON.stringify(order))
         }
         return results.map((result) => result ?? { ok: false as const, error: new DomainError('internal_error') })
       })
@@ -205,14 +206,14 @@ export class Orders {
     const existing = hold.status === 'active' ? undefined : await tx.getOrderByHold(hold.id)
     if (existing || hold.status === 'converted') return new DomainError('hold_already_used', { order_id: existing?.id ?? null })
     if (hold.status === 'released') return new DomainError('hold_released')
-    if (hold.status === 'expired' || hold.expiresAt.getTime() <= now.getTime()) return new DomainError('hold_expired')
+    if (effectiveStatus(hold, now) === 'expired') return new DomainError('hold_expired')
     return undefined
   }
 }
 
 function answerFromRecord(record: IdempotencyRecord, fingerprint: string): OrderAnswer {
   assertSameFingerprint(record.fingerprint, fingerprint)
-  if (record.statusCode === 0) throw new DomainError('idempotency_key_in_flight')
+  if (record.state === 'claimed') throw new DomainError('idempotency_key_in_flight')
   return { order: reviveOrder(record.responseJson), replayed: true }
 }
 

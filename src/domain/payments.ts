@@ -28,8 +28,8 @@ export interface PaymentRequest {
   amount: string | number | null
 }
 
+// body.state says what happened: `accepted` (stored until its order exists) or `processed`.
 export interface PaymentAnswer {
-  statusCode: 200 | 202
   body: PaymentAnswerBody
   replayed: boolean
 }
@@ -165,7 +165,7 @@ export class Payments {
       await tx.insertPaymentEvent(event)
       events.push({ name: 'payment.early', key: event.idempotencyKey, holdId: hold.id, productId })
       const body: PaymentAnswerBody = { state: 'accepted', holdId: hold.id, orderId: null, orderStatus: null, outcome: null }
-      return { ok: true, answer: { statusCode: 202, body, replayed: false }, events }
+      return { ok: true, answer: { body, replayed: false }, events }
     }
     if (!order && hold.status === 'active') {
       // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
@@ -177,7 +177,7 @@ export class Payments {
     }
     const applied = await applyPaymentToHold(ctx, hold, order ?? null, event, true)
     await tx.insertPaymentEvent(applied.event)
-    return { ok: true, answer: { statusCode: 200, body: applied.body, replayed: false }, events }
+    return { ok: true, answer: { body: applied.body, replayed: false }, events }
   }
 
   // Expires the hold if it has lapsed while still active, settling its waiting payments.
@@ -218,9 +218,9 @@ export class Payments {
     this.observer.emit({ name: 'payment.duplicate', key: event.idempotencyKey, holdId: event.holdId, replayed: true })
     if (event.state === 'waiting') {
       const body: PaymentAnswerBody = { state: 'accepted', holdId: event.holdId, orderId: null, orderStatus: null, outcome: null }
-      return { statusCode: 202, body, replayed: true }
+      return { body, replayed: true }
     }
     assert(event.responseJson !== null, 'a processed payment stores its answer')
-    return { statusCode: 200, body: JSON.parse(event.responseJson) as PaymentAnswerBody, replayed: true }
+    return { body: JSON.parse(event.responseJson) as PaymentAnswerBody, replayed: true }
   }
 }

@@ -69,12 +69,15 @@ export interface PaymentEvent {
 
 export type IdempotencyScope = 'holds' | 'orders'
 
+// `claimed` while the transaction that claimed the key has not finished (it completes or releases
+// the key before it commits, so nobody outside it sees a claim); `completed` once the answer is stored.
+export type IdempotencyKeyState = 'claimed' | 'completed'
+
 export interface IdempotencyRecord {
   scope: IdempotencyScope
   key: string
   fingerprint: string
-  // 0 while the transaction that claimed the key has not finished; nobody outside it sees that.
-  statusCode: number
+  state: IdempotencyKeyState
   responseJson: string
   expiresAt: Date
 }
@@ -150,7 +153,7 @@ export interface StoreTx {
 
   // Inserts a claim on the key unless a live one exists (an expired one is replaced).
   claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean>
-  completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void>
+  completeIdempotencyKey(scope: IdempotencyScope, key: string, responseJson: string): Promise<void>
   releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
 }

@@ -24,6 +24,7 @@ import type {
   TransactionOptions,
 } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
+import { keyStateOf, statusCodeOf } from './idempotency-keys.js'
 import { mysqlEngine } from './engines/mysql.js'
 import { postgresEngine } from './engines/postgres.js'
 import { sqliteEngine } from './engines/sqlite.js'
@@ -240,7 +241,7 @@ export class KyselyStore implements Store {
       .selectFrom('idempotency_keys')
       .select(['scope', 'idem_key'])
       .where('expires_at', '<=', now.getTime())
-      .where('status_code', '>', 0)
+      .where('status_code', '!=', statusCodeOf('claimed'))
       .limit(limit)
       .execute()
     let deleted = 0
@@ -583,7 +584,7 @@ class KyselyTx implements StoreTx {
       scope: record.scope,
       idem_key: record.key,
       fingerprint: record.fingerprint,
-      status_code: record.statusCode,
+      status_code: statusCodeOf(record.state),
       response_json: record.responseJson,
       created_at: now.getTime(),
       expires_at: record.expiresAt.getTime(),
@@ -603,17 +604,17 @@ class KyselyTx implements StoreTx {
     }
   }
 
-  async completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void> {
+  async completeIdempotencyKey(scope: IdempotencyScope, key: string, responseJson: string): Promise<void> {
     await this.db
       .updateTable('idempotency_keys')
-      .set({ status_code: statusCode, response_json: responseJson })
+      .set({ status_code: statusCodeOf('completed'), response_json: responseJson })
       .where('scope', '=', scope)
       .where('idem_key', '=', key)
       .execute()
   }
 
   async releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void> {
-    await this.db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', '=', key).where('status_code', '=', 0).execute()
+    await this.db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', '=', key).where('status_code', '=', statusCodeOf('claimed')).execute()
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
@@ -628,7 +629,7 @@ async function readIdempotencyRecord(db: Kysely<Database>, scope: IdempotencySco
     scope: row.scope as IdempotencyScope,
     key: row.idem_key,
     fingerprint: row.fingerprint,
-    statusCode: Number(row.status_code),
+    state: keyStateOf(Number(row.status_code)),
     responseJson: row.response_json,
     expiresAt: new Date(Number(row.expires_at)),
   }

@@ -177,7 +177,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
         amount: body.amount ?? null,
       })
       markReplay(reply, metrics, 'payments', answer.replayed)
-      return reply.code(answer.statusCode).send(presentPayment(answer.body))
+      return reply.code(answer.body.state === 'accepted' ? 202 : 200).send(presentPayment(answer.body))
     },
   )
 }
