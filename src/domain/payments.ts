@@ -8,9 +8,9 @@ import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, fingerprintOf } from './idempotency.js'
 import { isResourceId } from './ids.js'
-import { ProductLedger } from './ledger.js'
+import { withLockedProduct } from './locked-product.js'
 import { parseAmountMinor } from './money.js'
-import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, reclaimBatchMax, type SettleContext } from './settle.js'
+import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, type SettleContext } from './settle.js'
 import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 
 export type { PaymentAnswerBody } from './settle.js'
@@ -96,22 +96,19 @@ export class Payments {
     const now = this.clock.now()
     let outcomes: Outcome[]
     try {
-      outcomes = await this.store.transaction({ label: 'payments.receive' }, async (tx) => {
-        const product = await tx.lockProduct(productId)
-        assert(product !== undefined, 'an order or hold names an existing product')
-        const ledger = new ProductLedger(product)
+      outcomes = await withLockedProduct(this.store, this.observer, { label: 'payments.receive', productId, now }, async (ctx) => {
         const results: Outcome[] = []
         for (const waiter of batch) {
-          const ctx: SettleContext = { tx, ledger, now, events: [], reclaimBatchMax }
           try {
-            results.push(await this.receiveIn(ctx, waiter.request, waiter.fingerprint))
+            // Each webhook's events are its own, emitted in its request's context.
+            results.push(await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint))
           } catch (error) {
             // Refusals (a bad amount) are decided before the webhook writes anything.
             if (!(error instanceof DomainError)) throw error
             results.push({ ok: false, error })
           }
         }
-        await ledger.flush(tx)
+        ctx.events.push({ name: 'payment.batch', productId, size: batch.length })
         return results
       })
     } catch (error) {
@@ -119,7 +116,6 @@ export class Payments {
       for (const waiter of batch) waiter.reject(error)
       return
     }
-    this.observer.emit({ name: 'payment.batch', productId, size: batch.length })
     for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
   }
 
@@ -185,19 +181,11 @@ export class Payments {
     const known = await this.store.getHold(holdId)
     const now = this.clock.now()
     if (!known || known.status !== 'active' || known.expiresAt.getTime() > now.getTime()) return false
-    const events = await this.store.transaction({ label: 'payments.settle' }, async (tx) => {
-      const events: DomainEvent[] = []
-      const product = await tx.lockProduct(known.productId)
-      assert(product !== undefined, 'a hold names an existing product')
-      const hold = await tx.getHold(holdId)
+    await withLockedProduct(this.store, this.observer, { label: 'payments.settle', productId: known.productId, now }, async (ctx) => {
+      const hold = await ctx.tx.getHold(holdId)
       // Someone else (a sweeper, an order, a reclaim) may have settled it meanwhile.
-      if (!hold || hold.status !== 'active') return events
-      const ledger = new ProductLedger(product)
-      await expireHolds({ tx, ledger, now, events, reclaimBatchMax }, [hold])
-      await ledger.flush(tx)
-      return events
+      if (hold && hold.status === 'active') await expireHolds(ctx, [hold])
     })
-    emitAll(this.observer, events)
     return true
   }
 

@@ -25,7 +25,7 @@ export function createServices(store: Store, clock: Clock, observer: Observer, s
     orders: new Orders(store, clock, observer, settings),
     payments: new Payments(store, clock, observer, settings),
     reader: new ProductReader(store, clock),
-    catalog: new Catalog(store, clock),
+    catalog: new Catalog(store, clock, observer),
   }
 }
 

@@ -82,6 +82,16 @@ export interface IdempotencyRecord {
   expiresAt: Date
 }
 
+export interface IdempotencyClaim {
+  key: string
+  fingerprint: string
+}
+
+export interface IdempotencyAnswer {
+  key: string
+  responseJson: string
+}
+
 export interface NewProduct {
   name: string
   priceMinor: number
@@ -151,10 +161,13 @@ export interface StoreTx {
   waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]>
   markPaymentEventProcessed(event: PaymentEvent): Promise<void>
 
-  // Inserts a claim on the key unless a live one exists (an expired one is replaced).
-  claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean>
-  completeIdempotencyKey(scope: IdempotencyScope, key: string, responseJson: string): Promise<void>
-  releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void>
+  // Claims every key of a batch at once, in a constant number of statements (an expired key is
+  // taken over); returns the live answers that already hold some of them (the losers' records).
+  claimIdempotencyKeys(scope: IdempotencyScope, claims: readonly IdempotencyClaim[], now: Date, expiresAt: Date): Promise<IdempotencyRecord[]>
+  // Stores the answers of claimed keys, in one statement.
+  completeIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[]): Promise<void>
+  // Frees claimed keys whose answer changed nothing, in one statement.
+  releaseIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
 }
 

@@ -9,6 +9,8 @@ import type {
   AuditFacts,
   Hold,
   HoldStatus,
+  IdempotencyAnswer,
+  IdempotencyClaim,
   IdempotencyRecord,
   IdempotencyScope,
   LapsedRow,
@@ -24,7 +26,7 @@ import type {
   TransactionOptions,
 } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
-import { keyStateOf, statusCodeOf } from './idempotency-keys.js'
+import { claimKeys, completeKeys, releaseKeys, statusCodeOf, toIdempotencyRecord } from './idempotency-keys.js'
 import { mysqlEngine } from './engines/mysql.js'
 import { postgresEngine } from './engines/postgres.js'
 import { sqliteEngine } from './engines/sqlite.js'
@@ -620,19 +622,23 @@ class KyselyTx implements StoreTx {
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
     return readIdempotencyRecord(this.db, scope, key)
   }
+
+  claimIdempotencyKeys(scope: IdempotencyScope, claims: readonly IdempotencyClaim[], now: Date, expiresAt: Date): Promise<IdempotencyRecord[]> {
+    return claimKeys(this.db, this.engine, scope, claims, now, expiresAt)
+  }
+
+  completeIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[]): Promise<void> {
+    return completeKeys(this.db, scope, answers)
+  }
+
+  releaseIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void> {
+    return releaseKeys(this.db, scope, keys)
+  }
 }
 
 async function readIdempotencyRecord(db: Kysely<Database>, scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
   const row = await db.selectFrom('idempotency_keys').selectAll().where('scope', '=', scope).where('idem_key', '=', key).executeTakeFirst()
-  if (!row) return undefined
-  return {
-    scope: row.scope as IdempotencyScope,
-    key: row.idem_key,
-    fingerprint: row.fingerprint,
-    state: keyStateOf(Number(row.status_code)),
-    responseJson: row.response_json,
-    expiresAt: new Date(Number(row.expires_at)),
-  }
+  return row ? toIdempotencyRecord(row) : undefined
 }
 
 function errorText(error: unknown): string {
