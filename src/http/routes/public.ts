@@ -92,11 +92,12 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     },
   )
 
+  const holdBodySchema = holdBody(config.maxQtyPerHold)
   app.post(
     '/api/holds',
     {
       config: rateLimit(config.rateLimitHoldPerMin),
-      schema: { tags: ['holds'], body: holdBody(config.maxQtyPerHold), response: { 201: HoldView, ...problemResponses([400, 404, 409, 413, 415, 422, 429, 503]) } },
+      schema: { tags: ['holds'], body: holdBodySchema, response: { 201: HoldView, ...problemResponses([400, 404, 409, 413, 415, 422, 429, 503]) } },
     },
     async (request, reply) => {
       const answer = await services.holds.create(holdRequestOf(request.body, request.headers))
@@ -104,6 +105,15 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
       return reply.code(201).send(presentHold(answer.hold, clock.now()))
     },
   )
+
+  // The bench's ceiling: everything POST /api/holds does before the domain (content type, JSON,
+  // the same body schema, the key header, the rate limit), then an answer without the database.
+  if (config.benchCeilingRoute) {
+    app.post('/bench/hold-ceiling', { config: rateLimit(config.rateLimitHoldPerMin), schema: { hide: true, body: holdBodySchema } }, async (request) => {
+      const { productId, qty } = holdRequestOf(request.body, request.headers)
+      return { product_id: productId, qty }
+    })
+  }
 
   app.get(
     '/api/holds/:id',
