@@ -35,6 +35,8 @@ export interface Config {
   readonly txAttemptsMax: number
   readonly bodyBytesMax: number
   readonly seedStock: number
+  // Registers POST /bench/hold-ceiling (the bench's ceiling phase); off by default.
+  readonly benchCeilingRoute: boolean
 }
 
 export class ConfigError extends Error {
@@ -136,6 +138,7 @@ export function loadConfig(env: Env = process.env): Config {
     txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
     bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
     seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),
+    benchCeilingRoute: integer(env, 'BENCH_CEILING_ROUTE', 0, 0, 1) === 1,
   }
   return Object.freeze(config)
 }

@@ -6,11 +6,13 @@ import { systemClock, type Clock } from './domain/clock.js'
 import type { DomainEvent, Observer } from './domain/events.js'
 import type { Store } from './domain/store.js'
 import { buildApp } from './http/app.js'
-import { createLogger } from './http/logger.js'
-import { createObserver, Metrics } from './http/observability.js'
+import { createLogger } from './observability/logger.js'
+import { Metrics } from './observability/metrics.js'
+import { createObserver } from './observability/observer.js'
 import { startSweeper } from './jobs/sweeper.js'
 import { KyselyStore } from './store/kysely-store.js'
 import { Catalog } from './domain/products.js'
+import { drainServices } from './domain/services.js'
 
 export interface Runtime {
   config: Config
@@ -95,9 +97,7 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
       } finally {
         clearInterval(idleSweep)
       }
-      await app.services.holds.drain()
-      await app.services.orders.drain()
-      await app.services.payments.drain()
+      await drainServices(app.services)
       await sweeper.stop()
       await store.close()
       redis?.disconnect()

@@ -2,7 +2,7 @@
 // (node:cluster); the primary migrates and seeds once before forking, so workers never race it.
 import cluster from 'node:cluster'
 import { ConfigError, loadConfig, loadDotEnv, type Config } from './config.js'
-import { createLogger } from './http/logger.js'
+import { createLogger } from './observability/logger.js'
 import { installSignalHandlers, openRuntime, serve } from './runtime.js'
 
 export async function startServer(): Promise<void> {

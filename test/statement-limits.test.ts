@@ -10,6 +10,7 @@ import type { Hold, Order, StoreTx } from '../src/domain/store.js'
 import { engines } from '../src/store/engines/index.js'
 import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
+import { claimKeysShape, completeKeysShape, keysByNameShape } from '../src/store/idempotency-keys.js'
 import { holdsByIdShape, insertOrdersShape, KyselyTx, moveStatusShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
 import type { Database } from '../src/store/schema.js'
 import { batchLimit, batchStatements, type BatchVariable } from '../src/store/statement-limits.js'
@@ -43,8 +44,21 @@ function orders(of: readonly Hold[]): Order[] {
   }))
 }
 
-// Each declared shape, and a call that runs its statement with `rows` rows.
-const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promise<unknown>]> = [
+function keys(count: number): Array<{ key: string; fingerprint: string }> {
+  return Array.from({ length: count }, (_, index) => ({ key: `k${index}`, fingerprint: 'f' }))
+}
+
+// A claim runs three statements (free expired keys, insert the claims, read the losers).
+const claimRun = (tx: StoreTx, rows: number) => tx.claimIdempotencyKeys('holds', keys(rows), new Date(nowMs), new Date(nowMs + 60_000))
+
+// Each declared shape, a call that runs its statement with `rows` rows, and which of the call's
+// statements it is (of how many).
+const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promise<unknown>, { at: number; of: number }?]> = [
+  [keysByNameShape, claimRun, { at: 0, of: 3 }],
+  [claimKeysShape, claimRun, { at: 1, of: 3 }],
+  [keysByNameShape, claimRun, { at: 2, of: 3 }],
+  [completeKeysShape, (tx, rows) => tx.completeIdempotencyKeys('holds', keys(rows).map(({ key }) => ({ key, responseJson: '{}' })))],
+  [keysByNameShape, (tx, rows) => tx.releaseIdempotencyKeys('holds', keys(rows).map(({ key }) => key))],
   [insertHoldsShape, (tx, rows) => tx.insertHolds(holds(rows))],
   [holdsByIdShape, (tx, rows) => tx.getHolds(holds(rows).map((hold) => hold.id))],
   [moveStatusShape, (tx, rows) => tx.setHoldsStatus(holds(rows).map((hold) => hold.id), 'active', 'expired', new Date(nowMs))],
@@ -61,14 +75,14 @@ describe('statement shapes', () => {
 
   for (const engine of engineNames) {
     it(`${engine}: each multi-row statement takes the parameters its shape declares, for 1, 2 and 9 rows`, async () => {
-      for (const [shape, run] of runs) {
+      for (const [shape, run, position = { at: 0, of: 1 }] of runs) {
         const { fixed, perRow } = shape.parameters(engines[engine])
         for (const rows of [1, 2, 9]) {
           const recorded: CompiledQuery[] = []
           const db = compilingOnly(engine, recorded)
           await run(new KyselyTx(db, engines[engine], new HotSql(engines[engine])), rows)
-          expect(recorded, shape.statement).toHaveLength(1)
-          expect(recorded[0]!.parameters.length, `${shape.statement}, ${rows} rows`).toBe(fixed + perRow * rows)
+          expect(recorded, shape.statement).toHaveLength(position.of)
+          expect(recorded[position.at]!.parameters.length, `${shape.statement}, ${rows} rows`).toBe(fixed + perRow * rows)
         }
       }
     })
@@ -91,9 +105,10 @@ describe('batch sizes at start-up', () => {
     expect(() => loadConfig({ ...env, SWEEP_BATCH_MAX: '32764' })).toThrow(configError(/^SWEEP_BATCH_MAX must be at most 32763 on sqlite/))
   })
 
-  it('PostgreSQL sends holds as column arrays: any hold batch size fits, orders up to 5,041', () => {
+  it('PostgreSQL sends holds as column arrays, so their keys set the limit: 9,362 holds and 5,041 orders a batch', () => {
     const env = { DATABASE_URL: urlOf.postgres }
-    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '10000', ORDER_BATCH_MAX: '5041' })).toMatchObject({ holdBatchMax: 10_000, orderBatchMax: 5041 })
+    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '9362', ORDER_BATCH_MAX: '5041' })).toMatchObject({ holdBatchMax: 9362, orderBatchMax: 5041 })
+    expect(() => loadConfig({ ...env, HOLD_BATCH_MAX: '9363' })).toThrow(configError(/^HOLD_BATCH_MAX must be at most 9362 on postgres: the multi-row claim of idempotency keys/))
     expect(() => loadConfig({ ...env, ORDER_BATCH_MAX: '5042' })).toThrow(configError(/^ORDER_BATCH_MAX must be at most 5041 on postgres/))
     // The range every engine has still applies.
     expect(() => loadConfig({ ...env, HOLD_BATCH_MAX: '10001' })).toThrow(configError(/^HOLD_BATCH_MAX must be between 1 and 10000/))
@@ -150,14 +165,15 @@ for (const engine of testEngines()) {
       // PostgreSQL's hold insert takes column arrays: no row count is too many.
       it.skipIf(limit === undefined)(`a full ${variable} batch's largest statement runs${engineRefusesOverLimit ? ', and one row more is refused by the engine' : ''}`, async () => {
         if (limit === undefined) return
-        const all = holds(limit.rowsMax + 1, productId)
-        const insert = (rows: readonly Hold[]) =>
-          store.transaction({ label: 'test' }, (tx) => (variable === 'HOLD_BATCH_MAX' ? tx.insertHolds(rows) : tx.insertOrders(orders(rows))))
-        if (variable === 'ORDER_BATCH_MAX') await store.transaction({ label: 'test' }, (tx) => tx.insertHolds(all))
-        if (overLimitError) await expect(insert(all)).rejects.toThrow(overLimitError)
-        await insert(all.slice(0, limit.rowsMax))
+        // The statement that sets the limit is the one run at it and one row over it.
+        const [shape, run] = runs.find(([candidate]) => candidate.statement === limit.statement)!
+        const runWith = (rows: number) => store.transaction({ label: 'test' }, (tx) => run(tx, rows))
+        if (shape === insertOrdersShape) await store.transaction({ label: 'test' }, (tx) => tx.insertHolds(holds(limit.rowsMax + 1, productId)))
+        if (overLimitError) await expect(runWith(limit.rowsMax + 1)).rejects.toThrow(overLimitError)
+        await runWith(limit.rowsMax)
         const [facts] = (await store.auditFacts()).products
-        expect(variable === 'HOLD_BATCH_MAX' ? facts?.activeHoldQty : facts?.pendingOrderQty).toBe(limit.rowsMax)
+        if (shape === insertHoldsShape) expect(facts?.activeHoldQty).toBe(limit.rowsMax)
+        if (shape === insertOrdersShape) expect(facts?.pendingOrderQty).toBe(limit.rowsMax)
       })
     }
   })

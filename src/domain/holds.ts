@@ -1,23 +1,23 @@
-// Holds: short-lived reservations. Requests for one product that arrive while a transaction for
-// it is in flight are served together by the next one (group commit): one product row lock,
-// one counts update and one multi-row insert for the batch, each request answered in arrival
-// order as if it had been served alone.
+// Holds: short-lived reservations, group-committed per product (keyed-batches.ts): one product
+// row lock, one counts update and one multi-row insert for the batch, each request answered in
+// arrival order as if it had been served alone.
 import { assert } from './assert.js'
-import { ProductBatches } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import { emitAll, type DomainEvent, type Observer } from './events.js'
-import { assertSameFingerprint, claimKey, fingerprintOf, InFlightKeys } from './idempotency.js'
+import type { Observer } from './events.js'
+import { fingerprintOf } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
-import { ProductLedger } from './ledger.js'
+import { KeyedBatches, type KeyedUseCase, type Verdict } from './keyed-batches.js'
+import type { ProductLedger } from './ledger.js'
+import { withLockedProduct } from './locked-product.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
-import type { Hold, IdempotencyRecord, Store } from './store.js'
+import { effectiveStatus } from './status.js'
+import type { Hold, Store } from './store.js'
 
 export interface HoldSettings {
   holdTtlMs: number
   idempotencyTtlMs: number
   holdBatchMax: number
-  reclaimBatchMax: number
 }
 
 export interface HoldRequest {
@@ -31,20 +31,30 @@ export interface HoldAnswer {
   replayed: boolean
 }
 
-// Each outcome carries its own event, emitted in its request's context (so its log line has
-// that request's id), not in the batch leader's.
-type Outcome = { ok: true; hold: Hold; event?: DomainEvent } | { ok: false; error: DomainError; event?: DomainEvent } | { ok: 'key_taken' }
-
-interface Waiter {
-  request: HoldRequest
-  fingerprint: string
-  resolve: (outcome: Outcome) => void
-  reject: (error: unknown) => void
+// Judges a batch of hold requests in arrival order against the locked product's ledger, as if
+// each came alone: a request gets its units if they are available at its turn. Pure (no I/O), so
+// it is tested without a database. A new rule for holds (a per-buyer limit, a sale window) is one
+// more check in this loop, before the units are reserved.
+export function judgeHolds(ledger: ProductLedger, requests: readonly HoldRequest[], candidates: readonly Hold[]): Array<Verdict<Hold>> {
+  return requests.map((request, index) => {
+    const { productId, qty } = request
+    const availableStock = ledger.available()
+    if (qty > availableStock) {
+      return {
+        ok: false,
+        error: new DomainError('insufficient_stock', { available_stock: availableStock }),
+        events: [{ name: 'hold.rejected', productId, qty, reason: 'insufficient_stock', availableStock }],
+      }
+    }
+    const hold = candidates[index]
+    assert(hold !== undefined, 'one candidate hold per request')
+    ledger.reserve(qty)
+    return { ok: true, answer: hold, events: [{ name: 'hold.created', holdId: hold.id, productId, qty }] }
+  })
 }
 
 export class Holds {
-  private readonly batches: ProductBatches<Waiter>
-  private readonly inFlight = new InFlightKeys()
+  private readonly batches: KeyedBatches<HoldRequest, Hold>
 
   constructor(
     private readonly store: Store,
@@ -52,24 +62,36 @@ export class Holds {
     private readonly observer: Observer,
     private readonly settings: HoldSettings,
   ) {
-    this.batches = new ProductBatches(settings.holdBatchMax, (productId, batch) => this.serveBatch(productId, batch))
+    const useCase: KeyedUseCase<HoldRequest, Hold> = {
+      scope: 'holds',
+      label: 'holds.create',
+      batchMax: settings.holdBatchMax,
+      idempotencyTtlMs: settings.idempotencyTtlMs,
+      batchEvent: 'hold.batch',
+      refusedBeforeBatch: ['product_not_found'],
+      fingerprint: (request) => fingerprintOf(['holds', request.productId, request.qty]),
+      serve: (ctx, requests) => this.serve(ctx, requests),
+      encode: (hold) => JSON.stringify(hold),
+      decode: reviveHold,
+    }
+    this.batches = new KeyedBatches(store, clock, observer, useCase)
   }
 
   async create(request: HoldRequest): Promise<HoldAnswer> {
-    if (!isProductId(request.productId)) throw new DomainError('product_not_found')
-    const key = request.idempotencyKey
-    if (key === null) return this.enqueue(request, '')
-    const fingerprint = fingerprintOf(['holds', request.productId, request.qty])
-    // A duplicate that waited for the first is answered from what the first stored; if the
-    // first changed nothing (a 4xx), the key is free again and the duplicate runs afresh.
-    const attemptsMax = 3
-    for (let attempt = 1; attempt <= attemptsMax; attempt++) {
-      const replay = await this.replay(key, fingerprint)
-      if (replay) return replay
-      const run = await this.inFlight.run(`holds:${key}`, () => this.enqueue(request, fingerprint))
-      if (!run.waited) return run.value as HoldAnswer
+    try {
+      if (!isProductId(request.productId)) throw new DomainError('product_not_found')
+      const { answer, replayed } = await this.batches.submit(request.productId, request).catch((error: unknown) => {
+        if (error instanceof DomainError) return this.batches.refuse(request, error)
+        throw error
+      })
+      return { hold: answer, replayed }
+    } catch (error) {
+      // Refusals decided in the batch carry their own event; an unknown product is found before.
+      if (error instanceof DomainError && error.code === 'product_not_found') {
+        this.observer.emit({ name: 'hold.rejected', productId: request.productId, qty: request.qty, reason: error.code })
+      }
+      throw error
     }
-    throw new DomainError('idempotency_key_in_flight')
   }
 
   async get(holdId: string): Promise<Hold> {
@@ -82,32 +104,25 @@ export class Holds {
   async release(holdId: string): Promise<Hold> {
     const known = await this.get(holdId)
     const now = this.clock.now()
-    const { hold, events } = await this.store.transaction({ label: 'holds.release' }, async (tx) => {
-      const events: DomainEvent[] = []
-      const product = await tx.lockProduct(known.productId)
-      assert(product !== undefined, 'a hold names an existing product')
+    return withLockedProduct(this.store, this.observer, { label: 'holds.release', productId: known.productId, now }, async (ctx) => {
+      const { tx, ledger, events } = ctx
       const hold = await tx.getHold(holdId)
       assert(hold !== undefined, 'holds are never deleted')
-      if (hold.status === 'released') return { hold, events }
+      if (hold.status === 'released') return hold
       if (hold.status === 'converted') {
         const order = await tx.getOrderByHold(holdId)
         throw new DomainError('hold_already_used', { order_id: order?.id ?? null })
       }
-      if (hold.status === 'expired' || hold.expiresAt.getTime() <= now.getTime()) throw new DomainError('hold_expired')
-      const ledger = new ProductLedger(product)
+      if (effectiveStatus(hold, now) === 'expired') throw new DomainError('hold_expired')
       const moved = await tx.setHoldsStatus([holdId], 'active', 'released', now)
       assert(moved === 1, 'an active hold read under the product lock can be released')
       ledger.release(hold.qty)
       events.push({ name: 'hold.released', holdId, productId: hold.productId, qty: hold.qty })
       const released: Hold = { ...hold, status: 'released' }
-      const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
       // A payment stored for this hold is now a late payment (SPEC §3, webhook before the order).
       await settleWaitingPayments(ctx, [released])
-      await ledger.flush(tx)
-      return { hold: released, events }
+      return released
     })
-    emitAll(this.observer, events)
-    return hold
   }
 
   // Resolves when every queued hold request has been answered (graceful shutdown).
@@ -115,111 +130,31 @@ export class Holds {
     await this.batches.drain()
   }
 
-  private async replay(key: string, fingerprint: string): Promise<HoldAnswer | undefined> {
-    const record = await this.store.getIdempotencyRecord('holds', key)
-    if (!record || record.expiresAt.getTime() <= this.clock.now().getTime()) return undefined
-    return answerFromRecord(record, fingerprint)
-  }
-
-  private async enqueue(request: HoldRequest, fingerprint: string): Promise<HoldAnswer> {
-    const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(request.productId, { request, fingerprint, resolve, reject }))
-    if (outcome.ok !== 'key_taken' && outcome.event) this.observer.emit(outcome.event)
-    if (outcome.ok === true) return { hold: outcome.hold, replayed: false }
-    if (outcome.ok === false) throw outcome.error
-    // Another process committed this key first: answer what it stored.
-    const key = request.idempotencyKey
-    assert(key !== null, 'only keyed requests can find their key taken')
-    const record = await this.store.getIdempotencyRecord('holds', key)
-    if (!record) throw new DomainError('idempotency_key_in_flight')
-    return answerFromRecord(record, fingerprint)
-  }
-
-  private async serveBatch(productId: number, batch: Waiter[]): Promise<void> {
-    const now = this.clock.now()
+  private async serve(ctx: SettleContext, requests: readonly HoldRequest[]): Promise<Array<Verdict<Hold>>> {
+    const { tx, ledger, now } = ctx
     const expiresAt = addMs(now, this.settings.holdTtlMs)
-    // Ids are made before the transaction so a retried attempt inserts the same holds.
-    const holdIds = newHoldIds(batch.length, now)
-    const candidates: Hold[] = batch.map((waiter, index) => ({
+    const holdIds = newHoldIds(requests.length, now)
+    const candidates: Hold[] = requests.map((request, index) => ({
       id: holdIds[index]!,
-      productId,
-      qty: waiter.request.qty,
+      productId: ledger.productId,
+      qty: request.qty,
       status: 'active',
       expiresAt,
       createdAt: now,
     }))
-    let result: { outcomes: Outcome[]; events: DomainEvent[] }
-    try {
-      result = await this.store.transaction({ label: 'holds.create' }, async (tx) => {
-        const events: DomainEvent[] = []
-        const product = await tx.lockProduct(productId)
-        if (!product) return { outcomes: batch.map(() => ({ ok: false as const, error: new DomainError('product_not_found') })), events }
-        const ledger = new ProductLedger(product)
-        const outcomes: Array<Outcome | undefined> = batch.map(() => undefined)
-        for (const [index, waiter] of batch.entries()) {
-          const key = waiter.request.idempotencyKey
-          if (key === null) continue
-          if (!(await claimKey(tx, 'holds', key, waiter.fingerprint, now, this.settings.idempotencyTtlMs))) outcomes[index] = { ok: 'key_taken' }
-        }
-        const wantedQty = batch.reduce((sum, waiter, index) => sum + (outcomes[index] ? 0 : waiter.request.qty), 0)
-        // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up
-        // to SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep.
-        if (wantedQty > ledger.available()) {
-          const ctx: SettleContext = { tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }
-          await expireLapsed(ctx, this.settings.reclaimBatchMax)
-        }
-        events.push({ name: 'hold.batch', productId, size: batch.length })
-        const granted: Hold[] = []
-        for (const [index, waiter] of batch.entries()) {
-          if (outcomes[index]) continue
-          const hold = candidates[index]
-          assert(hold !== undefined, 'one candidate hold per request')
-          const { qty } = waiter.request
-          if (qty <= ledger.available()) {
-            ledger.reserve(qty)
-            granted.push(hold)
-            outcomes[index] = { ok: true, hold, event: { name: 'hold.created', holdId: hold.id, productId, qty } }
-          } else {
-            const availableStock = ledger.available()
-            outcomes[index] = {
-              ok: false,
-              error: new DomainError('insufficient_stock', { available_stock: availableStock }),
-              event: { name: 'hold.rejected', productId, qty, reason: 'insufficient_stock', availableStock },
-            }
-          }
-        }
-        await ledger.flush(tx)
-        if (granted.length > 0) await tx.insertHolds(granted)
-        for (const [index, waiter] of batch.entries()) {
-          const key = waiter.request.idempotencyKey
-          const outcome = outcomes[index]
-          if (key === null || outcome === undefined || outcome.ok === 'key_taken') continue
-          // Only answers that changed something use up the key (SPEC §3).
-          if (outcome.ok) await tx.completeIdempotencyKey('holds', key, 201, JSON.stringify(outcome.hold))
-          else await tx.releaseIdempotencyKey('holds', key)
-        }
-        return { outcomes: outcomes.map((outcome) => outcome ?? { ok: false as const, error: new DomainError('internal_error') }), events }
-      })
-    } catch (error) {
-      // The batch did not commit: every request in it fails alike and none was answered yet.
-      for (const waiter of batch) waiter.reject(error)
-      return
-    }
-    emitAll(this.observer, result.events)
-    for (const [index, waiter] of batch.entries()) {
-      const outcome = result.outcomes[index]
-      assert(outcome !== undefined, 'one outcome per request')
-      waiter.resolve(outcome)
-    }
+    const wantedQty = requests.reduce((sum, request) => sum + request.qty, 0)
+    // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up to
+    // SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep.
+    if (wantedQty > ledger.available()) await expireLapsed(ctx, ctx.reclaimBatchMax)
+    const verdicts = judgeHolds(ledger, requests, candidates)
+    const granted = verdicts.flatMap((verdict) => (verdict.ok ? [verdict.answer] : []))
+    if (granted.length > 0) await tx.insertHolds(granted)
+    return verdicts
   }
-}
-
-function answerFromRecord(record: IdempotencyRecord, fingerprint: string): HoldAnswer {
-  assertSameFingerprint(record.fingerprint, fingerprint)
-  if (record.statusCode === 0) throw new DomainError('idempotency_key_in_flight')
-  return { hold: reviveHold(record.responseJson), replayed: true }
 }
 
 function reviveHold(json: string): Hold {
   const raw = JSON.parse(json) as Omit<Hold, 'expiresAt' | 'createdAt'> & { expiresAt: string; createdAt: string }
   return { ...raw, expiresAt: new Date(raw.expiresAt), createdAt: new Date(raw.createdAt) }
 }
+

@@ -1,7 +1,5 @@
 import { createHash } from 'node:crypto'
-import { addMs } from './clock.js'
 import { DomainError } from './errors.js'
-import type { IdempotencyScope, StoreTx } from './store.js'
 
 // A request's fingerprint: the meaning of its body, not its bytes, so `qty` and its alias
 // `quantity`, or a key sent in the header versus the body, fingerprint alike.
@@ -11,12 +9,6 @@ export function fingerprintOf(parts: readonly unknown[]): string {
 
 export function assertSameFingerprint(stored: string, given: string): void {
   if (stored !== given) throw new DomainError('idempotency_key_reused')
-}
-
-// Claims the key for a request being served in this transaction (status 0 until its answer is
-// stored); false when a live claim or answer already holds it.
-export function claimKey(tx: StoreTx, scope: IdempotencyScope, key: string, fingerprint: string, now: Date, ttlMs: number): Promise<boolean> {
-  return tx.claimIdempotencyKey({ scope, key, fingerprint, statusCode: 0, responseJson: '', expiresAt: addMs(now, ttlMs) }, now)
 }
 
 // Requests in this process that carry a key still being served. A duplicate waits for the

@@ -8,7 +8,7 @@ import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { assertSameFingerprint, fingerprintOf } from './idempotency.js'
 import { isResourceId } from './ids.js'
-import { ProductLedger } from './ledger.js'
+import { withLockedProduct } from './locked-product.js'
 import { parseAmountMinor } from './money.js'
 import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, type SettleContext } from './settle.js'
 import type { PaymentEvent, PaymentStatus, Store } from './store.js'
@@ -16,7 +16,6 @@ import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 export type { PaymentAnswerBody } from './settle.js'
 
 export interface PaymentSettings {
-  reclaimBatchMax: number
   webhookBatchMax: number
 }
 
@@ -29,8 +28,8 @@ export interface PaymentRequest {
   amount: string | number | null
 }
 
+// body.state says what happened: `accepted` (stored until its order exists) or `processed`.
 export interface PaymentAnswer {
-  statusCode: 200 | 202
   body: PaymentAnswerBody
   replayed: boolean
 }
@@ -97,22 +96,19 @@ export class Payments {
     const now = this.clock.now()
     let outcomes: Outcome[]
     try {
-      outcomes = await this.store.transaction({ label: 'payments.receive' }, async (tx) => {
-        const product = await tx.lockProduct(productId)
-        assert(product !== undefined, 'an order or hold names an existing product')
-        const ledger = new ProductLedger(product)
+      outcomes = await withLockedProduct(this.store, this.observer, { label: 'payments.receive', productId, now }, async (ctx) => {
         const results: Outcome[] = []
         for (const waiter of batch) {
-          const ctx: SettleContext = { tx, ledger, now, events: [], reclaimBatchMax: this.settings.reclaimBatchMax }
           try {
-            results.push(await this.receiveIn(ctx, waiter.request, waiter.fingerprint))
+            // Each webhook's events are its own, emitted in its request's context.
+            results.push(await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint))
           } catch (error) {
             // Refusals (a bad amount) are decided before the webhook writes anything.
             if (!(error instanceof DomainError)) throw error
             results.push({ ok: false, error })
           }
         }
-        await ledger.flush(tx)
+        ctx.events.push({ name: 'payment.batch', productId, size: batch.length })
         return results
       })
     } catch (error) {
@@ -120,7 +116,6 @@ export class Payments {
       for (const waiter of batch) waiter.reject(error)
       return
     }
-    this.observer.emit({ name: 'payment.batch', productId, size: batch.length })
     for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
   }
 
@@ -166,7 +161,7 @@ export class Payments {
       await tx.insertPaymentEvent(event)
       events.push({ name: 'payment.early', key: event.idempotencyKey, holdId: hold.id, productId })
       const body: PaymentAnswerBody = { state: 'accepted', holdId: hold.id, orderId: null, orderStatus: null, outcome: null }
-      return { ok: true, answer: { statusCode: 202, body, replayed: false }, events }
+      return { ok: true, answer: { body, replayed: false }, events }
     }
     if (!order && hold.status === 'active') {
       // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
@@ -178,7 +173,7 @@ export class Payments {
     }
     const applied = await applyPaymentToHold(ctx, hold, order ?? null, event, true)
     await tx.insertPaymentEvent(applied.event)
-    return { ok: true, answer: { statusCode: 200, body: applied.body, replayed: false }, events }
+    return { ok: true, answer: { body: applied.body, replayed: false }, events }
   }
 
   // Expires the hold if it has lapsed while still active, settling its waiting payments.
@@ -186,19 +181,11 @@ export class Payments {
     const known = await this.store.getHold(holdId)
     const now = this.clock.now()
     if (!known || known.status !== 'active' || known.expiresAt.getTime() > now.getTime()) return false
-    const events = await this.store.transaction({ label: 'payments.settle' }, async (tx) => {
-      const events: DomainEvent[] = []
-      const product = await tx.lockProduct(known.productId)
-      assert(product !== undefined, 'a hold names an existing product')
-      const hold = await tx.getHold(holdId)
+    await withLockedProduct(this.store, this.observer, { label: 'payments.settle', productId: known.productId, now }, async (ctx) => {
+      const hold = await ctx.tx.getHold(holdId)
       // Someone else (a sweeper, an order, a reclaim) may have settled it meanwhile.
-      if (!hold || hold.status !== 'active') return events
-      const ledger = new ProductLedger(product)
-      await expireHolds({ tx, ledger, now, events, reclaimBatchMax: this.settings.reclaimBatchMax }, [hold])
-      await ledger.flush(tx)
-      return events
+      if (hold && hold.status === 'active') await expireHolds(ctx, [hold])
     })
-    emitAll(this.observer, events)
     return true
   }
 
@@ -219,9 +206,9 @@ export class Payments {
     this.observer.emit({ name: 'payment.duplicate', key: event.idempotencyKey, holdId: event.holdId, replayed: true })
     if (event.state === 'waiting') {
       const body: PaymentAnswerBody = { state: 'accepted', holdId: event.holdId, orderId: null, orderStatus: null, outcome: null }
-      return { statusCode: 202, body, replayed: true }
+      return { body, replayed: true }
     }
     assert(event.responseJson !== null, 'a processed payment stores its answer')
-    return { statusCode: 200, body: JSON.parse(event.responseJson) as PaymentAnswerBody, replayed: true }
+    return { body: JSON.parse(event.responseJson) as PaymentAnswerBody, replayed: true }
   }
 }

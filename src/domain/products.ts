@@ -3,7 +3,8 @@ import { assert } from './assert.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { isProductId } from './ids.js'
-import { ProductLedger } from './ledger.js'
+import type { Observer } from './events.js'
+import { withLockedProduct } from './locked-product.js'
 import type { Product, ProductSnapshot, Store } from './store.js'
 
 export interface ProductView extends Product {
@@ -79,6 +80,8 @@ export class Catalog {
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
+    // Stock changes emit no named event yet; the skeleton still wants somewhere to send them.
+    private readonly observer: Observer = { emit: () => undefined },
   ) {}
 
   async create(input: NewProductInput): Promise<ProductView> {
@@ -94,16 +97,12 @@ export class Catalog {
   async addStock(productId: number, addStock: number): Promise<ProductView> {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
-    await this.store.transaction({ label: 'products.add_stock' }, async (tx) => {
-      const product = await tx.lockProduct(productId)
-      if (!product) throw new DomainError('product_not_found')
-      const committed = product.reserved + product.sold
-      if (product.stock + addStock < committed) {
-        throw new DomainError('stock_below_committed', { stock: product.stock, committed, available_stock: product.stock - committed })
+    await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, async ({ ledger }) => {
+      const committed = ledger.reserved + ledger.sold
+      if (ledger.stock + addStock < committed) {
+        throw new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })
       }
-      const ledger = new ProductLedger(product)
       ledger.addStock(addStock)
-      await ledger.flush(tx)
     })
     const snapshot = await this.store.productSnapshot(productId, now)
     assert(snapshot !== undefined, 'an updated product can be read')

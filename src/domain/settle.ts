@@ -15,6 +15,10 @@ export interface PaymentAnswerBody {
   outcome: PaymentOutcome | null
 }
 
+// How many lapsed rows a request may expire on the way (reclaim) before it answers: a named
+// limit keeps its transaction short.
+export const reclaimBatchMax = 200
+
 export interface SettleContext {
   tx: StoreTx
   ledger: ProductLedger

@@ -69,14 +69,27 @@ export interface PaymentEvent {
 
 export type IdempotencyScope = 'holds' | 'orders'
 
+// `claimed` while the transaction that claimed the key has not finished (it completes or releases
+// the key before it commits, so nobody outside it sees a claim); `completed` once the answer is stored.
+export type IdempotencyKeyState = 'claimed' | 'completed'
+
 export interface IdempotencyRecord {
   scope: IdempotencyScope
   key: string
   fingerprint: string
-  // 0 while the transaction that claimed the key has not finished; nobody outside it sees that.
-  statusCode: number
+  state: IdempotencyKeyState
   responseJson: string
   expiresAt: Date
+}
+
+export interface IdempotencyClaim {
+  key: string
+  fingerprint: string
+}
+
+export interface IdempotencyAnswer {
+  key: string
+  responseJson: string
 }
 
 export interface NewProduct {
@@ -148,10 +161,13 @@ export interface StoreTx {
   waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]>
   markPaymentEventProcessed(event: PaymentEvent): Promise<void>
 
-  // Inserts a claim on the key unless a live one exists (an expired one is replaced).
-  claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean>
-  completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void>
-  releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void>
+  // Claims every key of a batch at once, in a constant number of statements (an expired key is
+  // taken over); returns the live answers that already hold some of them (the losers' records).
+  claimIdempotencyKeys(scope: IdempotencyScope, claims: readonly IdempotencyClaim[], now: Date, expiresAt: Date): Promise<IdempotencyRecord[]>
+  // Stores the answers of claimed keys, in one statement.
+  completeIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[]): Promise<void>
+  // Frees claimed keys whose answer changed nothing, in one statement.
+  releaseIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
 }
 

@@ -2,6 +2,7 @@
 import fastifyRateLimit from '@fastify/rate-limit'
 import fastifySwagger from '@fastify/swagger'
 import fastifySwaggerUi from '@fastify/swagger-ui'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
@@ -9,12 +10,10 @@ import type { Config } from '../config.js'
 import type { Clock } from '../domain/clock.js'
 import { DomainError } from '../domain/errors.js'
 import type { Observer } from '../domain/events.js'
-import { Holds } from '../domain/holds.js'
-import { Orders } from '../domain/orders.js'
-import { Payments } from '../domain/payments.js'
-import { Catalog, ProductReader } from '../domain/products.js'
+import { createServices, type Services } from '../domain/services.js'
 import type { Store } from '../domain/store.js'
-import { requestLogContext, type Metrics } from './observability.js'
+import type { Metrics } from '../observability/metrics.js'
+import { requestLogContext } from '../observability/observer.js'
 import { errorHandler, sendProblem } from './problem.js'
 import { adminRoutes } from './routes/admin.js'
 import { opsRoutes } from './routes/ops.js'
@@ -37,38 +36,12 @@ export interface AppDeps {
   redis?: Redis
 }
 
-export interface Services {
-  holds: Holds
-  orders: Orders
-  payments: Payments
-  reader: ProductReader
-  catalog: Catalog
-}
-
-export interface AppContext extends AppDeps {
-  services: Services
-}
-
-// How many lapsed rows a request may expire on the way (reclaim) before it answers.
-const reclaimBatchMax = 200
-
-export function createServices(deps: Pick<AppDeps, 'config' | 'store' | 'clock' | 'observer'>): Services {
-  const { config, store, clock, observer } = deps
-  return {
-    holds: new Holds(store, clock, observer, { holdTtlMs: config.holdTtlMs, idempotencyTtlMs: config.idempotencyTtlMs, holdBatchMax: config.holdBatchMax, reclaimBatchMax }),
-    orders: new Orders(store, clock, observer, { orderTtlMs: config.orderTtlMs, idempotencyTtlMs: config.idempotencyTtlMs, orderBatchMax: config.orderBatchMax, reclaimBatchMax }),
-    payments: new Payments(store, clock, observer, { reclaimBatchMax, webhookBatchMax: config.webhookBatchMax }),
-    reader: new ProductReader(store, clock),
-    catalog: new Catalog(store, clock),
-  }
-}
-
 export type App = FastifyInstance & { services: Services }
 
 export async function buildApp(deps: AppDeps): Promise<App> {
   const { config, metrics } = deps
-  const services = createServices(deps)
-  const context: AppContext = { ...deps, services }
+  const { store, clock } = deps
+  const services = createServices(store, clock, deps.observer, config)
   const app = Fastify({
     loggerInstance: deps.logger,
     bodyLimit: config.bodyBytesMax,
@@ -88,7 +61,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       // Strict types (SPEC §3): a JSON integer field never accepts "5", true, null or 1.5.
       customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false, useDefaults: false },
     },
-  })
+  }).withTypeProvider<TypeBoxTypeProvider>()
   app.decorate('services', services)
 
   // JSON only, parsed here so the webhook's signature can be checked over the raw bytes.
@@ -149,8 +122,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'not_found'))
 
-  await app.register(async (scope) => publicRoutes(scope, context))
-  await app.register(async (scope) => adminRoutes(scope, context), { prefix: '/api/admin' })
-  await app.register(async (scope) => opsRoutes(scope, context))
+  await app.register(publicRoutes, { config, services, clock, metrics })
+  await app.register(adminRoutes, { config, services, store, prefix: '/api/admin' })
+  await app.register(opsRoutes, { store, metrics })
   return app as unknown as App
 }

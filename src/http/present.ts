@@ -2,6 +2,7 @@
 import { formatAmount } from '../domain/money.js'
 import type { PaymentAnswerBody } from '../domain/payments.js'
 import type { ProductView } from '../domain/products.js'
+import { effectiveOrderStatus, effectiveStatus } from '../domain/status.js'
 import type { Hold, Order } from '../domain/store.js'
 
 export function presentProduct(product: ProductView) {
@@ -18,22 +19,18 @@ export function presentProduct(product: ProductView) {
   }
 }
 
-// What the API reports is what is true now: a hold or order past its expiry is expired even
-// before the sweeper has brought its row up to date (SPEC §4).
 export function presentHold(hold: Hold, now: Date) {
-  const lapsed = hold.status === 'active' && hold.expiresAt.getTime() <= now.getTime()
   return {
     hold_id: hold.id,
     product_id: hold.productId,
     qty: hold.qty,
-    status: lapsed ? ('expired' as const) : hold.status,
+    status: effectiveStatus(hold, now),
     expires_at: hold.expiresAt.toISOString(),
     created_at: hold.createdAt.toISOString(),
   }
 }
 
 export function presentOrder(order: Order, now: Date) {
-  const lapsed = order.status === 'pending' && order.expiresAt.getTime() <= now.getTime()
   return {
     order_id: order.id,
     hold_id: order.holdId,
@@ -41,7 +38,7 @@ export function presentOrder(order: Order, now: Date) {
     qty: order.qty,
     amount: formatAmount(order.amountMinor, order.currency),
     currency: order.currency,
-    status: lapsed ? ('expired' as const) : order.status,
+    status: effectiveOrderStatus(order, now),
     created_at: order.createdAt.toISOString(),
     expires_at: order.expiresAt.toISOString(),
     paid_at: order.paidAt?.toISOString() ?? null,

@@ -3,8 +3,8 @@
 // so a hold is released, and counted in metrics, exactly once.
 import { assert } from '../domain/assert.js'
 import type { Clock } from '../domain/clock.js'
-import { emitAll, type DomainEvent, type Observer } from '../domain/events.js'
-import { ProductLedger } from '../domain/ledger.js'
+import type { Observer } from '../domain/events.js'
+import { withLockedProduct } from '../domain/locked-product.js'
 import { expireLapsed } from '../domain/settle.js'
 import type { Store } from '../domain/store.js'
 
@@ -19,17 +19,7 @@ export async function sweepOnce(store: Store, observer: Observer, now: Date, bat
   for (const productId of productIds) {
     const remaining = batchMax - expiredCount
     if (remaining <= 0) break
-    const { count, events } = await store.transaction({ label: 'sweep' }, async (tx) => {
-      const events: DomainEvent[] = []
-      const product = await tx.lockProduct(productId)
-      assert(product !== undefined, 'lapsed rows name an existing product')
-      const ledger = new ProductLedger(product)
-      const count = await expireLapsed({ tx, ledger, now, events, reclaimBatchMax: remaining }, remaining)
-      await ledger.flush(tx)
-      return { count, events }
-    })
-    emitAll(observer, events)
-    expiredCount += count
+    expiredCount += await withLockedProduct(store, observer, { label: 'sweep', productId, now, reclaimMax: remaining }, (ctx) => expireLapsed(ctx, remaining))
   }
   assert(expiredCount <= batchMax, 'a sweep pass stays within its batch')
   const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(now, batchMax)

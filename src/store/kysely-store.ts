@@ -21,6 +21,7 @@ import type {
 import type { Engine, EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { HotSql, snapshotQuery } from './hot-sql.js'
+import { statusCodeOf } from './idempotency-keys.js'
 import { KyselyTx } from './kysely-tx.js'
 import { migrationProvider, type SeedProduct } from './migrations/index.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
@@ -191,7 +192,7 @@ export class KyselyStore implements Store {
       .selectFrom('idempotency_keys')
       .select(['scope', 'idem_key'])
       .where('expires_at', '<=', now.getTime())
-      .where('status_code', '>', 0)
+      .where('status_code', '!=', statusCodeOf('claimed'))
       .limit(limit)
       .execute()
     let deleted = 0

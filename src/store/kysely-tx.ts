@@ -4,6 +4,8 @@ import type { Kysely } from 'kysely'
 import type {
   Hold,
   HoldStatus,
+  IdempotencyAnswer,
+  IdempotencyClaim,
   IdempotencyRecord,
   IdempotencyScope,
   LapsedRow,
@@ -18,7 +20,8 @@ import type {
 import type { Engine } from './engines/engine.js'
 import type { HotSql } from './hot-sql.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
-import { idempotencyKeyValues, orderColumns, orderValues, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
+import { claimKeys, completeKeys, releaseKeys } from './idempotency-keys.js'
+import { orderColumns, orderValues, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 import { inListShape, type StatementShape } from './statement-shape.js'
 
@@ -182,40 +185,16 @@ export class KyselyTx implements StoreTx {
     if (Number(result.numUpdatedRows) !== 1) throw new Error(`payment event ${event.idempotencyKey} was not waiting`)
   }
 
-  async claimIdempotencyKey(record: IdempotencyRecord, now: Date): Promise<boolean> {
-    // An expired key is free again: remove it first, so the insert below can take it.
-    await this.db
-      .deleteFrom('idempotency_keys')
-      .where('scope', '=', record.scope)
-      .where('idem_key', '=', record.key)
-      .where('expires_at', '<=', now.getTime())
-      .execute()
-    const insert = this.db.insertInto('idempotency_keys').values(idempotencyKeyValues(record, now))
-    if (this.engine.insertIgnoreStyle === 'on_conflict') {
-      const result = await insert.onConflict((conflict) => conflict.columns(['scope', 'idem_key']).doNothing()).executeTakeFirst()
-      return Number(result.numInsertedOrUpdatedRows ?? 0) === 1
-    }
-    // MySQL: a failed statement does not abort the transaction, so the duplicate error is the answer.
-    try {
-      await insert.execute()
-      return true
-    } catch (error) {
-      if (this.engine.isUniqueViolation(error)) return false
-      throw error
-    }
+  claimIdempotencyKeys(scope: IdempotencyScope, claims: readonly IdempotencyClaim[], now: Date, expiresAt: Date): Promise<IdempotencyRecord[]> {
+    return claimKeys(this.db, this.engine, scope, claims, now, expiresAt)
   }
 
-  async completeIdempotencyKey(scope: IdempotencyScope, key: string, statusCode: number, responseJson: string): Promise<void> {
-    await this.db
-      .updateTable('idempotency_keys')
-      .set({ status_code: statusCode, response_json: responseJson })
-      .where('scope', '=', scope)
-      .where('idem_key', '=', key)
-      .execute()
+  completeIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[]): Promise<void> {
+    return completeKeys(this.db, scope, answers)
   }
 
-  async releaseIdempotencyKey(scope: IdempotencyScope, key: string): Promise<void> {
-    await this.db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', '=', key).where('status_code', '=', 0).execute()
+  releaseIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void> {
+    return releaseKeys(this.db, scope, keys)
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {

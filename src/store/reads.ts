@@ -2,7 +2,8 @@
 // run on whichever connection the caller holds.
 import type { Kysely } from 'kysely'
 import type { Hold, IdempotencyRecord, IdempotencyScope, Order, PaymentEvent } from '../domain/store.js'
-import { toHold, toIdempotencyRecord, toOrder, toPaymentEvent } from './rows.js'
+import { toIdempotencyRecord } from './idempotency-keys.js'
+import { toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 
 type Db = Kysely<Database>

@@ -1,8 +1,8 @@
 // Row mapping: table rows (schema.ts) to domain values and back. Row types never leave store/.
 import type { Selectable } from 'kysely'
-import type { Hold, HoldStatus, IdempotencyRecord, IdempotencyScope, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot } from '../domain/store.js'
+import type { Hold, HoldStatus, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot } from '../domain/store.js'
 import type { ArrayColumn } from './engines/engine.js'
-import type { HoldsTable, IdempotencyKeysTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
+import type { HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
 
 export type SnapshotRow = Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }
 
@@ -141,28 +141,5 @@ export function paymentEventValues(event: PaymentEvent): Omit<Selectable<Payment
     response_json: event.responseJson,
     created_at: event.createdAt.getTime(),
     processed_at: event.processedAt?.getTime() ?? null,
-  }
-}
-
-export function toIdempotencyRecord(row: Selectable<IdempotencyKeysTable>): IdempotencyRecord {
-  return {
-    scope: row.scope as IdempotencyScope,
-    key: row.idem_key,
-    fingerprint: row.fingerprint,
-    statusCode: Number(row.status_code),
-    responseJson: row.response_json,
-    expiresAt: new Date(Number(row.expires_at)),
-  }
-}
-
-export function idempotencyKeyValues(record: IdempotencyRecord, now: Date): Selectable<IdempotencyKeysTable> {
-  return {
-    scope: record.scope,
-    idem_key: record.key,
-    fingerprint: record.fingerprint,
-    status_code: record.statusCode,
-    response_json: record.responseJson,
-    created_at: now.getTime(),
-    expires_at: record.expiresAt.getTime(),
   }
 }

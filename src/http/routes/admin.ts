@@ -1,17 +1,23 @@
 // Admin routes live in their own scope: the bearer-token hook cannot reach public routes.
-import type { FastifyInstance } from 'fastify'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { Config } from '../../config.js'
 import { audit } from '../../domain/audit.js'
 import { DomainError } from '../../domain/errors.js'
 import { parseProductId } from '../../domain/ids.js'
 import { isSupportedCurrency, parseAmountMinor } from '../../domain/money.js'
 import { presentProduct } from '../present.js'
-import { AuditView, NewProductBody, ProductParams, ProductView, StockBody, problemResponses, type NewProductBody as NewProduct, type StockBody as Stock } from '../schemas/index.js'
+import type { Services } from '../../domain/services.js'
+import type { Store } from '../../domain/store.js'
+import { AuditView, NewProductBody, ProductParams, ProductView, StockBody, problemResponses } from '../schemas/index.js'
 import { constantTimeEqual } from '../signature.js'
-import type { AppContext } from '../app.js'
 
-export async function adminRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
-  const { config, services, store } = context
+export interface AdminRoutesOptions {
+  config: Config
+  services: Services
+  store: Store
+}
 
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { config, services, store }) => {
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization ?? ''
     const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length) : ''
@@ -21,7 +27,7 @@ export async function adminRoutes(app: FastifyInstance, context: AppContext): Pr
 
   const security = [{ bearer: [] }]
 
-  app.post<{ Body: NewProduct }>(
+  app.post(
     '/products',
     { schema: { tags: ['admin'], security, body: NewProductBody, response: { 201: ProductView, ...problemResponses([400, 401, 415, 422]) } } },
     async (request, reply) => {
@@ -37,7 +43,7 @@ export async function adminRoutes(app: FastifyInstance, context: AppContext): Pr
     },
   )
 
-  app.patch<{ Params: { id: string }; Body: Stock }>(
+  app.patch(
     '/products/:id',
     { schema: { tags: ['admin'], security, params: ProductParams, body: StockBody, response: { 200: ProductView, ...problemResponses([400, 401, 404, 409, 415, 422]) } } },
     async (request) => {

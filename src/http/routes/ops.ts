@@ -1,14 +1,20 @@
 // Operations: liveness, readiness, metrics and the OpenAPI document.
-import type { FastifyInstance } from 'fastify'
-import type { AppContext } from '../app.js'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { Store } from '../../domain/store.js'
+import type { Metrics } from '../../observability/metrics.js'
 
-export async function opsRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
+export interface OpsRoutesOptions {
+  store: Store
+  metrics: Metrics
+}
+
+export const opsRoutes: FastifyPluginAsyncTypebox<OpsRoutesOptions> = async (app, { store, metrics }) => {
   const hidden = { hide: true }
   app.get('/health', { schema: hidden }, async () => ({ status: 'ok' }))
 
   app.get('/ready', { schema: hidden }, async (request, reply) => {
     try {
-      await context.store.ping()
+      await store.ping()
       return { status: 'ready' }
     } catch (error) {
       request.log.warn({ err: error }, 'ready.failed')
@@ -17,8 +23,8 @@ export async function opsRoutes(app: FastifyInstance, context: AppContext): Prom
   })
 
   app.get('/metrics', { schema: hidden }, async (_request, reply) => {
-    const text = await context.metrics.registry.metrics()
-    return reply.type(context.metrics.registry.contentType).send(text)
+    const text = await metrics.registry.metrics()
+    return reply.type(metrics.registry.contentType).send(text)
   })
 
   app.get('/openapi.json', { schema: hidden }, async () => app.swagger())

@@ -1,5 +1,8 @@
 // The buyer- and provider-facing API (SPEC §3).
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+import type { Config } from '../../config.js'
+import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
 import { parseProductId } from '../../domain/ids.js'
 import { presentHold, presentOrder, presentPayment, presentProduct } from '../present.js'
@@ -16,14 +19,23 @@ import {
   problemResponses,
   type HoldBody,
 } from '../schemas/index.js'
+import type { HoldRequest } from '../../domain/holds.js'
+import type { Services } from '../../domain/services.js'
+import type { Metrics } from '../../observability/metrics.js'
 import { verifySignature } from '../signature.js'
-import type { AppContext } from '../app.js'
+
+export interface PublicRoutesOptions {
+  config: Config
+  services: Services
+  clock: Clock
+  metrics: Metrics
+}
 
 const idempotencyKeyPattern = /^[\x21-\x7E]{1,255}$/
 
 // The key may come in the Idempotency-Key header or the body; if both, they must agree.
-function idempotencyKeyOf(request: FastifyRequest, bodyKey: string | undefined): string | null {
-  const header = request.headers['idempotency-key']
+function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: string | undefined): string | null {
+  const header = headers['idempotency-key']
   const headerKey = Array.isArray(header) ? header[0] : header
   if (headerKey !== undefined && !idempotencyKeyPattern.test(headerKey)) {
     throw new DomainError('validation_failed', { errors: [{ field: 'Idempotency-Key', message: 'must be 1 to 255 visible ASCII characters' }], invalid_fields: ['Idempotency-Key'] })
@@ -34,23 +46,32 @@ function idempotencyKeyOf(request: FastifyRequest, bodyKey: string | undefined):
   return headerKey ?? bodyKey ?? null
 }
 
-function markReplay(reply: FastifyReply, context: AppContext, scope: string, replayed: boolean): void {
-  if (!replayed) return
-  reply.header('idempotent-replayed', 'true')
-  context.metrics.replays.inc({ scope })
+// Everything POST /api/holds checks before the domain sees the request (the body schema has
+// run already): the qty alias and the idempotency key.
+export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers']): HoldRequest {
+  const qty = body.qty ?? body.quantity
+  if (qty === undefined) throw new DomainError('validation_failed', { errors: [{ field: 'qty', message: "must have required property 'qty'" }], invalid_fields: ['qty'] })
+  if (body.qty !== undefined && body.quantity !== undefined && body.qty !== body.quantity) {
+    throw new DomainError('validation_failed', { errors: [{ field: 'quantity', message: 'differs from qty' }], invalid_fields: ['quantity'] })
+  }
+  return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key) }
 }
 
-function rateLimit(perMin: number) {
+function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
+  if (!replayed) return
+  reply.header('idempotent-replayed', 'true')
+  metrics.replays.inc({ scope })
+}
+
+function rateLimit(perMin: number): FastifyContextConfig {
   return perMin > 0 ? { rateLimit: { max: perMin, timeWindow: 60_000 } } : { rateLimit: false as const }
 }
 
 // The JSON of a product view, made once however many coalesced reads answer with it.
 const serializedViews = new WeakMap<object, string>()
 
-export async function publicRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
-  const { config, services, clock } = context
-
-  app.get<{ Params: { id: string } }>(
+export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = async (app, { config, services, clock, metrics }) => {
+  app.get(
     '/api/products/:id',
     {
       config: rateLimit(config.rateLimitReadPerMin),
@@ -66,70 +87,67 @@ export async function publicRoutes(app: FastifyInstance, context: AppContext): P
         body = JSON.stringify(presentProduct(product))
         serializedViews.set(product, body)
       }
-      return reply.type('application/json; charset=utf-8').send(body)
+      // A string is sent as it is; the type provider only knows the object form of the schema.
+      return reply.type('application/json; charset=utf-8').send(body as never)
     },
   )
 
-  app.post<{ Body: HoldBody }>(
+  const holdBodySchema = holdBody(config.maxQtyPerHold)
+  app.post(
     '/api/holds',
     {
       config: rateLimit(config.rateLimitHoldPerMin),
-      schema: { tags: ['holds'], body: holdBody(config.maxQtyPerHold), response: { 201: HoldView, ...problemResponses([400, 404, 409, 413, 415, 422, 429, 503]) } },
+      schema: { tags: ['holds'], body: holdBodySchema, response: { 201: HoldView, ...problemResponses([400, 404, 409, 413, 415, 422, 429, 503]) } },
     },
     async (request, reply) => {
-      const { body } = request
-      const qty = body.qty ?? body.quantity
-      if (qty === undefined) throw new DomainError('validation_failed', { errors: [{ field: 'qty', message: "must have required property 'qty'" }], invalid_fields: ['qty'] })
-      if (body.qty !== undefined && body.quantity !== undefined && body.qty !== body.quantity) {
-        throw new DomainError('validation_failed', { errors: [{ field: 'quantity', message: 'differs from qty' }], invalid_fields: ['quantity'] })
-      }
-      const idempotencyKey = idempotencyKeyOf(request, body.idempotency_key)
-      try {
-        const answer = await services.holds.create({ productId: body.product_id, qty, idempotencyKey })
-        markReplay(reply, context, 'holds', answer.replayed)
-        return reply.code(201).send(presentHold(answer.hold, clock.now()))
-      } catch (error) {
-        if (error instanceof DomainError && error.code === 'product_not_found') {
-          context.observer.emit({ name: 'hold.rejected', productId: body.product_id, qty, reason: error.code })
-        }
-        throw error
-      }
+      const answer = await services.holds.create(holdRequestOf(request.body, request.headers))
+      markReplay(reply, metrics, 'holds', answer.replayed)
+      return reply.code(201).send(presentHold(answer.hold, clock.now()))
     },
   )
 
-  app.get<{ Params: { id: string } }>(
+  // The bench's ceiling: everything POST /api/holds does before the domain (content type, JSON,
+  // the same body schema, the key header, the rate limit), then an answer without the database.
+  if (config.benchCeilingRoute) {
+    app.post('/bench/hold-ceiling', { config: rateLimit(config.rateLimitHoldPerMin), schema: { hide: true, body: holdBodySchema } }, async (request) => {
+      const { productId, qty } = holdRequestOf(request.body, request.headers)
+      return { product_id: productId, qty }
+    })
+  }
+
+  app.get(
     '/api/holds/:id',
     { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['holds'], params: ResourceParams, response: { 200: HoldView, ...problemResponses([404, 429]) } } },
     async (request) => presentHold(await services.holds.get(request.params.id), clock.now()),
   )
 
-  app.delete<{ Params: { id: string } }>(
+  app.delete(
     '/api/holds/:id',
     { config: rateLimit(config.rateLimitHoldPerMin), schema: { tags: ['holds'], params: ResourceParams, response: { 200: HoldView, ...problemResponses([404, 409, 410, 429, 503]) } } },
     async (request) => presentHold(await services.holds.release(request.params.id), clock.now()),
   )
 
-  app.post<{ Body: OrderBody }>(
+  app.post(
     '/api/orders',
     {
       config: rateLimit(config.rateLimitOrderPerMin),
       schema: { tags: ['orders'], body: OrderBody, response: { 201: OrderView, ...problemResponses([400, 404, 409, 410, 413, 415, 422, 429, 503]) } },
     },
     async (request, reply) => {
-      const idempotencyKey = idempotencyKeyOf(request, request.body.idempotency_key)
+      const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
       const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
-      markReplay(reply, context, 'orders', answer.replayed)
+      markReplay(reply, metrics, 'orders', answer.replayed)
       return reply.code(201).send(presentOrder(answer.order, clock.now()))
     },
   )
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     '/api/orders/:id',
     { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['orders'], params: ResourceParams, response: { 200: OrderView, ...problemResponses([404, 429]) } } },
     async (request) => presentOrder(await services.orders.get(request.params.id), clock.now()),
   )
 
-  app.post<{ Body: WebhookBody }>(
+  app.post(
     '/api/payments/webhook',
     {
       config: { rateLimit: false },
@@ -158,7 +176,7 @@ export async function publicRoutes(app: FastifyInstance, context: AppContext): P
       if (body.order_id === undefined && body.hold_id === undefined) {
         throw new DomainError('validation_failed', { errors: [{ field: 'order_id', message: 'order_id or hold_id is required' }], invalid_fields: ['order_id', 'hold_id'] })
       }
-      const idempotencyKey = idempotencyKeyOf(request, body.idempotency_key)
+      const idempotencyKey = idempotencyKeyOf(request.headers, body.idempotency_key)
       if (idempotencyKey === null) throw new DomainError('idempotency_key_required')
       const answer = await services.payments.receive({
         idempotencyKey,
@@ -168,8 +186,8 @@ export async function publicRoutes(app: FastifyInstance, context: AppContext): P
         paymentId: body.payment_id ?? null,
         amount: body.amount ?? null,
       })
-      markReplay(reply, context, 'payments', answer.replayed)
-      return reply.code(answer.statusCode).send(presentPayment(answer.body))
+      markReplay(reply, metrics, 'payments', answer.replayed)
+      return reply.code(answer.body.state === 'accepted' ? 202 : 200).send(presentPayment(answer.body))
     },
   )
 }

@@ -1,14 +1,9 @@
-// Logs and metrics for the named events (SPEC §6). Events are logged with the request that
-// caused them, found through AsyncLocalStorage, so the domain needs no logger argument.
-import { AsyncLocalStorage } from 'node:async_hooks'
-import type { FastifyBaseLogger } from 'fastify'
+// Prometheus metrics of one process (SPEC §6): counters for the named events, latency per
+// route, batch sizes, and per-product gauges read from the database at scrape time.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { DomainEvent, Observer } from '../domain/events.js'
-import { viewOf, type ProductView } from '../domain/products.js'
 import type { Clock } from '../domain/clock.js'
+import { viewOf, type ProductView } from '../domain/products.js'
 import type { Store } from '../domain/store.js'
-
-export const requestLogContext = new AsyncLocalStorage<FastifyBaseLogger>()
 
 // How many products the per-product gauges cover; a scrape stays one bounded query.
 const productGaugesMax = 1000
@@ -75,27 +70,4 @@ export class Metrics {
 
 function batchSizeHistogram(registry: Registry, name: string, help: string): Histogram {
   return new Histogram({ name, help, buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], registers: [registry] })
-}
-
-export function createObserver(baseLogger: FastifyBaseLogger, metrics: Metrics): Observer {
-  return {
-    emit(event: DomainEvent) {
-      const { name, ...details } = event
-      const log = requestLogContext.getStore() ?? baseLogger
-      // Batch sizes are metrics only: a log line per batch would say nothing the answers do not.
-      const batchSize = name === 'hold.batch' ? metrics.holdBatchSize : name === 'order.batch' ? metrics.orderBatchSize : name === 'payment.batch' ? metrics.webhookBatchSize : undefined
-      if (batchSize) {
-        batchSize.observe(Number(details.size))
-        return
-      }
-      if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required' || name === 'db.unavailable') log.warn({ event: name, ...details }, name)
-      else log.info({ event: name, ...details }, name)
-      metrics.events.inc({ event: name })
-      if (name === 'hold.rejected') metrics.holdsRejected.inc({ reason: String(details.reason ?? 'unknown') })
-      if (name === 'tx.retry') metrics.txRetries.inc({ label: String(details.label) })
-      if (name === 'tx.busy') metrics.txBusy.inc({ label: String(details.label) })
-      if (name === 'payment.refund_required') metrics.refundRequired.inc()
-      if (name === 'idempotency.replayed') metrics.replays.inc({ scope: String(details.scope) })
-    },
-  }
 }

@@ -1,0 +1,156 @@
+// The one shape of batched, keyed requests (holds, orders): requests for one product queue
+// while a transaction for it is in flight and are served together by the next one (group
+// commit). Under the product lock the batch claims its idempotency keys at once, the use case
+// judges the requests that won their keys in arrival order, completed keys store their answer
+// and refused ones are released, and nobody is answered before the commit.
+import { assert } from './assert.js'
+import { ProductBatches } from './batcher.js'
+import { addMs, type Clock } from './clock.js'
+import { DomainError } from './errors.js'
+import type { DomainEvent, EventName, Observer } from './events.js'
+import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
+import { withLockedProduct } from './locked-product.js'
+import type { SettleContext } from './settle.js'
+import type { IdempotencyRecord, IdempotencyScope, Store } from './store.js'
+
+export interface KeyedRequest {
+  idempotencyKey: string | null
+}
+
+// What the use case decided for one request. Its events are emitted in that request's own
+// context (so their log lines carry its request id), after the commit.
+export type Verdict<A> = { ok: true; answer: A; events: DomainEvent[] } | { ok: false; error: DomainError; events: DomainEvent[] }
+
+export interface KeyedUseCase<R extends KeyedRequest, A> {
+  readonly scope: IdempotencyScope
+  // Names the transaction in tx.retry logs and metrics.
+  readonly label: string
+  readonly batchMax: number
+  readonly idempotencyTtlMs: number
+  // Records each batch's size (a metric, not a log line).
+  readonly batchEvent: EventName
+  // The meaning of a request, stored with its key (a reuse for another request is 422).
+  fingerprint(request: R): string
+  // Under the product lock: judges `requests` (those that hold their key or carry none) in
+  // arrival order and writes what they change; one verdict per request, in the same order.
+  serve(ctx: SettleContext, requests: readonly R[]): Promise<Verdict<A>[]>
+  // The answer a completed key stores, and the answer a replay gives from it.
+  encode(answer: A): string
+  decode(json: string): A
+  // Refusals found before the batch (an unknown product or hold): a keyed request refused so
+  // first checks whether its key already holds an answer (a replay, or 422 for another request).
+  readonly refusedBeforeBatch: readonly string[]
+}
+
+export interface KeyedAnswer<A> {
+  answer: A
+  replayed: boolean
+}
+
+type Outcome<A> = Verdict<A> | { ok: 'replay'; record: IdempotencyRecord }
+
+interface Waiter<R, A> {
+  request: R
+  resolve: (outcome: Outcome<A>) => void
+  reject: (error: unknown) => void
+}
+
+// A duplicate in this process waits for the first request with its key, then runs again (and is
+// answered from what the first stored, or afresh if the first changed nothing). Past this many
+// waits it is told the key is still in flight.
+const duplicateWaitsMax = 3
+
+export class KeyedBatches<R extends KeyedRequest, A> {
+  private readonly batches: ProductBatches<Waiter<R, A>>
+  private readonly inFlight = new InFlightKeys()
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly observer: Observer,
+    private readonly useCase: KeyedUseCase<R, A>,
+  ) {
+    this.batches = new ProductBatches(useCase.batchMax, (productId, batch) => this.serveBatch(productId, batch))
+  }
+
+  // `productId` names the lock (and the queue) the request needs.
+  async submit(productId: number, request: R): Promise<KeyedAnswer<A>> {
+    const key = request.idempotencyKey
+    if (key === null) return this.enqueue(productId, request)
+    for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
+      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, () => this.enqueue(productId, request))
+      if (!run.waited) return run.value as KeyedAnswer<A>
+    }
+    throw new DomainError('idempotency_key_in_flight')
+  }
+
+  // A keyed request refused before it could join a batch may still be a replay of a live key.
+  async refuse(request: R, error: DomainError): Promise<KeyedAnswer<A>> {
+    const key = request.idempotencyKey
+    if (key === null || !this.useCase.refusedBeforeBatch.includes(error.code)) throw error
+    const record = await this.store.getIdempotencyRecord(this.useCase.scope, key)
+    if (!record || record.expiresAt.getTime() <= this.clock.now().getTime()) throw error
+    return this.fromRecord(request, record)
+  }
+
+  // Resolves when every queued request has been answered (graceful shutdown).
+  async drain(): Promise<void> {
+    await this.batches.drain()
+  }
+
+  private async enqueue(productId: number, request: R): Promise<KeyedAnswer<A>> {
+    const outcome = await new Promise<Outcome<A>>((resolve, reject) => this.batches.add(productId, { request, resolve, reject }))
+    if (outcome.ok === 'replay') return this.fromRecord(request, outcome.record)
+    for (const event of outcome.events) this.observer.emit(event)
+    if (outcome.ok) return { answer: outcome.answer, replayed: false }
+    throw outcome.error
+  }
+
+  private fromRecord(request: R, record: IdempotencyRecord): KeyedAnswer<A> {
+    assertSameFingerprint(record.fingerprint, this.useCase.fingerprint(request))
+    if (record.state === 'claimed') throw new DomainError('idempotency_key_in_flight')
+    return { answer: this.useCase.decode(record.responseJson), replayed: true }
+  }
+
+  private async serveBatch(productId: number, batch: Array<Waiter<R, A>>): Promise<void> {
+    const { useCase } = this
+    const now = this.clock.now()
+    let outcomes: Array<Outcome<A>>
+    try {
+      outcomes = await withLockedProduct(this.store, this.observer, { label: useCase.label, productId, now }, async (ctx) => {
+        const claims = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [{ key: request.idempotencyKey, fingerprint: useCase.fingerprint(request) }]))
+        assert(new Set(claims.map((claim) => claim.key)).size === claims.length, 'a key is in one request of a batch at most (InFlightKeys)')
+        const losers = new Map((await ctx.tx.claimIdempotencyKeys(useCase.scope, claims, now, addMs(now, useCase.idempotencyTtlMs))).map((record) => [record.key, record]))
+        const lost = (waiter: Waiter<R, A>): IdempotencyRecord | undefined => (waiter.request.idempotencyKey === null ? undefined : losers.get(waiter.request.idempotencyKey))
+        const served = batch.filter((waiter) => lost(waiter) === undefined)
+        const verdicts = await useCase.serve(
+          ctx,
+          served.map((waiter) => waiter.request),
+        )
+        assert(verdicts.length === served.length, 'one verdict per request served')
+        const verdictOf = new Map(served.map((waiter, index) => [waiter, verdicts[index]!]))
+        // Only answers that changed something use up the key (SPEC §3).
+        const completed: Array<{ key: string; responseJson: string }> = []
+        const released: string[] = []
+        for (const [waiter, verdict] of verdictOf) {
+          const key = waiter.request.idempotencyKey
+          if (key === null) continue
+          if (verdict.ok) completed.push({ key, responseJson: useCase.encode(verdict.answer) })
+          else released.push(key)
+        }
+        await ctx.tx.completeIdempotencyKeys(useCase.scope, completed)
+        await ctx.tx.releaseIdempotencyKeys(useCase.scope, released)
+        ctx.events.push({ name: useCase.batchEvent, productId, size: batch.length })
+        return batch.map((waiter): Outcome<A> => {
+          const record = lost(waiter)
+          return record ? { ok: 'replay', record } : verdictOf.get(waiter)!
+        })
+      })
+    } catch (error) {
+      // The batch did not commit: every request in it fails alike and none was answered yet.
+      for (const waiter of batch) waiter.reject(error)
+      return
+    }
+    for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
+  }
+}

@@ -1,0 +1,33 @@
+// The one shape of every change to a product: lock its row, open a ledger on its counts, do the
+// work, flush the ledger (one UPDATE), commit, and only then emit the events the work collected
+// (a retried transaction runs the work again, so nothing may leave it before the commit).
+import { DomainError } from './errors.js'
+import { emitAll, type DomainEvent, type Observer } from './events.js'
+import { ProductLedger } from './ledger.js'
+import { reclaimBatchMax, type SettleContext } from './settle.js'
+import type { Store } from './store.js'
+
+export interface LockedProductOptions {
+  // Names the use case in tx.retry logs and metrics.
+  label: string
+  productId: number
+  now: Date
+  // How many lapsed rows the work may expire on the way (the sweeper passes what is left of its pass).
+  reclaimMax?: number
+}
+
+// Runs `work` under the product's row lock (StoreTx lock order: the product first). An unknown
+// product is refused with product_not_found before any work.
+export async function withLockedProduct<T>(store: Store, observer: Observer, options: LockedProductOptions, work: (ctx: SettleContext) => Promise<T>): Promise<T> {
+  const { result, events } = await store.transaction({ label: options.label }, async (tx) => {
+    const product = await tx.lockProduct(options.productId)
+    if (!product) throw new DomainError('product_not_found')
+    const events: DomainEvent[] = []
+    const ledger = new ProductLedger(product)
+    const result = await work({ tx, ledger, now: options.now, events, reclaimBatchMax: options.reclaimMax ?? reclaimBatchMax })
+    await ledger.flush(tx)
+    return { result, events }
+  })
+  emitAll(observer, events)
+  return result
+}

@@ -1,0 +1,35 @@
+// Logs and metrics for the named events (SPEC §6). Events are logged with the request that
+// caused them, found through AsyncLocalStorage, so the domain needs no logger argument.
+import { AsyncLocalStorage } from 'node:async_hooks'
+import type { BaseLogger } from 'pino'
+import type { DomainEvent, Observer } from '../domain/events.js'
+import type { Metrics } from './metrics.js'
+
+export type EventLogger = Pick<BaseLogger, 'info' | 'warn'>
+
+// The logger of the request being served (http/ sets it per request); events emitted outside
+// any request (the sweeper, the CLI) go to the base logger.
+export const requestLogContext = new AsyncLocalStorage<EventLogger>()
+
+export function createObserver(baseLogger: EventLogger, metrics: Metrics): Observer {
+  return {
+    emit(event: DomainEvent) {
+      const { name, ...details } = event
+      const log = requestLogContext.getStore() ?? baseLogger
+      // Batch sizes are metrics only: a log line per batch would say nothing the answers do not.
+      const batchSize = name === 'hold.batch' ? metrics.holdBatchSize : name === 'order.batch' ? metrics.orderBatchSize : name === 'payment.batch' ? metrics.webhookBatchSize : undefined
+      if (batchSize) {
+        batchSize.observe(Number(details.size))
+        return
+      }
+      if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required' || name === 'db.unavailable') log.warn({ event: name, ...details }, name)
+      else log.info({ event: name, ...details }, name)
+      metrics.events.inc({ event: name })
+      if (name === 'hold.rejected') metrics.holdsRejected.inc({ reason: String(details.reason ?? 'unknown') })
+      if (name === 'tx.retry') metrics.txRetries.inc({ label: String(details.label) })
+      if (name === 'tx.busy') metrics.txBusy.inc({ label: String(details.label) })
+      if (name === 'payment.refund_required') metrics.refundRequired.inc()
+      if (name === 'idempotency.replayed') metrics.replays.inc({ scope: String(details.scope) })
+    },
+  }
+}

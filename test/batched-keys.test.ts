@@ -1,0 +1,83 @@
+// Proves that a batch of keyed requests costs a constant number of store statements (the keys are
+// claimed, completed and replayed a batch at a time, never one statement each), by counting the
+// calls a batch makes on its transaction through a counting store; and that the judging step of
+// a hold batch is a pure function of the ledger and the requests.
+import { describe, expect, it } from 'vitest'
+import { DomainError } from '../src/domain/errors.js'
+import { Holds, judgeHolds, type HoldRequest } from '../src/domain/holds.js'
+import { ProductLedger } from '../src/domain/ledger.js'
+import type { Hold, Store, StoreTx } from '../src/domain/store.js'
+import { buildTestApp } from './helpers/app.js'
+import { testEngines } from './helpers/engines.js'
+
+// The store's calls, one list of method names per transaction, in order.
+function countingStore(store: Store): { store: Store; transactions: Array<{ label: string; calls: string[] }> } {
+  const transactions: Array<{ label: string; calls: string[] }> = []
+  const counting = new Proxy(store, {
+    get(target, property, receiver) {
+      if (property !== 'transaction') return Reflect.get(target, property, receiver)
+      return (options: { label: string }, fn: (tx: StoreTx) => Promise<unknown>) =>
+        target.transaction(options, (tx) => {
+          const record = { label: options.label, calls: [] as string[] }
+          transactions.push(record)
+          const countingTx = new Proxy(tx, {
+            get(txTarget, name, txReceiver) {
+              const value = Reflect.get(txTarget, name, txReceiver) as unknown
+              if (typeof value !== 'function') return value
+              return (...args: unknown[]) => {
+                record.calls.push(String(name))
+                return (value as (...a: unknown[]) => unknown).apply(txTarget, args)
+              }
+            },
+          })
+          return fn(countingTx)
+        })
+    },
+  })
+  return { store: counting, transactions }
+}
+
+const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax: 256 }
+
+for (const engine of testEngines()) {
+  describe.skipIf(!engine.available)(`${engine.name}: batched idempotency keys`, () => {
+    it('claims, completes and replays the keys of a batch with as many statements for 20 keyed holds as for 1', async () => {
+      const t = await buildTestApp(engine.name, { stock: 1000 })
+      const { store, transactions } = countingStore(t.runtime.store)
+      const holds = new Holds(store, t.clock, t.runtime.observer, settings)
+      const batchOf = async (keys: string[]): Promise<string[]> => {
+        const before = transactions.length
+        const answers = await Promise.all(keys.map((key) => holds.create({ productId: t.productId, qty: 1, idempotencyKey: key })))
+        const batch = transactions.slice(before).filter((tx) => tx.label === 'holds.create')
+        expect(batch).toHaveLength(1)
+        expect(answers.some((answer) => answer.replayed)).toBe(false)
+        return batch[0]!.calls
+      }
+      const one = await batchOf(['single-key'])
+      const twenty = await batchOf(Array.from({ length: 20 }, (_, index) => `many-key-${index}`))
+      expect(twenty).toEqual(one)
+      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['claimIdempotencyKeys', 'completeIdempotencyKeys', 'releaseIdempotencyKeys'])
+      // The same twenty keys again: every one a replay, still one claim statement for the batch.
+      const before = transactions.length
+      const replays = await Promise.all(Array.from({ length: 20 }, (_, index) => holds.create({ productId: t.productId, qty: 1, idempotencyKey: `many-key-${index}` })))
+      expect(replays.every((answer) => answer.replayed)).toBe(true)
+      const replayBatches = transactions.slice(before)
+      expect(replayBatches).toHaveLength(1)
+      expect(replayBatches[0]!.calls.filter((name) => name === 'claimIdempotencyKeys')).toHaveLength(1)
+      await holds.drain()
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+  })
+}
+
+describe('judging a hold batch', () => {
+  it('serves requests in arrival order against the ledger, refusing one that no longer fits and granting a smaller one after it', () => {
+    const now = new Date('2026-01-01T00:00:00Z')
+    const ledger = new ProductLedger({ id: 7, name: 'p', priceMinor: 100, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: now })
+    const requests: HoldRequest[] = [3, 3, 2].map((qty) => ({ productId: 7, qty, idempotencyKey: null }))
+    const candidates: Hold[] = requests.map((request, index) => ({ id: `h${index}`, productId: 7, qty: request.qty, status: 'active', expiresAt: now, createdAt: now }))
+    const verdicts = judgeHolds(ledger, requests, candidates)
+    expect(verdicts.map((verdict) => (verdict.ok ? verdict.answer.id : (verdict.error as DomainError).details))).toEqual(['h0', { available_stock: 2 }, 'h2'])
+    expect(ledger.available()).toBe(0)
+  })
+})
