@@ -12,19 +12,24 @@ export function assertSameFingerprint(stored: string, given: string): void {
 }
 
 // Requests in this process that carry a key still being served. A duplicate waits for the
-// first and is then answered from what the first stored; across processes the database's
-// unique key and the product row lock give the same result.
-export class InFlightKeys {
-  private readonly running = new Map<string, Promise<unknown>>()
+// first; if the first succeeded, the duplicate is answered from the first's answer (no round
+// trip: twenty duplicates are answered together, not one more batch each); if the first changed
+// nothing, the duplicate runs afresh. Across processes the database's unique key and the
+// product row lock give the same result.
+export class InFlightKeys<T> {
+  private readonly running = new Map<string, { fingerprint: string; promise: Promise<T> }>()
 
-  async run<T>(scopedKey: string, fn: () => Promise<T>): Promise<{ waited: boolean; value?: T }> {
+  async run(scopedKey: string, fingerprint: string, fn: () => Promise<T>): Promise<{ waited: false; value: T } | { waited: true; earlier: { fingerprint: string; value: T } | undefined }> {
     const earlier = this.running.get(scopedKey)
     if (earlier) {
-      await earlier.catch(() => undefined)
-      return { waited: true }
+      const value = await earlier.promise.then(
+        (resolved) => resolved,
+        () => undefined,
+      )
+      return { waited: true, earlier: value === undefined ? undefined : { fingerprint: earlier.fingerprint, value } }
     }
     const promise = fn()
-    this.running.set(scopedKey, promise)
+    this.running.set(scopedKey, { fingerprint, promise })
     try {
       return { waited: false, value: await promise }
     } finally {

@@ -62,7 +62,7 @@ const duplicateWaitsMax = 3
 
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
-  private readonly inFlight = new InFlightKeys()
+  private readonly inFlight = new InFlightKeys<KeyedAnswer<A>>()
 
   constructor(
     private readonly store: Store,
@@ -77,9 +77,14 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   async submit(productId: number, request: R): Promise<KeyedAnswer<A>> {
     const key = request.idempotencyKey
     if (key === null) return this.enqueue(productId, request)
+    const fingerprint = this.useCase.fingerprint(request)
     for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
-      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, () => this.enqueue(productId, request))
-      if (!run.waited) return run.value as KeyedAnswer<A>
+      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, fingerprint, () => this.enqueue(productId, request))
+      if (!run.waited) return run.value
+      if (run.earlier === undefined) continue
+      // The first request with this key made an answer that used the key up: replay it.
+      assertSameFingerprint(run.earlier.fingerprint, fingerprint)
+      return { answer: run.earlier.value.answer, replayed: true }
     }
     throw new DomainError('idempotency_key_in_flight')
   }
