@@ -18,6 +18,7 @@ import { requestLogContext } from '../observability/observer.js'
 import { errorHandler, sendProblem } from './problem.js'
 import { adminRoutes } from './routes/admin.js'
 import { dashboardRoutes } from './routes/dashboard.js'
+import { stripeRoutes } from './routes/stripe.js'
 import { opsRoutes } from './routes/ops.js'
 import { publicRoutes } from './routes/public.js'
 import { Problem } from './schemas/index.js'
@@ -131,5 +132,6 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   await app.register(adminRoutes, { config, services, store, clock, metricsSource, prefix: '/api/admin' })
   await app.register(opsRoutes, { store, metrics, metricsSource })
   await app.register(dashboardRoutes)
+  await app.register(stripeRoutes, { config, clock, services, observer: deps.observer, metrics })
   return app as unknown as App
 }
