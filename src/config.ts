@@ -21,6 +21,8 @@ export interface Config {
   readonly idempotencyTtlMs: number
   readonly webhookSecret: string | undefined
   readonly webhookToleranceMs: number
+  // Stripe's endpoint signing secret (whsec_…); POST /api/payments/stripe exists only when set.
+  readonly stripeWebhookSecret: string | undefined
   readonly adminToken: string | undefined
   readonly logLevel: string
   readonly logFile: string | undefined
@@ -124,6 +126,7 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTtlMs: Math.round(positiveNumber(env, 'IDEMPOTENCY_TTL_HOURS', 24, 24 * 365) * 3_600_000),
     webhookSecret,
     webhookToleranceMs: 300_000,
+    stripeWebhookSecret: read(env, 'STRIPE_WEBHOOK_SECRET'),
     adminToken: read(env, 'ADMIN_TOKEN'),
     logLevel,
     logFile: read(env, 'LOG_FILE'),

@@ -1,4 +1,5 @@
 // Composition: config -> logger, metrics, store -> app + sweeper -> graceful close.
+import cluster from 'node:cluster'
 import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
@@ -8,6 +9,7 @@ import type { Store } from './domain/store.js'
 import { buildApp } from './http/app.js'
 import { createLogger } from './observability/logger.js'
 import { Metrics } from './observability/metrics.js'
+import { clusterWorkerMetricsSource, localMetricsSource } from './observability/cluster-metrics.js'
 import { createObserver } from './observability/observer.js'
 import { startSweeper } from './jobs/sweeper.js'
 import { KyselyStore } from './store/kysely-store.js'
@@ -67,15 +69,16 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
   if (options.migrate) await store.migrate()
   const redis = config.redisUrl ? new Redis(config.redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false }) : undefined
   redis?.on('error', (error) => logger.warn({ err: error.message }, 'redis.error'))
-  const app = await buildApp({ config, store, clock, logger, metrics, observer, ...(redis ? { redis } : {}) })
+  // A worker's scrape reports the whole service: the primary sums every worker's counters.
+  const metricsSource = cluster.isWorker ? clusterWorkerMetricsSource(metrics.registry) : localMetricsSource(metrics.registry)
+  const app = await buildApp({ config, store, clock, logger, metrics, metricsSource, observer, ...(redis ? { redis } : {}) })
   const sweeper = startSweeper({
     store,
     observer,
     clock,
     intervalMs: config.sweepIntervalMs,
     batchMax: config.sweepBatchMax,
-    onPass: (result, lagMs) => {
-      metrics.sweepLag.set(lagMs / 1000)
+    onPass: (result) => {
       metrics.sweepExpired.inc(result.expiredCount)
     },
     onError: (error) => logger.error({ err: error }, 'sweep.failed'),

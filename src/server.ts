@@ -3,6 +3,7 @@
 import cluster from 'node:cluster'
 import { ConfigError, loadConfig, loadDotEnv, type Config } from './config.js'
 import { createLogger } from './observability/logger.js'
+import { startClusterMetricsPrimary } from './observability/cluster-metrics.js'
 import { installSignalHandlers, openRuntime, serve } from './runtime.js'
 
 export async function startServer(): Promise<void> {
@@ -22,6 +23,8 @@ export async function startServer(): Promise<void> {
     const runtime = openRuntime(config, { logger })
     await runtime.store.migrate()
     await runtime.store.close()
+    // Before the first fork, so no worker's request for the service's metrics goes unheard.
+    startClusterMetricsPrimary()
     for (let index = 0; index < config.workers; index++) cluster.fork()
     let stopping = false
     cluster.on('exit', (worker, code, signal) => {

@@ -6,6 +6,7 @@ import { audit } from '../domain/audit.js'
 import { sweepOnce } from '../jobs/sweeper.js'
 import { signPayload } from '../http/signature.js'
 import { openRuntime, seedIfEmpty } from '../runtime.js'
+import { parseRaceArgs, raceUsage, RaceUsageError, runRace } from './race.js'
 import { startServer } from '../server.js'
 
 const usage = `usage: flash-sale <command>
@@ -15,7 +16,8 @@ const usage = `usage: flash-sale <command>
   audit                 recompute invariants I1-I4; exit 1 on any violation
   sweep --once          expire lapsed holds and orders once
   sign --body JSON [--secret S] [--timestamp T]
-                        print a Webhook-Signature header value (secret defaults to WEBHOOK_SECRET)`
+                        print a Webhook-Signature header value (secret defaults to WEBHOOK_SECRET)
+  ${raceUsage}`
 
 export async function runCli(argv: string[]): Promise<number> {
   const [command, ...rest] = argv
@@ -69,6 +71,8 @@ export async function runCli(argv: string[]): Promise<number> {
         console.log(signPayload(secret, timestampS, values.body))
         return 0
       }
+      case 'race':
+        return await runRace(parseRaceArgs(rest, process.env), { out: (line) => console.log(line), err: (line) => console.error(line), progressIsTty: process.stderr.isTTY === true, writeProgress: (text) => process.stderr.write(text) })
       default:
         console.error(usage)
         return 2
@@ -76,6 +80,10 @@ export async function runCli(argv: string[]): Promise<number> {
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`configuration error: ${error.message}`)
+      return 2
+    }
+    if (error instanceof RaceUsageError) {
+      console.error(`${error.message}\n${raceUsage}`)
       return 2
     }
     if (error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {

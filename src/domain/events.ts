@@ -15,6 +15,7 @@ export type EventName =
   | 'payment.duplicate'
   | 'payment.early'
   | 'payment.refund_required'
+  | 'payment.ignored'
   | 'idempotency.replayed'
   | 'tx.retry'
   | 'tx.busy'

@@ -26,6 +26,9 @@ export interface PaymentRequest {
   status: PaymentStatus
   paymentId: string | null
   amount: string | number | null
+  // Stated by providers that send one (Stripe): a payment in another currency than the order's
+  // is a different amount. Absent from the generic webhook, whose amount is in the order's.
+  currency?: string | null
 }
 
 // body.state says what happened: `accepted` (stored until its order exists) or `processed`.
@@ -64,6 +67,8 @@ export class Payments {
       request.status,
       request.paymentId,
       request.amount === null ? null : String(request.amount),
+      // Only when stated, so the generic webhook's stored fingerprints stay what they were.
+      ...(request.currency ? [request.currency] : []),
     ])
     const stored = await this.store.getPaymentEvent(request.idempotencyKey)
     if (stored) {
@@ -147,6 +152,9 @@ export class Payments {
     event.holdId = hold.id
     // `amount`, when given, must be what the order costs; a mismatch changes nothing (422).
     const expectedMinor = order?.amountMinor ?? product.priceMinor * hold.qty
+    if (request.currency && request.currency !== product.currency) {
+      throw new DomainError('amount_mismatch', { expected_amount_minor: expectedMinor, expected_currency: product.currency })
+    }
     if (request.amount !== null) {
       const amountMinor = parseAmountMinor(request.amount, product.currency)
       if (amountMinor === undefined) {

@@ -191,6 +191,8 @@ export interface Store {
   getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
   productsWithLapsedRows(now: Date, limit: number): Promise<number[]>
+  // Per product (ascending ids), the expiry of its oldest lapsed hold or order still unswept.
+  oldestLapsedByProduct(now: Date, limit: number): Promise<Array<{ productId: number; oldestLapsedAt: Date | null }>>
   deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number>
   auditFacts(): Promise<AuditFacts>
   countProducts(): Promise<number>

@@ -12,10 +12,13 @@ import { DomainError } from '../domain/errors.js'
 import type { Observer } from '../domain/events.js'
 import { createServices, type Services } from '../domain/services.js'
 import type { Store } from '../domain/store.js'
+import { localMetricsSource, type MetricsSource } from '../observability/cluster-metrics.js'
 import type { Metrics } from '../observability/metrics.js'
 import { requestLogContext } from '../observability/observer.js'
 import { errorHandler, sendProblem } from './problem.js'
 import { adminRoutes } from './routes/admin.js'
+import { dashboardRoutes } from './routes/dashboard.js'
+import { stripeRoutes } from './routes/stripe.js'
 import { opsRoutes } from './routes/ops.js'
 import { publicRoutes } from './routes/public.js'
 import { Problem } from './schemas/index.js'
@@ -32,6 +35,8 @@ export interface AppDeps {
   clock: Clock
   logger: Logger
   metrics: Metrics
+  // Where /metrics and the dashboard get the service's counters; this process's own by default.
+  metricsSource?: MetricsSource
   observer: Observer
   redis?: Redis
 }
@@ -123,7 +128,10 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'not_found'))
 
   await app.register(publicRoutes, { config, services, clock, metrics })
-  await app.register(adminRoutes, { config, services, store, prefix: '/api/admin' })
-  await app.register(opsRoutes, { store, metrics })
+  const metricsSource = deps.metricsSource ?? localMetricsSource(metrics.registry)
+  await app.register(adminRoutes, { config, services, store, clock, metricsSource, prefix: '/api/admin' })
+  await app.register(opsRoutes, { store, metrics, metricsSource })
+  await app.register(dashboardRoutes)
+  await app.register(stripeRoutes, { config, clock, services, observer: deps.observer, metrics })
   return app as unknown as App
 }

@@ -25,10 +25,12 @@ export function createObserver(baseLogger: EventLogger, metrics: Metrics): Obser
       if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required' || name === 'db.unavailable') log.warn({ event: name, ...details }, name)
       else log.info({ event: name, ...details }, name)
       metrics.events.inc({ event: name })
-      if (name === 'hold.rejected') metrics.holdsRejected.inc({ reason: String(details.reason ?? 'unknown') })
+      const productLabel = event.productId === undefined ? '' : String(event.productId)
+      if (name === 'hold.created') metrics.holdsCreated.inc({ product_id: productLabel })
+      if (name === 'hold.rejected') metrics.holdsRejected.inc({ reason: String(details.reason ?? 'unknown'), product_id: details.reason === 'product_not_found' ? '' : productLabel })
       if (name === 'tx.retry') metrics.txRetries.inc({ label: String(details.label) })
       if (name === 'tx.busy') metrics.txBusy.inc({ label: String(details.label) })
-      if (name === 'payment.refund_required') metrics.refundRequired.inc()
+      if (name === 'payment.refund_required') metrics.refundRequired.inc({ product_id: productLabel })
       if (name === 'idempotency.replayed') metrics.replays.inc({ scope: String(details.scope) })
     },
   }

@@ -27,6 +27,7 @@ import { migrationProvider, type SeedProduct } from './migrations/index.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
 import { toSnapshot } from './rows.js'
 import type { Database } from './schema.js'
+import { oldestLapsedByProduct, type OldestLapsed } from './sweeper-lag.js'
 
 export { engines } from './engines/index.js'
 
@@ -185,6 +186,10 @@ export class KyselyStore implements Store {
       .limit(limit)
       .execute()
     return rows.map((row) => Number(row.id))
+  }
+
+  oldestLapsedByProduct(now: Date, limit: number): Promise<OldestLapsed[]> {
+    return oldestLapsedByProduct(this.db, now, limit)
   }
 
   async deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number> {

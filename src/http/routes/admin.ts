@@ -1,6 +1,7 @@
 // Admin routes live in their own scope: the bearer-token hook cannot reach public routes.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Config } from '../../config.js'
+import type { Clock } from '../../domain/clock.js'
 import { audit } from '../../domain/audit.js'
 import { DomainError } from '../../domain/errors.js'
 import { parseProductId } from '../../domain/ids.js'
@@ -9,15 +10,19 @@ import { presentProduct } from '../present.js'
 import type { Services } from '../../domain/services.js'
 import type { Store } from '../../domain/store.js'
 import { AuditView, NewProductBody, ProductParams, ProductView, StockBody, problemResponses } from '../schemas/index.js'
+import type { MetricsSource } from '../../observability/cluster-metrics.js'
 import { constantTimeEqual } from '../signature.js'
+import { adminDashboardRoutes } from './admin-dashboard.js'
 
 export interface AdminRoutesOptions {
   config: Config
   services: Services
   store: Store
+  clock: Clock
+  metricsSource: MetricsSource
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { config, services, store }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { config, services, store, clock, metricsSource }) => {
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization ?? ''
     const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length) : ''
@@ -61,4 +66,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
       violations: report.violations.map((violation) => ({ invariant: violation.invariant, product_id: violation.productId, message: violation.message })),
     }
   })
+
+  // Inside this scope, so the bearer-token hook above guards it too.
+  await app.register(adminDashboardRoutes, { store, clock, metricsSource })
 }

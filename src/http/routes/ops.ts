@@ -1,14 +1,16 @@
 // Operations: liveness, readiness, metrics and the OpenAPI document.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Store } from '../../domain/store.js'
+import type { MetricsSource } from '../../observability/cluster-metrics.js'
 import type { Metrics } from '../../observability/metrics.js'
 
 export interface OpsRoutesOptions {
   store: Store
   metrics: Metrics
+  metricsSource: MetricsSource
 }
 
-export const opsRoutes: FastifyPluginAsyncTypebox<OpsRoutesOptions> = async (app, { store, metrics }) => {
+export const opsRoutes: FastifyPluginAsyncTypebox<OpsRoutesOptions> = async (app, { store, metrics, metricsSource }) => {
   const hidden = { hide: true }
   app.get('/health', { schema: hidden }, async () => ({ status: 'ok' }))
 
@@ -22,9 +24,12 @@ export const opsRoutes: FastifyPluginAsyncTypebox<OpsRoutesOptions> = async (app
     }
   })
 
+  // The service's counters (every worker's, summed), then what the database says now.
   app.get('/metrics', { schema: hidden }, async (_request, reply) => {
-    const text = await metrics.registry.metrics()
-    return reply.type(metrics.registry.contentType).send(text)
+    const scraped = await metricsSource.scrape()
+    metrics.processes.set(scraped.processes)
+    const databaseText = await metrics.databaseRegistry.metrics()
+    return reply.type(metrics.registry.contentType).send(`${scraped.text.trimEnd()}\n\n${databaseText}`)
   })
 
   app.get('/openapi.json', { schema: hidden }, async () => app.swagger())
