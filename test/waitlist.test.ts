@@ -229,21 +229,24 @@ for (const engine of testEngines()) {
     let cluster: SharedCluster
     const serverFor = (index: number): string => cluster.servers[index % cluster.servers.length]!.baseUrl
     beforeAll(async () => {
-      cluster = await startSharedCluster(engine.name, { processes, env: { ...buyerEnv, HOLD_TTL_SECONDS: '4', SWEEP_INTERVAL_MS: '50' } })
+      cluster = await startSharedCluster(engine.name, { processes, env: { ...buyerEnv, ORDER_TTL_SECONDS: '2', SWEEP_INTERVAL_MS: '50' } })
     })
     afterAll(async () => cluster?.close())
 
-    it(`admits each of 50 freed units to exactly one of 200 tickets, in line order, with releases, expiries and ${processes} sweepers racing`, async () => {
+    it(`admits each of 50 freed units to exactly one of 200 tickets, in line order, with releases, order expiries and ${processes} sweepers racing`, async () => {
       const product = await createDropProduct(serverFor(0), 50)
       const holds = await Promise.all(times(50, (index) => heldBy(serverFor(index), product.id, 1)))
+      // Half the units in pending orders that lapse after ORDER_TTL_SECONDS (2 s), to be expired by
+      // every process's sweeper; the admitted tickets' holds last the default 120 s, so no unit
+      // comes back to the line twice while the test reads it.
+      for (const [index, hold] of holds.slice(25).entries()) expect((await orderAs(serverFor(index), {}, hold.hold_id)).status).toBe(201)
       // Taken one after another, so line order is known; spread over the processes.
       const tickets: any[] = []
       for (let index = 0; index < 200; index++) tickets.push(await joined(serverFor(index), product.id, 1))
-      expect(tickets.map((ticket) => ticket.position)).toEqual(times(200, (index) => index + 1))
-      // Half the holds released at once over every process, the other half left to lapse and be
-      // swept by every process's sweeper.
+      expect(tickets.slice(0, 10).map((ticket) => ticket.status)).toEqual(times(10, () => 'waiting'))
+      // The other half released at once over every process, racing the expiries.
       const released = await Promise.all(holds.slice(0, 25).map((hold, index) => request(serverFor(index + 1), 'DELETE', `/api/holds/${hold.hold_id}`)))
-      for (const reply of released) expect([200, 410]).toContain(reply.status)
+      for (const reply of released) expect(reply.status).toBe(200)
       const readAll = () => Promise.all(tickets.map((ticket, index) => ticketOf(serverFor(index), ticket.ticket_id)))
       let statuses: any[] = []
       await waitUntil('50 tickets admitted', async () => {
