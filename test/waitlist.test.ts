@@ -66,10 +66,10 @@ for (const engine of testEngines()) {
     async function soldOutApp(holdQuantities: number[]): Promise<{ t: TestApp; productId: number; holds: any[] }> {
       const t = await buildTestApp(engine.name, { env: buyerEnv })
       const stock = holdQuantities.reduce((sum, qty) => sum + qty, 0)
-      const product = await createDropProduct(t.baseUrl, stock)
+      const productId = await t.createProduct(stock)
       const holds: any[] = []
-      for (const qty of holdQuantities) holds.push(await heldBy(t.baseUrl, product.id, qty))
-      return { t, productId: product.id, holds }
+      for (const qty of holdQuantities) holds.push(await heldBy(t.baseUrl, productId, qty))
+      return { t, productId, holds }
     }
 
     it('gives 20 concurrent joins the positions 1..20, each once, all waiting', async () => {
@@ -116,7 +116,7 @@ for (const engine of testEngines()) {
 
     it('shows available - waiting to GET and to holds while tickets wait', async () => {
       const t = await buildTestApp(engine.name, { env: buyerEnv })
-      const product = await createDropProduct(t.baseUrl, 10)
+      const product = { id: await t.createProduct(10) }
       const held = await heldBy(t.baseUrl, product.id, 9)
       const waiting = await joined(t.baseUrl, product.id, 3)
       expect(waiting.status).toBe('waiting')
@@ -234,7 +234,7 @@ for (const engine of testEngines()) {
     afterAll(async () => cluster?.close())
 
     it(`admits each of 50 freed units to exactly one of 200 tickets, in line order, with releases, order expiries and ${processes} sweepers racing`, async () => {
-      const product = await createDropProduct(serverFor(0), 50)
+      const product = { id: await cluster.createProduct(50) }
       const holds = await Promise.all(times(50, (index) => heldBy(serverFor(index), product.id, 1)))
       // Half the units in pending orders that lapse after ORDER_TTL_SECONDS (2 s), to be expired by
       // every process's sweeper; the admitted tickets' holds last the default 120 s, so no unit
