@@ -22,6 +22,8 @@ export interface Config {
   readonly webhookSecret: string | undefined
   readonly webhookToleranceMs: number
   readonly adminToken: string | undefined
+  // HS256 secret of buyer tokens (SPEC §8); unset: the service takes no buyers.
+  readonly buyerTokenSecret: string | undefined
   readonly logLevel: string
   readonly logFile: string | undefined
   readonly workers: number
@@ -125,6 +127,7 @@ export function loadConfig(env: Env = process.env): Config {
     webhookSecret,
     webhookToleranceMs: 300_000,
     adminToken: read(env, 'ADMIN_TOKEN'),
+    buyerTokenSecret: read(env, 'BUYER_TOKEN_SECRET'),
     logLevel,
     logFile: read(env, 'LOG_FILE'),
     workers: integer(env, 'WORKERS', 1, 1, 64),

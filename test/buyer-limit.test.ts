@@ -20,7 +20,7 @@
 //   (I8 holds for paid orders too).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
-import { startSharedCluster, type SharedCluster } from './helpers/bursts.js'
+import { startSharedCluster, type SharedCluster } from './helpers/shared-cluster.js'
 import { asBuyer, buyerEnv } from './helpers/buyer-tokens.js'
 import { createDropProduct, expectCleanAudit, expectLimitReached, expectProblemCode, holdAs, orderAs, patchProduct, paymentOf, productOf } from './helpers/drops.js'
 import { testEngines } from './helpers/engines.js'

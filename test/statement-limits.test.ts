@@ -34,13 +34,13 @@ function compilingOnly(engine: EngineName, recorded: CompiledQuery[]): Kysely<Da
 }
 
 function holds(count: number, productId = 1, prefix = 'h'): Hold[] {
-  return Array.from({ length: count }, (_, index) => ({ id: `${prefix}${index}`, productId, qty: 1, status: 'active', expiresAt: new Date(nowMs + 60_000), createdAt: new Date(nowMs) }))
+  return Array.from({ length: count }, (_, index) => ({ id: `${prefix}${index}`, productId, qty: 1, status: 'active', expiresAt: new Date(nowMs + 60_000), createdAt: new Date(nowMs), buyerId: null }))
 }
 
 function orders(of: readonly Hold[]): Order[] {
   return of.map((hold) => ({
     id: `o-${hold.id}`, holdId: hold.id, productId: hold.productId, qty: hold.qty, amountMinor: 100, currency: 'USD', status: 'pending',
-    createdAt: new Date(nowMs), expiresAt: new Date(nowMs + 60_000), paidAt: null, paymentId: null, refundRequired: false,
+    createdAt: new Date(nowMs), expiresAt: new Date(nowMs + 60_000), paidAt: null, paymentId: null, refundRequired: false, buyerId: hold.buyerId,
   }))
 }
 

@@ -39,8 +39,9 @@ export class Metrics {
   trackProducts(store: Store, clock: Clock): void {
     let pending: Promise<ProductView[]> | undefined
     const read = (): Promise<ProductView[]> => {
-      pending ??= store.allProductSnapshots(clock.now(), productGaugesMax).then(
-        (snapshots) => snapshots.map(viewOf),
+      const now = clock.now()
+      pending ??= store.allProductSnapshots(now, productGaugesMax).then(
+        (snapshots) => snapshots.map((snapshot) => viewOf(snapshot, now)),
         () => [],
       )
       const current = pending
