@@ -102,8 +102,11 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
     async (request) => {
       const productId = parseProductId(request.params.id)
       if (productId === undefined) throw new DomainError('product_not_found')
-      const drop = dropChangesOf(request.body, config)
       const addStock = request.body.add_stock
+      const drop = dropChangesOf(request.body, config)
+      if (addStock === undefined && Object.keys(drop).length === 0) {
+        throw new DomainError('validation_failed', { errors: [{ field: 'add_stock', message: "must have required property 'add_stock' (or a drop setting)" }], invalid_fields: ['add_stock'] })
+      }
       return presentProduct(await services.catalog.update(productId, addStock === undefined ? { drop } : { addStock, drop }))
     },
   )

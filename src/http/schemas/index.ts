@@ -128,13 +128,11 @@ export const NewProductBody = Type.Object({
 })
 export type NewProductBody = Static<typeof NewProductBody>
 
-export const StockBody = Type.Object(
-  {
-    add_stock: Type.Optional(Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 })),
-    ...dropSettingsFields,
-  },
-  { minProperties: 1 },
-)
+// At least one field: the admin route names add_stock when none is given.
+export const StockBody = Type.Object({
+  add_stock: Type.Optional(Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 })),
+  ...dropSettingsFields,
+})
 export type StockBody = Static<typeof StockBody>
 
 export const AuditView = Type.Object(
