@@ -24,6 +24,8 @@ export interface Config {
   // Stripe's endpoint signing secret (whsec_…); POST /api/payments/stripe exists only when set.
   readonly stripeWebhookSecret: string | undefined
   readonly adminToken: string | undefined
+  // HS256 secret of buyer tokens (SPEC §8); unset: the service takes no buyers.
+  readonly buyerTokenSecret: string | undefined
   readonly logLevel: string
   readonly logFile: string | undefined
   readonly workers: number
@@ -128,6 +130,7 @@ export function loadConfig(env: Env = process.env): Config {
     webhookToleranceMs: 300_000,
     stripeWebhookSecret: read(env, 'STRIPE_WEBHOOK_SECRET'),
     adminToken: read(env, 'ADMIN_TOKEN'),
+    buyerTokenSecret: read(env, 'BUYER_TOKEN_SECRET'),
     logLevel,
     logFile: read(env, 'LOG_FILE'),
     workers: integer(env, 'WORKERS', 1, 1, 64),

@@ -7,6 +7,7 @@ import { DomainError } from '../src/domain/errors.js'
 import { Holds, judgeHolds, type HoldRequest } from '../src/domain/holds.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
+import { noDropSettings } from '../src/domain/store.js'
 import { buildTestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
 
@@ -73,9 +74,9 @@ for (const engine of testEngines()) {
 describe('judging a hold batch', () => {
   it('serves requests in arrival order against the ledger, refusing one that no longer fits and granting a smaller one after it', () => {
     const now = new Date('2026-01-01T00:00:00Z')
-    const ledger = new ProductLedger({ id: 7, name: 'p', priceMinor: 100, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: now })
+    const ledger = new ProductLedger({ id: 7, name: 'p', priceMinor: 100, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: now, drop: noDropSettings })
     const requests: HoldRequest[] = [3, 3, 2].map((qty) => ({ productId: 7, qty, idempotencyKey: null }))
-    const candidates: Hold[] = requests.map((request, index) => ({ id: `h${index}`, productId: 7, qty: request.qty, status: 'active', expiresAt: now, createdAt: now }))
+    const candidates: Hold[] = requests.map((request, index) => ({ id: `h${index}`, productId: 7, qty: request.qty, status: 'active', expiresAt: now, createdAt: now, buyerId: null }))
     const verdicts = judgeHolds(ledger, requests, candidates)
     expect(verdicts.map((verdict) => (verdict.ok ? verdict.answer.id : (verdict.error as DomainError).details))).toEqual(['h0', { available_stock: 2 }, 'h2'])
     expect(ledger.available()).toBe(0)

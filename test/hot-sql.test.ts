@@ -16,7 +16,7 @@ const nowMs = 1_800_000_000_000
 const minuteMs = 60_000
 
 function hold(id: string, productId: number, qty: number, expiresAtMs: number, status: Hold['status'] = 'active'): Hold {
-  return { id, productId, qty, status, expiresAt: new Date(expiresAtMs), createdAt: new Date(expiresAtMs - 2 * minuteMs) }
+  return { id, productId, qty, status, expiresAt: new Date(expiresAtMs), createdAt: new Date(expiresAtMs - 2 * minuteMs), buyerId: null }
 }
 
 for (const engine of testEngines()) {
@@ -59,7 +59,7 @@ for (const engine of testEngines()) {
           hold('h-other', second, 6, nowMs - minuteMs),
         ])
         await tx.insertOrders([
-          { id: 'o-lapsed', holdId: 'h-ordered', productId: first, qty: 5, amountMinor: 6250, currency: 'USD', status: 'pending', createdAt: new Date(nowMs - 2 * minuteMs), expiresAt: new Date(nowMs - 1), paidAt: null, paymentId: null, refundRequired: false },
+          { id: 'o-lapsed', holdId: 'h-ordered', productId: first, qty: 5, amountMinor: 6250, currency: 'USD', status: 'pending', createdAt: new Date(nowMs - 2 * minuteMs), expiresAt: new Date(nowMs - 1), paidAt: null, paymentId: null, refundRequired: false, buyerId: null },
         ])
         await tx.insertPaymentEvent({
           idempotencyKey: 'evt-1', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,

@@ -44,6 +44,11 @@ const clientErrorCodes = [
   'busy',
   'internal_error',
   'bad_request',
+  'invalid_buyer_token',
+  'buyer_token_required',
+  'buyer_limit_reached',
+  'sale_not_started',
+  'sale_ended',
 ]
 
 // Every value a JSON schema pins down (`const`, `enum`), however the schema nests them.

@@ -11,7 +11,7 @@ import { engines } from '../src/store/engines/index.js'
 import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { claimKeysShape, completeKeysShape, keysByNameShape } from '../src/store/idempotency-keys.js'
-import { holdsByIdShape, insertOrdersShape, KyselyTx, moveStatusShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
+import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, KyselyTx, moveStatusShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
 import type { Database } from '../src/store/schema.js'
 import { batchLimit, batchStatements, type BatchVariable } from '../src/store/statement-limits.js'
 import type { StatementShape } from '../src/store/statement-shape.js'
@@ -34,13 +34,13 @@ function compilingOnly(engine: EngineName, recorded: CompiledQuery[]): Kysely<Da
 }
 
 function holds(count: number, productId = 1, prefix = 'h'): Hold[] {
-  return Array.from({ length: count }, (_, index) => ({ id: `${prefix}${index}`, productId, qty: 1, status: 'active', expiresAt: new Date(nowMs + 60_000), createdAt: new Date(nowMs) }))
+  return Array.from({ length: count }, (_, index) => ({ id: `${prefix}${index}`, productId, qty: 1, status: 'active', expiresAt: new Date(nowMs + 60_000), createdAt: new Date(nowMs), buyerId: null }))
 }
 
 function orders(of: readonly Hold[]): Order[] {
   return of.map((hold) => ({
     id: `o-${hold.id}`, holdId: hold.id, productId: hold.productId, qty: hold.qty, amountMinor: 100, currency: 'USD', status: 'pending',
-    createdAt: new Date(nowMs), expiresAt: new Date(nowMs + 60_000), paidAt: null, paymentId: null, refundRequired: false,
+    createdAt: new Date(nowMs), expiresAt: new Date(nowMs + 60_000), paidAt: null, paymentId: null, refundRequired: false, buyerId: hold.buyerId,
   }))
 }
 
@@ -65,6 +65,7 @@ const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promis
   [moveStatusShape, (tx, rows) => tx.setOrdersStatus(holds(rows).map((hold) => hold.id), 'pending', 'expired', new Date(nowMs))],
   [insertOrdersShape, (tx, rows) => tx.insertOrders(orders(holds(rows)))],
   [waitingPaymentEventsShape, (tx, rows) => tx.waitingPaymentEvents(holds(rows).map((hold) => hold.id))],
+  [buyerUnitsShape, (tx, rows) => tx.buyerUnits(1, holds(rows).map((hold) => `buyer-${hold.id}`), new Date(nowMs))],
 ]
 
 describe('statement shapes', () => {
@@ -95,21 +96,21 @@ function configError(message: string | RegExp) {
 }
 
 describe('batch sizes at start-up', () => {
-  it('SQLite (32,766 parameters a statement) takes 4,680 holds and 2,520 orders a batch, and no more', () => {
+  it('SQLite (32,766 parameters a statement) takes 4,095 holds and 2,340 orders a batch, and no more', () => {
     const env = { DATABASE_URL: urlOf.sqlite }
-    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '4680', ORDER_BATCH_MAX: '2520' })).toMatchObject({ holdBatchMax: 4680, orderBatchMax: 2520 })
-    expect(() => loadConfig({ ...env, HOLD_BATCH_MAX: '4681' })).toThrow(
-      configError('HOLD_BATCH_MAX must be at most 4680 on sqlite: the multi-row insert of holds takes 7 parameters a row and sqlite takes at most 32766 in one statement, got "4681"'),
+    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '4095', ORDER_BATCH_MAX: '2340' })).toMatchObject({ holdBatchMax: 4095, orderBatchMax: 2340 })
+    expect(() => loadConfig({ ...env, HOLD_BATCH_MAX: '4096' })).toThrow(
+      configError('HOLD_BATCH_MAX must be at most 4095 on sqlite: the multi-row insert of holds takes 8 parameters a row and sqlite takes at most 32766 in one statement, got "4096"'),
     )
-    expect(() => loadConfig({ ...env, ORDER_BATCH_MAX: '2521' })).toThrow(configError(/^ORDER_BATCH_MAX must be at most 2520 on sqlite: .* got "2521"$/))
+    expect(() => loadConfig({ ...env, ORDER_BATCH_MAX: '2341' })).toThrow(configError(/^ORDER_BATCH_MAX must be at most 2340 on sqlite: .* got "2341"$/))
     expect(() => loadConfig({ ...env, SWEEP_BATCH_MAX: '32764' })).toThrow(configError(/^SWEEP_BATCH_MAX must be at most 32763 on sqlite/))
   })
 
-  it('PostgreSQL sends holds as column arrays, so their keys set the limit: 9,362 holds and 5,041 orders a batch', () => {
+  it('PostgreSQL sends holds as column arrays, so their keys set the limit: 9,362 holds and 4,681 orders a batch', () => {
     const env = { DATABASE_URL: urlOf.postgres }
-    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '9362', ORDER_BATCH_MAX: '5041' })).toMatchObject({ holdBatchMax: 9362, orderBatchMax: 5041 })
+    expect(loadConfig({ ...env, HOLD_BATCH_MAX: '9362', ORDER_BATCH_MAX: '4681' })).toMatchObject({ holdBatchMax: 9362, orderBatchMax: 4681 })
     expect(() => loadConfig({ ...env, HOLD_BATCH_MAX: '9363' })).toThrow(configError(/^HOLD_BATCH_MAX must be at most 9362 on postgres: the multi-row claim of idempotency keys/))
-    expect(() => loadConfig({ ...env, ORDER_BATCH_MAX: '5042' })).toThrow(configError(/^ORDER_BATCH_MAX must be at most 5041 on postgres/))
+    expect(() => loadConfig({ ...env, ORDER_BATCH_MAX: '4682' })).toThrow(configError(/^ORDER_BATCH_MAX must be at most 4681 on postgres/))
     // The range every engine has still applies.
     expect(() => loadConfig({ ...env, HOLD_BATCH_MAX: '10001' })).toThrow(configError(/^HOLD_BATCH_MAX must be between 1 and 10000/))
   })

@@ -1,8 +1,8 @@
-// Recomputes I1-I4 from the rows as stored and reports every violation.
+// Recomputes I1-I4 and I8 from the rows as stored and reports every violation.
 import type { Store } from './store.js'
 
 export interface AuditViolation {
-  invariant: 'I1' | 'I2' | 'I3' | 'I4'
+  invariant: 'I1' | 'I2' | 'I3' | 'I4' | 'I8'
   productId?: number
   message: string
 }
@@ -13,8 +13,9 @@ export interface AuditReport {
   violations: AuditViolation[]
 }
 
-export async function audit(store: Store): Promise<AuditReport> {
-  const facts = await store.auditFacts()
+// `now` is the service's clock: it decides which holds and pending orders still count (I8).
+export async function audit(store: Store, now: Date = new Date()): Promise<AuditReport> {
+  const facts = await store.auditFacts(now)
   const violations: AuditViolation[] = []
   for (const row of facts.products) {
     const { productId, stock, reserved, sold } = row
@@ -37,5 +38,8 @@ export async function audit(store: Store): Promise<AuditReport> {
   for (const holdId of facts.convertedHoldsWithoutOrder) violations.push({ invariant: 'I4', message: `converted hold ${holdId} has no order` })
   for (const orderId of facts.ordersWithoutHold) violations.push({ invariant: 'I4', message: `order ${orderId} names no hold` })
   for (const orderId of facts.ordersOfOtherProduct) violations.push({ invariant: 'I4', message: `order ${orderId} is for another product than its hold` })
+  for (const { productId, buyerId, units, perBuyerLimit } of facts.buyersOverLimit) {
+    violations.push({ invariant: 'I8', productId, message: `buyer ${JSON.stringify(buyerId)} has ${units} units > per_buyer_limit ${perBuyerLimit}` })
+  }
   return { ok: violations.length === 0, checkedProducts: facts.products.length, violations }
 }

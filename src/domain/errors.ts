@@ -25,6 +25,11 @@ export const errorCodes = [
   'busy',
   'internal_error',
   'bad_request',
+  'invalid_buyer_token',
+  'buyer_token_required',
+  'buyer_limit_reached',
+  'sale_not_started',
+  'sale_ended',
 ] as const
 
 export type ErrorCode = (typeof errorCodes)[number]

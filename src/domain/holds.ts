@@ -12,7 +12,7 @@ import type { ProductLedger } from './ledger.js'
 import { withLockedProduct } from './locked-product.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
 import { effectiveStatus } from './status.js'
-import type { Hold, Store } from './store.js'
+import type { DropSettings, Hold, Store } from './store.js'
 
 export interface HoldSettings {
   holdTtlMs: number
@@ -24,6 +24,27 @@ export interface HoldRequest {
   productId: number
   qty: number
   idempotencyKey: string | null
+  // The verified buyer token's subject (http/ checks the token); null or absent when anonymous.
+  buyerId?: string | null
+}
+
+// What a batch is judged by beyond the stock: the product's drop settings at the batch's `now`,
+// and the units each buyer of the batch already had before it (read under the product lock).
+export interface DropJudging {
+  now: Date
+  drop: DropSettings
+  buyerUnits: ReadonlyMap<string, number>
+}
+
+// Why the sale refuses every hold at `now`, if it does (SPEC §8 Sale window).
+export function saleWindowRefusal(drop: DropSettings, now: Date): DomainError | undefined {
+  const nowMs = now.getTime()
+  if (drop.saleStartsAt !== null && nowMs < drop.saleStartsAt.getTime()) {
+    const waitMs = drop.saleStartsAt.getTime() - nowMs
+    return new DomainError('sale_not_started', { sale_starts_at: drop.saleStartsAt.toISOString(), retry_after_s: Math.max(1, Math.ceil(waitMs / 1000)) })
+  }
+  if (drop.saleEndsAt !== null && nowMs >= drop.saleEndsAt.getTime()) return new DomainError('sale_ended', { sale_ends_at: drop.saleEndsAt.toISOString() })
+  return undefined
 }
 
 export interface HoldAnswer {
@@ -33,11 +54,32 @@ export interface HoldAnswer {
 
 // Judges a batch of hold requests in arrival order against the locked product's ledger, as if
 // each came alone: a request gets its units if they are available at its turn. Pure (no I/O), so
-// it is tested without a database. A new rule for holds (a per-buyer limit, a sale window) is one
-// more check in this loop, before the units are reserved.
-export function judgeHolds(ledger: ProductLedger, requests: readonly HoldRequest[], candidates: readonly Hold[]): Array<Verdict<Hold>> {
+// it is tested without a database. Where several refusals apply the order is: sale window, buyer
+// token required, per-buyer limit, stock (the limit before the stock: it is the buyer's own and
+// does not change with other buyers' activity, so it is the answer a retry cannot change).
+export function judgeHolds(ledger: ProductLedger, requests: readonly HoldRequest[], candidates: readonly Hold[], judging?: DropJudging): Array<Verdict<Hold>> {
+  const windowRefusal = judging ? saleWindowRefusal(judging.drop, judging.now) : undefined
+  const perBuyerLimit = judging?.drop.perBuyerLimit ?? null
+  // Each grant adds to its buyer's running units, so two requests of one buyer in one batch
+  // are judged as if they came one after the other.
+  const unitsOf = new Map(judging?.buyerUnits ?? [])
+  const refuse = (request: HoldRequest, error: DomainError, extra: Record<string, unknown> = {}): Verdict<Hold> => ({
+    ok: false,
+    error,
+    events: [{ name: 'hold.rejected', productId: request.productId, qty: request.qty, reason: error.code, ...extra }],
+  })
   return requests.map((request, index) => {
     const { productId, qty } = request
+    const buyerId = request.buyerId ?? null
+    if (windowRefusal) return refuse(request, windowRefusal)
+    let buyerUnits = 0
+    if (perBuyerLimit !== null) {
+      if (buyerId === null) return refuse(request, new DomainError('buyer_token_required'))
+      buyerUnits = unitsOf.get(buyerId) ?? 0
+      if (buyerUnits + qty > perBuyerLimit) {
+        return refuse(request, new DomainError('buyer_limit_reached', { per_buyer_limit: perBuyerLimit, buyer_units: buyerUnits }), { buyerId })
+      }
+    }
     const availableStock = ledger.available()
     if (qty > availableStock) {
       return {
@@ -49,6 +91,7 @@ export function judgeHolds(ledger: ProductLedger, requests: readonly HoldRequest
     const hold = candidates[index]
     assert(hold !== undefined, 'one candidate hold per request')
     ledger.reserve(qty)
+    if (perBuyerLimit !== null && buyerId !== null) unitsOf.set(buyerId, buyerUnits + qty)
     return { ok: true, answer: hold, events: [{ name: 'hold.created', holdId: hold.id, productId, qty }] }
   })
 }
@@ -69,7 +112,9 @@ export class Holds {
       idempotencyTtlMs: settings.idempotencyTtlMs,
       batchEvent: 'hold.batch',
       refusedBeforeBatch: ['product_not_found'],
-      fingerprint: (request) => fingerprintOf(['holds', request.productId, request.qty]),
+      // The buyer is part of the request's meaning: another buyer's same key and body is a reuse,
+      // never a replay of someone else's hold. Anonymous requests keep their earlier fingerprint.
+      fingerprint: (request) => fingerprintOf(request.buyerId ? ['holds', request.productId, request.qty, request.buyerId] : ['holds', request.productId, request.qty]),
       serve: (ctx, requests) => this.serve(ctx, requests),
       encode: (hold) => JSON.stringify(hold),
       decode: reviveHold,
@@ -141,12 +186,19 @@ export class Holds {
       status: 'active',
       expiresAt,
       createdAt: now,
+      buyerId: request.buyerId ?? null,
     }))
+    const { drop } = ledger.product
+    const open = saleWindowRefusal(drop, now) === undefined
     const wantedQty = requests.reduce((sum, request) => sum + request.qty, 0)
     // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up to
     // SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep.
-    if (wantedQty > ledger.available()) await expireLapsed(ctx, ctx.reclaimBatchMax)
-    const verdicts = judgeHolds(ledger, requests, candidates)
+    if (open && wantedQty > ledger.available()) await expireLapsed(ctx, ctx.reclaimBatchMax)
+    // One grouped count for the batch's buyers, read after the product lock (and after the
+    // reclaim, which may settle late payments): exact across processes, whatever the batch size.
+    const buyerIds = drop.perBuyerLimit === null || !open ? [] : [...new Set(requests.flatMap((request) => (request.buyerId ? [request.buyerId] : [])))]
+    const buyerUnits = buyerIds.length > 0 ? await tx.buyerUnits(ledger.productId, buyerIds, now) : new Map<string, number>()
+    const verdicts = judgeHolds(ledger, requests, candidates, { now, drop, buyerUnits })
     const granted = verdicts.flatMap((verdict) => (verdict.ok ? [verdict.answer] : []))
     if (granted.length > 0) await tx.insertHolds(granted)
     return verdicts

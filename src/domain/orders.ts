@@ -128,6 +128,7 @@ export class Orders {
       paidAt: null,
       paymentId: null,
       refundRequired: false,
+      buyerId: hold.buyerId,
     })
     const judged = judgeOrders(requests, holds, existing, candidateOf, now)
     const created = judged.filter((result): result is Order => !(result instanceof DomainError))

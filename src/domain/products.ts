@@ -5,15 +5,52 @@ import { DomainError } from './errors.js'
 import { isProductId } from './ids.js'
 import type { Observer } from './events.js'
 import { withLockedProduct } from './locked-product.js'
-import type { Product, ProductSnapshot, Store } from './store.js'
+import type { ProductLedger } from './ledger.js'
+import { noDropSettings, type DropSettings, type Product, type ProductSnapshot, type Store } from './store.js'
+
+export type SaleStatus = 'upcoming' | 'open' | 'ended' | 'sold_out'
 
 export interface ProductView extends Product {
   availableStock: number
+  saleStatus: SaleStatus
 }
 
-export function viewOf(snapshot: ProductSnapshot): ProductView {
+// `now` is the instant the snapshot was read at. The window alone says upcoming or ended; an
+// open sale is sold out when nothing is available and nothing held or pending could come back.
+export function viewOf(snapshot: ProductSnapshot, now: Date): ProductView {
   const { lapsedQty, ...product } = snapshot
-  return { ...product, availableStock: product.stock - product.reserved - product.sold + lapsedQty }
+  const availableStock = product.stock - product.reserved - product.sold + lapsedQty
+  const { saleStartsAt, saleEndsAt } = product.drop
+  const nowMs = now.getTime()
+  let saleStatus: SaleStatus = 'open'
+  if (saleEndsAt !== null && nowMs >= saleEndsAt.getTime()) saleStatus = 'ended'
+  else if (saleStartsAt !== null && nowMs < saleStartsAt.getTime()) saleStatus = 'upcoming'
+  else if (availableStock <= 0 && product.reserved - lapsedQty <= 0) saleStatus = 'sold_out'
+  return { ...product, availableStock, saleStatus }
+}
+
+// What an admin request changes of the drop settings; an absent field is kept, null clears it.
+export interface DropChanges {
+  perBuyerLimit?: number | null
+  saleStartsAt?: Date | null
+  saleEndsAt?: Date | null
+}
+
+// The settings after `changes`, or 422 naming the field the request set when the window would
+// end at or before its start (sale_ends_at when the request sets both).
+export function applyDropChanges(current: DropSettings, changes: DropChanges, now: Date): DropSettings {
+  const next: DropSettings = { ...current }
+  if (changes.perBuyerLimit !== undefined && changes.perBuyerLimit !== current.perBuyerLimit) {
+    next.perBuyerLimit = changes.perBuyerLimit
+    next.perBuyerLimitSetAt = changes.perBuyerLimit === null ? null : now
+  }
+  if (changes.saleStartsAt !== undefined) next.saleStartsAt = changes.saleStartsAt
+  if (changes.saleEndsAt !== undefined) next.saleEndsAt = changes.saleEndsAt
+  if (next.saleStartsAt !== null && next.saleEndsAt !== null && next.saleEndsAt.getTime() <= next.saleStartsAt.getTime()) {
+    const field = changes.saleEndsAt !== undefined ? 'sale_ends_at' : 'sale_starts_at'
+    throw new DomainError('validation_failed', { errors: [{ field, message: 'sale_ends_at must be after sale_starts_at' }], invalid_fields: [field] })
+  }
+  return next
 }
 
 interface ReadSlot {
@@ -57,8 +94,9 @@ export class ProductReader {
       const waiters = slot.waiters
       slot.waiters = []
       try {
-        const snapshot = await this.store.productSnapshot(productId, this.clock.now())
-        const view = snapshot ? viewOf(snapshot) : undefined
+        const now = this.clock.now()
+        const snapshot = await this.store.productSnapshot(productId, now)
+        const view = snapshot ? viewOf(snapshot, now) : undefined
         for (const waiter of waiters) waiter.resolve(view)
       } catch (error) {
         for (const waiter of waiters) waiter.reject(error)
@@ -74,6 +112,12 @@ export interface NewProductInput {
   priceMinor: number
   currency: string
   stock: number
+  drop?: DropChanges
+}
+
+export interface ProductChanges {
+  addStock?: number
+  drop?: DropChanges
 }
 
 export class Catalog {
@@ -87,25 +131,46 @@ export class Catalog {
   async create(input: NewProductInput): Promise<ProductView> {
     assert(input.stock >= 0, 'stock >= 0')
     const now = this.clock.now()
-    const productId = await this.store.transaction({ label: 'products.create' }, (tx) => tx.insertProduct({ ...input, createdAt: now }))
+    const { drop: changes, ...product } = input
+    const drop = applyDropChanges(noDropSettings, changes ?? {}, now)
+    const productId = await this.store.transaction({ label: 'products.create' }, (tx) => tx.insertProduct({ ...product, drop, createdAt: now }))
     const snapshot = await this.store.productSnapshot(productId, now)
     assert(snapshot !== undefined, 'a created product can be read')
-    return viewOf(snapshot)
+    return viewOf(snapshot, now)
+  }
+
+  // Stock and drop settings in one transaction: all of it applies, or (a refusal) none of it.
+  // Lowering per_buyer_limit below what a buyer already has is allowed: their units stay, and
+  // more is refused until they are below the new limit.
+  async update(productId: number, changes: ProductChanges): Promise<ProductView> {
+    if (!isProductId(productId)) throw new DomainError('product_not_found')
+    const now = this.clock.now()
+    await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now }, async ({ tx, ledger }) => {
+      const current = ledger.product.drop
+      const next = applyDropChanges(current, changes.drop ?? {}, now)
+      if (changes.addStock !== undefined) this.changeStock(ledger, changes.addStock)
+      if (JSON.stringify(next) !== JSON.stringify(current)) await tx.setDropSettings(productId, next, now)
+    })
+    const snapshot = await this.store.productSnapshot(productId, now)
+    assert(snapshot !== undefined, 'an updated product can be read')
+    return viewOf(snapshot, now)
   }
 
   // Adds (or, negative, withdraws) units; never below what holds, orders and sales commit.
   async addStock(productId: number, addStock: number): Promise<ProductView> {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
-    await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, async ({ ledger }) => {
-      const committed = ledger.reserved + ledger.sold
-      if (ledger.stock + addStock < committed) {
-        throw new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })
-      }
-      ledger.addStock(addStock)
-    })
+    await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, async ({ ledger }) => this.changeStock(ledger, addStock))
     const snapshot = await this.store.productSnapshot(productId, now)
     assert(snapshot !== undefined, 'an updated product can be read')
-    return viewOf(snapshot)
+    return viewOf(snapshot, now)
+  }
+
+  private changeStock(ledger: ProductLedger, addStock: number): void {
+    const committed = ledger.reserved + ledger.sold
+    if (ledger.stock + addStock < committed) {
+      throw new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })
+    }
+    ledger.addStock(addStock)
   }
 }

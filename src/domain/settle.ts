@@ -76,14 +76,28 @@ interface HoldLike {
   productId: number
   qty: number
   status: Hold['status']
+  buyerId: string | null
+}
+
+// SPEC §8, I8: a late success may recover a sale only if the buyer stays within the product's
+// limit; the counted units are read under the product lock (a rare path: one query each).
+async function fitsBuyerLimit(ctx: SettleContext, buyerId: string | null, qty: number): Promise<boolean> {
+  const limit = ctx.ledger.product.drop.perBuyerLimit
+  if (limit === null || buyerId === null) return true
+  const units = (await ctx.tx.buyerUnits(ctx.ledger.productId, [buyerId], ctx.now)).get(buyerId) ?? 0
+  return units + qty <= limit
 }
 
 // Payments that arrived before an order: applied in arrival order when the hold becomes an
 // order or stops being active without one.
-export async function settleWaitingPayments(ctx: SettleContext, holds: readonly HoldLike[]): Promise<void> {
+export async function settleWaitingPayments(ctx: SettleContext, holds: ReadonlyArray<Omit<HoldLike, 'buyerId'>>): Promise<void> {
   if (holds.length === 0) return
   const waiting = await ctx.tx.waitingPaymentEvents(holds.map((hold) => hold.id))
-  const holdsById = new Map(holds.map((hold) => [hold.id, hold]))
+  if (waiting.length === 0) return
+  // The buyers of the holds payments wait on (the swept rows do not carry them): the late order
+  // inherits its hold's buyer.
+  const buyerOf = new Map((await ctx.tx.getHolds([...new Set(waiting.map((event) => event.holdId ?? ''))])).map((hold) => [hold.id, hold.buyerId]))
+  const holdsById = new Map(holds.map((hold) => [hold.id, { ...hold, buyerId: buyerOf.get(hold.id) ?? null }]))
   const ordersByHold = new Map<string, Order>()
   for (const event of waiting) {
     const hold = holdsById.get(event.holdId ?? '')
@@ -132,9 +146,10 @@ export async function applyPaymentToHold(
     paidAt: null,
     paymentId: event.paymentId,
     refundRequired: false,
+    buyerId: hold.buyerId,
   }
   let outcome: PaymentOutcome
-  if (await ensureAvailable(ctx, hold.qty, reclaim)) {
+  if ((await fitsBuyerLimit(ctx, hold.buyerId, hold.qty)) && (await ensureAvailable(ctx, hold.qty, reclaim))) {
     ctx.ledger.sellAvailable(hold.qty)
     created.status = 'paid'
     created.paidAt = ctx.now
@@ -176,7 +191,7 @@ export async function applyPaymentToOrder(ctx: SettleContext, stored: Order, eve
     outcome = 'paid'
   } else if (order.status === 'paid') {
     outcome = 'duplicate'
-  } else if (await ensureAvailable(ctx, order.qty, reclaim)) {
+  } else if ((await fitsBuyerLimit(ctx, order.buyerId, order.qty)) && (await ensureAvailable(ctx, order.qty, reclaim))) {
     ledger.sellAvailable(order.qty)
     order.status = 'paid'
     order.paidAt = now

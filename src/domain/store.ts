@@ -10,7 +10,20 @@ export interface Product {
   reserved: number
   sold: number
   createdAt: Date
+  // Drop settings (SPEC §8); null when unset.
+  drop: DropSettings
 }
+
+export interface DropSettings {
+  perBuyerLimit: number | null
+  // When per_buyer_limit last changed: the audit judges I8 only for buyers granted units since,
+  // so lowering a limit below what a buyer already has is not reported as a violation.
+  perBuyerLimitSetAt: Date | null
+  saleStartsAt: Date | null
+  saleEndsAt: Date | null
+}
+
+export const noDropSettings: DropSettings = Object.freeze({ perBuyerLimit: null, perBuyerLimitSetAt: null, saleStartsAt: null, saleEndsAt: null })
 
 // A product with what its unswept rows no longer hold: units of active holds and pending orders
 // past their expiry count as available to readers (SPEC §4) before any sweeper has run.
@@ -27,6 +40,7 @@ export interface Hold {
   status: HoldStatus
   expiresAt: Date
   createdAt: Date
+  buyerId: string | null
 }
 
 export type OrderStatus = 'pending' | 'paid' | 'cancelled' | 'expired'
@@ -44,6 +58,8 @@ export interface Order {
   paidAt: Date | null
   paymentId: string | null
   refundRequired: boolean
+  // The hold's buyer, inherited whoever made the order.
+  buyerId: string | null
 }
 
 export type PaymentStatus = 'success' | 'failed'
@@ -98,6 +114,8 @@ export interface NewProduct {
   currency: string
   stock: number
   createdAt: Date
+  // Absent: no limit and no window.
+  drop?: DropSettings
 }
 
 export interface ProductCountsDelta {
@@ -116,8 +134,17 @@ export interface AuditRow {
   paidOrderQty: number
 }
 
+// A buyer of a limited product with more units than the limit, granted units since it was set.
+export interface BuyerOverLimit {
+  productId: number
+  buyerId: string
+  units: number
+  perBuyerLimit: number
+}
+
 export interface AuditFacts {
   products: AuditRow[]
+  buyersOverLimit: BuyerOverLimit[]
   holdsWithManyOrders: string[]
   convertedHoldsWithoutOrder: string[]
   ordersWithoutHold: string[]
@@ -138,6 +165,10 @@ export interface StoreTx {
   lockProduct(productId: number): Promise<Product | undefined>
   applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void>
   insertProduct(product: NewProduct): Promise<number>
+  setDropSettings(productId: number, drop: DropSettings, now: Date): Promise<void>
+  // SPEC §8: each buyer's units of the product (unlapsed active holds + unlapsed pending orders
+  // + paid orders), in one grouped statement; buyers with none are absent.
+  buyerUnits(productId: number, buyerIds: readonly string[], now: Date): Promise<Map<string, number>>
 
   insertHolds(holds: readonly Hold[]): Promise<void>
   getHold(holdId: string): Promise<Hold | undefined>
@@ -194,7 +225,8 @@ export interface Store {
   // Per product (ascending ids), the expiry of its oldest lapsed hold or order still unswept.
   oldestLapsedByProduct(now: Date, limit: number): Promise<Array<{ productId: number; oldestLapsedAt: Date | null }>>
   deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number>
-  auditFacts(): Promise<AuditFacts>
+  // `now` decides which holds and pending orders have lapsed (I8 counts unlapsed ones only).
+  auditFacts(now?: Date): Promise<AuditFacts>
   countProducts(): Promise<number>
   ping(): Promise<void>
   close(): Promise<void>

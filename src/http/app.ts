@@ -21,7 +21,7 @@ import { dashboardRoutes } from './routes/dashboard.js'
 import { stripeRoutes } from './routes/stripe.js'
 import { opsRoutes } from './routes/ops.js'
 import { publicRoutes } from './routes/public.js'
-import { Problem } from './schemas/index.js'
+import { HoldView, OrderView, Problem, ProductView } from './schemas/index.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -118,11 +118,18 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     openapi: {
       openapi: '3.1.0',
       info: { title: 'Flash-sale checkout', version: '0.1.0', description: 'Holds, orders and payment webhooks that never oversell.' },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer' },
+          buyer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'Buyer token: HS256 JWT signed with BUYER_TOKEN_SECRET, sub = buyer id, exp required' },
+        },
+      },
     },
   })
   await app.register(fastifySwaggerUi, { routePrefix: '/docs' })
   app.addSchema(Problem)
+  // The resource shapes as named components of /openapi.json (routes use the same objects).
+  for (const schema of [ProductView, HoldView, OrderView]) app.addSchema(schema)
 
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler((_request, reply) => sendProblem(reply, 'not_found'))

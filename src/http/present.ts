@@ -16,6 +16,10 @@ export function presentProduct(product: ProductView) {
     reserved: product.reserved,
     sold: product.sold,
     created_at: product.createdAt.toISOString(),
+    per_buyer_limit: product.drop.perBuyerLimit,
+    sale_starts_at: product.drop.saleStartsAt?.toISOString() ?? null,
+    sale_ends_at: product.drop.saleEndsAt?.toISOString() ?? null,
+    sale_status: product.saleStatus,
   }
 }
 
@@ -27,6 +31,7 @@ export function presentHold(hold: Hold, now: Date) {
     status: effectiveStatus(hold, now),
     expires_at: hold.expiresAt.toISOString(),
     created_at: hold.createdAt.toISOString(),
+    buyer_id: hold.buyerId,
   }
 }
 
@@ -44,6 +49,7 @@ export function presentOrder(order: Order, now: Date) {
     paid_at: order.paidAt?.toISOString() ?? null,
     payment_id: order.paymentId,
     refund_required: order.refundRequired,
+    buyer_id: order.buyerId,
   }
 }
 

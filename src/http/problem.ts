@@ -27,6 +27,11 @@ export const statusByCode = {
   busy: 503,
   internal_error: 500,
   bad_request: 400,
+  invalid_buyer_token: 401,
+  buyer_token_required: 401,
+  buyer_limit_reached: 409,
+  sale_not_started: 409,
+  sale_ended: 410,
 } as const satisfies Record<ErrorCode, number>
 
 const titleByCode: Record<ErrorCode, string> = {
@@ -53,6 +58,11 @@ const titleByCode: Record<ErrorCode, string> = {
   busy: 'Service is busy, retry shortly',
   internal_error: 'Internal error',
   bad_request: 'Bad request',
+  invalid_buyer_token: 'Buyer token is malformed, forged or expired',
+  buyer_token_required: 'This product needs a buyer token',
+  buyer_limit_reached: 'The buyer already has as many units as the product allows',
+  sale_not_started: 'The sale has not started yet',
+  sale_ended: 'The sale has ended',
 }
 
 export interface FieldError {
@@ -62,7 +72,7 @@ export interface FieldError {
 
 export function sendProblem(reply: FastifyReply, code: ErrorCode, details: Record<string, unknown> = {}): FastifyReply {
   const status = statusByCode[code]
-  if (code === 'busy' || code === 'rate_limited') {
+  if (code === 'busy' || code === 'rate_limited' || code === 'sale_not_started') {
     if (!reply.hasHeader('retry-after')) reply.header('retry-after', String(details.retry_after_s ?? 1))
   }
   return reply

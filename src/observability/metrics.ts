@@ -55,7 +55,10 @@ export class Metrics {
         return current
       }
     }
-    const readViews = shared(async () => (await store.allProductSnapshots(clock.now(), productGaugesMax)).map(viewOf))
+    const readViews = shared(async () => {
+      const now = clock.now()
+      return (await store.allProductSnapshots(now, productGaugesMax)).map((snapshot) => viewOf(snapshot, now))
+    })
     const readLags = shared(async () => {
       const now = clock.now()
       return (await store.oldestLapsedByProduct(now, productGaugesMax)).map(({ productId, oldestLapsedAt }) => ({ productId, lagS: lagSeconds(now, oldestLapsedAt) }))

@@ -8,6 +8,7 @@ import { DomainError } from '../domain/errors.js'
 import type { Observer } from '../domain/events.js'
 import type {
   AuditFacts,
+  BuyerOverLimit,
   Hold,
   IdempotencyRecord,
   IdempotencyScope,
@@ -192,6 +193,37 @@ export class KyselyStore implements Store {
     return oldestLapsedByProduct(this.db, now, limit)
   }
 
+  // I8 from the rows: per limited product and buyer, the units SPEC §8 counts at `now`, with the
+  // last instant one of them was granted (a hold's creation; a late payment's recovery).
+  private async buyersOverLimit(now: Date): Promise<BuyerOverLimit[]> {
+    const nowMs = now.getTime()
+    const holdUnits = this.db
+      .selectFrom('holds as h')
+      .select(['h.product_id', 'h.buyer_id', 'h.qty', 'h.created_at as granted_at'])
+      .where('h.buyer_id', 'is not', null)
+      .where('h.status', '=', 'active')
+      .where('h.expires_at', '>', nowMs)
+    const orderUnits = this.db
+      .selectFrom('orders as o')
+      .innerJoin('holds as h', 'h.id', 'o.hold_id')
+      .select(['o.product_id', 'o.buyer_id', 'o.qty', sql<number>`case when o.status = 'paid' and o.paid_at >= o.expires_at then o.paid_at else h.created_at end`.as('granted_at')])
+      .where('o.buyer_id', 'is not', null)
+      .where((eb) => eb.or([eb('o.status', '=', 'paid'), eb.and([eb('o.status', '=', 'pending'), eb('o.expires_at', '>', nowMs)])]))
+    const rows = await this.db
+      .selectFrom(holdUnits.unionAll(orderUnits).as('u'))
+      .innerJoin('products as p', 'p.id', 'u.product_id')
+      .select(['u.product_id', 'u.buyer_id', 'p.per_buyer_limit', 'p.per_buyer_limit_set_at', sql<number>`sum(u.qty)`.as('units'), sql<number>`max(u.granted_at)`.as('last_granted_at')])
+      .where('p.per_buyer_limit', 'is not', null)
+      .groupBy(['u.product_id', 'u.buyer_id', 'p.per_buyer_limit', 'p.per_buyer_limit_set_at'])
+      .having(sql`sum(u.qty)`, '>', sql.ref('p.per_buyer_limit'))
+      .orderBy('u.product_id')
+      .execute()
+    // Units granted before the limit last changed were judged by the limit then in force.
+    return rows
+      .filter((row) => Number(row.last_granted_at) >= Number(row.per_buyer_limit_set_at ?? 0))
+      .map((row) => ({ productId: Number(row.product_id), buyerId: String(row.buyer_id), units: Number(row.units), perBuyerLimit: Number(row.per_buyer_limit) }))
+  }
+
   async deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number> {
     const expired = await this.db
       .selectFrom('idempotency_keys')
@@ -213,7 +245,7 @@ export class KyselyStore implements Store {
     return deleted
   }
 
-  async auditFacts(): Promise<AuditFacts> {
+  async auditFacts(now: Date = new Date()): Promise<AuditFacts> {
     const products = await this.db
       .selectFrom('products as p')
       .select(['p.id', 'p.stock', 'p.reserved', 'p.sold'])
@@ -239,7 +271,9 @@ export class KyselyStore implements Store {
       .select('o.id')
       .where((eb) => eb.or([eb('h.product_id', '!=', eb.ref('o.product_id')), eb('h.qty', '!=', eb.ref('o.qty'))]))
       .execute()
+    const buyersOverLimit = await this.buyersOverLimit(now)
     return {
+      buyersOverLimit,
       products: products.map((row) => ({
         productId: Number(row.id),
         stock: Number(row.stock),

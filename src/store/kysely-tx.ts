@@ -1,7 +1,9 @@
 // One transaction's statements (domain/store.ts StoreTx), on the connection the transaction
 // runner (kysely-store.ts) holds.
-import type { Kysely } from 'kysely'
+import { sql, type Kysely } from 'kysely'
+import { noDropSettings } from '../domain/store.js'
 import type {
+  DropSettings,
   Hold,
   HoldStatus,
   IdempotencyAnswer,
@@ -21,7 +23,7 @@ import type { Engine } from './engines/engine.js'
 import type { HotSql } from './hot-sql.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
 import { claimKeys, completeKeys, releaseKeys } from './idempotency-keys.js'
-import { orderColumns, orderValues, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
+import { dropValues, orderColumns, orderValues, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 import { inListShape, type StatementShape } from './statement-shape.js'
 
@@ -33,6 +35,8 @@ export const holdsByIdShape = inListShape('reading holds by id', 0)
 export const moveStatusShape = inListShape('moving holds or orders to another status', 3)
 // Beside the hold ids: the state.
 export const waitingPaymentEventsShape = inListShape('reading the payments waiting on holds', 1)
+// Beside the buyer ids (twice: holds and orders): the product id, statuses and the clock.
+export const buyerUnitsShape: StatementShape = { statement: "the count of a batch's buyers' units", parameters: () => ({ fixed: 7, perRow: 2 }) }
 export const insertOrdersShape: StatementShape = { statement: 'the multi-row insert of orders', parameters: () => ({ fixed: 0, perRow: orderColumns.length }) }
 
 export class KyselyTx implements StoreTx {
@@ -61,6 +65,7 @@ export class KyselyTx implements StoreTx {
       sold: 0,
       created_at: product.createdAt.getTime(),
       updated_at: product.createdAt.getTime(),
+      ...dropValues(product.drop ?? noDropSettings),
     }
     if (this.engine.supportsReturning) {
       const row = await this.db.insertInto('products').values(values).returning('id').executeTakeFirstOrThrow()
@@ -68,6 +73,39 @@ export class KyselyTx implements StoreTx {
     }
     const result = await this.db.insertInto('products').values(values).executeTakeFirstOrThrow()
     return Number(result.insertId)
+  }
+
+  async setDropSettings(productId: number, drop: DropSettings, now: Date): Promise<void> {
+    const result = await this.db
+      .updateTable('products')
+      .set({ ...dropValues(drop), updated_at: now.getTime() })
+      .where('id', '=', productId)
+      .executeTakeFirst()
+    if (Number(result.numUpdatedRows) !== 1) throw new Error(`product ${productId} vanished under its lock`)
+  }
+
+  async buyerUnits(productId: number, buyerIds: readonly string[], now: Date): Promise<Map<string, number>> {
+    if (buyerIds.length === 0) return new Map()
+    const nowMs = now.getTime()
+    const holds = this.db
+      .selectFrom('holds')
+      .select(['buyer_id', 'qty'])
+      .where('product_id', '=', productId)
+      .where('buyer_id', 'in', buyerIds)
+      .where('status', '=', 'active')
+      .where('expires_at', '>', nowMs)
+    const orders = this.db
+      .selectFrom('orders')
+      .select(['buyer_id', 'qty'])
+      .where('product_id', '=', productId)
+      .where('buyer_id', 'in', buyerIds)
+      .where((eb) => eb.or([eb('status', '=', 'paid'), eb.and([eb('status', '=', 'pending'), eb('expires_at', '>', nowMs)])]))
+    const rows = await this.db
+      .selectFrom(holds.unionAll(orders).as('u'))
+      .select(['u.buyer_id', sql<number>`sum(u.qty)`.as('units')])
+      .groupBy('u.buyer_id')
+      .execute()
+    return new Map(rows.map((row) => [row.buyer_id as string, Number(row.units)]))
   }
 
   async insertHolds(holds: readonly Hold[]): Promise<void> {

@@ -1,12 +1,12 @@
 // Row mapping: table rows (schema.ts) to domain values and back. Row types never leave store/.
 import type { Selectable } from 'kysely'
-import type { Hold, HoldStatus, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot } from '../domain/store.js'
+import type { DropSettings, Hold, HoldStatus, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot } from '../domain/store.js'
 import type { ArrayColumn } from './engines/engine.js'
 import type { HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
 
 export type SnapshotRow = Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }
 
-// Every column of holds with its type in migration 0001, in the order holdValues gives them.
+// Every column of holds with its type in migrations 0001 and 0003, in the order holdValues gives them.
 export const holdColumns = [
   { name: 'id', type: 'varchar' },
   { name: 'product_id', type: 'integer' },
@@ -15,6 +15,8 @@ export const holdColumns = [
   { name: 'expires_at', type: 'bigint' },
   { name: 'created_at', type: 'bigint' },
   { name: 'updated_at', type: 'bigint' },
+  // Migration 0003.
+  { name: 'buyer_id', type: 'varchar' },
 ] as const satisfies readonly (ArrayColumn & { name: keyof HoldsTable })[]
 
 // Every column of orders, as orderValues sets them: one parameter each a row inserted.
@@ -32,6 +34,7 @@ export const orderColumns = [
   'paid_at',
   'payment_id',
   'refund_required',
+  'buyer_id',
 ] as const satisfies readonly (keyof OrdersTable)[]
 
 export function toProduct(row: Selectable<ProductsTable>): Product {
@@ -44,6 +47,25 @@ export function toProduct(row: Selectable<ProductsTable>): Product {
     reserved: Number(row.reserved),
     sold: Number(row.sold),
     createdAt: new Date(Number(row.created_at)),
+    drop: {
+      perBuyerLimit: row.per_buyer_limit == null ? null : Number(row.per_buyer_limit),
+      perBuyerLimitSetAt: instantOrNull(row.per_buyer_limit_set_at),
+      saleStartsAt: instantOrNull(row.sale_starts_at),
+      saleEndsAt: instantOrNull(row.sale_ends_at),
+    },
+  }
+}
+
+function instantOrNull(epochMs: number | null | undefined): Date | null {
+  return epochMs === null || epochMs === undefined ? null : new Date(Number(epochMs))
+}
+
+export function dropValues(drop: DropSettings) {
+  return {
+    per_buyer_limit: drop.perBuyerLimit,
+    per_buyer_limit_set_at: drop.perBuyerLimitSetAt?.getTime() ?? null,
+    sale_starts_at: drop.saleStartsAt?.getTime() ?? null,
+    sale_ends_at: drop.saleEndsAt?.getTime() ?? null,
   }
 }
 
@@ -59,6 +81,7 @@ export function toHold(row: Selectable<HoldsTable>): Hold {
     status: row.status as HoldStatus,
     expiresAt: new Date(Number(row.expires_at)),
     createdAt: new Date(Number(row.created_at)),
+    buyerId: row.buyer_id ?? null,
   }
 }
 
@@ -71,6 +94,7 @@ export function holdValues(hold: Hold): Selectable<HoldsTable> {
     expires_at: hold.expiresAt.getTime(),
     created_at: hold.createdAt.getTime(),
     updated_at: hold.createdAt.getTime(),
+    buyer_id: hold.buyerId,
   }
 }
 
@@ -88,6 +112,7 @@ export function toOrder(row: Selectable<OrdersTable>): Order {
     paidAt: row.paid_at === null ? null : new Date(Number(row.paid_at)),
     paymentId: row.payment_id,
     refundRequired: Number(row.refund_required) === 1,
+    buyerId: row.buyer_id ?? null,
   }
 }
 
@@ -106,6 +131,7 @@ export function orderValues(order: Order): Selectable<OrdersTable> {
     paid_at: order.paidAt?.getTime() ?? null,
     payment_id: order.paymentId,
     refund_required: order.refundRequired ? 1 : 0,
+    buyer_id: order.buyerId,
   }
 }
 

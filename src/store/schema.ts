@@ -13,6 +13,11 @@ export interface ProductsTable {
   sold: number
   created_at: number
   updated_at: number
+  // Migration 0003 (drop settings), all nullable; instants in epoch ms.
+  per_buyer_limit: number | null
+  per_buyer_limit_set_at: number | null
+  sale_starts_at: number | null
+  sale_ends_at: number | null
 }
 
 export interface HoldsTable {
@@ -23,6 +28,7 @@ export interface HoldsTable {
   expires_at: number
   created_at: number
   updated_at: number
+  buyer_id: string | null
 }
 
 export interface OrdersTable {
@@ -39,6 +45,7 @@ export interface OrdersTable {
   paid_at: number | null
   payment_id: string | null
   refund_required: number
+  buyer_id: string | null
 }
 
 export interface PaymentEventsTable {

@@ -6,7 +6,7 @@ import type { EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { insertHoldsShape } from './hot-sql.js'
 import { claimKeysShape, completeKeysShape, keysByNameShape } from './idempotency-keys.js'
-import { holdsByIdShape, insertOrdersShape, moveStatusShape, waitingPaymentEventsShape } from './kysely-tx.js'
+import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, moveStatusShape, waitingPaymentEventsShape } from './kysely-tx.js'
 import { rowsThatFit, type StatementShape } from './statement-shape.js'
 
 export type BatchVariable = 'HOLD_BATCH_MAX' | 'ORDER_BATCH_MAX' | 'WEBHOOK_BATCH_MAX' | 'SWEEP_BATCH_MAX'
@@ -15,8 +15,8 @@ export type BatchVariable = 'HOLD_BATCH_MAX' | 'ORDER_BATCH_MAX' | 'WEBHOOK_BATC
 const keyStatements = [claimKeysShape, completeKeysShape, keysByNameShape]
 
 export const batchStatements: Record<BatchVariable, readonly StatementShape[]> = {
-  // A batch of holds is inserted by one statement.
-  HOLD_BATCH_MAX: [insertHoldsShape, ...keyStatements],
+  // A batch of holds is inserted by one statement; a limited product counts its buyers' units in one.
+  HOLD_BATCH_MAX: [insertHoldsShape, buyerUnitsShape, ...keyStatements],
   // A batch of orders reads its holds, converts them, inserts the orders and reads the payments
   // waiting on them, each in one statement.
   ORDER_BATCH_MAX: [holdsByIdShape, moveStatusShape, insertOrdersShape, waitingPaymentEventsShape, ...keyStatements],

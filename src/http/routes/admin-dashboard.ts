@@ -85,7 +85,7 @@ export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptio
       const products = snapshots.slice(0, dashboardProductsMax).map((snapshot) => {
         const productId = String(snapshot.id)
         return {
-          ...presentProduct(viewOf(snapshot)),
+          ...presentProduct(viewOf(snapshot, now)),
           holds_created: counters.sum('flash_sale_product_holds_created_total', { product_id: productId }),
           hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', { product_id: productId }),
           refunds_required: counters.sum('flash_sale_refund_required_total', { product_id: productId }),

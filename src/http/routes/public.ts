@@ -22,6 +22,7 @@ import {
 import type { HoldRequest } from '../../domain/holds.js'
 import type { Services } from '../../domain/services.js'
 import type { Metrics } from '../../observability/metrics.js'
+import { BuyerTokens } from '../buyer-token.js'
 import { verifySignature } from '../signature.js'
 
 export interface PublicRoutesOptions {
@@ -30,6 +31,9 @@ export interface PublicRoutesOptions {
   clock: Clock
   metrics: Metrics
 }
+
+// A buyer token is optional on these routes (required by a product with a per-buyer limit).
+const buyerSecurity: Array<Record<string, string[]>> = [{}, { buyer: [] }]
 
 const idempotencyKeyPattern = /^[\x21-\x7E]{1,255}$/
 
@@ -48,13 +52,13 @@ function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: string | 
 
 // Everything POST /api/holds checks before the domain sees the request (the body schema has
 // run already): the qty alias and the idempotency key.
-export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers']): HoldRequest {
+export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers'], buyerId: string | null = null): HoldRequest {
   const qty = body.qty ?? body.quantity
   if (qty === undefined) throw new DomainError('validation_failed', { errors: [{ field: 'qty', message: "must have required property 'qty'" }], invalid_fields: ['qty'] })
   if (body.qty !== undefined && body.quantity !== undefined && body.qty !== body.quantity) {
     throw new DomainError('validation_failed', { errors: [{ field: 'quantity', message: 'differs from qty' }], invalid_fields: ['quantity'] })
   }
-  return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key) }
+  return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
 }
 
 function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
@@ -71,6 +75,14 @@ function rateLimit(perMin: number): FastifyContextConfig {
 const serializedViews = new WeakMap<object, string>()
 
 export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = async (app, { config, services, clock, metrics }) => {
+  // The buyer token is checked before anything else of the request (its body, its product, its
+  // idempotency key): a bad token is 401 whatever else is wrong. Without BUYER_TOKEN_SECRET the
+  // service takes no buyers and an Authorization header on public routes means nothing.
+  app.decorateRequest('buyerId', null)
+  const buyerTokens = config.buyerTokenSecret ? new BuyerTokens(config.buyerTokenSecret, clock) : undefined
+  const identifyBuyer = async (request: FastifyRequest): Promise<void> => {
+    request.buyerId = buyerTokens ? await buyerTokens.buyerOf(request.headers.authorization) : null
+  }
   app.get(
     '/api/products/:id',
     {
@@ -97,10 +109,11 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     '/api/holds',
     {
       config: rateLimit(config.rateLimitHoldPerMin),
-      schema: { tags: ['holds'], body: holdBodySchema, response: { 201: HoldView, ...problemResponses([400, 404, 409, 413, 415, 422, 429, 503]) } },
+      onRequest: identifyBuyer,
+      schema: { tags: ['holds'], security: buyerSecurity, body: holdBodySchema, response: { 201: HoldView, ...problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503]) } },
     },
     async (request, reply) => {
-      const answer = await services.holds.create(holdRequestOf(request.body, request.headers))
+      const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
       markReplay(reply, metrics, 'holds', answer.replayed)
       return reply.code(201).send(presentHold(answer.hold, clock.now()))
     },
@@ -131,7 +144,10 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     '/api/orders',
     {
       config: rateLimit(config.rateLimitOrderPerMin),
-      schema: { tags: ['orders'], body: OrderBody, response: { 201: OrderView, ...problemResponses([400, 404, 409, 410, 413, 415, 422, 429, 503]) } },
+      // An order takes its hold's buyer whoever sends it (the hold id is the capability); a
+      // token sent with it must still be valid.
+      onRequest: identifyBuyer,
+      schema: { tags: ['orders'], security: buyerSecurity, body: OrderBody, response: { 201: OrderView, ...problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503]) } },
     },
     async (request, reply) => {
       const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)

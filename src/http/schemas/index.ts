@@ -31,6 +31,10 @@ export const ProductView = Type.Object(
     reserved: Type.Integer(),
     sold: Type.Integer(),
     created_at: Type.String({ format: 'date-time' }),
+    per_buyer_limit: Type.Union([Type.Integer(), Type.Null()]),
+    sale_starts_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    sale_ends_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    sale_status: Type.Union([Type.Literal('upcoming'), Type.Literal('open'), Type.Literal('ended'), Type.Literal('sold_out')]),
   },
   { $id: 'Product' },
 )
@@ -54,6 +58,7 @@ export const HoldView = Type.Object(
     status: Type.Union([Type.Literal('active'), Type.Literal('converted'), Type.Literal('expired'), Type.Literal('released')]),
     expires_at: Type.String({ format: 'date-time' }),
     created_at: Type.String({ format: 'date-time' }),
+    buyer_id: Type.Union([Type.String(), Type.Null()]),
   },
   { $id: 'Hold' },
 )
@@ -78,6 +83,7 @@ export const OrderView = Type.Object(
     paid_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     payment_id: Type.Union([Type.String(), Type.Null()]),
     refund_required: Type.Boolean(),
+    buyer_id: Type.Union([Type.String(), Type.Null()]),
   },
   { $id: 'Order' },
 )
@@ -103,16 +109,29 @@ export const WebhookAnswer = Type.Object(
   { $id: 'WebhookAnswer' },
 )
 
+// Drop settings (SPEC §8): null clears one. Instants are checked further in the admin route
+// (a real calendar instant with a zone), so the field is named whatever is wrong with it.
+const perBuyerLimit = Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000_000 }), Type.Null()], { description: 'Units one buyer may hold, have pending and have bought; null: no limit' })
+const saleInstant = Type.Union([Type.String({ maxLength: 64, examples: ['2030-01-01T10:00:00Z'] }), Type.Null()], { description: 'ISO 8601 instant with a zone; null: unset' })
+const dropSettingsFields = {
+  per_buyer_limit: Type.Optional(perBuyerLimit),
+  sale_starts_at: Type.Optional(saleInstant),
+  sale_ends_at: Type.Optional(saleInstant),
+}
+
 export const NewProductBody = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200, pattern: noNul }),
   price: Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })]),
   currency: Type.Optional(Type.String({ pattern: '^[A-Z]{3}$' })),
   stock: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
+  ...dropSettingsFields,
 })
 export type NewProductBody = Static<typeof NewProductBody>
 
+// At least one field: the admin route names add_stock when none is given.
 export const StockBody = Type.Object({
-  add_stock: Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 }),
+  add_stock: Type.Optional(Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 })),
+  ...dropSettingsFields,
 })
 export type StockBody = Static<typeof StockBody>
 

@@ -125,8 +125,26 @@ function seedProduct(seed: SeedProduct | undefined): Migration {
   }
 }
 
+// Buyers, per-buyer limits and sale windows (SPEC §8). Every column is nullable, so rows made
+// before stay valid: anonymous holds and orders, products without limit or window. The indexes
+// serve the per-buyer count a limited product's hold batch makes under the product lock.
+function dropSettings(): Migration {
+  return {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable('products').addColumn('per_buyer_limit', 'integer').execute()
+      await db.schema.alterTable('products').addColumn('per_buyer_limit_set_at', 'bigint').execute()
+      await db.schema.alterTable('products').addColumn('sale_starts_at', 'bigint').execute()
+      await db.schema.alterTable('products').addColumn('sale_ends_at', 'bigint').execute()
+      await db.schema.alterTable('holds').addColumn('buyer_id', 'varchar(128)').execute()
+      await db.schema.alterTable('orders').addColumn('buyer_id', 'varchar(128)').execute()
+      await db.schema.createIndex('holds_buyer_idx').on('holds').columns(['product_id', 'buyer_id']).execute()
+      await db.schema.createIndex('orders_buyer_idx').on('orders').columns(['product_id', 'buyer_id']).execute()
+    },
+  }
+}
+
 export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
   return {
-    getMigrations: async () => ({ '0001_initial': initial(engine), '0002_seed_product': seedProduct(seed) }),
+    getMigrations: async () => ({ '0001_initial': initial(engine), '0002_seed_product': seedProduct(seed), '0003_drop_settings': dropSettings() }),
   }
 }
