@@ -37,7 +37,7 @@ function countingStore(store: Store): { store: Store; transactions: Array<{ labe
   return { store: counting, transactions }
 }
 
-const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax: 256 }
+const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax: 256, queueDepthMax: 10_000, queuedProductsMax: 1000, inFlightKeysMax: 100_000 }
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: batched idempotency keys`, () => {

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { busyError } from './batcher.js'
 import { DomainError } from './errors.js'
 
 // A request's fingerprint: the meaning of its body, not its bytes, so `qty` and its alias
@@ -13,9 +14,16 @@ export function assertSameFingerprint(stored: string, given: string): void {
 
 // Requests in this process that carry a key still being served. A duplicate waits for the
 // first and is then answered from what the first stored; across processes the database's
-// unique key and the product row lock give the same result.
+// unique key and the product row lock give the same result. Keys come from requests, so at most
+// `keysMax` (IN_FLIGHT_KEYS_MAX) are tracked at once; a new key past that is refused `busy`.
 export class InFlightKeys {
   private readonly running = new Map<string, Promise<unknown>>()
+
+  constructor(private readonly keysMax: number) {}
+
+  get size(): number {
+    return this.running.size
+  }
 
   async run<T>(scopedKey: string, fn: () => Promise<T>): Promise<{ waited: boolean; value?: T }> {
     const earlier = this.running.get(scopedKey)
@@ -23,6 +31,7 @@ export class InFlightKeys {
       await earlier.catch(() => undefined)
       return { waited: true }
     }
+    if (this.running.size >= this.keysMax) throw busyError('in-flight keys: IN_FLIGHT_KEYS_MAX')
     const promise = fn()
     this.running.set(scopedKey, promise)
     try {

@@ -4,7 +4,7 @@
 // judges the requests that won their keys in arrival order, completed keys store their answer
 // and refused ones are released, and nobody is answered before the commit.
 import { assert } from './assert.js'
-import { ProductBatches } from './batcher.js'
+import { ProductBatches, type QueueLimits } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import type { DomainEvent, EventName, Observer } from './events.js'
@@ -12,6 +12,12 @@ import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
 import { withLockedProduct } from './locked-product.js'
 import type { SettleContext } from './settle.js'
 import type { IdempotencyRecord, IdempotencyScope, Store } from './store.js'
+
+// Every structure a keyed request can grow is bounded: its product's queue, the number of
+// queues, and the keys in flight.
+export interface KeyedBatchLimits extends QueueLimits {
+  inFlightKeysMax: number
+}
 
 export interface KeyedRequest {
   idempotencyKey: string | null
@@ -62,15 +68,17 @@ const duplicateWaitsMax = 3
 
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
-  private readonly inFlight = new InFlightKeys()
+  private readonly inFlight: InFlightKeys
 
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly observer: Observer,
     private readonly useCase: KeyedUseCase<R, A>,
+    limits: KeyedBatchLimits,
   ) {
-    this.batches = new ProductBatches(useCase.batchMax, (productId, batch) => this.serveBatch(productId, batch))
+    this.inFlight = new InFlightKeys(limits.inFlightKeysMax)
+    this.batches = new ProductBatches(useCase.batchMax, limits, useCase.label, (productId, batch) => this.serveBatch(productId, batch))
   }
 
   // `productId` names the lock (and the queue) the request needs.

@@ -2,7 +2,7 @@
 // after the order exists. The payment_events table is the key store: its unique key on the
 // idempotency key is what makes a concurrent duplicate a replay and never a second effect.
 import { assert } from './assert.js'
-import { ProductBatches } from './batcher.js'
+import { ProductBatches, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
@@ -15,7 +15,7 @@ import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 
 export type { PaymentAnswerBody } from './settle.js'
 
-export interface PaymentSettings {
+export interface PaymentSettings extends QueueLimits {
   webhookBatchMax: number
 }
 
@@ -53,7 +53,7 @@ export class Payments {
     private readonly observer: Observer,
     private readonly settings: PaymentSettings,
   ) {
-    this.batches = new ProductBatches(settings.webhookBatchMax, (productId, batch) => this.serveBatch(productId, batch))
+    this.batches = new ProductBatches(settings.webhookBatchMax, settings, 'payments.receive', (productId, batch) => this.serveBatch(productId, batch))
   }
 
   async receive(request: PaymentRequest): Promise<PaymentAnswer> {
