@@ -89,7 +89,8 @@ describe('InFlightKeys limit', () => {
     expect(keys.size).toBe(1)
     first.open()
     expect(await running).toEqual({ waited: false, value: 'a' })
-    expect(await duplicate).toEqual({ waited: true })
+    // The duplicate is handed the first run's value.
+    expect(await duplicate).toEqual({ waited: true, value: 'a' })
     expect(keys.size).toBe(0)
     expect(await keys.run('holds:b', async () => 'b')).toEqual({ waited: false, value: 'b' })
   })

@@ -25,11 +25,13 @@ export class InFlightKeys {
     return this.running.size
   }
 
+  // Runs fn unless the key is running already; then waits for that run and returns its value
+  // (undefined if it failed). Every caller of one scope passes the same kind of fn, so T holds.
   async run<T>(scopedKey: string, fn: () => Promise<T>): Promise<{ waited: boolean; value?: T }> {
-    const earlier = this.running.get(scopedKey)
+    const earlier = this.running.get(scopedKey) as Promise<T> | undefined
     if (earlier) {
-      await earlier.catch(() => undefined)
-      return { waited: true }
+      const value = await earlier.catch(() => undefined)
+      return { waited: true, value }
     }
     if (this.running.size >= this.keysMax) throw busyError('in-flight keys: IN_FLIGHT_KEYS_MAX')
     const promise = fn()

@@ -61,9 +61,10 @@ interface Waiter<R, A> {
   reject: (error: unknown) => void
 }
 
-// A duplicate in this process waits for the first request with its key, then runs again (and is
-// answered from what the first stored, or afresh if the first changed nothing). Past this many
-// waits it is told the key is still in flight.
+// A duplicate in this process waits for the first request with its key. If the first was
+// answered, its key now holds that answer: the duplicate replays it (or is refused 422 for
+// another request) without a statement. If the first was refused (its key released) or failed,
+// the duplicate runs again. Past this many waits it is told the key is still in flight.
 const duplicateWaitsMax = 3
 
 export class KeyedBatches<R extends KeyedRequest, A> {
@@ -85,9 +86,14 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   async submit(productId: number, request: R): Promise<KeyedAnswer<A>> {
     const key = request.idempotencyKey
     if (key === null) return this.enqueue(productId, request)
+    const fingerprint = this.useCase.fingerprint(request)
     for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
-      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, () => this.enqueue(productId, request))
-      if (!run.waited) return run.value as KeyedAnswer<A>
+      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, async () => ({ fingerprint, answer: await this.enqueue(productId, request) }))
+      if (!run.waited) return run.value!.answer
+      if (run.value) {
+        assertSameFingerprint(run.value.fingerprint, fingerprint)
+        return { answer: run.value.answer.answer, replayed: true }
+      }
     }
     throw new DomainError('idempotency_key_in_flight')
   }
