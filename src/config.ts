@@ -36,6 +36,12 @@ export interface Config {
   readonly holdBatchMax: number
   readonly orderBatchMax: number
   readonly webhookBatchMax: number
+  // Requests waiting in one product's queue (each batcher, the coalesced reads); past it, 503 busy.
+  readonly queueDepthMax: number
+  // Products with a queue at once, per queue kind; past it, 503 busy.
+  readonly queuedProductsMax: number
+  // Idempotency keys being served at once in this process, per use case; past it, 503 busy.
+  readonly inFlightKeysMax: number
   readonly txAttemptsMax: number
   readonly bodyBytesMax: number
   readonly seedStock: number
@@ -141,6 +147,9 @@ export function loadConfig(env: Env = process.env): Config {
     holdBatchMax: batchSize(env, 'HOLD_BATCH_MAX', engine, 256, 10_000),
     orderBatchMax: batchSize(env, 'ORDER_BATCH_MAX', engine, 256, 10_000),
     webhookBatchMax: batchSize(env, 'WEBHOOK_BATCH_MAX', engine, 256, 10_000),
+    queueDepthMax: integer(env, 'QUEUE_DEPTH_MAX', 10_000, 1, 1_000_000),
+    queuedProductsMax: integer(env, 'QUEUED_PRODUCTS_MAX', 1000, 1, 1_000_000),
+    inFlightKeysMax: integer(env, 'IN_FLIGHT_KEYS_MAX', 100_000, 1, 10_000_000),
     txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
     bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
     seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
 import { Holds, judgeHolds, type HoldRequest } from '../src/domain/holds.js'
+import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
 import { noDropSettings } from '../src/domain/store.js'
@@ -38,7 +39,7 @@ function countingStore(store: Store): { store: Store; transactions: Array<{ labe
   return { store: counting, transactions }
 }
 
-const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax: 256 }
+const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax: 256, queueDepthMax: 10_000, queuedProductsMax: 1000, inFlightKeysMax: 100_000 }
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: batched idempotency keys`, () => {
@@ -66,6 +67,52 @@ for (const engine of testEngines()) {
       expect(replayBatches).toHaveLength(1)
       expect(replayBatches[0]!.calls.filter((name) => name === 'claimIdempotencyKeys')).toHaveLength(1)
       await holds.drain()
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('reads and stores the payment events of a webhook batch with as many statements for 20 webhooks as for 1, early or on an order, new or replayed', async () => {
+      const t = await buildTestApp(engine.name, { stock: 1000 })
+      const { store, transactions } = countingStore(t.runtime.store)
+      const payments = new Payments(store, t.clock, t.runtime.observer, { ...settings, webhookBatchMax: 256 })
+      const { holds, orders } = t.app.services
+      const holdIds = await Promise.all(Array.from({ length: 42 }, async () => (await holds.create({ productId: t.productId, qty: 1, idempotencyKey: null })).hold.id))
+      // Half the holds become orders (webhooks on an order), the other half stay holds (webhooks before the order).
+      const orderIds = await Promise.all(holdIds.slice(0, 21).map(async (holdId) => (await orders.create({ holdId, idempotencyKey: null })).order.id))
+      const early = holdIds.slice(21)
+      // Webhooks first read their order or hold, so they may reach the queue in more than one
+      // batch: every batch must make the same payment-event calls, and one batch serves several.
+      const batchOf = async (webhooks: Array<{ key: string; orderId: string | null; holdId: string | null }>, replayed: boolean): Promise<string[]> => {
+        const before = transactions.length
+        const eventsBefore = t.events.length
+        const answers = await Promise.all(webhooks.map((webhook) => payments.receive({ ...webhook, idempotencyKey: webhook.key, status: 'success', paymentId: `pay-${webhook.key}`, amount: null })))
+        expect(answers.every((answer) => answer.replayed === replayed)).toBe(true)
+        const sizes = t.events.slice(eventsBefore).flatMap((event) => (event.name === 'payment.batch' ? [Number(event.size)] : []))
+        expect(sizes.reduce((sum, size) => sum + size, 0)).toBe(webhooks.length)
+        if (webhooks.length > 1) expect(Math.max(...sizes)).toBeGreaterThan(1)
+        const batches = transactions.slice(before).filter((tx) => tx.label === 'payments.receive')
+        expect(batches).toHaveLength(sizes.length)
+        const calls = batches.map((tx) => tx.calls.filter((name) => name.includes('PaymentEvent')))
+        for (const batchCalls of calls) expect(batchCalls).toEqual(calls[0])
+        return calls[0]!
+      }
+      const onOrders = (from: number, count: number) => Array.from({ length: count }, (_, index) => ({ key: `paid-${from + index}`, orderId: orderIds[from + index]!, holdId: null }))
+      const beforeOrders = (from: number, count: number) => Array.from({ length: count }, (_, index) => ({ key: `early-${from + index}`, orderId: null, holdId: early[from + index]! }))
+      const stored = ['getPaymentEvents', 'insertPaymentEvents']
+      expect(await batchOf(onOrders(0, 1), false)).toEqual(stored)
+      expect(await batchOf(onOrders(1, 20), false)).toEqual(stored)
+      expect(await batchOf(beforeOrders(0, 1), false)).toEqual(stored)
+      expect(await batchOf(beforeOrders(1, 20), false)).toEqual(stored)
+      // The same forty keys again: one read, nothing stored for the replays. One new key twice:
+      // stored once, the second a replay of the first (in its batch or the next).
+      expect(await batchOf([...onOrders(1, 20), ...beforeOrders(1, 20)], true)).toEqual(['getPaymentEvents'])
+      const before = transactions.length
+      const twice = await Promise.all([0, 1].map(() => payments.receive({ idempotencyKey: 'twice', orderId: orderIds[0]!, holdId: null, status: 'failed', paymentId: null, amount: null })))
+      expect(twice.map((answer) => answer.replayed)).toEqual([false, true])
+      expect(twice[1]!.body).toEqual(twice[0]!.body)
+      expect(transactions.slice(before).flatMap((tx) => tx.calls.filter((name) => name === 'insertPaymentEvents'))).toHaveLength(1)
+      await payments.drain()
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body.available_stock).toBe(1000 - 42)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
   })

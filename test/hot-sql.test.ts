@@ -61,9 +61,9 @@ for (const engine of testEngines()) {
         await tx.insertOrders([
           { id: 'o-lapsed', holdId: 'h-ordered', productId: first, qty: 5, amountMinor: 6250, currency: 'USD', status: 'pending', createdAt: new Date(nowMs - 2 * minuteMs), expiresAt: new Date(nowMs - 1), paidAt: null, paymentId: null, refundRequired: false, buyerId: null },
         ])
-        await tx.insertPaymentEvent({
+        await tx.insertPaymentEvents([{
           idempotencyKey: 'evt-1', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,
-        })
+        }])
       })
       const now = new Date(nowMs)
       for (const [productId, lapsedQty] of [[first, 2 + 5], [second, 6]] as const) {

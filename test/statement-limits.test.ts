@@ -6,12 +6,12 @@
 import { DummyDriver, Kysely, MysqlAdapter, MysqlIntrospector, MysqlQueryCompiler, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, SqliteAdapter, SqliteIntrospector, SqliteQueryCompiler, type CompiledQuery, type Dialect } from 'kysely'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { loadConfig, type EngineName } from '../src/config.js'
-import type { Hold, Order, StoreTx } from '../src/domain/store.js'
+import type { Hold, Order, PaymentEvent, StoreTx } from '../src/domain/store.js'
 import { engines } from '../src/store/engines/index.js'
 import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { claimKeysShape, completeKeysShape, keysByNameShape } from '../src/store/idempotency-keys.js'
-import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, KyselyTx, moveStatusShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
+import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, KyselyTx, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
 import type { Database } from '../src/store/schema.js'
 import { batchLimit, batchStatements, type BatchVariable } from '../src/store/statement-limits.js'
 import type { StatementShape } from '../src/store/statement-shape.js'
@@ -48,6 +48,13 @@ function keys(count: number): Array<{ key: string; fingerprint: string }> {
   return Array.from({ length: count }, (_, index) => ({ key: `k${index}`, fingerprint: 'f' }))
 }
 
+function paymentEvents(of: readonly Hold[]): PaymentEvent[] {
+  return of.map((hold) => ({
+    idempotencyKey: `e-${hold.id}`, fingerprint: 'f', orderId: null, holdId: hold.id, status: 'success', paymentId: null, amountMinor: null,
+    state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs), processedAt: null,
+  }))
+}
+
 // A claim runs three statements (free expired keys, insert the claims, read the losers).
 const claimRun = (tx: StoreTx, rows: number) => tx.claimIdempotencyKeys('holds', keys(rows), new Date(nowMs), new Date(nowMs + 60_000))
 
@@ -66,6 +73,8 @@ const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promis
   [insertOrdersShape, (tx, rows) => tx.insertOrders(orders(holds(rows)))],
   [waitingPaymentEventsShape, (tx, rows) => tx.waitingPaymentEvents(holds(rows).map((hold) => hold.id))],
   [buyerUnitsShape, (tx, rows) => tx.buyerUnits(1, holds(rows).map((hold) => `buyer-${hold.id}`), new Date(nowMs))],
+  [paymentEventsByKeyShape, (tx, rows) => tx.getPaymentEvents(paymentEvents(holds(rows)).map((event) => event.idempotencyKey))],
+  [insertPaymentEventsShape, (tx, rows) => tx.insertPaymentEvents(paymentEvents(holds(rows)))],
 ]
 
 describe('statement shapes', () => {

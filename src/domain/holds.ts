@@ -7,14 +7,14 @@ import { DomainError } from './errors.js'
 import type { Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
-import { KeyedBatches, type KeyedUseCase, type Verdict } from './keyed-batches.js'
+import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } from './keyed-batches.js'
 import type { ProductLedger } from './ledger.js'
 import { withLockedProduct } from './locked-product.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
 import { effectiveStatus } from './status.js'
 import type { DropSettings, Hold, Store } from './store.js'
 
-export interface HoldSettings {
+export interface HoldSettings extends KeyedBatchLimits {
   holdTtlMs: number
   idempotencyTtlMs: number
   holdBatchMax: number
@@ -119,7 +119,7 @@ export class Holds {
       encode: (hold) => JSON.stringify(hold),
       decode: reviveHold,
     }
-    this.batches = new KeyedBatches(store, clock, observer, useCase)
+    this.batches = new KeyedBatches(store, clock, observer, useCase, settings)
   }
 
   async create(request: HoldRequest): Promise<HoldAnswer> {

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { busyError } from './batcher.js'
 import { DomainError } from './errors.js'
 
 // A request's fingerprint: the meaning of its body, not its bytes, so `qty` and its alias
@@ -12,24 +13,29 @@ export function assertSameFingerprint(stored: string, given: string): void {
 }
 
 // Requests in this process that carry a key still being served. A duplicate waits for the
-// first; if the first succeeded, the duplicate is answered from the first's answer (no round
-// trip: twenty duplicates are answered together, not one more batch each); if the first changed
-// nothing, the duplicate runs afresh. Across processes the database's unique key and the
-// product row lock give the same result.
-export class InFlightKeys<T> {
-  private readonly running = new Map<string, { fingerprint: string; promise: Promise<T> }>()
+// first and is then answered from what the first stored; across processes the database's
+// unique key and the product row lock give the same result. Keys come from requests, so at most
+// `keysMax` (IN_FLIGHT_KEYS_MAX) are tracked at once; a new key past that is refused `busy`.
+export class InFlightKeys {
+  private readonly running = new Map<string, Promise<unknown>>()
 
-  async run(scopedKey: string, fingerprint: string, fn: () => Promise<T>): Promise<{ waited: false; value: T } | { waited: true; earlier: { fingerprint: string; value: T } | undefined }> {
-    const earlier = this.running.get(scopedKey)
+  constructor(private readonly keysMax: number) {}
+
+  get size(): number {
+    return this.running.size
+  }
+
+  // Runs fn unless the key is running already; then waits for that run and returns its value
+  // (undefined if it failed). Every caller of one scope passes the same kind of fn, so T holds.
+  async run<T>(scopedKey: string, fn: () => Promise<T>): Promise<{ waited: boolean; value?: T }> {
+    const earlier = this.running.get(scopedKey) as Promise<T> | undefined
     if (earlier) {
-      const value = await earlier.promise.then(
-        (resolved) => resolved,
-        () => undefined,
-      )
-      return { waited: true, earlier: value === undefined ? undefined : { fingerprint: earlier.fingerprint, value } }
+      const value = await earlier.catch(() => undefined)
+      return { waited: true, value }
     }
+    if (this.running.size >= this.keysMax) throw busyError('in-flight keys: IN_FLIGHT_KEYS_MAX')
     const promise = fn()
-    this.running.set(scopedKey, { fingerprint, promise })
+    this.running.set(scopedKey, promise)
     try {
       return { waited: false, value: await promise }
     } finally {

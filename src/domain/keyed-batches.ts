@@ -4,7 +4,7 @@
 // judges the requests that won their keys in arrival order, completed keys store their answer
 // and refused ones are released, and nobody is answered before the commit.
 import { assert } from './assert.js'
-import { ProductBatches } from './batcher.js'
+import { ProductBatches, type QueueLimits } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import type { DomainEvent, EventName, Observer } from './events.js'
@@ -12,6 +12,12 @@ import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
 import { withLockedProduct } from './locked-product.js'
 import type { SettleContext } from './settle.js'
 import type { IdempotencyRecord, IdempotencyScope, Store } from './store.js'
+
+// Every structure a keyed request can grow is bounded: its product's queue, the number of
+// queues, and the keys in flight.
+export interface KeyedBatchLimits extends QueueLimits {
+  inFlightKeysMax: number
+}
 
 export interface KeyedRequest {
   idempotencyKey: string | null
@@ -55,22 +61,25 @@ interface Waiter<R, A> {
   reject: (error: unknown) => void
 }
 
-// A duplicate in this process waits for the first request with its key, then runs again (and is
-// answered from what the first stored, or afresh if the first changed nothing). Past this many
-// waits it is told the key is still in flight.
+// A duplicate in this process waits for the first request with its key. If the first was
+// answered, its key now holds that answer: the duplicate replays it (or is refused 422 for
+// another request) without a statement. If the first was refused (its key released) or failed,
+// the duplicate runs again. Past this many waits it is told the key is still in flight.
 const duplicateWaitsMax = 3
 
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
-  private readonly inFlight = new InFlightKeys<KeyedAnswer<A>>()
+  private readonly inFlight: InFlightKeys
 
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly observer: Observer,
     private readonly useCase: KeyedUseCase<R, A>,
+    limits: KeyedBatchLimits,
   ) {
-    this.batches = new ProductBatches(useCase.batchMax, (productId, batch) => this.serveBatch(productId, batch))
+    this.inFlight = new InFlightKeys(limits.inFlightKeysMax)
+    this.batches = new ProductBatches(useCase.batchMax, limits, useCase.label, (productId, batch) => this.serveBatch(productId, batch))
   }
 
   // `productId` names the lock (and the queue) the request needs.
@@ -79,12 +88,12 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     if (key === null) return this.enqueue(productId, request)
     const fingerprint = this.useCase.fingerprint(request)
     for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
-      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, fingerprint, () => this.enqueue(productId, request))
-      if (!run.waited) return run.value
-      if (run.earlier === undefined) continue
-      // The first request with this key made an answer that used the key up: replay it.
-      assertSameFingerprint(run.earlier.fingerprint, fingerprint)
-      return { answer: run.earlier.value.answer, replayed: true }
+      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, async () => ({ fingerprint, answer: await this.enqueue(productId, request) }))
+      if (!run.waited) return run.value!.answer
+      if (run.value) {
+        assertSameFingerprint(run.value.fingerprint, fingerprint)
+        return { answer: run.value.answer.answer, replayed: true }
+      }
     }
     throw new DomainError('idempotency_key_in_flight')
   }

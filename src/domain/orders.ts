@@ -7,12 +7,12 @@ import { DomainError } from './errors.js'
 import type { DomainEvent, Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isResourceId, newOrderId } from './ids.js'
-import { KeyedBatches, type KeyedUseCase, type Verdict } from './keyed-batches.js'
+import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } from './keyed-batches.js'
 import { applyPaymentToOrder, type SettleContext } from './settle.js'
 import { effectiveStatus } from './status.js'
 import type { Hold, Order, Store } from './store.js'
 
-export interface OrderSettings {
+export interface OrderSettings extends KeyedBatchLimits {
   orderTtlMs: number
   idempotencyTtlMs: number
   orderBatchMax: number
@@ -74,7 +74,7 @@ export class Orders {
       encode: (order) => JSON.stringify(order),
       decode: reviveOrder,
     }
-    this.batches = new KeyedBatches(store, clock, observer, useCase)
+    this.batches = new KeyedBatches(store, clock, observer, useCase, settings)
   }
 
   async get(orderId: string): Promise<Order> {

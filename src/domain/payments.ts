@@ -2,7 +2,7 @@
 // after the order exists. The payment_events table is the key store: its unique key on the
 // idempotency key is what makes a concurrent duplicate a replay and never a second effect.
 import { assert } from './assert.js'
-import { ProductBatches } from './batcher.js'
+import { ProductBatches, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
@@ -15,7 +15,7 @@ import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 
 export type { PaymentAnswerBody } from './settle.js'
 
-export interface PaymentSettings {
+export interface PaymentSettings extends QueueLimits {
   webhookBatchMax: number
 }
 
@@ -56,7 +56,7 @@ export class Payments {
     private readonly observer: Observer,
     private readonly settings: PaymentSettings,
   ) {
-    this.batches = new ProductBatches(settings.webhookBatchMax, (productId, batch) => this.serveBatch(productId, batch))
+    this.batches = new ProductBatches(settings.webhookBatchMax, settings, 'payments.receive', (productId, batch) => this.serveBatch(productId, batch))
   }
 
   async receive(request: PaymentRequest): Promise<PaymentAnswer> {
@@ -70,18 +70,9 @@ export class Payments {
       // Only when stated, so the generic webhook's stored fingerprints stay what they were.
       ...(request.currency ? [request.currency] : []),
     ])
-    const stored = await this.store.getPaymentEvent(request.idempotencyKey)
-    if (stored) {
-      assertSameFingerprint(stored.fingerprint, fingerprint)
-      // A replay answers what is true now: a payment still waiting on a hold that has lapsed
-      // is settled first (as a late payment), even if no sweeper has reached the hold yet.
-      const settled = stored.state === 'waiting' && stored.holdId !== null ? await this.settleLapsedHold(stored.holdId) : false
-      const current = settled ? await this.store.getPaymentEvent(request.idempotencyKey) : stored
-      assert(current !== undefined, 'payment events are never deleted')
-      return this.replay(current, fingerprint)
-    }
-
-    const productId = await this.productOf(request)
+    // The order or hold names the product whose lock (and batch) the webhook needs. A stored
+    // event for the key is read in the batch, with every other key of the batch at once.
+    const productId = await this.productOf(request).catch((error: unknown) => this.refuse(request, fingerprint, error))
     const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
     if (outcome.ok === 'replay') return this.replay(outcome.event, fingerprint)
     if (outcome.ok === false) throw outcome.error
@@ -94,25 +85,47 @@ export class Payments {
     await this.batches.drain()
   }
 
+  // A webhook naming no known order or hold is still a replay (or a 422) when its key is stored.
+  private async refuse(request: PaymentRequest, fingerprint: string, error: unknown): Promise<never> {
+    if (!(error instanceof DomainError) || (error.code !== 'order_not_found' && error.code !== 'hold_not_found')) throw error
+    const stored = await this.store.getPaymentEvent(request.idempotencyKey)
+    if (stored) assertSameFingerprint(stored.fingerprint, fingerprint)
+    throw error
+  }
+
   // One transaction for every webhook of this product that queued meanwhile: one lock and one
-  // commit for all, each webhook then handled in arrival order exactly as it would be alone
-  // (a duplicate key later in the batch sees the first one's row and replays it).
+  // commit for all, one read of the stored events of the batch's keys and one insert of the new
+  // ones; each webhook is handled in arrival order exactly as it would be alone (a duplicate key
+  // later in the batch replays the first one's event).
   private async serveBatch(productId: number, batch: Waiter[]): Promise<void> {
     const now = this.clock.now()
     let outcomes: Outcome[]
     try {
       outcomes = await withLockedProduct(this.store, this.observer, { label: 'payments.receive', productId, now }, async (ctx) => {
+        const known = await this.storedEvents(ctx, batch)
+        const created: PaymentEvent[] = []
         const results: Outcome[] = []
         for (const waiter of batch) {
+          const earlier = known.get(waiter.request.idempotencyKey)
+          if (earlier) {
+            results.push({ ok: 'replay', event: earlier })
+            continue
+          }
           try {
             // Each webhook's events are its own, emitted in its request's context.
-            results.push(await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint))
+            const received = await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint)
+            known.set(received.event.idempotencyKey, received.event)
+            created.push(received.event)
+            results.push(received.outcome)
           } catch (error) {
             // Refusals (a bad amount) are decided before the webhook writes anything.
             if (!(error instanceof DomainError)) throw error
             results.push({ ok: false, error })
           }
         }
+        // Nothing in the batch reads a new event back from the table: a waiting one waits on a
+        // live hold, which no webhook of this batch can end (they share `now`).
+        if (created.length > 0) await ctx.tx.insertPaymentEvents(created)
         ctx.events.push({ name: 'payment.batch', productId, size: batch.length })
         return results
       })
@@ -124,14 +137,33 @@ export class Payments {
     for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
   }
 
-  private async receiveIn(ctx: SettleContext, request: PaymentRequest, fingerprint: string): Promise<Outcome> {
+  // The stored events of the batch's keys (one read), each as it is true now: a replayed payment
+  // still waiting on a hold that has lapsed is settled first (as a late payment), even if no
+  // sweeper has reached the hold yet, and read again.
+  private async storedEvents(ctx: SettleContext, batch: readonly Waiter[]): Promise<Map<string, PaymentEvent>> {
+    const { tx, ledger, now } = ctx
+    const keys = [...new Set(batch.map((waiter) => waiter.request.idempotencyKey))]
+    const known = new Map((await tx.getPaymentEvents(keys)).map((event) => [event.idempotencyKey, event]))
+    // Only a replay settles (another fingerprint is refused 422 and changes nothing).
+    const replayed = batch.flatMap(({ request, fingerprint }) => {
+      const event = known.get(request.idempotencyKey)
+      return event && event.state === 'waiting' && event.holdId !== null && event.fingerprint === fingerprint ? [event] : []
+    })
+    if (replayed.length === 0) return known
+    const holds = await tx.getHolds([...new Set(replayed.map((event) => event.holdId!))])
+    const lapsed = holds.filter((hold) => hold.productId === ledger.productId && hold.status === 'active' && hold.expiresAt.getTime() <= now.getTime())
+    if (lapsed.length === 0) return known
+    await expireHolds(ctx, lapsed)
+    const lapsedIds = new Set(lapsed.map((hold) => hold.id))
+    const settled = await tx.getPaymentEvents(replayed.filter((event) => lapsedIds.has(event.holdId!)).map((event) => event.idempotencyKey))
+    for (const event of settled) known.set(event.idempotencyKey, event)
+    return known
+  }
+
+  private async receiveIn(ctx: SettleContext, request: PaymentRequest, fingerprint: string): Promise<{ outcome: Outcome; event: PaymentEvent }> {
     const { tx, ledger, now, events } = ctx
     const product = ledger.product
     const productId = product.id
-    // A duplicate that committed while this one waited for the product lock, or that came
-    // earlier in this batch, is seen here.
-    const earlier = await tx.getPaymentEvent(request.idempotencyKey)
-    if (earlier) return { ok: 'replay', event: earlier }
     const event: PaymentEvent = {
       idempotencyKey: request.idempotencyKey,
       fingerprint,
@@ -166,10 +198,9 @@ export class Payments {
 
     if (!order && hold.status === 'active' && hold.expiresAt.getTime() > now.getTime()) {
       // Webhook before the order: stored durably, applied when the order is created.
-      await tx.insertPaymentEvent(event)
       events.push({ name: 'payment.early', key: event.idempotencyKey, holdId: hold.id, productId })
       const body: PaymentAnswerBody = { state: 'accepted', holdId: hold.id, orderId: null, orderStatus: null, outcome: null }
-      return { ok: true, answer: { body, replayed: false }, events }
+      return { outcome: { ok: true, answer: { body, replayed: false }, events }, event }
     }
     if (!order && hold.status === 'active') {
       // The hold lapsed and no sweeper has caught it yet: expire it now, which also settles
@@ -180,21 +211,7 @@ export class Payments {
       order = await tx.getOrderByHold(hold.id)
     }
     const applied = await applyPaymentToHold(ctx, hold, order ?? null, event, true)
-    await tx.insertPaymentEvent(applied.event)
-    return { ok: true, answer: { body: applied.body, replayed: false }, events }
-  }
-
-  // Expires the hold if it has lapsed while still active, settling its waiting payments.
-  private async settleLapsedHold(holdId: string): Promise<boolean> {
-    const known = await this.store.getHold(holdId)
-    const now = this.clock.now()
-    if (!known || known.status !== 'active' || known.expiresAt.getTime() > now.getTime()) return false
-    await withLockedProduct(this.store, this.observer, { label: 'payments.settle', productId: known.productId, now }, async (ctx) => {
-      const hold = await ctx.tx.getHold(holdId)
-      // Someone else (a sweeper, an order, a reclaim) may have settled it meanwhile.
-      if (hold && hold.status === 'active') await expireHolds(ctx, [hold])
-    })
-    return true
+    return { outcome: { ok: true, answer: { body: applied.body, replayed: false }, events }, event: applied.event }
   }
 
   private async productOf(request: PaymentRequest): Promise<number> {

@@ -1,5 +1,6 @@
 // Product reads and stock administration.
 import { assert } from './assert.js'
+import { ProductQueues, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { isProductId } from './ids.js'
@@ -61,23 +62,27 @@ interface ReadSlot {
 // Reads of one product share one query, yet every read is answered by a query that started
 // after the read arrived: a read never joins a query already sent, so it reflects every hold,
 // order or payment answered before it began (SPEC §3), while a burst of N concurrent reads
-// costs about one round trip per query time instead of N.
+// costs about one round trip per query time instead of N. Waiting reads are bounded like every
+// queue (QueueLimits): past them a read is refused `busy`.
 export class ProductReader {
-  private readonly slots = new Map<number, ReadSlot>()
+  private readonly slots: ProductQueues<ReadSlot>
 
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
-  ) {}
+    limits: QueueLimits,
+  ) {
+    this.slots = new ProductQueues(limits, 'product reads', () => ({ waiters: [], running: false }))
+  }
 
   read(productId: number): Promise<ProductView | undefined> {
     if (!isProductId(productId)) return Promise.resolve(undefined)
-    let slot = this.slots.get(productId)
-    if (!slot) {
-      slot = { waiters: [], running: false }
-      this.slots.set(productId, slot)
+    let target: ReadSlot
+    try {
+      target = this.slots.admit(productId)
+    } catch (error) {
+      return Promise.reject(error)
     }
-    const target = slot
     return new Promise((resolve, reject) => {
       target.waiters.push({ resolve, reject })
       if (!target.running) {

@@ -17,14 +17,17 @@ export interface Services {
   catalog: Catalog
 }
 
-export type ServiceSettings = Pick<Config, 'holdTtlMs' | 'orderTtlMs' | 'idempotencyTtlMs' | 'holdBatchMax' | 'orderBatchMax' | 'webhookBatchMax'>
+export type ServiceSettings = Pick<
+  Config,
+  'holdTtlMs' | 'orderTtlMs' | 'idempotencyTtlMs' | 'holdBatchMax' | 'orderBatchMax' | 'webhookBatchMax' | 'queueDepthMax' | 'queuedProductsMax' | 'inFlightKeysMax'
+>
 
 export function createServices(store: Store, clock: Clock, observer: Observer, settings: ServiceSettings): Services {
   return {
     holds: new Holds(store, clock, observer, settings),
     orders: new Orders(store, clock, observer, settings),
     payments: new Payments(store, clock, observer, settings),
-    reader: new ProductReader(store, clock),
+    reader: new ProductReader(store, clock, settings),
     catalog: new Catalog(store, clock, observer),
   }
 }

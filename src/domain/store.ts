@@ -186,8 +186,10 @@ export interface StoreTx {
   setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number>
   lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]>
 
-  getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
-  insertPaymentEvent(event: PaymentEvent): Promise<void>
+  // The stored events of these keys (a webhook batch's), in one statement.
+  getPaymentEvents(idempotencyKeys: readonly string[]): Promise<PaymentEvent[]>
+  // One multi-row insert, in the given (arrival) order.
+  insertPaymentEvents(events: readonly PaymentEvent[]): Promise<void>
   // Payments stored before their hold had an order, in arrival order.
   waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]>
   markPaymentEventProcessed(event: PaymentEvent): Promise<void>

@@ -21,9 +21,9 @@ import type {
 } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
 import type { HotSql } from './hot-sql.js'
-import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
+import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
 import { claimKeys, completeKeys, releaseKeys } from './idempotency-keys.js'
-import { dropValues, orderColumns, orderValues, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
+import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 import { inListShape, type StatementShape } from './statement-shape.js'
 
@@ -37,6 +37,11 @@ export const moveStatusShape = inListShape('moving holds or orders to another st
 export const waitingPaymentEventsShape = inListShape('reading the payments waiting on holds', 1)
 // Beside the buyer ids (twice: holds and orders): the product id, statuses and the clock.
 export const buyerUnitsShape: StatementShape = { statement: "the count of a batch's buyers' units", parameters: () => ({ fixed: 7, perRow: 2 }) }
+export const paymentEventsByKeyShape = inListShape('reading payment events by idempotency key', 0)
+export const insertPaymentEventsShape: StatementShape = {
+  statement: 'the multi-row insert of payment events',
+  parameters: () => ({ fixed: 0, perRow: paymentEventColumnsCount }),
+}
 export const insertOrdersShape: StatementShape = { statement: 'the multi-row insert of orders', parameters: () => ({ fixed: 0, perRow: orderColumns.length }) }
 
 export class KyselyTx implements StoreTx {
@@ -193,12 +198,15 @@ export class KyselyTx implements StoreTx {
     return this.lapsedRows('orders', 'pending', productId, now, limit)
   }
 
-  async getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined> {
-    return findPaymentEvent(this.db, idempotencyKey)
+  async getPaymentEvents(idempotencyKeys: readonly string[]): Promise<PaymentEvent[]> {
+    if (idempotencyKeys.length === 0) return []
+    const rows = await this.db.selectFrom('payment_events').selectAll().where('idem_key', 'in', idempotencyKeys).execute()
+    return rows.map(toPaymentEvent)
   }
 
-  async insertPaymentEvent(event: PaymentEvent): Promise<void> {
-    await this.db.insertInto('payment_events').values(paymentEventValues(event)).execute()
+  async insertPaymentEvents(events: readonly PaymentEvent[]): Promise<void> {
+    if (events.length === 0) return
+    await this.db.insertInto('payment_events').values(events.map(paymentEventValues)).execute()
   }
 
   async waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]> {

@@ -152,6 +152,9 @@ export function toPaymentEvent(row: Selectable<PaymentEventsTable>): PaymentEven
   }
 }
 
+// The columns paymentEventValues fills: what one row of the multi-row insert takes.
+export const paymentEventColumnsCount = 12
+
 // The sequence number is the database's to give.
 export function paymentEventValues(event: PaymentEvent): Omit<Selectable<PaymentEventsTable>, 'seq'> {
   return {

@@ -6,7 +6,7 @@ import type { EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { insertHoldsShape } from './hot-sql.js'
 import { claimKeysShape, completeKeysShape, keysByNameShape } from './idempotency-keys.js'
-import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, moveStatusShape, waitingPaymentEventsShape } from './kysely-tx.js'
+import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from './kysely-tx.js'
 import { rowsThatFit, type StatementShape } from './statement-shape.js'
 
 export type BatchVariable = 'HOLD_BATCH_MAX' | 'ORDER_BATCH_MAX' | 'WEBHOOK_BATCH_MAX' | 'SWEEP_BATCH_MAX'
@@ -20,8 +20,9 @@ export const batchStatements: Record<BatchVariable, readonly StatementShape[]> =
   // A batch of orders reads its holds, converts them, inserts the orders and reads the payments
   // waiting on them, each in one statement.
   ORDER_BATCH_MAX: [holdsByIdShape, moveStatusShape, insertOrdersShape, waitingPaymentEventsShape, ...keyStatements],
-  // Each webhook of a batch is applied with statements of its own rows only.
-  WEBHOOK_BATCH_MAX: [],
+  // A batch of webhooks reads its keys' stored events (and the holds of those waiting) and
+  // inserts its new events, each in one statement.
+  WEBHOOK_BATCH_MAX: [paymentEventsByKeyShape, holdsByIdShape, insertPaymentEventsShape],
   // A sweep expires up to this many lapsed holds (or orders) of a product in one statement and
   // reads the payments waiting on those holds.
   SWEEP_BATCH_MAX: [moveStatusShape, waitingPaymentEventsShape],

@@ -87,7 +87,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     '/api/products/:id',
     {
       config: rateLimit(config.rateLimitReadPerMin),
-      schema: { tags: ['products'], params: ProductParams, response: { 200: ProductView, ...problemResponses([404, 429]) } },
+      schema: { tags: ['products'], params: ProductParams, response: { 200: ProductView, ...problemResponses([404, 429, 503]) } },
     },
     async (request, reply) => {
       const productId = parseProductId(request.params.id)
