@@ -15,7 +15,7 @@ import { buildApp, type App } from '../../src/http/app.js'
 import { statusByCode } from '../../src/http/problem.js'
 import { sweepOnce } from '../../src/jobs/sweeper.js'
 import { openRuntime, type Runtime } from '../../src/runtime.js'
-import { Model, type Expected } from './model.js'
+import { Model, type Expected, type ModelSettings } from './model.js'
 import { SimRandom } from './random.js'
 
 export type Command =
@@ -47,6 +47,8 @@ export interface SimOptions {
   ops: number
   // Audit (I1-I4 from the rows) after every this many steps; 1 = every step.
   auditEvery?: number
+  // Changes the model's settings (not the service's): the self-test proves a wrong model fails.
+  skewModel?: (settings: ModelSettings) => ModelSettings
   onProgress?: (done: number, stats: SimStats) => void
 }
 
@@ -129,10 +131,13 @@ class Simulation {
       SEED_STOCK: '0',
       ...simEnv,
     })
-    this.model = new Model(
-      { holdTtlMs: this.config.holdTtlMs, orderTtlMs: this.config.orderTtlMs, idempotencyTtlMs: this.config.idempotencyTtlMs, maxQtyPerHold: this.config.maxQtyPerHold },
-      this.clock.now().getTime(),
-    )
+    const settings: ModelSettings = {
+      holdTtlMs: this.config.holdTtlMs,
+      orderTtlMs: this.config.orderTtlMs,
+      idempotencyTtlMs: this.config.idempotencyTtlMs,
+      maxQtyPerHold: this.config.maxQtyPerHold,
+    }
+    this.model = new Model(options.skewModel ? options.skewModel(settings) : settings, this.clock.now().getTime())
   }
 
   async run(): Promise<void> {
@@ -154,7 +159,8 @@ class Simulation {
         if (full) await this.audit()
       } catch (error) {
         const message = error instanceof Error ? error.message : String(error)
-        const failure = new SimFailure(`step ${step} (${command.kind}) on ${this.options.engine}, seed ${this.options.seed}: ${message}\nlast commands:\n  ${this.log.join('\n  ')}`)
+        const replay = `npm run simulate -- --engine ${this.options.engine} --seed ${this.options.seed} --ops ${this.options.ops}`
+        const failure = new SimFailure(`step ${step} (${command.kind}) on ${this.options.engine}, seed ${this.options.seed} (replay: ${replay}): ${message}\nlast commands:\n  ${this.log.join('\n  ')}`)
         failure.stack = `${failure.message}\n${error instanceof Error ? error.stack : ''}`
         throw failure
       }

@@ -326,7 +326,7 @@ export class Model {
       status: 200,
       replayed,
       // The order's id may not be known yet (a late order made inside another request).
-      body: body.order_id === null && order ? { ...body, order_id: undefined } : body,
+      body: body.order_id === null && order ? { ...body, order_id: undefined } : { ...body },
       learn: (answer: PaymentBody) => {
         if (order && order.id === null && answer.order_id) order.id = answer.order_id
         if (body.order_id === null && answer.order_id) body.order_id = answer.order_id
