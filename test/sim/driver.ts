@@ -76,7 +76,7 @@ export const simEnv = {
   MAX_QTY_PER_HOLD: '10',
 }
 
-// How many products a run makes, and the most stock one may have: keeps every lapsed row
+// How many products a run makes, and the most unsold stock one may have: keeps every lapsed row
 // within one sweep pass (SWEEP_BATCH_MAX) and one reclaim, so the model's sweep is exact.
 const productsMax = 4
 const stockMax = 30
@@ -150,10 +150,10 @@ class Simulation {
       if (this.log.length > 40) this.log.shift()
       try {
         await this.execute(command, false)
-        const full = step % auditEvery === 0 || command.kind === 'restart' || command.kind === 'sweep' || command.kind === 'advance'
-        // Every product on audit steps; otherwise the one the command worked on.
+        const full = step % auditEvery === 0 || command.kind === 'restart' || command.kind === 'sweep'
+        // Every product on audit steps and after the clock moves; otherwise the one the command worked on.
         const touched = this.productOf(command)
-        await this.checkProducts(full || touched === undefined ? [...this.model.products.keys()] : [touched])
+        await this.checkProducts(full || touched === undefined || command.kind === 'advance' ? [...this.model.products.keys()] : [touched])
         const problems = this.model.selfCheck()
         if (problems.length > 0) throw new SimFailure(`model broke its own invariants: ${problems.join('; ')}`)
         if (full) await this.audit()
@@ -203,17 +203,17 @@ class Simulation {
 
   private generate(): Command {
     const model = this.model
-    if (model.products.size === 0) return { kind: 'product', stock: this.random.int(1, 8), priceMinor: this.random.int(1, 5000) }
+    if (model.products.size === 0) return { kind: 'product', stock: this.random.int(4, 16), priceMinor: this.random.int(1, 5000) }
     const kind = this.random.weighted({
       product: model.products.size < productsMax ? 3 : 0,
-      addStock: 2,
-      hold: 26,
-      getHold: 4,
+      addStock: 3,
+      hold: 24,
+      getHold: 3,
       release: 8,
       order: 18,
       getOrder: 3,
       webhook: 20,
-      advance: 12,
+      advance: 16,
       sweep: 3,
       restart: 1,
     })
@@ -255,15 +255,15 @@ class Simulation {
     const productIds = [...model.products.keys()]
     switch (kind) {
       case 'product':
-        return { kind, stock: random.int(0, 8), priceMinor: random.int(1, 5000) }
+        return { kind, stock: random.int(0, 16), priceMinor: random.int(1, 5000) }
       case 'addStock':
-        return { kind, productId: random.pick(productIds), delta: random.int(-4, 5) }
+        return { kind, productId: random.pick(productIds), delta: random.int(-4, 8) }
       case 'hold': {
         const roll = random.int(0, 99)
         if (roll < 10 && this.recentHolds.length > 0) return { ...random.pick(this.recentHolds), copies: random.chance(0.3) ? random.int(2, 3) : 1 }
         if (roll < 14 && this.recentHolds.length > 0) return { ...random.pick(this.recentHolds), qty: random.int(1, 4), copies: 1 }
         const productId = random.chance(0.03) ? 999_999 : random.pick(productIds)
-        const qty = random.chance(0.03) ? random.pick([0, 11]) : random.int(1, 4)
+        const qty = random.chance(0.03) ? random.pick([0, 11]) : random.int(1, 3)
         const key = keyed || random.chance(0.6) ? this.newKey('hold') : null
         const command: Extract<Command, { kind: 'hold' }> = { kind, productId, qty, key, copies: key !== null && random.chance(0.1) ? random.int(2, 3) : 1 }
         if (key !== null) remember(this.recentHolds, command)
@@ -312,7 +312,7 @@ class Simulation {
       }
       case 'advance': {
         const roll = random.int(0, 99)
-        if (roll < 40) return { kind, durationMs: random.int(1, 5000) }
+        if (roll < 30) return { kind, durationMs: random.int(1, 5000) }
         if (roll < 70) {
           // To an expiry instant exactly, or one millisecond before it: the boundary of SPEC §4.
           const instants = [...model.holds.values()].filter((hold) => hold.status === 'active').map((hold) => hold.expiresAtMs)
@@ -402,7 +402,8 @@ class Simulation {
       }
       case 'addStock': {
         const product = this.model.products.get(command.productId)!
-        if (product.stock + command.delta > stockMax) return
+        // Units on sale (not sold) stay under stockMax, so every lapsed row fits one sweep pass.
+        if (product.stock - product.sold + command.delta > stockMax) return
         const expected = this.model.addStock(command.productId, command.delta)
         let reply: Reply
         try {
