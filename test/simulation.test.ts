@@ -57,7 +57,14 @@ describe('simulation self-test', () => {
   it('a model with a skewed hold TTL is caught, with its seed in the message', async () => {
     const database = await scratchDatabase('sqlite')
     try {
-      const run = runSimulation({ engine: 'sqlite', databaseUrl: database.url, seed: 7, ops: 2000, auditEvery: 50, skewModel: (settings) => ({ ...settings, holdTtlMs: settings.holdTtlMs + 1 }) })
+      const run = runSimulation({
+        engine: 'sqlite',
+        databaseUrl: database.url,
+        seed: 7,
+        ops: 2000,
+        auditEvery: 50,
+        skewModel: (settings) => ({ ...settings, holdTtlMs: settings.holdTtlMs + 1 }),
+      })
       await expect(run).rejects.toThrow(SimFailure)
       await expect(run).rejects.toThrow(/seed 7 \(replay: npm run simulate -- --engine sqlite --seed 7/)
     } finally {

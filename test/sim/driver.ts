@@ -160,7 +160,9 @@ class Simulation {
       } catch (error) {
         const message = error instanceof Error ? error.message : String(error)
         const replay = `npm run simulate -- --engine ${this.options.engine} --seed ${this.options.seed} --ops ${this.options.ops}`
-        const failure = new SimFailure(`step ${step} (${command.kind}) on ${this.options.engine}, seed ${this.options.seed} (replay: ${replay}): ${message}\nlast commands:\n  ${this.log.join('\n  ')}`)
+        const failure = new SimFailure(
+          `step ${step} (${command.kind}) on ${this.options.engine}, seed ${this.options.seed} (replay: ${replay}): ${message}\nlast commands:\n  ${this.log.join('\n  ')}`,
+        )
         failure.stack = `${failure.message}\n${error instanceof Error ? error.stack : ''}`
         throw failure
       }
@@ -240,7 +242,12 @@ class Simulation {
   private productOf(command: Command): number | undefined {
     if (command.kind === 'addStock') return command.productId
     if (command.kind === 'hold') return this.model.products.has(command.productId) ? command.productId : undefined
-    const holdId = command.kind === 'order' || command.kind === 'release' || command.kind === 'getHold' || command.kind === 'getOrder' ? command.holdId : command.kind === 'webhook' ? this.webhookHoldId(command.request) : undefined
+    const holdId =
+      command.kind === 'order' || command.kind === 'release' || command.kind === 'getHold' || command.kind === 'getOrder'
+        ? command.holdId
+        : command.kind === 'webhook'
+          ? this.webhookHoldId(command.request)
+          : undefined
     return holdId === undefined ? undefined : this.model.holds.get(holdId)?.productId
   }
 

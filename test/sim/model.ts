@@ -274,7 +274,10 @@ export class Model {
   }
 
   getOrder(order: MOrder): Expected {
-    return { status: 200, body: { hold_id: order.holdId, qty: order.qty, amount: this.amountOf(order), status: this.effectiveOrderStatus(order), refund_required: order.refundRequired } }
+    return {
+      status: 200,
+      body: { hold_id: order.holdId, qty: order.qty, amount: this.amountOf(order), status: this.effectiveOrderStatus(order), refund_required: order.refundRequired },
+    }
   }
 
   // ---- payments ----
