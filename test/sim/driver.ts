@@ -154,7 +154,7 @@ class Simulation {
         // Every product on audit steps and after the clock moves; otherwise the one the command worked on.
         const touched = this.productOf(command)
         await this.checkProducts(full || touched === undefined || command.kind === 'advance' ? [...this.model.products.keys()] : [touched])
-        const problems = this.model.selfCheck()
+        const problems = this.model.selfCheck(false)
         if (problems.length > 0) throw new SimFailure(`model broke its own invariants: ${problems.join('; ')}`)
         if (full) await this.audit()
       } catch (error) {
@@ -171,6 +171,8 @@ class Simulation {
       if (this.options.onProgress && (step + 1) % 1000 === 0) this.options.onProgress(step + 1, this.stats)
     }
     await this.audit()
+    const problems = this.model.selfCheck(true)
+    if (problems.length > 0) throw new SimFailure(`model broke its own invariants: ${problems.join('; ')}`)
     this.stats.anomalies = this.model.anomalies
     this.stats.elapsedMs = performance.now() - startedMs
   }
@@ -197,7 +199,7 @@ class Simulation {
   }
 
   private anyHoldId(): string {
-    const ids = [...this.model.holds.keys()]
+    const ids = this.model.holdIds
     if (ids.length === 0 || this.random.chance(0.03)) return 'h_unknown0000000000000000'
     // Mostly recent holds, where the action is.
     return ids[Math.max(0, ids.length - 1 - this.random.int(0, Math.min(ids.length - 1, 30)))]!
@@ -289,8 +291,8 @@ class Simulation {
         return command
       }
       case 'getOrder': {
-        const holdIds = [...model.orders.values()].filter((order) => order.id !== null).map((order) => order.holdId)
-        return holdIds.length === 0 ? { kind: 'getHold', holdId: this.anyHoldId() } : { kind, holdId: random.pick(holdIds) }
+        const named = model.namedOrders
+        return named.length === 0 ? { kind: 'getHold', holdId: this.anyHoldId() } : { kind, holdId: named[named.length - 1 - random.int(0, Math.min(named.length - 1, 50))]!.holdId }
       }
       case 'webhook': {
         const roll = random.int(0, 99)
@@ -322,8 +324,8 @@ class Simulation {
         if (roll < 30) return { kind, durationMs: random.int(1, 5000) }
         if (roll < 70) {
           // To an expiry instant exactly, or one millisecond before it: the boundary of SPEC §4.
-          const instants = [...model.holds.values()].filter((hold) => hold.status === 'active').map((hold) => hold.expiresAtMs)
-          for (const order of model.orders.values()) if (order.status === 'pending') instants.push(order.expiresAtMs)
+          const instants = model.activeHolds().map((hold) => hold.expiresAtMs)
+          for (const order of model.pendingOrders()) instants.push(order.expiresAtMs)
           const future = instants.filter((instant) => instant > model.nowMs + 1)
           if (future.length > 0) return { kind, durationMs: random.pick(future) - model.nowMs - random.int(0, 1) }
         }

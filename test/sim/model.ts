@@ -93,6 +93,15 @@ export class Model {
   readonly paymentsByKey = new Map<string, MPayment>()
   readonly holdKeys = new Map<string, KeyRecord>()
   readonly orderKeys = new Map<string, KeyRecord>()
+  // Indexes that keep a step's cost flat over a million steps: rows that were active, pending or
+  // waiting (pruned as they are read) and orders by id.
+  private activeSet = new Set<MHold>()
+  private pendingSet = new Set<MOrder>()
+  private waitingList: MPayment[] = []
+  private readonly ordersById = new Map<string, MOrder>()
+  // Hold ids in creation order (the generator draws from the recent end).
+  readonly holdIds: string[] = []
+  readonly namedOrders: MOrder[] = []
   // Answers the model had to accept from the service because no rule decides them
   // (counted, reported; see anomaly in the driver).
   anomalies: string[] = []
@@ -118,6 +127,31 @@ export class Model {
     return order.status === 'pending' && this.lapsed(order) ? 'expired' : order.status
   }
 
+  activeHolds(): MHold[] {
+    const holds = [...this.activeSet].filter((hold) => hold.status === 'active')
+    if (holds.length < this.activeSet.size) this.activeSet = new Set(holds)
+    return holds
+  }
+
+  pendingOrders(): MOrder[] {
+    const orders = [...this.pendingSet].filter((order) => order.status === 'pending')
+    if (orders.length < this.pendingSet.size) this.pendingSet = new Set(orders)
+    return orders
+  }
+
+  private waiting(): MPayment[] {
+    this.waitingList = this.waitingList.filter((payment) => payment.state === 'waiting')
+    return this.waitingList
+  }
+
+  // An order's id, once an answer names it.
+  nameOrder(order: MOrder, orderId: string): void {
+    if (order.id !== null) return
+    order.id = orderId
+    this.ordersById.set(orderId, order)
+    this.namedOrders.push(order)
+  }
+
   storedAvailable(product: MProduct): number {
     return product.stock - product.reserved - product.sold
   }
@@ -126,15 +160,14 @@ export class Model {
   // lapsed hold with a success waiting on it, whose units that late payment will buy.
   shownAvailable(product: MProduct): number {
     let lapsedQty = 0
-    const paidFor = new Set(this.payments.filter((payment) => payment.state === 'waiting' && payment.status === 'success').map((payment) => payment.holdId))
-    for (const hold of this.holds.values()) if (hold.productId === product.id && hold.status === 'active' && this.lapsed(hold) && !paidFor.has(hold.id)) lapsedQty += hold.qty
-    for (const order of this.orders.values()) if (order.productId === product.id && order.status === 'pending' && this.lapsed(order)) lapsedQty += order.qty
+    const paidFor = new Set(this.waiting().flatMap((payment) => (payment.status === 'success' ? [payment.holdId] : [])))
+    for (const hold of this.activeHolds()) if (hold.productId === product.id && this.lapsed(hold) && !paidFor.has(hold.id)) lapsedQty += hold.qty
+    for (const order of this.pendingOrders()) if (order.productId === product.id && this.lapsed(order)) lapsedQty += order.qty
     return this.storedAvailable(product) + lapsedQty
   }
 
   orderById(orderId: string): MOrder | undefined {
-    for (const order of this.orders.values()) if (order.id === orderId) return order
-    return undefined
+    return this.ordersById.get(orderId)
   }
 
   private liveKey(keys: Map<string, KeyRecord>, key: string | null): KeyRecord | undefined {
@@ -146,16 +179,17 @@ export class Model {
 
   // ---- the model's own invariants (its rows against its counts) ----
 
-  selfCheck(): string[] {
+  // `full` also recounts sold over every order (linear in the run's length: at the end only).
+  selfCheck(full: boolean): string[] {
     const problems: string[] = []
     for (const product of this.products.values()) {
       let reserved = 0
-      let sold = 0
-      for (const hold of this.holds.values()) if (hold.productId === product.id && hold.status === 'active') reserved += hold.qty
-      for (const order of this.orders.values()) {
-        if (order.productId !== product.id) continue
-        if (order.status === 'pending') reserved += order.qty
-        if (order.status === 'paid') sold += order.qty
+      let sold = product.sold
+      for (const hold of this.activeHolds()) if (hold.productId === product.id) reserved += hold.qty
+      for (const order of this.pendingOrders()) if (order.productId === product.id) reserved += order.qty
+      if (full) {
+        sold = 0
+        for (const order of this.orders.values()) if (order.productId === product.id && order.status === 'paid') sold += order.qty
       }
       if (reserved !== product.reserved || sold !== product.sold || this.storedAvailable(product) < 0) {
         problems.push(`model product ${product.id}: reserved ${product.reserved} (rows ${reserved}), sold ${product.sold} (rows ${sold}), stock ${product.stock}`)
@@ -207,7 +241,10 @@ export class Model {
       replayed: false,
       body: { product_id: productId, qty, status: 'active', expires_at: new Date(expiresAtMs).toISOString() },
       learn: (answer: { hold_id: string }) => {
-        this.holds.set(answer.hold_id, { id: answer.hold_id, productId, qty, status: 'active', expiresAtMs, buyer: null })
+        const hold: MHold = { id: answer.hold_id, productId, qty, status: 'active', expiresAtMs, buyer: null }
+        this.holds.set(hold.id, hold)
+        this.holdIds.push(hold.id)
+        this.activeSet.add(hold)
         if (key !== null) this.holdKeys.set(key, { fingerprint, answerId: answer.hold_id, expiresAtMs: this.nowMs + this.settings.idempotencyTtlMs })
       },
     }
@@ -260,6 +297,7 @@ export class Model {
       refundRequired: false,
     }
     this.orders.set(holdId, order)
+    this.pendingSet.add(order)
     // Payments that came before the order are applied in arrival order, in its transaction.
     for (const payment of this.waitingOn([holdId])) this.finish(payment, this.applyToOrder(product, order, payment.status, true), order)
     return {
@@ -267,7 +305,7 @@ export class Model {
       replayed: false,
       body: { hold_id: holdId, qty: order.qty, amount: this.amountOf(order), status: order.status },
       learn: (answer: { order_id: string }) => {
-        order.id = answer.order_id
+        this.nameOrder(order, answer.order_id)
         if (key !== null) this.orderKeys.set(key, { fingerprint: holdId, answerId: answer.order_id, expiresAtMs: this.nowMs + this.settings.idempotencyTtlMs })
       },
     }
@@ -305,6 +343,7 @@ export class Model {
     const payment: MPayment = { key: request.key, fingerprint, holdId: hold.id, status: request.status, state: 'waiting', body: null }
     if (!order && hold.status === 'active' && !this.lapsed(hold)) {
       this.payments.push(payment)
+      this.waitingList.push(payment)
       this.paymentsByKey.set(payment.key, payment)
       return this.paymentAnswer(payment, false)
     }
@@ -331,7 +370,7 @@ export class Model {
       // The order's id may not be known yet (a late order made inside another request).
       body: body.order_id === null && order ? { ...body, order_id: undefined } : { ...body },
       learn: (answer: PaymentBody) => {
-        if (order && order.id === null && answer.order_id) order.id = answer.order_id
+        if (order && answer.order_id) this.nameOrder(order, answer.order_id)
         if (body.order_id === null && answer.order_id) body.order_id = answer.order_id
       },
     }
@@ -352,17 +391,17 @@ export class Model {
 
   lapsedCount(): number {
     let count = 0
-    for (const hold of this.holds.values()) if (hold.status === 'active' && this.lapsed(hold)) count += 1
-    for (const order of this.orders.values()) if (order.status === 'pending' && this.lapsed(order)) count += 1
+    for (const hold of this.activeHolds()) if (this.lapsed(hold)) count += 1
+    for (const order of this.pendingOrders()) if (this.lapsed(order)) count += 1
     return count
   }
 
   // ---- the rules under one product lock (settle.ts) ----
 
   private expireLapsed(product: MProduct): number {
-    const holds = [...this.holds.values()].filter((hold) => hold.productId === product.id && hold.status === 'active' && this.lapsed(hold))
+    const holds = this.activeHolds().filter((hold) => hold.productId === product.id && this.lapsed(hold))
     this.expireHolds(product, holds)
-    const orders = [...this.orders.values()].filter((order) => order.productId === product.id && order.status === 'pending' && this.lapsed(order))
+    const orders = this.pendingOrders().filter((order) => order.productId === product.id && this.lapsed(order))
     for (const order of orders) {
       order.status = 'expired'
       product.reserved -= order.qty
@@ -379,7 +418,7 @@ export class Model {
   }
 
   private waitingOn(holdIds: string[]): MPayment[] {
-    return this.payments.filter((payment) => payment.state === 'waiting' && holdIds.includes(payment.holdId))
+    return this.waiting().filter((payment) => holdIds.includes(payment.holdId))
   }
 
   private settleWaiting(product: MProduct, holds: MHold[]): void {
@@ -458,7 +497,7 @@ export class Model {
   private orderIdBody(order: MOrder | undefined): Partial<Expected> {
     if (order?.id) return { body: { order_id: order.id } }
     if (!order) return {}
-    return { learn: (answer: { order_id?: string }) => void (answer.order_id && (order.id = answer.order_id)) }
+    return { learn: (answer: { order_id?: string }) => void (answer.order_id && this.nameOrder(order, answer.order_id)) }
   }
 
   amountOf(order: MOrder): string {
