@@ -1,0 +1,506 @@
+// The reference model of the simulation: the rules of SPEC §2-§4 over plain maps, sequential and
+// in memory. It predicts each answer (status, code, body fields) and tracks the rows as stored
+// (a lapsed hold stays `active` in its row until something expires it), because I2 and the
+// product's `reserved` are about stored rows. Every function here runs "under the product lock":
+// the driver never asks the model about two requests at once.
+import { formatAmount } from '../../src/domain/money.js'
+
+export interface ModelSettings {
+  holdTtlMs: number
+  orderTtlMs: number
+  idempotencyTtlMs: number
+  maxQtyPerHold: number
+}
+
+export type HoldStatus = 'active' | 'released' | 'expired' | 'converted'
+export type OrderStatus = 'pending' | 'paid' | 'cancelled' | 'expired'
+export type PaymentOutcome = 'paid' | 'cancelled' | 'duplicate' | 'ignored' | 'recovered' | 'refund_required'
+
+export interface MProduct {
+  id: number
+  stock: number
+  priceMinor: number
+  currency: string
+  reserved: number
+  sold: number
+}
+
+export interface MHold {
+  id: string
+  productId: number
+  qty: number
+  status: HoldStatus
+  expiresAtMs: number
+  // Buyers (per-buyer limits, I8) are added here when the domain has them.
+  buyer: string | null
+}
+
+export interface MOrder {
+  // Unknown until an answer names it: orders made by a late payment inside another request
+  // (a sweep, a release, a reclaim) are not in that request's answer.
+  id: string | null
+  holdId: string
+  productId: number
+  qty: number
+  amountMinor: number
+  status: OrderStatus
+  expiresAtMs: number
+  refundRequired: boolean
+}
+
+export interface PaymentBody {
+  status: 'accepted' | 'processed'
+  hold_id: string | null
+  order_id: string | null
+  order_status: OrderStatus | null
+  outcome: PaymentOutcome | null
+}
+
+export interface MPayment {
+  key: string
+  fingerprint: string
+  holdId: string
+  status: 'success' | 'failed'
+  state: 'waiting' | 'processed'
+  body: PaymentBody | null
+}
+
+interface KeyRecord {
+  fingerprint: string
+  answerId: string
+  expiresAtMs: number
+}
+
+// What the model expects of one answer. `body` fields are compared exactly; a field the model
+// cannot know (an id minted by the server) is absent and learned with `learn`.
+export interface Expected {
+  status: number
+  code?: string
+  body?: Record<string, unknown>
+  // true: must carry Idempotent-Replayed; false: must not; undefined: either (a retry after a restart).
+  replayed?: boolean
+  learn?: (body: any) => void
+}
+
+export class Model {
+  nowMs: number
+  readonly products = new Map<number, MProduct>()
+  readonly holds = new Map<string, MHold>()
+  // By hold id: a hold has at most one order (I4).
+  readonly orders = new Map<string, MOrder>()
+  // Payment events in arrival order (the store's seq).
+  readonly payments: MPayment[] = []
+  readonly paymentsByKey = new Map<string, MPayment>()
+  readonly holdKeys = new Map<string, KeyRecord>()
+  readonly orderKeys = new Map<string, KeyRecord>()
+  // Indexes that keep a step's cost flat over a million steps: rows that were active, pending or
+  // waiting (pruned as they are read) and orders by id.
+  private activeSet = new Set<MHold>()
+  private pendingSet = new Set<MOrder>()
+  private waitingList: MPayment[] = []
+  private readonly ordersById = new Map<string, MOrder>()
+  // Hold ids in creation order (the generator draws from the recent end).
+  readonly holdIds: string[] = []
+  readonly namedOrders: MOrder[] = []
+  // Answers the model had to accept from the service because no rule decides them
+  // (counted, reported; see anomaly in the driver).
+  anomalies: string[] = []
+
+  constructor(
+    readonly settings: ModelSettings,
+    startMs: number,
+  ) {
+    this.nowMs = startMs
+  }
+
+  // ---- reads ----
+
+  lapsed(row: { expiresAtMs: number }): boolean {
+    return row.expiresAtMs <= this.nowMs
+  }
+
+  effectiveHoldStatus(hold: MHold): HoldStatus {
+    return hold.status === 'active' && this.lapsed(hold) ? 'expired' : hold.status
+  }
+
+  effectiveOrderStatus(order: MOrder): OrderStatus {
+    return order.status === 'pending' && this.lapsed(order) ? 'expired' : order.status
+  }
+
+  activeHolds(): MHold[] {
+    const holds = [...this.activeSet].filter((hold) => hold.status === 'active')
+    if (holds.length < this.activeSet.size) this.activeSet = new Set(holds)
+    return holds
+  }
+
+  pendingOrders(): MOrder[] {
+    const orders = [...this.pendingSet].filter((order) => order.status === 'pending')
+    if (orders.length < this.pendingSet.size) this.pendingSet = new Set(orders)
+    return orders
+  }
+
+  private waiting(): MPayment[] {
+    this.waitingList = this.waitingList.filter((payment) => payment.state === 'waiting')
+    return this.waitingList
+  }
+
+  // An order's id, once an answer names it.
+  nameOrder(order: MOrder, orderId: string): void {
+    if (order.id !== null) return
+    order.id = orderId
+    this.ordersById.set(orderId, order)
+    this.namedOrders.push(order)
+  }
+
+  storedAvailable(product: MProduct): number {
+    return product.stock - product.reserved - product.sold
+  }
+
+  // What GET /api/products shows: lapsed rows no longer count, swept or not (SPEC §4), except a
+  // lapsed hold with a success waiting on it, whose units that late payment will buy.
+  shownAvailable(product: MProduct): number {
+    let lapsedQty = 0
+    const paidFor = new Set(this.waiting().flatMap((payment) => (payment.status === 'success' ? [payment.holdId] : [])))
+    for (const hold of this.activeHolds()) if (hold.productId === product.id && this.lapsed(hold) && !paidFor.has(hold.id)) lapsedQty += hold.qty
+    for (const order of this.pendingOrders()) if (order.productId === product.id && this.lapsed(order)) lapsedQty += order.qty
+    return this.storedAvailable(product) + lapsedQty
+  }
+
+  orderById(orderId: string): MOrder | undefined {
+    return this.ordersById.get(orderId)
+  }
+
+  private liveKey(keys: Map<string, KeyRecord>, key: string | null): KeyRecord | undefined {
+    if (key === null) return undefined
+    const record = keys.get(key)
+    if (record && record.expiresAtMs > this.nowMs) return record
+    return undefined
+  }
+
+  // ---- the model's own invariants (its rows against its counts) ----
+
+  // `full` also recounts sold over every order (linear in the run's length: at the end only).
+  selfCheck(full: boolean): string[] {
+    const problems: string[] = []
+    for (const product of this.products.values()) {
+      let reserved = 0
+      let sold = product.sold
+      for (const hold of this.activeHolds()) if (hold.productId === product.id) reserved += hold.qty
+      for (const order of this.pendingOrders()) if (order.productId === product.id) reserved += order.qty
+      if (full) {
+        sold = 0
+        for (const order of this.orders.values()) if (order.productId === product.id && order.status === 'paid') sold += order.qty
+      }
+      if (reserved !== product.reserved || sold !== product.sold || this.storedAvailable(product) < 0) {
+        problems.push(`model product ${product.id}: reserved ${product.reserved} (rows ${reserved}), sold ${product.sold} (rows ${sold}), stock ${product.stock}`)
+      }
+    }
+    return problems
+  }
+
+  // ---- products ----
+
+  addProduct(id: number, stock: number, priceMinor: number): void {
+    this.products.set(id, { id, stock, priceMinor, currency: 'USD', reserved: 0, sold: 0 })
+  }
+
+  addStock(productId: number, delta: number): Expected {
+    const product = this.products.get(productId)
+    if (!product) return { status: 404, code: 'product_not_found' }
+    if (product.stock + delta < product.reserved + product.sold) return { status: 409, code: 'stock_below_committed' }
+    product.stock += delta
+    return { status: 200, body: { stock: product.stock } }
+  }
+
+  // ---- holds ----
+
+  hold(productId: number, qty: number, key: string | null): Expected {
+    if (!Number.isInteger(qty) || qty < 1 || qty > this.settings.maxQtyPerHold) return { status: 422, code: 'validation_failed' }
+    const fingerprint = `${productId}:${qty}`
+    const record = this.liveKey(this.holdKeys, key)
+    if (record) {
+      if (record.fingerprint !== fingerprint) return { status: 422, code: 'idempotency_key_reused' }
+      const hold = this.holds.get(record.answerId)!
+      // A replay answers the stored hold; its status is the stored answer's, not compared.
+      return { status: 201, replayed: true, body: { hold_id: hold.id, product_id: productId, qty, expires_at: new Date(hold.expiresAtMs).toISOString() } }
+    }
+    const product = this.products.get(productId)
+    if (!product) return { status: 404, code: 'product_not_found' }
+    const shownBefore = this.shownAvailable(product)
+    // Lapsed rows are reclaimed before anyone is refused (holds.ts), only when short.
+    if (qty > this.storedAvailable(product)) this.expireLapsed(product)
+    const available = this.storedAvailable(product)
+    if (qty > available) {
+      if (qty <= shownBefore) this.anomalies.push(`hold of ${qty} refused (available_stock ${available}) on product ${productId} whose GET showed ${shownBefore}`)
+      return { status: 409, code: 'insufficient_stock', body: { available_stock: available } }
+    }
+    product.reserved += qty
+    const expiresAtMs = this.nowMs + this.settings.holdTtlMs
+    return {
+      status: 201,
+      replayed: false,
+      body: { product_id: productId, qty, status: 'active', expires_at: new Date(expiresAtMs).toISOString() },
+      learn: (answer: { hold_id: string }) => {
+        const hold: MHold = { id: answer.hold_id, productId, qty, status: 'active', expiresAtMs, buyer: null }
+        this.holds.set(hold.id, hold)
+        this.holdIds.push(hold.id)
+        this.activeSet.add(hold)
+        if (key !== null) this.holdKeys.set(key, { fingerprint, answerId: answer.hold_id, expiresAtMs: this.nowMs + this.settings.idempotencyTtlMs })
+      },
+    }
+  }
+
+  getHold(holdId: string): Expected {
+    const hold = this.holds.get(holdId)
+    if (!hold) return { status: 404, code: 'hold_not_found' }
+    return { status: 200, body: { hold_id: hold.id, qty: hold.qty, status: this.effectiveHoldStatus(hold), expires_at: new Date(hold.expiresAtMs).toISOString() } }
+  }
+
+  release(holdId: string): Expected {
+    const hold = this.holds.get(holdId)
+    if (!hold) return { status: 404, code: 'hold_not_found' }
+    const product = this.products.get(hold.productId)!
+    if (hold.status === 'released') return { status: 200, body: { hold_id: holdId, status: 'released' } }
+    if (hold.status === 'converted') return { status: 409, code: 'hold_already_used', body: { order_id: this.orders.get(holdId)?.id ?? null } }
+    if (this.effectiveHoldStatus(hold) === 'expired') return { status: 410, code: 'hold_expired' }
+    hold.status = 'released'
+    product.reserved -= hold.qty
+    this.settleWaiting(product, [hold])
+    return { status: 200, body: { hold_id: holdId, status: 'released' } }
+  }
+
+  // ---- orders ----
+
+  order(holdId: string, key: string | null): Expected {
+    const record = this.liveKey(this.orderKeys, key)
+    if (record) {
+      if (record.fingerprint !== holdId) return { status: 422, code: 'idempotency_key_reused' }
+      const order = this.orderById(record.answerId)!
+      return { status: 201, replayed: true, body: { order_id: order.id, hold_id: holdId, qty: order.qty, amount: this.amountOf(order) } }
+    }
+    const hold = this.holds.get(holdId)
+    if (!hold) return { status: 404, code: 'hold_not_found' }
+    const product = this.products.get(hold.productId)!
+    const existing = this.orders.get(holdId)
+    if (existing || hold.status === 'converted') return { status: 409, code: 'hold_already_used', ...this.orderIdBody(existing) }
+    if (hold.status === 'released') return { status: 409, code: 'hold_released' }
+    if (this.effectiveHoldStatus(hold) === 'expired') return { status: 410, code: 'hold_expired' }
+    hold.status = 'converted'
+    const order: MOrder = {
+      id: null,
+      holdId,
+      productId: product.id,
+      qty: hold.qty,
+      amountMinor: product.priceMinor * hold.qty,
+      status: 'pending',
+      expiresAtMs: this.nowMs + this.settings.orderTtlMs,
+      refundRequired: false,
+    }
+    this.orders.set(holdId, order)
+    this.pendingSet.add(order)
+    // Payments that came before the order are applied in arrival order, in its transaction.
+    for (const payment of this.waitingOn([holdId])) this.finish(payment, this.applyToOrder(product, order, payment.status, true), order)
+    return {
+      status: 201,
+      replayed: false,
+      body: { hold_id: holdId, qty: order.qty, amount: this.amountOf(order), status: order.status },
+      learn: (answer: { order_id: string }) => {
+        this.nameOrder(order, answer.order_id)
+        if (key !== null) this.orderKeys.set(key, { fingerprint: holdId, answerId: answer.order_id, expiresAtMs: this.nowMs + this.settings.idempotencyTtlMs })
+      },
+    }
+  }
+
+  getOrder(order: MOrder): Expected {
+    return {
+      status: 200,
+      body: { hold_id: order.holdId, qty: order.qty, amount: this.amountOf(order), status: this.effectiveOrderStatus(order), refund_required: order.refundRequired },
+    }
+  }
+
+  // ---- payments ----
+
+  webhook(request: { key: string; orderId: string | null; holdId: string | null; status: 'success' | 'failed'; paymentId: string; amount: string | null }): Expected {
+    const fingerprint = JSON.stringify([request.orderId, request.orderId === null ? request.holdId : null, request.status, request.paymentId, request.amount])
+    const stored = this.paymentsByKey.get(request.key)
+    if (stored) {
+      if (stored.fingerprint !== fingerprint) return { status: 422, code: 'idempotency_key_reused' }
+      // A replay answers what is true now: a waiting payment whose hold lapsed is settled first.
+      const hold = this.holds.get(stored.holdId)!
+      if (stored.state === 'waiting' && hold.status === 'active' && this.lapsed(hold)) this.expireHolds(this.products.get(hold.productId)!, [hold])
+      return this.paymentAnswer(stored, true)
+    }
+    let order = request.orderId !== null ? this.orderById(request.orderId) : undefined
+    if (request.orderId !== null && !order) return { status: 404, code: 'order_not_found' }
+    const hold = order ? this.holds.get(order.holdId) : this.holds.get(request.holdId ?? '')
+    if (!hold) return { status: 404, code: 'hold_not_found' }
+    order ??= this.orders.get(hold.id)
+    const product = this.products.get(hold.productId)!
+    if (request.amount !== null) {
+      const expectedMinor = order?.amountMinor ?? product.priceMinor * hold.qty
+      if (request.amount !== formatAmount(expectedMinor, product.currency)) return { status: 422, code: 'amount_mismatch' }
+    }
+    const payment: MPayment = { key: request.key, fingerprint, holdId: hold.id, status: request.status, state: 'waiting', body: null }
+    if (!order && hold.status === 'active' && !this.lapsed(hold)) {
+      this.payments.push(payment)
+      this.waitingList.push(payment)
+      this.paymentsByKey.set(payment.key, payment)
+      return this.paymentAnswer(payment, false)
+    }
+    if (!order && hold.status === 'active') {
+      this.expireHolds(product, [hold])
+      order = this.orders.get(hold.id)
+    }
+    const outcome = order ? this.applyToOrder(product, order, request.status, true) : this.applyToEndedHold(product, hold, request.status, true)
+    this.payments.push(payment)
+    this.paymentsByKey.set(payment.key, payment)
+    this.finish(payment, outcome, order ?? this.orders.get(hold.id) ?? null)
+    return this.paymentAnswer(payment, false)
+  }
+
+  private paymentAnswer(payment: MPayment, replayed: boolean): Expected {
+    if (payment.state === 'waiting') {
+      return { status: 202, replayed, body: { status: 'accepted', hold_id: payment.holdId, order_id: null, order_status: null, outcome: null } }
+    }
+    const body = payment.body!
+    const order = this.orders.get(payment.holdId)
+    return {
+      status: 200,
+      replayed,
+      // The order's id may not be known yet (a late order made inside another request).
+      body: body.order_id === null && order ? { ...body, order_id: undefined } : { ...body },
+      learn: (answer: PaymentBody) => {
+        if (order && answer.order_id) this.nameOrder(order, answer.order_id)
+        if (body.order_id === null && answer.order_id) body.order_id = answer.order_id
+      },
+    }
+  }
+
+  // ---- clock and sweeps ----
+
+  advance(durationMs: number): void {
+    this.nowMs += durationMs
+  }
+
+  // A sweep pass: every product's lapsed rows (the driver keeps them under SWEEP_BATCH_MAX).
+  sweep(): number {
+    let expired = 0
+    for (const product of this.products.values()) expired += this.expireLapsed(product)
+    return expired
+  }
+
+  lapsedCount(): number {
+    let count = 0
+    for (const hold of this.activeHolds()) if (this.lapsed(hold)) count += 1
+    for (const order of this.pendingOrders()) if (this.lapsed(order)) count += 1
+    return count
+  }
+
+  // ---- the rules under one product lock (settle.ts) ----
+
+  private expireLapsed(product: MProduct): number {
+    const holds = this.activeHolds().filter((hold) => hold.productId === product.id && this.lapsed(hold))
+    this.expireHolds(product, holds)
+    const orders = this.pendingOrders().filter((order) => order.productId === product.id && this.lapsed(order))
+    for (const order of orders) {
+      order.status = 'expired'
+      product.reserved -= order.qty
+    }
+    return holds.length + orders.length
+  }
+
+  private expireHolds(product: MProduct, holds: MHold[]): void {
+    for (const hold of holds) {
+      hold.status = 'expired'
+      product.reserved -= hold.qty
+    }
+    this.settleWaiting(product, holds)
+  }
+
+  private waitingOn(holdIds: string[]): MPayment[] {
+    return this.waiting().filter((payment) => holdIds.includes(payment.holdId))
+  }
+
+  private settleWaiting(product: MProduct, holds: MHold[]): void {
+    for (const payment of this.waitingOn(holds.map((hold) => hold.id))) {
+      const hold = this.holds.get(payment.holdId)!
+      const order = this.orders.get(hold.id)
+      const outcome = order ? this.applyToOrder(product, order, payment.status, false) : this.applyToEndedHold(product, hold, payment.status, false)
+      this.finish(payment, outcome, this.orders.get(hold.id) ?? null)
+    }
+  }
+
+  private ensureAvailable(product: MProduct, qty: number, reclaim: boolean): boolean {
+    if (this.storedAvailable(product) >= qty) return true
+    if (!reclaim) return false
+    this.expireLapsed(product)
+    return this.storedAvailable(product) >= qty
+  }
+
+  // A payment for a hold that ended (expired or released) without an order: a success is a
+  // late payment that makes the order, paid if the units can still be had.
+  private applyToEndedHold(product: MProduct, hold: MHold, status: 'success' | 'failed', reclaim: boolean): PaymentOutcome {
+    if (status === 'failed') return 'ignored'
+    const order: MOrder = {
+      id: null,
+      holdId: hold.id,
+      productId: product.id,
+      qty: hold.qty,
+      amountMinor: product.priceMinor * hold.qty,
+      status: hold.status === 'released' ? 'cancelled' : 'expired',
+      expiresAtMs: this.nowMs,
+      refundRequired: false,
+    }
+    this.orders.set(hold.id, order)
+    if (this.ensureAvailable(product, hold.qty, reclaim)) {
+      product.sold += hold.qty
+      order.status = 'paid'
+      return 'recovered'
+    }
+    order.refundRequired = true
+    return 'refund_required'
+  }
+
+  private applyToOrder(product: MProduct, order: MOrder, status: 'success' | 'failed', reclaim: boolean): PaymentOutcome {
+    if (order.status === 'pending' && this.lapsed(order)) {
+      product.reserved -= order.qty
+      order.status = 'expired'
+    }
+    if (status === 'failed') {
+      if (order.status !== 'pending') return 'ignored'
+      product.reserved -= order.qty
+      order.status = 'cancelled'
+      return 'cancelled'
+    }
+    if (order.status === 'pending') {
+      product.reserved -= order.qty
+      product.sold += order.qty
+      order.status = 'paid'
+      return 'paid'
+    }
+    if (order.status === 'paid') return 'duplicate'
+    if (this.ensureAvailable(product, order.qty, reclaim)) {
+      product.sold += order.qty
+      order.status = 'paid'
+      order.refundRequired = false
+      return 'recovered'
+    }
+    order.refundRequired = true
+    return 'refund_required'
+  }
+
+  private finish(payment: MPayment, outcome: PaymentOutcome, order: MOrder | null): void {
+    payment.state = 'processed'
+    payment.body = { status: 'processed', hold_id: payment.holdId, order_id: order?.id ?? null, order_status: order?.status ?? null, outcome }
+  }
+
+  private orderIdBody(order: MOrder | undefined): Partial<Expected> {
+    if (order?.id) return { body: { order_id: order.id } }
+    if (!order) return {}
+    return { learn: (answer: { order_id?: string }) => void (answer.order_id && this.nameOrder(order, answer.order_id)) }
+  }
+
+  amountOf(order: MOrder): string {
+    return formatAmount(order.amountMinor, 'USD')
+  }
+}
