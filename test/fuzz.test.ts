@@ -106,8 +106,11 @@ function objectOf(schema: JsonSchema, known: Known): fc.Arbitrary<Record<string,
     })
 }
 
-// A header value fetch will send (visible Latin-1 and tab): anything else it refuses itself.
-const headerText = fc.string({ unit: fc.integer({ min: 0x20, max: 0xff }).map((code) => String.fromCharCode(code)), maxLength: 300 }).filter((value) => value.trim() === value)
+// A header value fetch will send (space, visible ASCII and Latin-1's upper half, never DEL 0x7f):
+// anything else it refuses itself, so the request would never reach the server.
+const headerText = fc
+  .string({ unit: fc.integer({ min: 0x20, max: 0xff }).filter((code) => code !== 0x7f).map((code) => String.fromCharCode(code)), maxLength: 300 })
+  .filter((value) => value.trim() === value)
 
 const rawBodies = fc.constantFrom(
   '{',
