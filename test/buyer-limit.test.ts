@@ -22,20 +22,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { startSharedCluster, type SharedCluster } from './helpers/shared-cluster.js'
 import { asBuyer, buyerEnv } from './helpers/buyer-tokens.js'
-import { createDropProduct, expectCleanAudit, expectLimitReached, expectProblemCode, holdAs, orderAs, patchProduct, paymentOf, productOf } from './helpers/drops.js'
+import { advanceTo, createDropProduct, expectCleanAudit, expectLimitReached, expectProblemCode, holdAs, orderAs, patchProduct, paymentOf, productOf, serverNowMs } from './helpers/drops.js'
 import { testEngines } from './helpers/engines.js'
 import { countBy, request, times, type Reply } from './helpers/http.js'
-
-function serverNowMs(t: TestApp): number {
-  return t.clock.now().getTime()
-}
-
-// Moves the manual clock to `instant` plus offsetMs (never backwards).
-function advanceTo(t: TestApp, instant: string, offsetMs = 0): void {
-  const deltaMs = Date.parse(instant) + offsetMs - serverNowMs(t)
-  expect(deltaMs).toBeGreaterThanOrEqual(0)
-  t.clock.advanceMs(deltaMs)
-}
 
 async function granted(reply: Reply | Promise<Reply>): Promise<any> {
   const answer = await reply

@@ -21,20 +21,9 @@
 import { describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { asBuyer, bearer, buyerEnv, buyerToken } from './helpers/buyer-tokens.js'
-import { createDropProduct, expectCleanAudit, expectProblemCode, holdAs, isoAt, orderAs, patchProduct, paymentOf, productOf } from './helpers/drops.js'
+import { advanceTo, createDropProduct, expectCleanAudit, expectProblemCode, holdAs, isoAt, orderAs, patchProduct, paymentOf, productOf, serverNowMs } from './helpers/drops.js'
 import { testEngines } from './helpers/engines.js'
 import type { Reply } from './helpers/http.js'
-
-function serverNowMs(t: TestApp): number {
-  return t.clock.now().getTime()
-}
-
-// Moves the manual clock to `instant` plus offsetMs (never backwards).
-function advanceTo(t: TestApp, instant: string, offsetMs = 0): void {
-  const deltaMs = Date.parse(instant) + offsetMs - serverNowMs(t)
-  expect(deltaMs).toBeGreaterThanOrEqual(0)
-  t.clock.advanceMs(deltaMs)
-}
 
 function expectNotStarted(reply: Reply, startsAt: string, retryAfterS: number): void {
   expectProblemCode(reply, 409, 'sale_not_started')

@@ -2,7 +2,7 @@
 // base URL, so the same step serves an in-process test app and a spawned server process: products
 // with drop settings made through the admin API, holds as a buyer, and the admin audit endpoint.
 import { expect } from 'vitest'
-import { testAdminToken } from './app.js'
+import { testAdminToken, type TestApp } from './app.js'
 import { request, type Reply } from './http.js'
 import { catalogueViolation } from './problem-checks.js'
 
@@ -77,4 +77,16 @@ export function expectLimitReached(reply: Reply, perBuyerLimit: number, buyerUni
 
 export function isoAt(epochMs: number): string {
   return new Date(epochMs).toISOString()
+}
+
+// The test app's manual clock, as epoch ms.
+export function serverNowMs(t: TestApp): number {
+  return t.clock.now().getTime()
+}
+
+// Moves the manual clock to `instant` plus offsetMs (never backwards).
+export function advanceTo(t: TestApp, instant: string, offsetMs = 0): void {
+  const deltaMs = Date.parse(instant) + offsetMs - serverNowMs(t)
+  expect(deltaMs).toBeGreaterThanOrEqual(0)
+  t.clock.advanceMs(deltaMs)
 }
