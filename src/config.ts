@@ -43,6 +43,7 @@ export interface Config {
   // Idempotency keys being served at once in this process, per use case; past it, 503 busy.
   readonly inFlightKeysMax: number
   readonly txAttemptsMax: number
+  readonly sqliteLockWaitMs: number
   readonly bodyBytesMax: number
   readonly seedStock: number
   // Registers POST /bench/hold-ceiling (the bench's ceiling phase); off by default.
@@ -151,6 +152,7 @@ export function loadConfig(env: Env = process.env): Config {
     queuedProductsMax: integer(env, 'QUEUED_PRODUCTS_MAX', 1000, 1, 1_000_000),
     inFlightKeysMax: integer(env, 'IN_FLIGHT_KEYS_MAX', 100_000, 1, 10_000_000),
     txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
+    sqliteLockWaitMs: integer(env, 'SQLITE_LOCK_WAIT_MS', 5_000, 0, 60_000),
     bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
     seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),
     benchCeilingRoute: integer(env, 'BENCH_CEILING_ROUTE', 0, 0, 1) === 1,

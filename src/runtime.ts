@@ -44,6 +44,7 @@ export function openRuntime(config: Config, options: RuntimeOptions = {}): Runti
     engine: config.engine,
     observer,
     txAttemptsMax: config.txAttemptsMax,
+    lockWaitMs: config.sqliteLockWaitMs,
     seed: { ...seedProduct, stock: config.seedStock },
   })
   metrics.trackProducts(store, clock)

@@ -235,8 +235,9 @@ describe.skipIf(!selected.has('sqlite'))('sqlite: the file locked by another pro
     const runtime = openRuntime(loadConfig(baseEnv(fresh.url)), { logger: pino({ level: 'silent' }) })
     await runtime.store.migrate()
     const { id: productId } = await new Catalog(runtime.store, runtime.clock).create({ name: 'locked', priceMinor: 1_000, currency: 'USD', stock: 100 })
-    // One attempt: each attempt waits the whole busy timeout (5 s) inside the event loop.
-    const server = await spawnServer(fresh.url, { TX_ATTEMPTS_MAX: '1' }, { startTimeoutMs: faultStartTimeoutMs })
+    // One attempt with a short lock wait: each attempt waits the whole wait inside the event
+    // loop, and the eight holds may fall into as many batches.
+    const server = await spawnServer(fresh.url, { TX_ATTEMPTS_MAX: '1', SQLITE_LOCK_WAIT_MS: '500' }, { startTimeoutMs: faultStartTimeoutMs })
     const locker = new Database(fresh.url.replace(/^sqlite:/, ''))
     try {
       const hold = () => attempt(server.baseUrl, 'POST', '/api/holds', { body: { product_id: productId, qty: 1 } })

@@ -30,7 +30,7 @@ for (const engine of testEngines()) {
       database = await freshDatabase(engine.name)
       store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer: { emit: () => undefined }, txAttemptsMax: 3, poolSizeMax: 2 })
       await store.migrate()
-      db = new Kysely<Database>({ dialect: engines[engine.name].createDialect(database.url, { poolSizeMax: 2, onConnectionError: () => undefined }) })
+      db = new Kysely<Database>({ dialect: engines[engine.name].createDialect(database.url, { poolSizeMax: 2, lockWaitMs: 5_000, onConnectionError: () => undefined }) })
       hot = new HotSql(engines[engine.name])
     })
 

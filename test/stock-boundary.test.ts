@@ -95,7 +95,12 @@ for (const engine of testEngines()) {
           `[retries] postgres 3 processes lock_timeout=5ms: holds ${JSON.stringify(holdCounts)}, orders ${JSON.stringify(orderCounts)}, tx.retry=${retries.length} tx.busy=${logEvents(servers, 'tx.busy').length} wall_ms=${wallMs}`,
         )
         expect(retries.length).toBeGreaterThan(0)
-        expect(retries.every((line) => String(line.reason).startsWith('55P03'))).toBe(true)
+        const reasons = [...new Set(retries.map((line) => String(line.reason)))]
+        console.log(`[retries] reasons: ${reasons.join(' | ')}`)
+        // Lock timeouts above all; under load a deadlock or serialization failure between the
+        // sweeper and a batch may be among them, retried the same way.
+        expect(reasons.some((reason) => reason.startsWith('55P03'))).toBe(true)
+        expect(reasons.filter((reason) => !/^(55P03|40P01|40001)\b/.test(reason))).toEqual([])
         // Only success, a refusal for stock, or busy; every request answered once.
         expect(Object.keys(holdCounts).every((status) => ['201', '409', '503'].includes(status))).toBe(true)
         expect(Object.keys(orderCounts).every((status) => ['201', '503'].includes(status))).toBe(true)

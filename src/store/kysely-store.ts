@@ -38,6 +38,7 @@ export interface StoreOptions {
   observer: Observer
   txAttemptsMax: number
   poolSizeMax?: number
+  lockWaitMs?: number
   // Product 1 of a new database (see migrations/0002_seed_product).
   seed?: SeedProduct
 }
@@ -62,6 +63,7 @@ export class KyselyStore implements Store {
     this.hotSql = new HotSql(this.capabilities)
     const dialect = this.capabilities.createDialect(options.databaseUrl, {
       poolSizeMax: options.poolSizeMax ?? 16,
+      lockWaitMs: options.lockWaitMs ?? 5_000,
       onConnectionError: (error) => this.noteUnavailable(error),
     })
     this.db = new Kysely<Database>({ dialect })

@@ -42,7 +42,9 @@ export interface Engine {
   // onConnectionError hears errors of pooled connections that no query is waiting on (a server
   // restart terminates idle connections): unheard, they would be an unhandled 'error' event that
   // ends the process (SPEC I7).
-  createDialect(databaseUrl: string, options: { poolSizeMax: number; onConnectionError: (error: Error) => void }): Dialect
+  // lockWaitMs: how long SQLite waits for another process's write lock (other engines wait on
+  // row locks server-side, bounded by their own lock timeouts).
+  createDialect(databaseUrl: string, options: { poolSizeMax: number; lockWaitMs: number; onConnectionError: (error: Error) => void }): Dialect
   // The schema the service's tables live in, when the URL names one: the migrator must look
   // for its own tables there, not in whichever schema first has tables of that name.
   schemaOf(databaseUrl: string): string | undefined

@@ -4,9 +4,6 @@ import BetterSqlite3 from 'better-sqlite3'
 import { SqliteDialect } from 'kysely'
 import { errorCode, isConnectionError, type Engine } from './engine.js'
 
-// How long a writer waits for another process's write lock before SQLITE_BUSY (then retried).
-const busyTimeoutMs = 5000
-
 export function sqlitePath(databaseUrl: string): string {
   return databaseUrl.replace(/^sqlite:(\/\/)?/, '')
 }
@@ -36,7 +33,7 @@ export const sqliteEngine: Engine = {
     return code === 'SQLITE_CANTOPEN' || code === 'SQLITE_IOERR' || code === 'SQLITE_FULL' || isConnectionError(error)
   },
   schemaOf: () => undefined,
-  createDialect(databaseUrl) {
+  createDialect(databaseUrl, { lockWaitMs }) {
     const path = sqlitePath(databaseUrl)
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
     return new SqliteDialect({
@@ -46,7 +43,9 @@ export const sqliteEngine: Engine = {
         // synchronous=FULL makes a commit durable before the reply is sent (I5).
         database.pragma('journal_mode = WAL')
         database.pragma('synchronous = FULL')
-        database.pragma(`busy_timeout = ${busyTimeoutMs}`)
+        // How long a writer waits for another process's write lock before SQLITE_BUSY (then
+        // retried). better-sqlite3 waits synchronously: the whole event loop waits with it.
+        database.pragma(`busy_timeout = ${lockWaitMs}`)
         database.pragma('foreign_keys = ON')
         return database
       },
