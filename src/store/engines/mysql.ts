@@ -20,7 +20,9 @@ export const mysqlEngine: Engine = {
     return errno === 1213 || errno === 1205 || errno === 1020
   },
   isUniqueViolation: (error) => errorNumber(error) === 1062,
-  isUnavailable: isConnectionError,
+  // mysql2 marks errors that end the connection `fatal`; some carry no code, such as "Can't add
+  // new command when connection is in closed state" (a statement on a connection the pool closed).
+  isUnavailable: (error) => isConnectionError(error) || (typeof error === 'object' && error !== null && (error as { fatal?: unknown }).fatal === true),
   schemaOf: () => undefined,
   createDialect(databaseUrl, { poolSizeMax, onConnectionError }) {
     const url = new URL(databaseUrl.replace(/^mariadb:/, 'mysql:'))
