@@ -11,6 +11,7 @@ import { createLogger } from './observability/logger.js'
 import { Metrics } from './observability/metrics.js'
 import { clusterWorkerMetricsSource, localMetricsSource } from './observability/cluster-metrics.js'
 import { createObserver } from './observability/observer.js'
+import { failureLogIntervalMs, LogThrottle } from './observability/throttle.js'
 import { startSweeper } from './jobs/sweeper.js'
 import { KyselyStore } from './store/kysely-store.js'
 import { Catalog } from './domain/products.js'
@@ -73,6 +74,7 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
   // A worker's scrape reports the whole service: the primary sums every worker's counters.
   const metricsSource = cluster.isWorker ? clusterWorkerMetricsSource(metrics.registry) : localMetricsSource(metrics.registry)
   const app = await buildApp({ config, store, clock, logger, metrics, metricsSource, observer, ...(redis ? { redis } : {}) })
+  const sweepFailureLog = new LogThrottle(failureLogIntervalMs)
   const sweeper = startSweeper({
     store,
     observer,
@@ -82,7 +84,11 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
     onPass: (result) => {
       metrics.sweepExpired.inc(result.expiredCount)
     },
-    onError: (error) => logger.error({ err: error }, 'sweep.failed'),
+    onError: (error) => {
+      metrics.sweepFailures.inc()
+      const logged = sweepFailureLog.take()
+      if (logged) logger.error({ err: error, ...logged }, 'sweep.failed')
+    },
   })
   await app.listen({ port: config.port, host: config.host })
   const address = app.server.address()

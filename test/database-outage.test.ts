@@ -1,8 +1,24 @@
 // Proves that when the database is unreachable a client gets 503 busy with Retry-After (safe to
 // retry), never a 500, on reads and writes alike: the test closes the server's store under it.
+import { Writable } from 'node:stream'
+import pino from 'pino'
 import { describe, expect, it } from 'vitest'
+import { DomainError } from '../src/domain/errors.js'
 import { buildTestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
+import { metricValue } from './helpers/lifecycle.js'
+
+// The server's log lines, parsed, as they are written.
+function capturedLogger(): { logger: pino.Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+      done()
+    },
+  })
+  return { logger: pino({ level: 'info' }, sink), lines }
+}
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: database outage`, () => {
@@ -18,6 +34,38 @@ for (const engine of testEngines()) {
         expect(Number(reply.headers.get('retry-after'))).toBeGreaterThan(0)
       }
       expect((await t.request('GET', '/ready')).status).toBe(503)
+    })
+
+    it('a transaction whose connection the pool closes between two statements fails busy (503), not with a raw driver error (500)', async () => {
+      const t = await buildTestApp(engine.name, { stock: 5 })
+      const { store } = t.runtime
+      let closing: Promise<void> | undefined
+      const outcome = await store
+        .transaction({ label: 'test.outage' }, async (tx) => {
+          await tx.lockProduct(t.productId)
+          closing = store.close()
+          // MySQL's pool ends this connection too ("Can't add new command when connection is in
+          // closed state": fatal, no code) and SQLite closes its file; PostgreSQL's pool waits
+          // for the client to be released, so waiting for it here would never end.
+          if (engine.name !== 'postgres') await closing
+          await tx.getHold('h_not_there')
+        })
+        .then(
+          () => 'committed',
+          (error: unknown) => (error instanceof DomainError ? error.code : String(error)),
+        )
+      await closing
+      expect(outcome).toBe(engine.name === 'postgres' ? 'committed' : 'busy')
+    })
+
+    it('logs ready.failed once per interval while the database is away, and counts every probe', async () => {
+      const { logger, lines } = capturedLogger()
+      const t = await buildTestApp(engine.name, { stock: 5, logger })
+      await t.runtime.store.close()
+      const probeCount = 5
+      for (let probe = 0; probe < probeCount; probe++) expect((await t.request('GET', '/ready')).status).toBe(503)
+      expect(lines.filter((line) => line.msg === 'ready.failed')).toHaveLength(1)
+      expect(metricValue((await t.request('GET', '/metrics')).text, 'flash_sale_ready_failures_total')).toBe(probeCount)
     })
   })
 }

@@ -24,6 +24,9 @@ export class Metrics {
   readonly rateLimited = new Counter({ name: 'flash_sale_rate_limited_total', help: 'Requests refused by a rate limit', labelNames: ['route'], registers: [this.registry] })
   readonly refundRequired = new Counter({ name: 'flash_sale_refund_required_total', help: 'Late payments that could not be honoured: refund them', labelNames: ['product_id'], registers: [this.registry] })
   readonly sweepExpired = new Counter({ name: 'flash_sale_sweeper_expired_total', help: 'Holds and orders expired by the sweeper', registers: [this.registry] })
+  // Logged at most once per interval (throttle.ts); counted here every time.
+  readonly sweepFailures = new Counter({ name: 'flash_sale_sweep_failures_total', help: 'Sweep passes that failed (database away)', registers: [this.registry] })
+  readonly readyFailures = new Counter({ name: 'flash_sale_ready_failures_total', help: '/ready probes answered 503 (database away)', registers: [this.registry] })
   readonly holdBatchSize = batchSizeHistogram(this.registry, 'flash_sale_hold_batch_size', 'Hold requests served by one transaction (group commit)')
   readonly orderBatchSize = batchSizeHistogram(this.registry, 'flash_sale_order_batch_size', 'Order requests served by one transaction (group commit)')
   readonly webhookBatchSize = batchSizeHistogram(this.registry, 'flash_sale_webhook_batch_size', 'Payment webhooks served by one transaction (group commit)')

@@ -43,6 +43,8 @@ export interface TestAppOptions {
   env?: Record<string, string>
   // An existing database to share (several apps on one database); fresh when absent.
   databaseUrl?: string
+  // Where the server logs (silent when absent): tests that count log lines pass their own.
+  logger?: Runtime['logger']
 }
 
 export function baseEnv(databaseUrl: string, env: Record<string, string> = {}): Record<string, string> {
@@ -70,7 +72,7 @@ export async function buildTestApp(engine: EngineName, options: TestAppOptions =
   const config = loadConfig(baseEnv(databaseUrl, options.env))
   const clock = new ManualClock(new Date())
   const events: DomainEvent[] = []
-  const runtime = openRuntime(config, { clock, logger: pino({ level: 'silent' }), onEvent: (event) => events.push(event) })
+  const runtime = openRuntime(config, { clock, logger: options.logger ?? pino({ level: 'silent' }), onEvent: (event) => events.push(event) })
   await runtime.store.migrate()
   const app = await buildApp({ config, store: runtime.store, clock, logger: runtime.logger, metrics: runtime.metrics, observer: runtime.observer })
   await app.listen({ port: 0, host: '127.0.0.1' })

@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { Store } from '../../domain/store.js'
 import type { MetricsSource } from '../../observability/cluster-metrics.js'
 import type { Metrics } from '../../observability/metrics.js'
+import { failureLogIntervalMs, LogThrottle } from '../../observability/throttle.js'
 
 export interface OpsRoutesOptions {
   store: Store
@@ -12,6 +13,8 @@ export interface OpsRoutesOptions {
 
 export const opsRoutes: FastifyPluginAsyncTypebox<OpsRoutesOptions> = async (app, { store, metrics, metricsSource }) => {
   const hidden = { hide: true }
+  // A load balancer probes every few hundred ms: during an outage that is one line per probe.
+  const readyFailureLog = new LogThrottle(failureLogIntervalMs)
   app.get('/health', { schema: hidden }, async () => ({ status: 'ok' }))
 
   app.get('/ready', { schema: hidden }, async (request, reply) => {
@@ -19,7 +22,9 @@ export const opsRoutes: FastifyPluginAsyncTypebox<OpsRoutesOptions> = async (app
       await store.ping()
       return { status: 'ready' }
     } catch (error) {
-      request.log.warn({ err: error }, 'ready.failed')
+      metrics.readyFailures.inc()
+      const logged = readyFailureLog.take()
+      if (logged) request.log.warn({ err: error, ...logged }, 'ready.failed')
       return reply.code(503).send({ status: 'unavailable' })
     }
   })
