@@ -63,6 +63,9 @@ for (const engine of testEngines()) {
         ])
         await tx.insertPaymentEvents([{
           idempotencyKey: 'evt-1', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,
+        }, {
+          // A second success (the provider's retry under a new key) holds the same units, not twice as many.
+          idempotencyKey: 'evt-2', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,
         }])
       })
       const now = new Date(nowMs)

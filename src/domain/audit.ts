@@ -34,6 +34,10 @@ export async function audit(store: Store, now: Date = new Date()): Promise<Audit
     }
     if (sold !== row.paidOrderQty) violations.push({ invariant: 'I3', productId, message: `sold ${sold} != paid orders ${row.paidOrderQty}` })
   }
+  // I2 as readers see it: available stock counts lapsed units from these tallies.
+  for (const { productId, bucket, bookQty, rowsQty } of facts.expiryBucketDrift) {
+    violations.push({ invariant: 'I2', productId, message: `expiry bucket ${bucket} says ${bookQty} units, its active holds and pending orders ${rowsQty}` })
+  }
   for (const holdId of facts.holdsWithManyOrders) violations.push({ invariant: 'I4', message: `hold ${holdId} has more than one order` })
   for (const holdId of facts.convertedHoldsWithoutOrder) violations.push({ invariant: 'I4', message: `converted hold ${holdId} has no order` })
   for (const orderId of facts.ordersWithoutHold) violations.push({ invariant: 'I4', message: `order ${orderId} names no hold` })

@@ -142,8 +142,18 @@ export interface BuyerOverLimit {
   perBuyerLimit: number
 }
 
+// An expiry bucket (the store's per-product tally of when reserved units lapse, what reads
+// count lapsed units from) that disagrees with the active holds and pending orders in it.
+export interface ExpiryBucketDrift {
+  productId: number
+  bucket: number
+  bookQty: number
+  rowsQty: number
+}
+
 export interface AuditFacts {
   products: AuditRow[]
+  expiryBucketDrift: ExpiryBucketDrift[]
   buyersOverLimit: BuyerOverLimit[]
   holdsWithManyOrders: string[]
   convertedHoldsWithoutOrder: string[]

@@ -6,6 +6,7 @@
 import { CompiledQuery, sql, type Kysely, type Selectable } from 'kysely'
 import type { Hold, Product, ProductCountsDelta, ProductSnapshot } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
+import { lapseBounds } from './expiry-buckets.js'
 import { holdColumns, holdValues, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
 import type { Database, ProductsTable } from './schema.js'
 import type { StatementShape } from './statement-shape.js'
@@ -17,10 +18,14 @@ interface Template {
   parameters: readonly unknown[]
 }
 
-// Stand-ins for the clock and the product id while the snapshot statement is compiled: values no
-// real parameter takes (times and ids are positive).
+// Stand-ins for the clock (and the bucket bounds derived from it) and the product id while the
+// snapshot statement is compiled: values no real parameter takes (times and ids are positive).
 const snapshotNowSentinel = -8_000_000_001
 const snapshotProductSentinel = -8_000_000_002
+const snapshotWholeBucketSentinel = -8_000_000_003
+const snapshotStraddleFromSentinel = -8_000_000_004
+// A clock reading whose lapseBounds come out as the sentinels above.
+const sentinelNow = new Date(snapshotNowSentinel)
 
 export class HotSql {
   private readonly texts = new Map<string, string>()
@@ -30,10 +35,18 @@ export class HotSql {
 
   // Every coalesced read burst sends this one.
   async productSnapshot(db: Db, productId: number, now: Date): Promise<ProductSnapshot | undefined> {
-    const template = this.template('productSnapshot', [snapshotNowSentinel, snapshotProductSentinel], () =>
-      snapshotQuery(db, new Date(snapshotNowSentinel)).where('p.id', '=', snapshotProductSentinel).compile(),
+    const sentinels = [snapshotNowSentinel, snapshotProductSentinel, snapshotWholeBucketSentinel, snapshotStraddleFromSentinel]
+    const template = this.template('productSnapshot', sentinels, () =>
+      snapshotQuery(db, sentinelNow, { wholeBucket: snapshotWholeBucketSentinel, straddleFromMs: snapshotStraddleFromSentinel }).where('p.id', '=', snapshotProductSentinel).compile(),
     )
-    const parameters = template.parameters.map((value) => (value === snapshotNowSentinel ? now.getTime() : value === snapshotProductSentinel ? productId : value))
+    const { nowMs, wholeBucket, straddleFromMs } = lapseBounds(now)
+    const valueOf = new Map<unknown, unknown>([
+      [snapshotNowSentinel, nowMs],
+      [snapshotProductSentinel, productId],
+      [snapshotWholeBucketSentinel, wholeBucket],
+      [snapshotStraddleFromSentinel, straddleFromMs],
+    ])
+    const parameters = template.parameters.map((value) => (valueOf.has(value) ? valueOf.get(value) : value))
     const { rows } = await db.executeQuery<SnapshotRow>(CompiledQuery.raw(template.sql, parameters))
     const row = rows[0]
     return row ? toSnapshot(row) : undefined
@@ -132,40 +145,71 @@ export function productDeltaQuery(db: Db, productId: number, delta: ProductCount
     .where('id', '=', productId)
 }
 
-// Products with the units of their lapsed rows (not yet swept) counted apart.
-export function snapshotQuery(db: Db, now: Date) {
-  const nowMs = now.getTime()
+// Products with the units of their lapsed rows (not yet swept) counted apart: the buckets wholly
+// before `now`, the rows of the one bucket that straddles it, less the lapsed holds a success
+// waits on. Each part reads a bounded range (expiry-buckets.ts): the cost does not grow with
+// the number of lapsed rows.
+// `bounds` replaces what lapseBounds derives from `now` (the compiled-once statement's sentinels).
+export function snapshotQuery(db: Db, now: Date, bounds?: { wholeBucket: number; straddleFromMs: number }) {
+  const { nowMs, wholeBucket, straddleFromMs } = { ...lapseBounds(now), ...bounds }
   return db
     .selectFrom('products as p')
     .selectAll('p')
     .select((eb) => [
       eb
+        .selectFrom('expiry_buckets as b')
+        .select(sql<number>`coalesce(sum(b.qty), 0)`.as('q'))
+        .whereRef('b.product_id', '=', 'p.id')
+        .where('b.bucket', '<=', wholeBucket)
+        .as('lapsed_bucket_qty'),
+      eb
         .selectFrom('holds as h')
         .select(sql<number>`coalesce(sum(h.qty), 0)`.as('q'))
         .whereRef('h.product_id', '=', 'p.id')
         .where('h.status', '=', 'active')
+        .where('h.expires_at', '>', straddleFromMs)
         .where('h.expires_at', '<=', nowMs)
-        // A lapsed hold with a success waiting on it is not free: settling it will sell its
-        // units to that payer (a late payment), so readers must not be promised them.
-        .where((inner) =>
-          inner.not(
-            inner.exists(
-              inner
-                .selectFrom('payment_events as pe')
-                .select('pe.seq')
-                .whereRef('pe.hold_id', '=', 'h.id')
-                .where('pe.state', '=', 'waiting')
-                .where('pe.status', '=', 'success'),
-            ),
-          ),
-        )
         .as('lapsed_hold_qty'),
       eb
         .selectFrom('orders as o')
         .select(sql<number>`coalesce(sum(o.qty), 0)`.as('q'))
         .whereRef('o.product_id', '=', 'p.id')
         .where('o.status', '=', 'pending')
+        .where('o.expires_at', '>', straddleFromMs)
         .where('o.expires_at', '<=', nowMs)
         .as('lapsed_order_qty'),
+      // A lapsed hold with a success waiting on it is not free: settling it will sell its units
+      // to that payer (a late payment), so readers must not be promised them. Found from the
+      // waiting successes (few: payments that came before their order), each hold once (its
+      // first waiting success), and its row by primary key: a correlated scalar per event, so
+      // no planner can choose to walk the lapsed holds instead.
+      eb
+        .selectFrom('payment_events as pe')
+        .select((inner) =>
+          sql<number>`coalesce(sum(${inner
+            .selectFrom('holds as ph')
+            .select('ph.qty')
+            .whereRef('ph.id', '=', 'pe.hold_id')
+            .whereRef('ph.product_id', '=', 'p.id')
+            .where('ph.status', '=', 'active')
+            .where('ph.expires_at', '<=', nowMs)}), 0)`.as('q'),
+        )
+        .where('pe.state', '=', 'waiting')
+        .where('pe.status', '=', 'success')
+        .where('pe.hold_id', 'is not', null)
+        .where((inner) =>
+          inner.not(
+            inner.exists(
+              inner
+                .selectFrom('payment_events as earlier')
+                .select('earlier.seq')
+                .whereRef('earlier.hold_id', '=', 'pe.hold_id')
+                .where('earlier.state', '=', 'waiting')
+                .where('earlier.status', '=', 'success')
+                .whereRef('earlier.seq', '<', 'pe.seq'),
+            ),
+          ),
+        )
+        .as('paid_lapsed_hold_qty'),
     ])
 }

@@ -21,6 +21,7 @@ import type {
 } from '../domain/store.js'
 import type { Engine, EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
+import { expiryBucketDrift } from './expiry-buckets.js'
 import { HotSql, snapshotQuery } from './hot-sql.js'
 import { statusCodeOf } from './idempotency-keys.js'
 import { KyselyTx } from './kysely-tx.js'
@@ -95,7 +96,9 @@ export class KyselyStore implements Store {
         return await this.db.connection().execute(async (connection) => {
           await sql.raw(this.capabilities.beginSql).execute(connection)
           try {
-            const result = await fn(new KyselyTx(connection, this.capabilities, this.hotSql))
+            const tx = new KyselyTx(connection, this.capabilities, this.hotSql)
+            const result = await fn(tx)
+            await tx.finish()
             await sql`commit`.execute(connection)
             return result
           } catch (error) {
@@ -276,6 +279,7 @@ export class KyselyStore implements Store {
     const buyersOverLimit = await this.buyersOverLimit(now)
     return {
       buyersOverLimit,
+      expiryBucketDrift: await expiryBucketDrift(this.db),
       products: products.map((row) => ({
         productId: Number(row.id),
         stock: Number(row.stock),

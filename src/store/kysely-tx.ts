@@ -20,6 +20,7 @@ import type {
   StoreTx,
 } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
+import { ExpiryBook } from './expiry-buckets.js'
 import type { HotSql } from './hot-sql.js'
 import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
 import { claimKeys, completeKeys, releaseKeys } from './idempotency-keys.js'
@@ -44,12 +45,23 @@ export const insertPaymentEventsShape: StatementShape = {
 }
 export const insertOrdersShape: StatementShape = { statement: 'the multi-row insert of orders', parameters: () => ({ fixed: 0, perRow: orderColumns.length }) }
 
+// The statuses in which a row's units count in the expiry buckets (expiry-buckets.ts).
+const liveStatus = { holds: 'active', orders: 'pending' } as const
+
 export class KyselyTx implements StoreTx {
+  // Every change of a live row is noted here as it is made; written once, before commit (finish).
+  private readonly expiryBook = new ExpiryBook()
+
   constructor(
     private readonly db: Db,
     private readonly engine: Engine,
     private readonly hotSql: HotSql,
   ) {}
+
+  // Called by the transaction runner after the work and before commit.
+  async finish(): Promise<void> {
+    await this.expiryBook.flush(this.db, this.engine)
+  }
 
   async lockProduct(productId: number): Promise<Product | undefined> {
     return this.hotSql.lockProduct(this.db, productId)
@@ -115,6 +127,7 @@ export class KyselyTx implements StoreTx {
 
   async insertHolds(holds: readonly Hold[]): Promise<void> {
     await this.hotSql.insertHolds(this.db, holds)
+    for (const hold of holds) if (hold.status === liveStatus.holds) this.expiryBook.note(hold.productId, hold.expiresAt.getTime(), hold.qty)
   }
 
   async getHold(holdId: string): Promise<Hold | undefined> {
@@ -138,8 +151,26 @@ export class KyselyTx implements StoreTx {
   // Compare-and-set on status: only rows still in `from` move, and the count says how many.
   private async moveStatus(table: 'holds' | 'orders', ids: readonly string[], from: string, to: string, now: Date): Promise<number> {
     if (ids.length === 0) return 0
-    const result = await this.db.updateTable(table).set({ status: to, updated_at: now.getTime() }).where('id', 'in', ids).where('status', '=', from).executeTakeFirst()
-    return Number(result.numUpdatedRows)
+    const live = liveStatus[table]
+    if (from === to || (from !== live && to !== live)) {
+      const result = await this.db.updateTable(table).set({ status: to, updated_at: now.getTime() }).where('id', 'in', ids).where('status', '=', from).executeTakeFirst()
+      return Number(result.numUpdatedRows)
+    }
+    // Rows entering or leaving the live status change their bucket by their qty: the rows that
+    // actually moved are needed, from RETURNING where there is one, else read first (the product
+    // row lock keeps them as read until commit).
+    const sign = to === live ? 1 : -1
+    const update = this.db.updateTable(table).set({ status: to, updated_at: now.getTime() }).where('id', 'in', ids).where('status', '=', from)
+    let moved: Array<{ product_id: number; qty: number; expires_at: number }>
+    if (this.engine.supportsReturning) {
+      moved = await update.returning(['product_id', 'qty', 'expires_at']).execute()
+    } else {
+      moved = await this.db.selectFrom(table).select(['product_id', 'qty', 'expires_at']).where('id', 'in', ids).where('status', '=', from).execute()
+      const result = await update.executeTakeFirst()
+      if (Number(result.numUpdatedRows) !== moved.length) throw new Error(`${table} changed under the product lock: read ${moved.length}, moved ${result.numUpdatedRows}`)
+    }
+    for (const row of moved) this.expiryBook.note(Number(row.product_id), Number(row.expires_at), sign * Number(row.qty))
+    return moved.length
   }
 
   // Rows of one product still `liveStatus` whose expiry has passed, oldest first.
@@ -163,6 +194,7 @@ export class KyselyTx implements StoreTx {
   async insertOrders(orders: readonly Order[]): Promise<void> {
     if (orders.length === 0) return
     await this.db.insertInto('orders').values(orders.map(orderValues)).execute()
+    for (const order of orders) if (order.status === liveStatus.orders) this.expiryBook.note(order.productId, order.expiresAt.getTime(), order.qty)
   }
 
   async getOrder(orderId: string): Promise<Order | undefined> {
@@ -187,7 +219,11 @@ export class KyselyTx implements StoreTx {
       .where('id', '=', order.id)
       .where('status', '=', from)
       .executeTakeFirst()
-    return Number(result.numUpdatedRows) === 1
+    const updated = Number(result.numUpdatedRows) === 1
+    // `order` is the row read under the product lock with its new status: its qty and expiry are the stored ones.
+    const liveChange = (order.status === liveStatus.orders ? 1 : 0) - (from === liveStatus.orders ? 1 : 0)
+    if (updated && liveChange !== 0) this.expiryBook.note(order.productId, order.expiresAt.getTime(), liveChange * order.qty)
+    return updated
   }
 
   async setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number> {

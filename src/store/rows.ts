@@ -4,7 +4,12 @@ import type { DropSettings, Hold, HoldStatus, Order, OrderStatus, PaymentEvent, 
 import type { ArrayColumn } from './engines/engine.js'
 import type { HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
 
-export type SnapshotRow = Selectable<ProductsTable> & { lapsed_hold_qty: number | null; lapsed_order_qty: number | null }
+export type SnapshotRow = Selectable<ProductsTable> & {
+  lapsed_bucket_qty: number | null
+  lapsed_hold_qty: number | null
+  lapsed_order_qty: number | null
+  paid_lapsed_hold_qty: number | null
+}
 
 // Every column of holds with its type in migrations 0001 and 0003, in the order holdValues gives them.
 export const holdColumns = [
@@ -70,7 +75,8 @@ export function dropValues(drop: DropSettings) {
 }
 
 export function toSnapshot(row: SnapshotRow): ProductSnapshot {
-  return { ...toProduct(row), lapsedQty: Number(row.lapsed_hold_qty ?? 0) + Number(row.lapsed_order_qty ?? 0) }
+  const lapsedQty = Number(row.lapsed_bucket_qty ?? 0) + Number(row.lapsed_hold_qty ?? 0) + Number(row.lapsed_order_qty ?? 0) - Number(row.paid_lapsed_hold_qty ?? 0)
+  return { ...toProduct(row), lapsedQty }
 }
 
 export function toHold(row: Selectable<HoldsTable>): Hold {

@@ -74,10 +74,19 @@ export interface IdempotencyKeysTable {
   expires_at: number
 }
 
+// Migration 0004: units of active holds and pending orders per product and 50 ms expiry slice
+// (expiry-buckets.ts). Only buckets with live units are kept.
+export interface ExpiryBucketsTable {
+  product_id: number
+  bucket: number
+  qty: number
+}
+
 export interface Database {
   products: ProductsTable
   holds: HoldsTable
   orders: OrdersTable
   payment_events: PaymentEventsTable
   idempotency_keys: IdempotencyKeysTable
+  expiry_buckets: ExpiryBucketsTable
 }

@@ -18,6 +18,9 @@ export interface Engine {
   // How a conflicting insert becomes "nothing inserted": ON CONFLICT DO NOTHING, or (where a
   // failed statement leaves the transaction usable) catching the duplicate-key error.
   readonly insertIgnoreStyle: 'on_conflict' | 'catch_duplicate'
+  // How an insert adds to an existing row instead: ON CONFLICT ... DO UPDATE, or MySQL's
+  // ON DUPLICATE KEY UPDATE.
+  readonly upsertStyle: 'on_conflict' | 'on_duplicate_key'
   // Many rows in one INSERT. Undefined: a VALUES list, a parameter per cell. Where the driver
   // sends arrays, the statement this returns takes one array per column (parameter $n is the
   // n-th column's values): its text is then the same for every batch size and the server

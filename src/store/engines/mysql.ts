@@ -7,6 +7,7 @@ export const mysqlEngine: Engine = {
   supportsReturning: false, // MySQL 8 has no RETURNING: insert, then read insertId.
   supportsForUpdate: true,
   insertIgnoreStyle: 'catch_duplicate',
+  upsertStyle: 'on_duplicate_key',
   // The server's limit for a prepared statement (ER_PS_MANY_PARAM). Kysely's driver sends text
   // queries (mysql2 inlines the values), which only max_allowed_packet bounds; the prepared
   // limit keeps every accepted batch size valid should the driver move to prepared statements.

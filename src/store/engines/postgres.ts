@@ -19,6 +19,7 @@ export const postgresEngine: Engine = {
   supportsReturning: true,
   supportsForUpdate: true,
   insertIgnoreStyle: 'on_conflict',
+  upsertStyle: 'on_conflict',
   // The wire protocol's Bind message counts parameters in 16 bits.
   statementParametersMax: 65_535,
   columnArraysInsertSql: (table, columns) =>

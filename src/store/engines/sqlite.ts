@@ -13,6 +13,7 @@ export const sqliteEngine: Engine = {
   supportsReturning: true,
   supportsForUpdate: false,
   insertIgnoreStyle: 'on_conflict',
+  upsertStyle: 'on_conflict',
   // SQLITE_MAX_VARIABLE_NUMBER of the SQLite that better-sqlite3 bundles (32,767 fails).
   statementParametersMax: 32_766,
   // IMMEDIATE takes the write lock at BEGIN, so two processes never both read then fail to

@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely'
 import type { Engine } from '../engines/engine.js'
+import { bucketOfSql } from '../expiry-buckets.js'
 
 // Migrations are code, in order, never edited once released: a change is a new migration.
 function initial(engine: Engine): Migration {
@@ -143,8 +144,42 @@ function dropSettings(): Migration {
   }
 }
 
+// Expiry buckets (store/expiry-buckets.ts, SPEC §4), filled from the live rows already there so
+// a database migrated during a sale starts with a true book. Instances still running the old
+// code write rows without buckets: migrate with the service stopped, or run the audit after.
+// The payment_events index lets a read find the lapsed holds a success waits on from the few
+// waiting events instead of from the lapsed holds.
+function expiryBuckets(engine: Engine): Migration {
+  return {
+    async up(db: Kysely<any>) {
+      let table = db.schema
+        .createTable('expiry_buckets')
+        .addColumn('product_id', 'integer', (column) => column.notNull())
+        .addColumn('bucket', 'bigint', (column) => column.notNull())
+        .addColumn('qty', 'integer', (column) => column.notNull())
+        .addPrimaryKeyConstraint('expiry_buckets_pk', ['product_id', 'bucket'])
+        // A bucket below zero is bookkeeping gone wrong: refused, so the bug is never committed.
+        .addCheckConstraint('expiry_buckets_qty_check', sql`qty >= 0`)
+      if (engine.tableOptionsSql) table = table.modifyEnd(sql.raw(engine.tableOptionsSql))
+      await table.execute()
+      const bucket = bucketOfSql('expires_at').as('bucket')
+      const live = db
+        .selectFrom('holds')
+        .select(['product_id', bucket, 'qty'])
+        .where('status', '=', 'active')
+        .unionAll(db.selectFrom('orders').select(['product_id', bucket, 'qty']).where('status', '=', 'pending'))
+      await db
+        .insertInto('expiry_buckets')
+        .columns(['product_id', 'bucket', 'qty'])
+        .expression(db.selectFrom(live.as('u')).select(['u.product_id', 'u.bucket', sql<number>`sum(u.qty)`.as('qty')]).groupBy(['u.product_id', 'u.bucket']))
+        .execute()
+      await db.schema.createIndex('payment_events_waiting_idx').on('payment_events').columns(['state', 'status', 'hold_id']).execute()
+    },
+  }
+}
+
 export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
   return {
-    getMigrations: async () => ({ '0001_initial': initial(engine), '0002_seed_product': seedProduct(seed), '0003_drop_settings': dropSettings() }),
+    getMigrations: async () => ({ '0001_initial': initial(engine), '0002_seed_product': seedProduct(seed), '0003_drop_settings': dropSettings(), '0004_expiry_buckets': expiryBuckets(engine) }),
   }
 }

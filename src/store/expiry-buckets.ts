@@ -1,0 +1,114 @@
+// Per-product expiry buckets (SPEC §4): how many units of active holds and pending orders expire
+// in each 50 ms slice of time. A read then finds the units of lapsed rows not yet swept from the
+// buckets wholly before `now` plus the rows of the one bucket that straddles it, so its cost
+// follows the number of buckets, not the number of lapsed rows (100,000 lapsed holds of one burst
+// sit in a handful of buckets).
+//
+// Bookkeeping lives here, in the store, not in the domain: every statement that inserts a live
+// row (active hold, pending order) or moves one out of that status notes the change in the
+// transaction's ExpiryBook, and the transaction runner writes the book once, before commit, in
+// one upsert (holds of one batch share their expiry, so a hold batch adds one bucket row). The
+// audit recomputes the buckets from the rows (expiryBucketDrift).
+import { sql, type Kysely } from 'kysely'
+import type { Engine } from './engines/engine.js'
+import type { Database } from './schema.js'
+
+type Db = Kysely<Database>
+
+export const bucketWidthMs = 50
+
+// Bucket b holds the rows whose expires_at is in ((b - 1) * width, b * width]: the bucket is
+// wholly lapsed once b * width <= now, the instant its last row lapses.
+export function bucketOf(expiresAtMs: number): number {
+  return Math.ceil(expiresAtMs / bucketWidthMs)
+}
+
+// The same as bucketOf, in SQL that divides exactly on every engine (MySQL's `/` is decimal).
+export function bucketOfSql(expiresAtColumn: string) {
+  const column = sql.ref(expiresAtColumn)
+  const width = sql.lit(bucketWidthMs)
+  return sql<number>`((${column} + ${width} - 1) - (${column} + ${width} - 1) % ${width}) / ${width}`
+}
+
+// What a read at `now` needs: buckets up to `wholeBucket` have lapsed entirely; rows expiring
+// in (straddleFromMs, nowMs] belong to the next bucket, which lapses partly.
+export function lapseBounds(now: Date): { nowMs: number; wholeBucket: number; straddleFromMs: number } {
+  const nowMs = now.getTime()
+  const wholeBucket = Math.floor(nowMs / bucketWidthMs)
+  return { nowMs, wholeBucket, straddleFromMs: wholeBucket * bucketWidthMs }
+}
+
+// Rows a statement may carry: three parameters each, far below every engine's limit.
+const entriesPerStatementMax = 1_000
+
+// One transaction's changes to the buckets, summed per (product, bucket) as they are noted.
+export class ExpiryBook {
+  private readonly deltas = new Map<string, { productId: number; bucket: number; qty: number }>()
+
+  // A live row appeared (qty > 0) or stopped being live (qty < 0).
+  note(productId: number, expiresAtMs: number, qty: number): void {
+    const bucket = bucketOf(expiresAtMs)
+    const key = `${productId}:${bucket}`
+    const entry = this.deltas.get(key)
+    if (entry) entry.qty += qty
+    else this.deltas.set(key, { productId, bucket, qty })
+  }
+
+  // Writes the summed changes: one upsert, and where a bucket may have emptied one delete of the
+  // empty ones, so the table only ever holds buckets with live units (what reads sum stays small).
+  async flush(db: Db, engine: Engine): Promise<void> {
+    const entries = [...this.deltas.values()].filter((entry) => entry.qty !== 0)
+    this.deltas.clear()
+    for (let start = 0; start < entries.length; start += entriesPerStatementMax) {
+      const chunk = entries.slice(start, start + entriesPerStatementMax)
+      const insert = db.insertInto('expiry_buckets').values(chunk.map((entry) => ({ product_id: entry.productId, bucket: entry.bucket, qty: entry.qty })))
+      if (engine.upsertStyle === 'on_conflict') {
+        await insert.onConflict((conflict) => conflict.columns(['product_id', 'bucket']).doUpdateSet({ qty: sql<number>`expiry_buckets.qty + excluded.qty` })).execute()
+      } else {
+        await insert.onDuplicateKeyUpdate({ qty: sql<number>`qty + values(qty)` }).execute()
+      }
+    }
+    const emptied = new Map<number, number[]>()
+    for (const entry of entries) if (entry.qty < 0) emptied.set(entry.productId, [...(emptied.get(entry.productId) ?? []), entry.bucket])
+    for (const [productId, buckets] of emptied) {
+      for (let start = 0; start < buckets.length; start += entriesPerStatementMax) {
+        await db
+          .deleteFrom('expiry_buckets')
+          .where('product_id', '=', productId)
+          .where('bucket', 'in', buckets.slice(start, start + entriesPerStatementMax))
+          .where('qty', '=', 0)
+          .execute()
+      }
+    }
+  }
+}
+
+export interface BucketDrift {
+  productId: number
+  bucket: number
+  // What the bucket says, and what the live rows expiring in it sum to.
+  bookQty: number
+  rowsQty: number
+}
+
+// Buckets that disagree with the rows, read in one statement (one snapshot) for the audit.
+export async function expiryBucketDrift(db: Db): Promise<BucketDrift[]> {
+  const holds = db
+    .selectFrom('holds')
+    .select(['product_id', bucketOfSql('expires_at').as('bucket'), 'qty as rows_qty', sql<number>`0`.as('book_qty')])
+    .where('status', '=', 'active')
+  const orders = db
+    .selectFrom('orders')
+    .select(['product_id', bucketOfSql('expires_at').as('bucket'), 'qty as rows_qty', sql<number>`0`.as('book_qty')])
+    .where('status', '=', 'pending')
+  const book = db.selectFrom('expiry_buckets').select(['product_id', 'bucket', sql<number>`0`.as('rows_qty'), 'qty as book_qty'])
+  const rows = await db
+    .selectFrom(holds.unionAll(orders).unionAll(book).as('u'))
+    .select(['u.product_id', 'u.bucket', sql<number>`sum(u.book_qty)`.as('book_qty'), sql<number>`sum(u.rows_qty)`.as('rows_qty')])
+    .groupBy(['u.product_id', 'u.bucket'])
+    .having(sql`sum(u.book_qty)`, '<>', sql`sum(u.rows_qty)`)
+    .orderBy('u.product_id')
+    .orderBy('u.bucket')
+    .execute()
+  return rows.map((row) => ({ productId: Number(row.product_id), bucket: Number(row.bucket), bookQty: Number(row.book_qty), rowsQty: Number(row.rows_qty) }))
+}
