@@ -1,6 +1,7 @@
 // Brings lapsed holds and orders up to date in bounded batches. Safe with many instances at
 // once: each product is swept under its row lock and every status change is compare-and-set,
 // so a hold is released, and counted in metrics, exactly once.
+import { setImmediate } from 'node:timers/promises'
 import { assert } from '../domain/assert.js'
 import type { Clock } from '../domain/clock.js'
 import type { Observer } from '../domain/events.js'
@@ -13,25 +14,50 @@ export interface SweepResult {
   idempotencyKeysDeleted: number
 }
 
+// One pass: at most batchMax rows, shared among the products with lapsed rows so that a product
+// with a huge backlog does not starve the others. In rounds: each product still owing rows gets
+// an equal share of what the pass has left (one transaction each, so every transaction is bounded
+// by batchMax rows); a product that used less than its share is done, the rest come round again.
 export async function sweepOnce(store: Store, observer: Observer, now: Date, batchMax: number): Promise<SweepResult> {
   let expiredCount = 0
-  const productIds = await store.productsWithLapsedRows(now, batchMax)
-  for (const productId of productIds) {
-    const remaining = batchMax - expiredCount
-    if (remaining <= 0) break
-    expiredCount += await withLockedProduct(store, observer, { label: 'sweep', productId, now, reclaimMax: remaining }, (ctx) => expireLapsed(ctx, remaining))
+  let owing = await store.productsWithLapsedRows(now, batchMax)
+  while (owing.length > 0 && expiredCount < batchMax) {
+    const again: number[] = []
+    for (const [index, productId] of owing.entries()) {
+      const shareMax = Math.ceil((batchMax - expiredCount) / (owing.length - index))
+      if (shareMax <= 0) break
+      const expired = await withLockedProduct(store, observer, { label: 'sweep', productId, now, reclaimMax: shareMax }, (ctx) => expireLapsed(ctx, shareMax))
+      expiredCount += expired
+      if (expired >= shareMax) again.push(productId)
+      // better-sqlite3 answers synchronously: without a turn of the event loop between
+      // transactions a long pass would hold every request back until it ends.
+      await setImmediate()
+    }
+    owing = again
   }
   assert(expiredCount <= batchMax, 'a sweep pass stays within its batch')
   const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(now, batchMax)
   return { expiredCount, idempotencyKeysDeleted }
 }
 
+// Passes until one finds less than a full batch: the sweeper keeps up with any rate of lapsing
+// holds (SPEC §4), in transactions no bigger than one pass, and stops between passes on close.
+export async function sweepUntilCaughtUp(options: { store: Store; observer: Observer; clock: Clock; batchMax: number; stopped?: () => boolean }, onPass?: (result: SweepResult) => void): Promise<number> {
+  let passCount = 0
+  for (;;) {
+    const result = await sweepOnce(options.store, options.observer, options.clock.now(), options.batchMax)
+    passCount += 1
+    onPass?.(result)
+    const full = result.expiredCount >= options.batchMax || result.idempotencyKeysDeleted >= options.batchMax
+    if (!full || options.stopped?.()) return passCount
+  }
+}
+
 export interface SweeperHandle {
   stop(): Promise<void>
 }
 
-// Re-arms setTimeout after each pass, so passes never overlap; records lag (how late a pass
-// started against its schedule) and stops on close.
+// Re-arms setTimeout after each run of passes, so passes never overlap; stops on close.
 export function startSweeper(options: {
   store: Store
   observer: Observer
@@ -50,8 +76,7 @@ export function startSweeper(options: {
       current = (async () => {
         const lagMs = Math.max(0, Date.now() - dueAtMs)
         try {
-          const result = await sweepOnce(options.store, options.observer, options.clock.now(), options.batchMax)
-          options.onPass?.(result, lagMs)
+          await sweepUntilCaughtUp({ ...options, stopped: () => stopped }, (result) => options.onPass?.(result, lagMs))
         } catch (error) {
           options.onError?.(error)
         }
