@@ -192,7 +192,7 @@ function requests(operation: Operation, known: Known): fc.Arbitrary<FuzzRequest>
 // Everything a request could change: each table's rows, and the counts the audit reads.
 async function fingerprint(t: TestApp): Promise<string> {
   // One query (one connection) per fingerprint: a connection per table was slow on a loaded machine.
-  const tables = ['products', 'holds', 'orders', 'payment_events', 'idempotency_keys']
+  const tables = ['products', 'holds', 'orders', 'payment_events', 'idempotency_keys', 'expiry_buckets']
   const counts = tables.map((table) => `(select count(*) from ${table}) as ${table}`).join(', ')
   const statuses = ['active', 'converted', 'expired', 'released'].map((status) => `(select count(*) from holds where status = '${status}') as holds_${status}`).join(', ')
   const [row] = await rawQuery(t.engine, t.databaseUrl, `select ${counts}, ${statuses}`)

@@ -54,13 +54,18 @@ export class ExpiryBook {
     else this.deltas.set(key, { productId, bucket, qty })
   }
 
-  // Writes the summed changes: one upsert, and where a bucket may have emptied one delete of the
-  // empty ones, so the table only ever holds buckets with live units (what reads sum stays small).
+  // Writes the summed changes. Units that arrive go in with one upsert; units that leave come out
+  // of buckets that must exist, with one UPDATE per product whose row count is checked (a bucket
+  // missing is bookkeeping gone wrong: the transaction fails rather than commit it), then the
+  // buckets that emptied are deleted, so the table only ever holds buckets with live units and
+  // what a read sums stays small. (One upsert cannot do both: the table's CHECK judges the row an
+  // upsert proposes, a negative quantity, before it finds the conflict.)
   async flush(db: Db, engine: Engine): Promise<void> {
     const entries = [...this.deltas.values()].filter((entry) => entry.qty !== 0)
     this.deltas.clear()
-    for (let start = 0; start < entries.length; start += entriesPerStatementMax) {
-      const chunk = entries.slice(start, start + entriesPerStatementMax)
+    const arriving = entries.filter((entry) => entry.qty > 0)
+    for (let start = 0; start < arriving.length; start += entriesPerStatementMax) {
+      const chunk = arriving.slice(start, start + entriesPerStatementMax)
       const insert = db.insertInto('expiry_buckets').values(chunk.map((entry) => ({ product_id: entry.productId, bucket: entry.bucket, qty: entry.qty })))
       if (engine.upsertStyle === 'on_conflict') {
         await insert.onConflict((conflict) => conflict.columns(['product_id', 'bucket']).doUpdateSet({ qty: sql<number>`expiry_buckets.qty + excluded.qty` })).execute()
@@ -68,16 +73,25 @@ export class ExpiryBook {
         await insert.onDuplicateKeyUpdate({ qty: sql<number>`qty + values(qty)` }).execute()
       }
     }
-    const emptied = new Map<number, number[]>()
-    for (const entry of entries) if (entry.qty < 0) emptied.set(entry.productId, [...(emptied.get(entry.productId) ?? []), entry.bucket])
-    for (const [productId, buckets] of emptied) {
-      for (let start = 0; start < buckets.length; start += entriesPerStatementMax) {
-        await db
-          .deleteFrom('expiry_buckets')
+    const leavingByProduct = new Map<number, Array<{ bucket: number; qty: number }>>()
+    for (const entry of entries) {
+      if (entry.qty < 0) leavingByProduct.set(entry.productId, [...(leavingByProduct.get(entry.productId) ?? []), { bucket: entry.bucket, qty: -entry.qty }])
+    }
+    for (const [productId, leaving] of leavingByProduct) {
+      for (let start = 0; start < leaving.length; start += entriesPerStatementMax) {
+        const chunk = leaving.slice(start, start + entriesPerStatementMax)
+        const buckets = chunk.map((entry) => entry.bucket)
+        const cases = sql.join(chunk.map((entry) => sql`when ${entry.bucket} then ${entry.qty}`), sql` `)
+        const result = await db
+          .updateTable('expiry_buckets')
+          .set({ qty: sql<number>`qty - case bucket ${cases} else 0 end` })
           .where('product_id', '=', productId)
-          .where('bucket', 'in', buckets.slice(start, start + entriesPerStatementMax))
-          .where('qty', '=', 0)
-          .execute()
+          .where('bucket', 'in', buckets)
+          .executeTakeFirst()
+        if (Number(result.numUpdatedRows) !== chunk.length) {
+          throw new Error(`expiry buckets of product ${productId} missing: ${chunk.length} to take units from, ${result.numUpdatedRows} found`)
+        }
+        await db.deleteFrom('expiry_buckets').where('product_id', '=', productId).where('bucket', 'in', buckets).where('qty', '=', 0).execute()
       }
     }
   }
