@@ -8,7 +8,7 @@ import { newHoldIds } from '../src/domain/ids.js'
 import type { Hold } from '../src/domain/store.js'
 import { sweepOnce, sweepUntilCaughtUp } from '../src/jobs/sweeper.js'
 import { buildTestApp, type TestApp } from './helpers/app.js'
-import { testEngines } from './helpers/engines.js'
+import { rawQuery, testEngines } from './helpers/engines.js'
 
 const backlogHoldCount = 100_000
 // As a sale at ~10,000 holds/s leaves them: expiries spread over 10 s.
@@ -108,6 +108,21 @@ for (const engine of testEngines()) {
       const metrics = (await t.request('GET', '/metrics')).text
       expect(metrics).toMatch(/^flash_sale_sweeper_lag_seconds 0$/m)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 3, violations: [] })
+    })
+
+    it('the audit reports an expiry bucket that disagrees with its rows, and a clean book after holds, an order and a release', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10, env: { HOLD_TTL_SECONDS: '1' } })
+      const holds = await Promise.all([1, 2, 3].map(async (qty) => (await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty } })).body as { hold_id: string }))
+      expect((await t.request('POST', '/api/orders', { body: { hold_id: holds[0]!.hold_id } })).status).toBe(201)
+      expect((await t.request('DELETE', `/api/holds/${holds[1]!.hold_id}`)).status).toBe(200)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+      const [bucket] = (await rawQuery(t.engine, t.databaseUrl, `select bucket, qty from expiry_buckets where product_id = ${t.productId} order by bucket`)) as Array<{ bucket: number; qty: number }>
+      // The live hold of 3 units (its bucket first: the hold TTL is shorter than the order's).
+      expect(Number(bucket!.qty)).toBe(3)
+      await rawQuery(t.engine, t.databaseUrl, `update expiry_buckets set qty = qty + 1 where product_id = ${t.productId} and bucket = ${bucket!.bucket}`)
+      expect((await t.audit()).violations).toEqual([
+        { invariant: 'I2', productId: t.productId, message: `expiry bucket ${bucket!.bucket} says 4 units, its active holds and pending orders 3` },
+      ])
     })
   })
 }

@@ -37,6 +37,10 @@ export interface Engine {
   // Appended to CREATE TABLE (MySQL: InnoDB, utf8mb4, and a binary collation so ids that
   // differ only in case are different ids).
   readonly tableOptionsSql: string | null
+  // Also appended to CREATE TABLE for a small table read by ranges of its primary key: SQLite's
+  // WITHOUT ROWID stores the rows in key order, so a range is read without a look-up per row
+  // (InnoDB always clusters by the primary key).
+  readonly clusteredByKeySql: string | null
   // Deadlock, serialization failure, lock wait timeout, busy database: retried.
   isTransientConflict(error: unknown): boolean
   isUniqueViolation(error: unknown): boolean

@@ -30,6 +30,7 @@ export const postgresEngine: Engine = {
   beginSql: 'begin',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigserial' : 'serial', keyword: false }),
   tableOptionsSql: null,
+  clusteredByKeySql: null,
   isTransientConflict: (error) => {
     const code = errorCode(error)
     return code === '40P01' || code === '40001' || code === '55P03'

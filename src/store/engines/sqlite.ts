@@ -21,6 +21,7 @@ export const sqliteEngine: Engine = {
   beginSql: 'begin immediate',
   autoIncrementColumn: () => ({ type: 'integer', keyword: true }),
   tableOptionsSql: null,
+  clusteredByKeySql: 'without rowid',
   isTransientConflict: (error) => {
     const code = errorCode(error)
     return code === 'SQLITE_BUSY' || code === 'SQLITE_BUSY_SNAPSHOT' || code === 'SQLITE_LOCKED'

@@ -160,7 +160,8 @@ function expiryBuckets(engine: Engine): Migration {
         .addPrimaryKeyConstraint('expiry_buckets_pk', ['product_id', 'bucket'])
         // A bucket below zero is bookkeeping gone wrong: refused, so the bug is never committed.
         .addCheckConstraint('expiry_buckets_qty_check', sql`qty >= 0`)
-      if (engine.tableOptionsSql) table = table.modifyEnd(sql.raw(engine.tableOptionsSql))
+      const options = [engine.tableOptionsSql, engine.clusteredByKeySql].filter((option) => option !== null).join(' ')
+      if (options !== '') table = table.modifyEnd(sql.raw(options))
       await table.execute()
       const bucket = bucketOfSql('expires_at').as('bucket')
       const live = db
