@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { loadConfig, type EngineName } from '../src/config.js'
 import type { Hold, Order, PaymentEvent, StoreTx } from '../src/domain/store.js'
 import { engines } from '../src/store/engines/index.js'
+import type { Engine } from '../src/store/engines/engine.js'
 import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { claimKeysShape, completeKeysShape, keysByNameShape } from '../src/store/idempotency-keys.js'
@@ -60,7 +61,8 @@ const claimRun = (tx: StoreTx, rows: number) => tx.claimIdempotencyKeys('holds',
 
 // Each declared shape, a call that runs its statement with `rows` rows, and which of the call's
 // statements it is (of how many).
-const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promise<unknown>, { at: number; of: number }?]> = [
+type Position = { at: number; of: number }
+const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promise<unknown>, (Position | ((engine: Engine) => Position))?]> = [
   [keysByNameShape, claimRun, { at: 0, of: 3 }],
   [claimKeysShape, claimRun, { at: 1, of: 3 }],
   [keysByNameShape, claimRun, { at: 2, of: 3 }],
@@ -68,8 +70,10 @@ const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promis
   [keysByNameShape, (tx, rows) => tx.releaseIdempotencyKeys('holds', keys(rows).map(({ key }) => key))],
   [insertHoldsShape, (tx, rows) => tx.insertHolds(holds(rows))],
   [holdsByIdShape, (tx, rows) => tx.getHolds(holds(rows).map((hold) => hold.id))],
-  [moveStatusShape, (tx, rows) => tx.setHoldsStatus(holds(rows).map((hold) => hold.id), 'active', 'expired', new Date(nowMs))],
-  [moveStatusShape, (tx, rows) => tx.setOrdersStatus(holds(rows).map((hold) => hold.id), 'pending', 'expired', new Date(nowMs))],
+  // Where there is no RETURNING the rows that leave the live status are read first (a smaller
+  // statement: the ids and the status), so the UPDATE is the second of two.
+  [moveStatusShape, (tx, rows) => tx.setHoldsStatus(holds(rows).map((hold) => hold.id), 'active', 'expired', new Date(nowMs)), (engine) => (engine.supportsReturning ? { at: 0, of: 1 } : { at: 1, of: 2 })],
+  [moveStatusShape, (tx, rows) => tx.setOrdersStatus(holds(rows).map((hold) => hold.id), 'pending', 'expired', new Date(nowMs)), (engine) => (engine.supportsReturning ? { at: 0, of: 1 } : { at: 1, of: 2 })],
   [insertOrdersShape, (tx, rows) => tx.insertOrders(orders(holds(rows)))],
   [waitingPaymentEventsShape, (tx, rows) => tx.waitingPaymentEvents(holds(rows).map((hold) => hold.id))],
   [buyerUnitsShape, (tx, rows) => tx.buyerUnits(1, holds(rows).map((hold) => `buyer-${hold.id}`), new Date(nowMs))],
@@ -85,7 +89,8 @@ describe('statement shapes', () => {
 
   for (const engine of engineNames) {
     it(`${engine}: each multi-row statement takes the parameters its shape declares, for 1, 2 and 9 rows`, async () => {
-      for (const [shape, run, position = { at: 0, of: 1 }] of runs) {
+      for (const [shape, run, placed = { at: 0, of: 1 }] of runs) {
+        const position = typeof placed === 'function' ? placed(engines[engine]) : placed
         const { fixed, perRow } = shape.parameters(engines[engine])
         for (const rows of [1, 2, 9]) {
           const recorded: CompiledQuery[] = []
