@@ -87,6 +87,11 @@ for (const engine of testEngines()) {
       expect((await t.request('GET', `/api/products/${cleanProductId}`)).body).toMatchObject({ available_stock: backlogHoldCount - 1_000, reserved: 1_000 })
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 3, violations: [] })
 
+      // The gauges read the same snapshot; the lag is how long the oldest lapsed hold has waited.
+      const before = (await t.request('GET', '/metrics')).text
+      expect(before).toContain(`flash_sale_product_available{product_id="${backlogProductId}"} ${backlogHoldCount}`)
+      expect(before).toMatch(new RegExp(`^flash_sale_sweeper_lag_seconds ${(t.clock.now().getTime() - firstExpiresAtMs) / 1000}$`, 'm'))
+
       const [backlogUs, cleanUs] = await readCostsUs(t, [backlogProductId, cleanProductId])
       console.log(`${engine.name}: product read with ${backlogHoldCount} lapsed holds ${backlogUs!.toFixed(0)} µs, clean ${cleanUs!.toFixed(0)} µs (median of ${readRounds} rounds)`)
       expect(backlogUs!).toBeLessThanOrEqual(cleanUs! * 1.25)
@@ -109,6 +114,7 @@ for (const engine of testEngines()) {
       expect((await t.request('GET', `/api/products/${backlogProductId}`)).body).toMatchObject({ available_stock: backlogHoldCount, reserved: 0 })
       const metrics = (await t.request('GET', '/metrics')).text
       expect(metrics).toMatch(/^flash_sale_sweeper_lag_seconds 0$/m)
+      expect(metrics).toContain(`flash_sale_product_available{product_id="${backlogProductId}"} ${backlogHoldCount}`)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 3, violations: [] })
     })
 
