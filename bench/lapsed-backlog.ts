@@ -60,15 +60,29 @@ async function main(): Promise<void> {
     console.log(`${database.version}: ${backlog} lapsed holds inserted in ${Date.now() - startedMs} ms`)
 
     // No sweeper during the load (an hour between passes), holds that outlive the run.
-    const serverEnv = { LOG_LEVEL: 'warn', SEED_STOCK: '0', SWEEP_INTERVAL_MS: '3600000', HOLD_TTL_SECONDS: '3600', RATE_LIMIT_READ_PER_MIN: '0', RATE_LIMIT_HOLD_PER_MIN: '0', RATE_LIMIT_ORDER_PER_MIN: '0' }
+    const serverEnv = {
+      LOG_LEVEL: 'warn',
+      SEED_STOCK: '0',
+      SWEEP_INTERVAL_MS: '3600000',
+      HOLD_TTL_SECONDS: '3600',
+      RATE_LIMIT_READ_PER_MIN: '0',
+      RATE_LIMIT_HOLD_PER_MIN: '0',
+      RATE_LIMIT_ORDER_PER_MIN: '0',
+    }
     const server = await startServer({ databaseUrl: database.url, workers: 1, env: serverEnv, nodeFlags: [] })
     const results: Array<{ what: string; product: string; result: LoadResult }> = []
     try {
       for (let round = 0; round < rounds; round++) {
-        for (const [product, productId] of [['backlog', backlogProductId], ['clean', cleanProductId]] as const) {
+        for (const [product, productId] of [
+          ['backlog', backlogProductId],
+          ['clean', cleanProductId],
+        ] as const) {
           results.push({ what: 'read', product, result: await cannon({ label: `read ${product}`, url: `${server.baseUrl}/api/products/${productId}`, connections, durationS }) })
         }
-        for (const [product, productId] of [['backlog', backlogProductId], ['clean', cleanProductId]] as const) {
+        for (const [product, productId] of [
+          ['backlog', backlogProductId],
+          ['clean', cleanProductId],
+        ] as const) {
           const body = JSON.stringify({ product_id: productId, qty: 1 })
           results.push({ what: 'hold', product, result: await cannon({ label: `hold ${product}`, url: `${server.baseUrl}/api/holds`, method: 'POST', body, connections, durationS }) })
         }
@@ -79,8 +93,12 @@ async function main(): Promise<void> {
     console.log(`\n${connections} connections, ${durationS} s each, ${rounds} rounds interleaved`)
     console.log('what  product   ok/s      p50 ms  p99 ms  non-2xx')
     for (const { what, product, result } of results) {
-      const non2xx = Object.entries(result.statusCounts).filter(([status]) => !status.startsWith('2')).reduce((sum, [, count]) => sum + count, 0)
-      console.log(`${what.padEnd(5)} ${product.padEnd(9)} ${result.okPerS.toFixed(0).padStart(8)}  ${result.latencyP50Ms.toFixed(2).padStart(6)}  ${result.latencyP99Ms.toFixed(2).padStart(6)}  ${non2xx}`)
+      const non2xx = Object.entries(result.statusCounts)
+        .filter(([status]) => !status.startsWith('2'))
+        .reduce((sum, [, count]) => sum + count, 0)
+      console.log(
+        `${what.padEnd(5)} ${product.padEnd(9)} ${result.okPerS.toFixed(0).padStart(8)}  ${result.latencyP50Ms.toFixed(2).padStart(6)}  ${result.latencyP99Ms.toFixed(2).padStart(6)}  ${non2xx}`,
+      )
     }
     for (const what of ['read', 'hold']) {
       const mean = (product: string) => {

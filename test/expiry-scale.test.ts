@@ -104,7 +104,9 @@ for (const engine of testEngines()) {
       const startedMs = Date.now()
       const passCount = await sweepUntilCaughtUp({ store: t.runtime.store, observer: t.runtime.observer, clock: t.clock, batchMax: t.config.sweepBatchMax })
       const sweptMs = Date.now() - startedMs
-      console.log(`${engine.name}: swept ${backlogHoldCount} lapsed holds in ${passCount + 1} passes of ${t.config.sweepBatchMax}, ${sweptMs} ms (${Math.round((backlogHoldCount / sweptMs) * 1000)} rows/s)`)
+      console.log(
+        `${engine.name}: swept ${backlogHoldCount} lapsed holds in ${passCount + 1} passes of ${t.config.sweepBatchMax}, ${sweptMs} ms (${Math.round((backlogHoldCount / sweptMs) * 1000)} rows/s)`,
+      )
       // Full passes back to back until caught up: no pass is wasted, none waits for a timer.
       expect(passCount).toBeLessThanOrEqual(Math.ceil(backlogHoldCount / t.config.sweepBatchMax) + 1)
       // Bounded time, with room for a loaded machine: measured alone 15-64k rows/s (PostgreSQL,
@@ -124,7 +126,10 @@ for (const engine of testEngines()) {
       expect((await t.request('POST', '/api/orders', { body: { hold_id: holds[0]!.hold_id } })).status).toBe(201)
       expect((await t.request('DELETE', `/api/holds/${holds[1]!.hold_id}`)).status).toBe(200)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
-      const [bucket] = (await rawQuery(t.engine, t.databaseUrl, `select bucket, qty from expiry_buckets where product_id = ${t.productId} order by bucket`)) as Array<{ bucket: number; qty: number }>
+      const [bucket] = (await rawQuery(t.engine, t.databaseUrl, `select bucket, qty from expiry_buckets where product_id = ${t.productId} order by bucket`)) as Array<{
+        bucket: number
+        qty: number
+      }>
       // The live hold of 3 units (its bucket first: the hold TTL is shorter than the order's).
       expect(Number(bucket!.qty)).toBe(3)
       await rawQuery(t.engine, t.databaseUrl, `update expiry_buckets set qty = qty + 1 where product_id = ${t.productId} and bucket = ${bucket!.bucket}`)

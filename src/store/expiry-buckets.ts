@@ -81,7 +81,10 @@ export class ExpiryBook {
       for (let start = 0; start < leaving.length; start += entriesPerStatementMax) {
         const chunk = leaving.slice(start, start + entriesPerStatementMax)
         const buckets = chunk.map((entry) => entry.bucket)
-        const cases = sql.join(chunk.map((entry) => sql`when ${entry.bucket} then ${entry.qty}`), sql` `)
+        const cases = sql.join(
+          chunk.map((entry) => sql`when ${entry.bucket} then ${entry.qty}`),
+          sql` `,
+        )
         const result = await db
           .updateTable('expiry_buckets')
           .set({ qty: sql<number>`qty - case bucket ${cases} else 0 end` })
