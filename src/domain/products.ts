@@ -20,13 +20,15 @@ export interface ProductView extends Product {
 // open sale is sold out when nothing is available and nothing held or pending could come back.
 export function viewOf(snapshot: ProductSnapshot, now: Date): ProductView {
   const { lapsedQty, ...product } = snapshot
-  const availableStock = product.stock - product.reserved - product.sold + lapsedQty
+  const freeStock = product.stock - product.reserved - product.sold + lapsedQty
+  // Units waiting tickets will take are not offered to anyone else (SPEC §8).
+  const availableStock = Math.max(0, freeStock - product.line.waitingQty)
   const { saleStartsAt, saleEndsAt } = product.drop
   const nowMs = now.getTime()
   let saleStatus: SaleStatus = 'open'
   if (saleEndsAt !== null && nowMs >= saleEndsAt.getTime()) saleStatus = 'ended'
   else if (saleStartsAt !== null && nowMs < saleStartsAt.getTime()) saleStatus = 'upcoming'
-  else if (availableStock <= 0 && product.reserved - lapsedQty <= 0) saleStatus = 'sold_out'
+  else if (freeStock <= 0 && product.reserved - lapsedQty <= 0) saleStatus = 'sold_out'
   return { ...product, availableStock, saleStatus }
 }
 

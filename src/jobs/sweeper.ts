@@ -11,6 +11,8 @@ import type { Store } from '../domain/store.js'
 export interface SweepResult {
   expiredCount: number
   idempotencyKeysDeleted: number
+  // Products whose waitlist this pass served or closed with no other work to do.
+  linesServed: number
 }
 
 export async function sweepOnce(store: Store, observer: Observer, now: Date, batchMax: number): Promise<SweepResult> {
@@ -22,8 +24,12 @@ export async function sweepOnce(store: Store, observer: Observer, now: Date, bat
     expiredCount += await withLockedProduct(store, observer, { label: 'sweep', productId, now, reclaimMax: remaining }, (ctx) => expireLapsed(ctx, remaining))
   }
   assert(expiredCount <= batchMax, 'a sweep pass stays within its batch')
+  // Lines no request touches: the pre-sale draw at the start, units freed while tickets did not
+  // fit, a sale that ended. Locking the product is enough: withLockedProduct serves the line.
+  const lineProductIds = await store.productsWithLineWork(now, batchMax)
+  for (const productId of lineProductIds) await withLockedProduct(store, observer, { label: 'sweep.line', productId, now }, async () => undefined)
   const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(now, batchMax)
-  return { expiredCount, idempotencyKeysDeleted }
+  return { expiredCount, idempotencyKeysDeleted, linesServed: lineProductIds.length }
 }
 
 export interface SweeperHandle {

@@ -24,6 +24,7 @@ import type { Services } from '../../domain/services.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { BuyerTokens } from '../buyer-token.js'
 import { verifySignature } from '../signature.js'
+import { waitlistRoutes } from './waitlist.js'
 
 export interface PublicRoutesOptions {
   config: Config
@@ -33,12 +34,12 @@ export interface PublicRoutesOptions {
 }
 
 // A buyer token is optional on these routes (required by a product with a per-buyer limit).
-const buyerSecurity: Array<Record<string, string[]>> = [{}, { buyer: [] }]
+export const buyerSecurity: Array<Record<string, string[]>> = [{}, { buyer: [] }]
 
 const idempotencyKeyPattern = /^[\x21-\x7E]{1,255}$/
 
 // The key may come in the Idempotency-Key header or the body; if both, they must agree.
-function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: string | undefined): string | null {
+export function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: string | undefined): string | null {
   const header = headers['idempotency-key']
   const headerKey = Array.isArray(header) ? header[0] : header
   if (headerKey !== undefined && !idempotencyKeyPattern.test(headerKey)) {
@@ -61,13 +62,13 @@ export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers']
   return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
 }
 
-function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
+export function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
   if (!replayed) return
   reply.header('idempotent-replayed', 'true')
   metrics.replays.inc({ scope })
 }
 
-function rateLimit(perMin: number): FastifyContextConfig {
+export function rateLimit(perMin: number): FastifyContextConfig {
   return perMin > 0 ? { rateLimit: { max: perMin, timeWindow: 60_000 } } : { rateLimit: false as const }
 }
 
@@ -83,6 +84,8 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   const identifyBuyer = async (request: FastifyRequest): Promise<void> => {
     request.buyerId = buyerTokens ? await buyerTokens.buyerOf(request.headers.authorization) : null
   }
+  await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
+
   app.get(
     '/api/products/:id',
     {
