@@ -92,9 +92,6 @@ export function ticketValues(ticket: Ticket): Selectable<WaitlistTicketsTable> {
   }
 }
 
-// Columns of a ticket row: what one row of the multi-row insert takes.
-export const ticketColumnsCount = 13
-
 function instantOrNull(epochMs: number | null | undefined): Date | null {
   return epochMs === null || epochMs === undefined ? null : new Date(Number(epochMs))
 }

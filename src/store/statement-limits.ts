@@ -8,7 +8,6 @@ import { insertHoldsShape } from './hot-sql.js'
 import { claimKeysShape, completeKeysShape, keysByNameShape } from './idempotency-keys.js'
 import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from './kysely-tx.js'
 import { rowsThatFit, type StatementShape } from './statement-shape.js'
-import { insertTicketsShape } from './waitlist-sql.js'
 
 export type BatchVariable = 'HOLD_BATCH_MAX' | 'ORDER_BATCH_MAX' | 'WEBHOOK_BATCH_MAX' | 'SWEEP_BATCH_MAX'
 
@@ -17,7 +16,7 @@ const keyStatements = [claimKeysShape, completeKeysShape, keysByNameShape]
 
 export const batchStatements: Record<BatchVariable, readonly StatementShape[]> = {
   // A batch of holds is inserted by one statement; a limited product counts its buyers' units in one.
-  HOLD_BATCH_MAX: [insertHoldsShape, buyerUnitsShape, insertTicketsShape, ...keyStatements],
+  HOLD_BATCH_MAX: [insertHoldsShape, buyerUnitsShape, ...keyStatements],
   // A batch of orders reads its holds, converts them, inserts the orders and reads the payments
   // waiting on them, each in one statement.
   ORDER_BATCH_MAX: [holdsByIdShape, moveStatusShape, insertOrdersShape, waitingPaymentEventsShape, ...keyStatements],

@@ -2,19 +2,23 @@
 // caller holds: a transaction's, or the store's for reads.
 import { sql, type Kysely } from 'kysely'
 import type { LineAuditRow, Ticket, TicketStatus } from '../domain/store.js'
-import { ticketColumnsCount, ticketValues, toTicket } from './rows.js'
+import { ticketValues, toTicket } from './rows.js'
 import type { Database } from './schema.js'
-import { inListShape, type StatementShape } from './statement-shape.js'
 
 type Db = Kysely<Database>
 
-export const insertTicketsShape: StatementShape = { statement: 'the multi-row insert of waitlist tickets', parameters: () => ({ fixed: 0, perRow: ticketColumnsCount }) }
-// Beside the ticket ids: the new status, updated_at, ended_at and the status compared against.
-export const moveTicketsShape = inListShape('moving waitlist tickets to another status', 4)
+// Rows per ticket insert: a join batch is as large as HOLD_BATCH_MAX allows, but a ticket row has
+// more columns than a hold row, so it is inserted in slices that fit every engine's parameter
+// limit (1,000 x 13 = 13,000 < SQLite's 32,766) instead of lowering the batch for holds.
+const ticketInsertRowsMax = 1_000
 
 export async function insertTickets(db: Db, tickets: readonly Ticket[]): Promise<void> {
-  if (tickets.length === 0) return
-  await db.insertInto('waitlist_tickets').values(tickets.map(ticketValues)).execute()
+  for (let start = 0; start < tickets.length; start += ticketInsertRowsMax) {
+    await db
+      .insertInto('waitlist_tickets')
+      .values(tickets.slice(start, start + ticketInsertRowsMax).map(ticketValues))
+      .execute()
+  }
 }
 
 export async function findTicket(db: Db, ticketId: string): Promise<Ticket | undefined> {

@@ -1,6 +1,6 @@
 // The buyer- and provider-facing API (SPEC §3).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import type { Config } from '../../config.js'
 import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
@@ -25,6 +25,7 @@ import type { Metrics } from '../../observability/metrics.js'
 import { BuyerTokens } from '../buyer-token.js'
 import { verifySignature } from '../signature.js'
 import { waitlistRoutes } from './waitlist.js'
+import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
 
 export interface PublicRoutesOptions {
   config: Config
@@ -33,23 +34,8 @@ export interface PublicRoutesOptions {
   metrics: Metrics
 }
 
-// A buyer token is optional on these routes (required by a product with a per-buyer limit).
-export const buyerSecurity: Array<Record<string, string[]>> = [{}, { buyer: [] }]
 
-const idempotencyKeyPattern = /^[\x21-\x7E]{1,255}$/
 
-// The key may come in the Idempotency-Key header or the body; if both, they must agree.
-export function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: string | undefined): string | null {
-  const header = headers['idempotency-key']
-  const headerKey = Array.isArray(header) ? header[0] : header
-  if (headerKey !== undefined && !idempotencyKeyPattern.test(headerKey)) {
-    throw new DomainError('validation_failed', { errors: [{ field: 'Idempotency-Key', message: 'must be 1 to 255 visible ASCII characters' }], invalid_fields: ['Idempotency-Key'] })
-  }
-  if (headerKey !== undefined && bodyKey !== undefined && headerKey !== bodyKey) {
-    throw new DomainError('validation_failed', { errors: [{ field: 'idempotency_key', message: 'differs from the Idempotency-Key header' }], invalid_fields: ['idempotency_key'] })
-  }
-  return headerKey ?? bodyKey ?? null
-}
 
 // Everything POST /api/holds checks before the domain sees the request (the body schema has
 // run already): the qty alias and the idempotency key.
@@ -62,15 +48,7 @@ export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers']
   return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
 }
 
-export function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
-  if (!replayed) return
-  reply.header('idempotent-replayed', 'true')
-  metrics.replays.inc({ scope })
-}
 
-export function rateLimit(perMin: number): FastifyContextConfig {
-  return perMin > 0 ? { rateLimit: { max: perMin, timeWindow: 60_000 } } : { rateLimit: false as const }
-}
 
 // The JSON of a product view, made once however many coalesced reads answer with it.
 const serializedViews = new WeakMap<object, string>()

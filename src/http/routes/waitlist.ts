@@ -10,7 +10,7 @@ import type { TicketView as Ticket } from '../../domain/waitlist.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { presentTicket } from '../present.js'
 import { ProductParams, ResourceParams, TicketView, problemResponses, waitlistBody } from '../schemas/index.js'
-import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from './public.js'
+import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
 
 export interface WaitlistRoutesOptions {
   config: Config
