@@ -1,5 +1,6 @@
 // The buyer- and provider-facing API (SPEC §3).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { TSchema } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
 import type { Config } from '../../config.js'
 import type { Clock } from '../../domain/clock.js'
@@ -34,9 +35,6 @@ export interface PublicRoutesOptions {
   metrics: Metrics
 }
 
-
-
-
 // Everything POST /api/holds checks before the domain sees the request (the body schema has
 // run already): the qty alias and the idempotency key.
 export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers'], buyerId: string | null = null): HoldRequest {
@@ -48,7 +46,8 @@ export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers']
   return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
 }
 
-
+// What POST /api/holds and POST /api/orders may refuse.
+const keyedCreateProblems = problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503])
 
 // The JSON of a product view, made once however many coalesced reads answer with it.
 const serializedViews = new WeakMap<object, string>()
@@ -64,6 +63,18 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   }
   await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
 
+  // Holds and orders are created the same way: keyed, a buyer token optional (checked first),
+  // 201 with the view, the same refusals; the generics keep body and reply typed per route.
+  const keyedCreate = <Body extends TSchema, View extends TSchema>(tag: 'holds' | 'orders', perMin: number, body: Body, view: View) => ({
+    config: rateLimit(perMin),
+    onRequest: identifyBuyer,
+    schema: { tags: [tag], security: buyerSecurity, body, response: { 201: view, ...keyedCreateProblems } },
+  })
+  // GET of one hold or order by its id.
+  const readById = <View extends TSchema>(tag: 'holds' | 'orders', view: View) => ({
+    config: rateLimit(config.rateLimitReadPerMin),
+    schema: { tags: [tag], params: ResourceParams, response: { 200: view, ...problemResponses([404, 429]) } },
+  })
   app.get(
     '/api/products/:id',
     {
@@ -86,19 +97,11 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   )
 
   const holdBodySchema = holdBody(config.maxQtyPerHold)
-  app.post(
-    '/api/holds',
-    {
-      config: rateLimit(config.rateLimitHoldPerMin),
-      onRequest: identifyBuyer,
-      schema: { tags: ['holds'], security: buyerSecurity, body: holdBodySchema, response: { 201: HoldView, ...problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503]) } },
-    },
-    async (request, reply) => {
-      const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
-      markReplay(reply, metrics, 'holds', answer.replayed)
-      return reply.code(201).send(presentHold(answer.hold, clock.now()))
-    },
-  )
+  app.post('/api/holds', keyedCreate('holds', config.rateLimitHoldPerMin, holdBodySchema, HoldView), async (request, reply) => {
+    const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
+    markReplay(reply, metrics, 'holds', answer.replayed)
+    return reply.code(201).send(presentHold(answer.hold, clock.now()))
+  })
 
   // The bench's ceiling: everything POST /api/holds does before the domain (content type, JSON,
   // the same body schema, the key header, the rate limit), then an answer without the database.
@@ -109,11 +112,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     })
   }
 
-  app.get(
-    '/api/holds/:id',
-    { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['holds'], params: ResourceParams, response: { 200: HoldView, ...problemResponses([404, 429]) } } },
-    async (request) => presentHold(await services.holds.get(request.params.id), clock.now()),
-  )
+  app.get('/api/holds/:id', readById('holds', HoldView), async (request) => presentHold(await services.holds.get(request.params.id), clock.now()))
 
   app.delete(
     '/api/holds/:id',
@@ -121,28 +120,16 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     async (request) => presentHold(await services.holds.release(request.params.id), clock.now()),
   )
 
-  app.post(
-    '/api/orders',
-    {
-      config: rateLimit(config.rateLimitOrderPerMin),
-      // An order takes its hold's buyer whoever sends it (the hold id is the capability); a
-      // token sent with it must still be valid.
-      onRequest: identifyBuyer,
-      schema: { tags: ['orders'], security: buyerSecurity, body: OrderBody, response: { 201: OrderView, ...problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503]) } },
-    },
-    async (request, reply) => {
-      const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
-      const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
-      markReplay(reply, metrics, 'orders', answer.replayed)
-      return reply.code(201).send(presentOrder(answer.order, clock.now()))
-    },
-  )
+  // An order takes its hold's buyer whoever sends it (the hold id is the capability); a token
+  // sent with it must still be valid.
+  app.post('/api/orders', keyedCreate('orders', config.rateLimitOrderPerMin, OrderBody, OrderView), async (request, reply) => {
+    const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
+    const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
+    markReplay(reply, metrics, 'orders', answer.replayed)
+    return reply.code(201).send(presentOrder(answer.order, clock.now()))
+  })
 
-  app.get(
-    '/api/orders/:id',
-    { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['orders'], params: ResourceParams, response: { 200: OrderView, ...problemResponses([404, 429]) } } },
-    async (request) => presentOrder(await services.orders.get(request.params.id), clock.now()),
-  )
+  app.get('/api/orders/:id', readById('orders', OrderView), async (request) => presentOrder(await services.orders.get(request.params.id), clock.now()))
 
   app.post(
     '/api/payments/webhook',
