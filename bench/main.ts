@@ -4,7 +4,8 @@
 // this server), holds/s with p50/p99, the same holds with a fresh Idempotency-Key each (`keyed`),
 // with a buyer token on a product with a per-buyer limit (`buyer`), the hold route's parsing and
 // validation alone without the database (`ceiling`), product reads/s, buyers/s through the
-// whole funnel, then a sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
+// whole funnel, joins/s on a sold-out product's waitlist and admissions into its line (waitlist.ts),
+// then a sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
 // same database with HOLD_BATCH_MAX=1 (one transaction per hold: the lock-per-request design)
 // takes the same holds, so the gain of group commit is measured in the run, not quoted. Every
 // phase is bounded in time; the servers and the database created for the run are gone when it
