@@ -120,7 +120,7 @@ export interface FunnelResult {
   failures: Record<string, number>
 }
 
-interface Answer {
+export interface Answer {
   // 0 when no answer came: `failure` says why (timeout, ECONNRESET, ...).
   status: number
   json: Record<string, unknown> | undefined
@@ -132,7 +132,7 @@ const funnelRequestTimeoutMs = 10_000
 // hammered by a tight loop (the run is bounded by its duration anyway).
 const failureBackoffMs = 20
 
-function call(agent: Agent, baseUrl: string, method: string, path: string, body: string | undefined, headers: Record<string, string> = {}): Promise<Answer> {
+export function call(agent: Agent, baseUrl: string, method: string, path: string, body: string | undefined, headers: Record<string, string> = {}): Promise<Answer> {
   return new Promise((resolve) => {
     const req = request(
       `${baseUrl}${path}`,
@@ -225,7 +225,7 @@ export async function funnel(options: FunnelOptions): Promise<FunnelResult> {
   }
 }
 
-function percentile(sorted: number[], fraction: number): number {
+export function percentile(sorted: number[], fraction: number): number {
   if (sorted.length === 0) return Number.NaN
   const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(fraction * sorted.length) - 1))
   return sorted[index] ?? Number.NaN

@@ -4,7 +4,8 @@
 // this server), holds/s with p50/p99, the same holds with a fresh Idempotency-Key each (`keyed`),
 // with a buyer token on a product with a per-buyer limit (`buyer`), the hold route's parsing and
 // validation alone without the database (`ceiling`), product reads/s, buyers/s through the
-// whole funnel, then a sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
+// whole funnel, joins/s on a sold-out product's waitlist and admissions into its line (waitlist.ts),
+// then a sell-out of 1,000 units with the audit. After the holds at each level, a second server on the
 // same database with HOLD_BATCH_MAX=1 (one transaction per hold: the lock-per-request design)
 // takes the same holds, so the gain of group commit is measured in the run, not quoted. Every
 // phase is bounded in time; the servers and the database created for the run are gone when it
@@ -22,9 +23,10 @@ import { cannon, funnel, jsonRequest, type FunnelResult, type LoadResult } from 
 import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
 import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
 import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
+import { expiryWaves, joinBody, joinUrl, prepareLine, releaseBursts, topUp, waitingTickets, type Line, type WaitlistContext, type WaitlistReport } from './waitlist.js'
 
-type Phase = 'health' | 'holds' | 'keyed' | 'buyer' | 'ceiling' | 'unbatched' | 'reads' | 'funnel' | 'sellout'
-const allPhases: Phase[] = ['health', 'holds', 'keyed', 'buyer', 'ceiling', 'unbatched', 'reads', 'funnel', 'sellout']
+type Phase = 'health' | 'holds' | 'keyed' | 'buyer' | 'ceiling' | 'unbatched' | 'reads' | 'funnel' | 'waitlist' | 'sellout'
+const allPhases: Phase[] = ['health', 'holds', 'keyed', 'buyer', 'ceiling', 'unbatched', 'reads', 'funnel', 'waitlist', 'sellout']
 
 interface Settings {
   databaseUrl: string | undefined
@@ -86,6 +88,11 @@ const benchHoldTtlS = 600
 const overheadBudgetS = 240
 // The unbatched server starts and drains once per level, on top of that slack.
 const unbatchedServerOverheadS = 30
+// The waitlist phase past its joins: line set-up, top-up (at most 60 s), releases, and the
+// expiry server's start, TTL (at most 60 s), sweeps and drain.
+const waitlistOverheadS = 240
+// Joins are measured at this many connections at least (issue 10), added if BENCH_CONNECTIONS has no level as high.
+const waitlistConnectionsMin = 256
 // Buyers are minted for this many times the holds the buyer phase could take at the plain hold
 // rate, so no buyer reaches the limit and the phase measures granted holds, not refusals.
 const buyerPoolHeadroom = 2
@@ -113,7 +120,8 @@ async function main(): Promise<number> {
   // Warm-ups: five on the main server, one on each level's unbatched server and buyer product.
   const warmupCount = 5 + (settings.phases.has('unbatched') ? levelCount : 0) + (settings.phases.has('buyer') ? levelCount : 0)
   const unbatchedOverheadS = settings.phases.has('unbatched') ? levelCount * unbatchedServerOverheadS : 0
-  const budgetS = phaseCount * settings.durationS + warmupCount * settings.warmupS + overheadBudgetS + unbatchedOverheadS
+  const waitlistS = settings.phases.has('waitlist') ? (levelCount + 1) * settings.durationS + waitlistOverheadS : 0
+  const budgetS = phaseCount * settings.durationS + warmupCount * settings.warmupS + overheadBudgetS + unbatchedOverheadS + waitlistS
   // The hard bound: whatever hangs, the bench ends and takes its server with it.
   setTimeout(() => {
     console.error(`bench: still running after ${budgetS} s; stopping`)
@@ -144,6 +152,7 @@ async function main(): Promise<number> {
     process.stdout.write(`${text}\n`)
     if (settings.jsonFile) writeFileSync(settings.jsonFile, `${JSON.stringify(report, null, 2)}\n`)
     const sold = report.sellout
+    if (report.waitlist && report.waitlistAuditOk === false) return 1
     return sold && (sold.oversold > 0 || !sold.auditOk || sold.grantedInDatabase !== sold.stock) ? 1 : 0
   } finally {
     if (server) await server.stop()
@@ -268,6 +277,12 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     }
   }
 
+  // The waitlist's sold-out product and the head of its line, before the levels' joins add the rest.
+  const waitlistContext: WaitlistContext = { baseUrl, serverEnv, databaseUrl: database.url, workers: settings.workers, createProduct, log }
+  const line: Line | undefined = settings.phases.has('waitlist') ? await prepareLine(waitlistContext, 'bench waitlist product') : undefined
+  const joins = (connections: number): Promise<{ result: LoadResult; cpu: CpuShare }> =>
+    measured(() => cannon({ label: 'POST /api/products/:id/waitlist (sold out)', url: joinUrl(baseUrl, line!.productId), connections, durationS: settings.durationS, method: 'POST', body: joinBody() }))
+
   const levels: LevelReport[] = []
   for (const connections of settings.connectionLevels) {
     const level: LevelReport = {
@@ -278,6 +293,7 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
       buyer: undefined,
       ceiling: undefined,
       unbatched: undefined,
+      joins: undefined,
       reads: undefined,
       funnel: undefined,
       batches: undefined,
@@ -301,6 +317,13 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
       level.cpu.holds = cpu
       level.batches = batchStats(metricsBefore, await scrapeServer(baseUrl, settings.workers))
       log(`  ${describe(result)}; batches: mean ${level.batches.meanSize.toFixed(1)}, ${Math.round(level.batches.batches / result.durationS)} tx/s`)
+    }
+    // Right after the holds, so both see the machine in about the same state.
+    if (line) {
+      const { result, cpu } = await joins(connections)
+      level.joins = result
+      level.cpu.joins = cpu
+      log(`  ${describe(result)}`)
     }
     // The hold shapes of a real drop, each next to the plain holds: a retry-safe client's key,
     // then a buyer on a limited product, then the same request without the database.
@@ -363,6 +386,23 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     levels.push(level)
   }
 
+  let waitlist: WaitlistReport | undefined
+  if (line) {
+    let extraJoins: LoadResult | undefined
+    if (Math.max(...settings.connectionLevels) < waitlistConnectionsMin) {
+      extraJoins = (await joins(waitlistConnectionsMin)).result
+      log(`  ${describe(extraJoins)}`)
+    }
+    const waitingAfterJoins = await waitingTickets(baseUrl, line.productId)
+    const topUpJoins = await topUp(baseUrl, line.productId, Math.max(waitlistConnectionsMin, ...settings.connectionLevels))
+    const release = await releaseBursts(waitlistContext, line)
+    log(`  waitlist releases: ${release.admitted} admitted of ${release.waitingBefore} waiting in ${release.wallS.toFixed(2)} s, DELETE sent -> GET shows admitted p50 ${release.admittedP50Ms.toFixed(1)} ms, p99 ${release.admittedP99Ms.toFixed(1)} ms`)
+    const measuredJoinsPerS = extraJoins?.okPerS ?? levels[levels.length - 1]?.joins?.okPerS ?? 0
+    const expiry = await expiryWaves(waitlistContext, measuredJoinsPerS)
+    log(`  waitlist expiry: ${expiry.admitted} admitted, expires_at -> admitted p50 ${expiry.latencyP50Ms} ms, p99 ${expiry.latencyP99Ms} ms (TTL ${expiry.holdTtlS} s)`)
+    waitlist = { extraJoins, waitingAfterJoins, topUpJoins, release, expiry }
+  }
+
   let sellout: SelloutReport | undefined
   let selloutProductId: number | undefined
   if (settings.phases.has('sellout')) {
@@ -404,19 +444,27 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
   const stopped = await server.stop()
   if (stopped.forced) log('bench: the server did not stop within its drain time and was killed')
   let auditReport: AuditReport | undefined
-  if (sellout && selloutProductId !== undefined) {
+  let waitlistAuditOk: boolean | undefined
+  if ((sellout && selloutProductId !== undefined) || waitlist) {
     const config = loadConfig({ DATABASE_URL: database.url, LOG_LEVEL: 'silent' })
     const runtime = openRuntime(config)
     try {
       auditReport = await audit(runtime.store)
-      const facts = await runtime.store.auditFacts()
-      const row = facts.products.find((product) => product.productId === selloutProductId)
-      const committed = row ? row.activeHoldQty + row.pendingOrderQty + row.paidOrderQty : Number.NaN
-      sellout.grantedInDatabase = committed
-      // Oversold: units promised beyond the stock, as the rows record them or as answered.
-      sellout.oversold = Math.max(0, committed - sellout.stock, sellout.grantedAnswers - sellout.stock, row ? row.reserved + row.sold - row.stock : 0)
-      sellout.auditOk = auditReport.ok
-      sellout.auditViolations = auditReport.violations.map((violation) => `${violation.invariant}: ${violation.message}`)
+      if (waitlist) {
+        // The waitlist's lines (I1-I8 and the line checks) are audited with everything else.
+        waitlistAuditOk = auditReport.ok
+        if (!auditReport.ok) log(`bench: audit after the waitlist phase: ${auditReport.violations.map((violation) => `${violation.invariant}: ${violation.message}`).join('; ')}`)
+      }
+      if (sellout && selloutProductId !== undefined) {
+        const facts = await runtime.store.auditFacts()
+        const row = facts.products.find((product) => product.productId === selloutProductId)
+        const committed = row ? row.activeHoldQty + row.pendingOrderQty + row.paidOrderQty : Number.NaN
+        sellout.grantedInDatabase = committed
+        // Oversold: units promised beyond the stock, as the rows record them or as answered.
+        sellout.oversold = Math.max(0, committed - sellout.stock, sellout.grantedAnswers - sellout.stock, row ? row.reserved + row.sold - row.stock : 0)
+        sellout.auditOk = auditReport.ok
+        sellout.auditViolations = auditReport.violations.map((violation) => `${violation.invariant}: ${violation.message}`)
+      }
     } finally {
       await runtime.store.close()
     }
@@ -440,6 +488,8 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     buyers: buyers.authorizations.length,
     skipped,
     levels,
+    waitlist,
+    waitlistAuditOk,
     sellout,
     serverLogEvents: server.logEvents(),
     serverStderr: worthSeeing(server.stderrTail()),

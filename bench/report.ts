@@ -3,6 +3,8 @@
 import type { FunnelResult, LoadResult } from './load.js'
 import type { BatchStats } from './metrics.js'
 import type { CpuShare } from './server-process.js'
+import type { WaitlistReport } from './waitlist.js'
+import { formatWaitlist } from './waitlist-report.js'
 
 export interface LevelReport {
   connections: number
@@ -19,6 +21,8 @@ export interface LevelReport {
   // The same holds on a second server with HOLD_BATCH_MAX=1: one transaction per hold, the
   // lock-per-request design that group commit is measured against.
   unbatched: LoadResult | undefined
+  // POST /api/products/:id/waitlist {qty: 1} on a sold-out product: every join waits.
+  joins: LoadResult | undefined
   reads: LoadResult | undefined
   funnel: FunnelResult | undefined
   batches: BatchStats | undefined
@@ -54,6 +58,9 @@ export interface BenchReport {
   // Phase -> why it did not run (the service lacks what it measures).
   skipped: Record<string, string>
   levels: LevelReport[]
+  waitlist: WaitlistReport | undefined
+  // The audit after the run, when the waitlist phase ran.
+  waitlistAuditOk: boolean | undefined
   sellout: SelloutReport | undefined
   // The server's warn-or-worse log lines over the whole run, by event (tx.retry, tx.busy, ...).
   serverLogEvents: Record<string, number>
@@ -163,6 +170,9 @@ export function formatReport(report: BenchReport): string {
     row('POST /api/holds unbatched (HOLD_BATCH_MAX=1), holds/s', (level) => rate(level.unbatched?.okPerS) + nonSuccess(level.unbatched)),
     row('unbatched p50 / p99 latency, ms', (level) => `${ms(level.unbatched?.latencyP50Ms)} / ${ms(level.unbatched?.latencyP99Ms)}`),
     row('group commit gain, × (holds / unbatched)', (level) => ratio(level.holds?.okPerS, level.unbatched?.okPerS)),
+    row('POST /api/products/:id/waitlist (sold out), joins/s', (level) => rate(level.joins?.okPerS) + nonSuccess(level.joins)),
+    row('joins / holds', (level) => ratio(level.joins?.okPerS, level.holds?.okPerS)),
+    row('joins p50 / p99 latency, ms', (level) => `${ms(level.joins?.latencyP50Ms)} / ${ms(level.joins?.latencyP99Ms)}`),
     row('GET /api/products/:id, reads/s', (level) => rate(level.reads?.okPerS) + nonSuccess(level.reads)),
     row('reads / health', (level) => ratio(level.reads?.okPerS, healthRate(level))),
     row('reads p99 latency, ms', (level) => ms(level.reads?.latencyP99Ms)),
@@ -177,6 +187,7 @@ export function formatReport(report: BenchReport): string {
     row('CPU cores during holds: server / db / bench / other', (level) => cores(level.cpu.holds)),
   ]
   const lines: string[] = ['', '## Benchmark', '', ...rows, '', ...levels.flatMap((level) => holdShapes(report, level))]
+  if (report.waitlist) lines.push(...formatWaitlist(report.waitlist, report.waitlistAuditOk))
   for (const [phase, reason] of Object.entries(report.skipped)) lines.push(`Phase ${phase} skipped: ${reason}.`, '')
   const { sellout } = report
   const last = levels[levels.length - 1]

@@ -2,9 +2,9 @@
 // own process group (WORKERS=N forks N workers inside it), on a free loopback port. Whatever
 // happens to the bench, the group is killed on exit, so no server outlives it.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
 import { readdirSync, readFileSync } from 'node:fs'
 import { request } from 'node:http'
+import { freePort } from '../dev/free-port.js'
 
 export interface ServerOptions {
   databaseUrl: string
@@ -47,18 +47,6 @@ function installExitHook(): void {
   if (exitHookInstalled) return
   exitHookInstalled = true
   process.on('exit', killAllServers)
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 export async function startServer(options: ServerOptions): Promise<ServerProcess> {

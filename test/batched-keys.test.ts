@@ -8,7 +8,7 @@ import { Holds, judgeHolds, type HoldRequest } from '../src/domain/holds.js'
 import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
-import { noDropSettings } from '../src/domain/store.js'
+import { emptyLine, noDropSettings } from '../src/domain/store.js'
 import { buildTestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
 
@@ -121,7 +121,7 @@ for (const engine of testEngines()) {
 describe('judging a hold batch', () => {
   it('serves requests in arrival order against the ledger, refusing one that no longer fits and granting a smaller one after it', () => {
     const now = new Date('2026-01-01T00:00:00Z')
-    const ledger = new ProductLedger({ id: 7, name: 'p', priceMinor: 100, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: now, drop: noDropSettings })
+    const ledger = new ProductLedger({ id: 7, name: 'p', priceMinor: 100, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: now, drop: noDropSettings, line: emptyLine })
     const requests: HoldRequest[] = [3, 3, 2].map((qty) => ({ productId: 7, qty, idempotencyKey: null }))
     const candidates: Hold[] = requests.map((request, index) => ({ id: `h${index}`, productId: 7, qty: request.qty, status: 'active', expiresAt: now, createdAt: now, buyerId: null }))
     const verdicts = judgeHolds(ledger, requests, candidates)

@@ -49,6 +49,8 @@ const clientErrorCodes = [
   'buyer_limit_reached',
   'sale_not_started',
   'sale_ended',
+  'ticket_not_found',
+  'ticket_admitted',
 ]
 
 // Every value a JSON schema pins down (`const`, `enum`), however the schema nests them.
@@ -286,7 +288,7 @@ for (const engine of testEngines()) {
         const document = (await t.request('GET', '/openapi.json')).body
         expect(document.components.securitySchemes.bearer).toMatchObject({ type: 'http', scheme: 'bearer' })
         expect(document.components.securitySchemes.buyer).toMatchObject({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' })
-        const buyerOperations = ['post /api/holds', 'post /api/orders']
+        const buyerOperations = ['post /api/holds', 'post /api/orders', 'post /api/products/{id}/waitlist']
         for (const [path, methods] of Object.entries(document.paths as Record<string, Record<string, { security?: unknown }>>)) {
           for (const [method, operation] of Object.entries(methods)) {
             const label = `${method} ${path}`

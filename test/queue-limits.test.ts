@@ -5,7 +5,7 @@ import { ProductBatches } from '../src/domain/batcher.js'
 import { DomainError } from '../src/domain/errors.js'
 import { InFlightKeys } from '../src/domain/idempotency.js'
 import { ProductReader } from '../src/domain/products.js'
-import type { ProductSnapshot, Store } from '../src/domain/store.js'
+import { emptyLine, type ProductSnapshot, type Store } from '../src/domain/store.js'
 import { ManualClock } from '../src/domain/clock.js'
 import { buildTestApp } from './helpers/app.js'
 import { countBy, times, type Reply } from './helpers/http.js'
@@ -97,7 +97,7 @@ describe('InFlightKeys limit', () => {
 })
 
 describe('ProductReader limits', () => {
-  const snapshot = (id: number): ProductSnapshot => ({ id, name: 'p', priceMinor: 1, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: new Date(0), lapsedQty: 0, drop: { perBuyerLimit: null, perBuyerLimitSetAt: null, saleStartsAt: null, saleEndsAt: null } })
+  const snapshot = (id: number): ProductSnapshot => ({ id, name: 'p', priceMinor: 1, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: new Date(0), lapsedQty: 0, drop: { perBuyerLimit: null, perBuyerLimitSetAt: null, saleStartsAt: null, saleEndsAt: null }, line: emptyLine })
 
   it('refuses a waiting read past QUEUE_DEPTH_MAX and a new product past QUEUED_PRODUCTS_MAX; reads already waiting are answered', async () => {
     const query = gate()

@@ -119,6 +119,7 @@ function render(data, receivedAtMs) {
     ['Tx retries', formatCount(totals.tx_retries)],
     ['Busy (503)', formatCount(totals.tx_busy)],
     ['Rate limited', formatCount(totals.rate_limited)],
+    ['Waitlist admitted', formatCount(totals.waitlist_admitted)],
   ])
   renderCounts($('#service-refusals'), totals.hold_refusals)
   const truncated = $('#truncated')

@@ -4,9 +4,11 @@
 // webhook, then checks what the server granted against the stock it had: exit 1 if more units
 // were live at once, or sold, than the product allowed, or if the audit (with a token) fails.
 // It speaks only the public HTTP API, so it judges the deployment, not this code base.
+// This file drives the load; race-report.ts prints and judges what came back.
 import { createHmac, randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { signPayload } from '../http/signature.js'
+import { auditFailure, describeCounts, emptyTally, increment, oversellFailures, Progress, reportTally, verdict, type Counts, type Grant, type RaceIo } from './race-report.js'
 
 // Every request and the whole run are bounded: a race cannot hammer a target forever.
 export const raceBuyersMax = 100_000
@@ -14,7 +16,6 @@ export const raceConcurrencyMax = 1_000
 const raceDurationSDefault = 120
 const raceDurationSMax = 3_600
 const requestTimeoutMs = 10_000
-const progressRedrawMs = 100
 // A buyer token outlives the longest allowed run, so no token expires mid-race.
 const buyerTokenTtlS = raceDurationSMax + 600
 // Problem bodies are small; a target that answers megabytes is cut off, not buffered.
@@ -35,14 +36,6 @@ export interface RaceOptions {
   buyerTokenSecret?: string
   webhookSecret?: string
   maxDurationMs: number
-}
-
-export interface RaceIo {
-  out: (line: string) => void
-  err: (line: string) => void
-  // Progress goes to stderr; a terminal gets a bar redrawn in place, anything else a few lines.
-  progressIsTty: boolean
-  writeProgress: (text: string) => void
 }
 
 export class RaceUsageError extends Error {}
@@ -94,36 +87,6 @@ function integerFlag(name: string, value: string | undefined, min: number, max: 
   if (value === undefined) throw new RaceUsageError(`race needs --${name}`)
   if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) throw new RaceUsageError(`--${name} must be an integer from ${min} to ${max}, not ${JSON.stringify(value)}`)
   return Number(value)
-}
-
-interface Counts {
-  stock: number
-  available: number
-  reserved: number
-  sold: number
-}
-
-// One granted hold, with the server's own instants: units count as taken from createdAtMs until
-// expiresAtMs, or for good once paid. Server times only, so client clock skew cannot matter.
-interface Grant {
-  qty: number
-  createdAtMs: number
-  untilMs: number
-}
-
-interface Tally {
-  attempted: number
-  granted: Grant[]
-  grantedIds: Set<string>
-  duplicateIds: number
-  refusals: Map<string, number>
-  holdLatenciesMs: number[]
-  orders: number
-  orderRefusals: Map<string, number>
-  paid: number
-  paidUnits: number
-  paymentRefusals: Map<string, number>
-  checkoutLatenciesMs: number[]
 }
 
 interface Reply {
@@ -182,23 +145,8 @@ export async function runRace(options: RaceOptions, io: RaceIo): Promise<number>
     return 1
   }
   io.out(`before: ${describeCounts(before)}`)
-  // Units that may be taken at once: sold units never come back, reserved ones may lapse.
-  const unitsLimit = before.stock - before.sold
 
-  const tally: Tally = {
-    attempted: 0,
-    granted: [],
-    grantedIds: new Set(),
-    duplicateIds: 0,
-    refusals: new Map(),
-    holdLatenciesMs: [],
-    orders: 0,
-    orderRefusals: new Map(),
-    paid: 0,
-    paidUnits: 0,
-    paymentRefusals: new Map(),
-    checkoutLatenciesMs: [],
-  }
+  const tally = emptyTally()
   const progress = new Progress(io, options.buyers)
 
   const buyer = async (index: number): Promise<void> => {
@@ -261,70 +209,24 @@ export async function runRace(options: RaceOptions, io: RaceIo): Promise<number>
   await Promise.all(Array.from({ length: options.concurrency }, worker))
   progress.finish(tally.attempted, tally.granted.length)
   const elapsedS = (Date.now() - startedAtMs) / 1000
+  reportTally(tally, { buyers: options.buyers, checkout: options.checkout, maxDurationMs: options.maxDurationMs, elapsedS, stoppedAtDeadline }, io.out)
 
-  const grantedUnits = sum(tally.granted.map((grant) => grant.qty))
-  io.out(`holds: ${tally.granted.length} granted (${grantedUnits} units), ${tally.attempted - tally.granted.length} refused or failed, in ${elapsedS.toFixed(2)} s (${(tally.attempted / Math.max(elapsedS, 0.001)).toFixed(0)} requests/s)`)
-  if (stoppedAtDeadline) io.out(`stopped at the ${options.maxDurationMs / 1000} s limit: ${options.buyers - tally.attempted} buyers not tried`)
-  for (const [code, count] of sortedEntries(tally.refusals)) io.out(`  refused ${code}: ${count}`)
-  io.out(`hold latency ms: ${percentiles(tally.holdLatenciesMs)}`)
-  if (options.checkout) {
-    io.out(`checkout: ${tally.orders} orders, ${tally.paid} paid (${tally.paidUnits} units)`)
-    for (const [code, count] of sortedEntries(tally.orderRefusals)) io.out(`  order refused ${code}: ${count}`)
-    for (const [code, count] of sortedEntries(tally.paymentRefusals)) io.out(`  payment not paid ${code}: ${count}`)
-    io.out(`checkout latency ms (order + webhook): ${percentiles(tally.checkoutLatenciesMs)}`)
-  }
-
-  const failures: string[] = []
   requestDeadlineMs = Date.now() + 2 * requestTimeoutMs
   const after = await readCounts()
   if (typeof after === 'string') io.out(`after: could not read product: ${after}`)
-  else {
-    io.out(`after: ${describeCounts(after)}`)
-    if (after.available < 0 || after.reserved < 0 || after.sold < 0 || after.reserved + after.sold > after.stock) failures.push(`the product's counts break stock - reserved - sold >= 0 (${describeCounts(after)})`)
-    if (after.sold - before.sold > unitsLimit) failures.push(`${after.sold - before.sold} units sold during the race, only ${unitsLimit} could be`)
-  }
-  const peakUnits = peakLiveUnits(tally.granted)
-  if (peakUnits > unitsLimit) failures.push(`${peakUnits} units were held at once, only ${unitsLimit} could be (stock ${before.stock} - sold ${before.sold})`)
-  if (tally.paidUnits > unitsLimit) failures.push(`${tally.paidUnits} units were paid, only ${unitsLimit} could be`)
-  if (tally.duplicateIds > 0) failures.push(`${tally.duplicateIds} hold ids were granted to two buyers`)
+  else io.out(`after: ${describeCounts(after)}`)
+  const failures = oversellFailures(before, typeof after === 'string' ? undefined : after, tally)
 
   if (options.adminToken) {
     const report = await send('GET', '/api/admin/audit', undefined, { authorization: `Bearer ${options.adminToken}` })
     if ('error' in report || report.status !== 200) {
       failures.push(`audit could not run: ${'error' in report ? report.error : `${report.status} ${problemCode(report.body) ?? ''}`}`)
     } else {
-      const violations: unknown[] = Array.isArray(report.body?.violations) ? report.body.violations : []
-      io.out(`audit: ${report.body?.ok === true ? 'ok' : 'FAILED'}, ${Number(report.body?.checked_products ?? 0)} products checked, ${violations.length} violations`)
-      for (const violation of violations.slice(0, 20)) io.out(`  ${JSON.stringify(violation)}`)
-      if (report.body?.ok !== true) failures.push('the audit reports violations')
+      const failure = auditFailure(report.body, io.out)
+      if (failure) failures.push(failure)
     }
   }
-
-  if (failures.length > 0) {
-    io.out('verdict: OVERSOLD or inconsistent')
-    for (const failure of failures) io.out(`  ${failure}`)
-    return 1
-  }
-  io.out(`verdict: ok (at most ${peakUnits} of ${unitsLimit} units held at once${options.checkout ? `, ${tally.paidUnits} paid` : ''})`)
-  return 0
-}
-
-// The most units the server claimed were ours at one instant. At equal instants an end is
-// counted before a start: a hold whose expiry is the next one's creation never overlaps it.
-export function peakLiveUnits(grants: readonly Grant[]): number {
-  const edges: Array<[atMs: number, delta: number]> = []
-  for (const grant of grants) {
-    edges.push([grant.createdAtMs, grant.qty])
-    if (Number.isFinite(grant.untilMs)) edges.push([grant.untilMs, -grant.qty])
-  }
-  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1])
-  let live = 0
-  let peak = 0
-  for (const [, delta] of edges) {
-    live += delta
-    peak = Math.max(peak, live)
-  }
-  return peak
+  return verdict(failures, before, tally, options.checkout, io.out)
 }
 
 // HS256 JWT (what the service's BUYER_TOKEN_SECRET verifies), made with node:crypto alone.
@@ -370,65 +272,4 @@ function instantMs(value: unknown, fallbackMs: number): number {
   if (typeof value !== 'string') return fallbackMs
   const parsedMs = Date.parse(value)
   return Number.isFinite(parsedMs) ? parsedMs : fallbackMs
-}
-
-function describeCounts(counts: Counts): string {
-  return `stock ${counts.stock}, available ${counts.available}, reserved ${counts.reserved}, sold ${counts.sold}`
-}
-
-function increment(counts: Map<string, number>, key: string): void {
-  counts.set(key, (counts.get(key) ?? 0) + 1)
-}
-
-function sortedEntries(counts: Map<string, number>): Array<[string, number]> {
-  return [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
-}
-
-function sum(values: readonly number[]): number {
-  return values.reduce((total, value) => total + value, 0)
-}
-
-// Nearest-rank percentiles.
-export function percentiles(samplesMs: readonly number[]): string {
-  if (samplesMs.length === 0) return 'no samples'
-  const sorted = [...samplesMs].sort((a, b) => a - b)
-  const at = (fraction: number): string => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(fraction * sorted.length) - 1))]!.toFixed(1)
-  return `p50 ${at(0.5)}, p90 ${at(0.9)}, p99 ${at(0.99)}, max ${sorted[sorted.length - 1]!.toFixed(1)}`
-}
-
-class Progress {
-  private lastDrawMs = 0
-  private lastQuarter = 0
-  private readonly barWidth = 30
-
-  constructor(
-    private readonly io: RaceIo,
-    private readonly total: number,
-  ) {}
-
-  update(done: number, granted: number): void {
-    if (this.io.progressIsTty) {
-      const nowMs = Date.now()
-      if (nowMs - this.lastDrawMs < progressRedrawMs) return
-      this.lastDrawMs = nowMs
-      this.io.writeProgress(`\r${this.line(done, granted)}`)
-      return
-    }
-    // Not a terminal (a log, a CI job): one line per quarter instead of a redrawn bar.
-    const quarter = Math.floor((4 * done) / this.total)
-    if (quarter > this.lastQuarter) {
-      this.lastQuarter = quarter
-      this.io.writeProgress(`${this.line(done, granted)}\n`)
-    }
-  }
-
-  finish(done: number, granted: number): void {
-    if (this.io.progressIsTty) this.io.writeProgress(`\r${this.line(done, granted)}\n`)
-    else if (this.lastQuarter < 4) this.io.writeProgress(`${this.line(done, granted)}\n`)
-  }
-
-  private line(done: number, granted: number): string {
-    const filled = Math.round((this.barWidth * done) / this.total)
-    return `[${'#'.repeat(filled)}${'.'.repeat(this.barWidth - filled)}] ${done}/${this.total} buyers, ${granted} holds granted`
-  }
 }

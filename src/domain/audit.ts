@@ -2,7 +2,8 @@
 import type { Store } from './store.js'
 
 export interface AuditViolation {
-  invariant: 'I1' | 'I2' | 'I3' | 'I4' | 'I8'
+  // `waitlist`: the line's counts or an admission disagree with the rows (SPEC §8).
+  invariant: 'I1' | 'I2' | 'I3' | 'I4' | 'I8' | 'waitlist'
   productId?: number
   message: string
 }
@@ -45,5 +46,15 @@ export async function audit(store: Store, now: Date = new Date()): Promise<Audit
   for (const { productId, buyerId, units, perBuyerLimit } of facts.buyersOverLimit) {
     violations.push({ invariant: 'I8', productId, message: `buyer ${JSON.stringify(buyerId)} has ${units} units > per_buyer_limit ${perBuyerLimit}` })
   }
+  for (const line of facts.lines) {
+    if (line.waitingQty !== line.ticketWaitingQty || line.waitingTickets !== line.ticketWaitingCount) {
+      violations.push({
+        invariant: 'waitlist',
+        productId: line.productId,
+        message: `waiting ${line.waitingTickets} tickets / ${line.waitingQty} units on the product != ${line.ticketWaitingCount} / ${line.ticketWaitingQty} in the waiting tickets`,
+      })
+    }
+  }
+  for (const ticketId of facts.ticketsBadlyAdmitted) violations.push({ invariant: 'waitlist', message: `ticket ${ticketId} and its hold disagree (admitted without one hold of its product, qty and buyer, or a hold without admission)` })
   return { ok: violations.length === 0, checkedProducts: facts.products.length, violations }
 }

@@ -30,6 +30,8 @@ export const errorCodes = [
   'buyer_limit_reached',
   'sale_not_started',
   'sale_ended',
+  'ticket_not_found',
+  'ticket_admitted',
 ] as const
 
 export type ErrorCode = (typeof errorCodes)[number]

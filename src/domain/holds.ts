@@ -80,7 +80,8 @@ export function judgeHolds(ledger: ProductLedger, requests: readonly HoldRequest
         return refuse(request, new DomainError('buyer_limit_reached', { per_buyer_limit: perBuyerLimit, buyer_units: buyerUnits }), { buyerId })
       }
     }
-    const availableStock = ledger.available()
+    // Waiting tickets come first (SPEC §8): a direct hold sees what is left after their qty.
+    const availableStock = ledger.availableToHolds()
     if (qty > availableStock) {
       return {
         ok: false,
@@ -193,7 +194,7 @@ export class Holds {
     const wantedQty = requests.reduce((sum, request) => sum + request.qty, 0)
     // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up to
     // SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep.
-    if (open && wantedQty > ledger.available()) await expireLapsed(ctx, ctx.reclaimBatchMax)
+    if (open && wantedQty > ledger.availableToHolds()) await expireLapsed(ctx, ctx.reclaimBatchMax)
     // One grouped count for the batch's buyers, read after the product lock (and after the
     // reclaim, which may settle late payments): exact across processes, whatever the batch size.
     const buyerIds = drop.perBuyerLimit === null || !open ? [] : [...new Set(requests.flatMap((request) => (request.buyerId ? [request.buyerId] : [])))]

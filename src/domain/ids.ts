@@ -23,10 +23,18 @@ function timePrefix(now: Date): string {
 }
 
 // One call to the random source for a whole batch: each id still gets its own 96 random bits.
-export function newHoldIds(count: number, now: Date): string[] {
-  const prefix = `hold_${timePrefix(now)}`
+function newIds(kind: string, count: number, now: Date): string[] {
+  const prefix = `${kind}_${timePrefix(now)}`
   const bytes = randomBytes(idRandomBytes * count)
   return Array.from({ length: count }, (_, index) => `${prefix}${bytes.subarray(index * idRandomBytes, (index + 1) * idRandomBytes).toString('base64url')}`)
+}
+
+export function newHoldIds(count: number, now: Date): string[] {
+  return newIds('hold', count, now)
+}
+
+export function newTicketIds(count: number, now: Date): string[] {
+  return newIds('tkt', count, now)
 }
 
 export function newOrderId(now: Date): string {

@@ -8,6 +8,9 @@ export class ProductLedger {
   private reservedDelta = 0
   private soldDelta = 0
   private stockDelta = 0
+  private waitingQtyDelta = 0
+  private waitingTicketsDelta = 0
+  private joinedDelta = 0
 
   constructor(readonly product: Product) {}
 
@@ -25,6 +28,40 @@ export class ProductLedger {
   }
   available(): number {
     return this.stock - this.reserved - this.sold
+  }
+  get waitingQty(): number {
+    return this.product.line.waitingQty + this.waitingQtyDelta
+  }
+  get waitingTickets(): number {
+    return this.product.line.waitingTickets + this.waitingTicketsDelta
+  }
+
+  // What a direct hold may take (SPEC §8): the free units after every waiting ticket's qty.
+  availableToHolds(): number {
+    return Math.max(0, this.available() - this.waitingQty)
+  }
+
+  // A ticket takes its place in line; returns its join order in the product (0, 1, ...).
+  joinLine(qty: number): number {
+    assert(qty > 0, 'a ticket wants a positive qty')
+    const joinSeq = this.product.line.joined + this.joinedDelta
+    this.joinedDelta += 1
+    this.waitingQtyDelta += qty
+    this.waitingTicketsDelta += 1
+    return joinSeq
+  }
+
+  // A waiting ticket stops waiting (admitted, left or closed).
+  leaveLine(qty: number): void {
+    this.waitingQtyDelta -= qty
+    this.waitingTicketsDelta -= 1
+    assert(this.waitingQty >= 0 && this.waitingTickets >= 0, 'the line never counts below zero')
+  }
+
+  // Every waiting ticket closed at once.
+  closeLine(): void {
+    this.waitingQtyDelta = -this.product.line.waitingQty
+    this.waitingTicketsDelta = -this.product.line.waitingTickets
   }
 
   reserve(qty: number): void {
@@ -58,16 +95,28 @@ export class ProductLedger {
   }
 
   async flush(tx: StoreTx): Promise<void> {
-    if (this.reservedDelta === 0 && this.soldDelta === 0 && this.stockDelta === 0) return
+    const delta = {
+      reserved: this.reservedDelta,
+      sold: this.soldDelta,
+      stock: this.stockDelta,
+      waitingQty: this.waitingQtyDelta,
+      waitingTickets: this.waitingTicketsDelta,
+      joined: this.joinedDelta,
+    }
+    if (Object.values(delta).every((value) => value === 0)) return
     assert(this.reserved >= 0, 'I1: reserved >= 0')
     assert(this.sold >= 0, 'I1: sold >= 0')
     assert(this.reserved + this.sold <= this.stock, 'I1: reserved + sold <= stock')
-    await tx.applyProductDelta(this.product.id, { reserved: this.reservedDelta, sold: this.soldDelta, stock: this.stockDelta })
+    await tx.applyProductDelta(this.product.id, delta)
     this.product.stock = this.stock
     this.product.reserved = this.reserved
     this.product.sold = this.sold
+    this.product.line = { waitingQty: this.waitingQty, waitingTickets: this.waitingTickets, joined: this.product.line.joined + this.joinedDelta }
     this.reservedDelta = 0
     this.soldDelta = 0
     this.stockDelta = 0
+    this.waitingQtyDelta = 0
+    this.waitingTicketsDelta = 0
+    this.joinedDelta = 0
   }
 }

@@ -1,9 +1,10 @@
 // The one shape of every change to a product: lock its row, open a ledger on its counts, do the
-// work, flush the ledger (one UPDATE), commit, and only then emit the events the work collected
+// work, serve the waitlist with what the work freed, flush the ledger (one UPDATE), commit, and only then emit the events the work collected
 // (a retried transaction runs the work again, so nothing may leave it before the commit).
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { ProductLedger } from './ledger.js'
+import { serveLine } from './line.js'
 import { reclaimBatchMax, type SettleContext } from './settle.js'
 import type { Store } from './store.js'
 
@@ -24,7 +25,10 @@ export async function withLockedProduct<T>(store: Store, observer: Observer, opt
     if (!product) throw new DomainError('product_not_found')
     const events: DomainEvent[] = []
     const ledger = new ProductLedger(product)
-    const result = await work({ tx, ledger, now: options.now, events, reclaimBatchMax: options.reclaimMax ?? reclaimBatchMax })
+    const ctx = { tx, ledger, now: options.now, events, reclaimBatchMax: options.reclaimMax ?? reclaimBatchMax }
+    const result = await work(ctx)
+    // Whatever the work freed goes to the waitlist first, in this same transaction (SPEC §8).
+    await serveLine(ctx)
     await ledger.flush(tx)
     return { result, events }
   })

@@ -20,13 +20,15 @@ export interface ProductView extends Product {
 // open sale is sold out when nothing is available and nothing held or pending could come back.
 export function viewOf(snapshot: ProductSnapshot, now: Date): ProductView {
   const { lapsedQty, ...product } = snapshot
-  const availableStock = product.stock - product.reserved - product.sold + lapsedQty
+  const freeStock = product.stock - product.reserved - product.sold + lapsedQty
+  // Units waiting tickets will take are not offered to anyone else (SPEC §8).
+  const availableStock = Math.max(0, freeStock - product.line.waitingQty)
   const { saleStartsAt, saleEndsAt } = product.drop
   const nowMs = now.getTime()
   let saleStatus: SaleStatus = 'open'
   if (saleEndsAt !== null && nowMs >= saleEndsAt.getTime()) saleStatus = 'ended'
   else if (saleStartsAt !== null && nowMs < saleStartsAt.getTime()) saleStatus = 'upcoming'
-  else if (availableStock <= 0 && product.reserved - lapsedQty <= 0) saleStatus = 'sold_out'
+  else if (freeStock <= 0 && product.reserved - lapsedQty <= 0) saleStatus = 'sold_out'
   return { ...product, availableStock, saleStatus }
 }
 
@@ -139,9 +141,7 @@ export class Catalog {
     const { drop: changes, ...product } = input
     const drop = applyDropChanges(noDropSettings, changes ?? {}, now)
     const productId = await this.store.transaction({ label: 'products.create' }, (tx) => tx.insertProduct({ ...product, drop, createdAt: now }))
-    const snapshot = await this.store.productSnapshot(productId, now)
-    assert(snapshot !== undefined, 'a created product can be read')
-    return viewOf(snapshot, now)
+    return this.viewAfterCommit(productId, now)
   }
 
   // Stock and drop settings in one transaction: all of it applies, or (a refusal) none of it.
@@ -156,9 +156,7 @@ export class Catalog {
       if (changes.addStock !== undefined) this.changeStock(ledger, changes.addStock)
       if (JSON.stringify(next) !== JSON.stringify(current)) await tx.setDropSettings(productId, next, now)
     })
-    const snapshot = await this.store.productSnapshot(productId, now)
-    assert(snapshot !== undefined, 'an updated product can be read')
-    return viewOf(snapshot, now)
+    return this.viewAfterCommit(productId, now)
   }
 
   // Adds (or, negative, withdraws) units; never below what holds, orders and sales commit.
@@ -166,8 +164,14 @@ export class Catalog {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
     await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, async ({ ledger }) => this.changeStock(ledger, addStock))
+    return this.viewAfterCommit(productId, now)
+  }
+
+  // The view a writer answers with, read after its commit; the product was just written, so a
+  // missing one is a bug, not a 404.
+  private async viewAfterCommit(productId: number, now: Date): Promise<ProductView> {
     const snapshot = await this.store.productSnapshot(productId, now)
-    assert(snapshot !== undefined, 'an updated product can be read')
+    assert(snapshot !== undefined, 'a product just written can be read')
     return viewOf(snapshot, now)
   }
 

@@ -8,6 +8,7 @@ import { Orders } from './orders.js'
 import { Payments } from './payments.js'
 import { Catalog, ProductReader } from './products.js'
 import type { Store } from './store.js'
+import { Waitlist } from './waitlist.js'
 
 export interface Services {
   holds: Holds
@@ -15,6 +16,7 @@ export interface Services {
   payments: Payments
   reader: ProductReader
   catalog: Catalog
+  waitlist: Waitlist
 }
 
 export type ServiceSettings = Pick<
@@ -29,6 +31,7 @@ export function createServices(store: Store, clock: Clock, observer: Observer, s
     payments: new Payments(store, clock, observer, settings),
     reader: new ProductReader(store, clock, settings),
     catalog: new Catalog(store, clock, observer),
+    waitlist: new Waitlist(store, clock, observer, settings),
   }
 }
 
@@ -37,4 +40,5 @@ export async function drainServices(services: Services): Promise<void> {
   await services.holds.drain()
   await services.orders.drain()
   await services.payments.drain()
+  await services.waitlist.drain()
 }

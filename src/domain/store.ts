@@ -12,7 +12,19 @@ export interface Product {
   createdAt: Date
   // Drop settings (SPEC §8); null when unset.
   drop: DropSettings
+  // The waitlist's counts, kept on the product row beside stock (migration 0005).
+  line: LineCounts
 }
+
+export interface LineCounts {
+  // Units and tickets still waiting: held back from direct holds and from available_stock.
+  waitingQty: number
+  waitingTickets: number
+  // Tickets ever taken: the next ticket's place in join order.
+  joined: number
+}
+
+export const emptyLine: LineCounts = Object.freeze({ waitingQty: 0, waitingTickets: 0, joined: 0 })
 
 export interface DropSettings {
   perBuyerLimit: number | null
@@ -41,6 +53,30 @@ export interface Hold {
   expiresAt: Date
   createdAt: Date
   buyerId: string | null
+}
+
+export type TicketStatus = 'waiting' | 'admitted' | 'left' | 'closed'
+
+// A place in a product's waitlist (SPEC §8). `holdId` is drawn when the ticket is taken and is the
+// id of the hold it becomes if admitted (shown only then), so admission writes no per-ticket value.
+export interface Ticket {
+  id: string
+  productId: number
+  qty: number
+  status: TicketStatus
+  // Line order: tickets taken before the sale starts get a random rank below every later ticket,
+  // whose rank follows join order. Never shown: it is the pre-sale draw.
+  lineRank: number
+  // Join order in its product (0, 1, 2, ...): the position shown before the draw.
+  joinSeq: number
+  presale: boolean
+  holdId: string
+  // The TTL the hold gets when the ticket is admitted (the join's HOLD_TTL_SECONDS).
+  holdTtlMs: number
+  buyerId: string | null
+  createdAt: Date
+  // When it was admitted, left or closed.
+  endedAt: Date | null
 }
 
 export type OrderStatus = 'pending' | 'paid' | 'cancelled' | 'expired'
@@ -83,7 +119,7 @@ export interface PaymentEvent {
   processedAt: Date | null
 }
 
-export type IdempotencyScope = 'holds' | 'orders'
+export type IdempotencyScope = 'holds' | 'orders' | 'waitlist'
 
 // `claimed` while the transaction that claimed the key has not finished (it completes or releases
 // the key before it commits, so nobody outside it sees a claim); `completed` once the answer is stored.
@@ -122,6 +158,10 @@ export interface ProductCountsDelta {
   reserved: number
   sold: number
   stock: number
+  // The waitlist's counts (absent: unchanged).
+  waitingQty?: number
+  waitingTickets?: number
+  joined?: number
 }
 
 export interface AuditRow {
@@ -151,9 +191,22 @@ export interface ExpiryBucketDrift {
   rowsQty: number
 }
 
+// What the audit checks of the waitlist (SPEC §8): the product row's counts against the waiting
+// tickets, and every admitted ticket against the hold it names.
+export interface LineAuditRow {
+  productId: number
+  waitingQty: number
+  waitingTickets: number
+  ticketWaitingQty: number
+  ticketWaitingCount: number
+}
+
 export interface AuditFacts {
   products: AuditRow[]
   expiryBucketDrift: ExpiryBucketDrift[]
+  lines: LineAuditRow[]
+  // Admitted tickets without a hold of their product, qty and buyer, or sharing a hold.
+  ticketsBadlyAdmitted: string[]
   buyersOverLimit: BuyerOverLimit[]
   holdsWithManyOrders: string[]
   convertedHoldsWithoutOrder: string[]
@@ -177,7 +230,7 @@ export interface StoreTx {
   insertProduct(product: NewProduct): Promise<number>
   setDropSettings(productId: number, drop: DropSettings, now: Date): Promise<void>
   // SPEC §8: each buyer's units of the product (unlapsed active holds + unlapsed pending orders
-  // + paid orders), in one grouped statement; buyers with none are absent.
+  // + paid orders + waiting tickets), in one grouped statement; buyers with none are absent.
   buyerUnits(productId: number, buyerIds: readonly string[], now: Date): Promise<Map<string, number>>
 
   insertHolds(holds: readonly Hold[]): Promise<void>
@@ -195,6 +248,15 @@ export interface StoreTx {
   updateOrder(order: Order, from: OrderStatus, now: Date): Promise<boolean>
   setOrdersStatus(orderIds: readonly string[], from: OrderStatus, to: OrderStatus, now: Date): Promise<number>
   lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]>
+
+  insertTickets(tickets: readonly Ticket[]): Promise<void>
+  getTicket(ticketId: string): Promise<Ticket | undefined>
+  // Waiting tickets of the product with qty <= qtyMax, in line order after `afterRank`.
+  waitingTicketsThatFit(productId: number, qtyMax: number, afterRank: number, limit: number): Promise<Ticket[]>
+  // Compare-and-set; returns how many moved.
+  setTicketsStatus(ticketIds: readonly string[], from: TicketStatus, to: TicketStatus, now: Date): Promise<number>
+  // Every waiting ticket of the product becomes closed; returns how many.
+  closeWaitingTickets(productId: number, now: Date): Promise<number>
 
   // The stored events of these keys (a webhook batch's), in one statement.
   getPaymentEvents(idempotencyKeys: readonly string[]): Promise<PaymentEvent[]>
@@ -231,6 +293,13 @@ export interface Store {
   allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]>
   getHold(holdId: string): Promise<Hold | undefined>
   getOrder(orderId: string): Promise<Order | undefined>
+  getTicket(ticketId: string): Promise<Ticket | undefined>
+  // How many waiting tickets of its product are ahead of this one: in line order, or (before the
+  // pre-sale draw, `byJoinOrder`) in join order among the pre-sale tickets.
+  ticketsAhead(ticket: Ticket, byJoinOrder: boolean): Promise<number>
+  // Products whose line needs the sweeper: waiting tickets, and the sale ended or units free
+  // while it is open (the pre-sale draw at the start needs no request).
+  productsWithLineWork(now: Date, limit: number): Promise<number[]>
   getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
   productsWithLapsedRows(now: Date, limit: number): Promise<number[]>

@@ -4,6 +4,7 @@ import type { PaymentAnswerBody } from '../domain/payments.js'
 import type { ProductView } from '../domain/products.js'
 import { effectiveOrderStatus, effectiveStatus } from '../domain/status.js'
 import type { Hold, Order } from '../domain/store.js'
+import type { TicketView } from '../domain/waitlist.js'
 
 export function presentProduct(product: ProductView) {
   return {
@@ -32,6 +33,21 @@ export function presentHold(hold: Hold, now: Date) {
     expires_at: hold.expiresAt.toISOString(),
     created_at: hold.createdAt.toISOString(),
     buyer_id: hold.buyerId,
+  }
+}
+
+export function presentTicket(view: TicketView) {
+  const { ticket, hold } = view
+  return {
+    ticket_id: ticket.id,
+    product_id: ticket.productId,
+    qty: ticket.qty,
+    status: view.status,
+    position: view.position,
+    created_at: ticket.createdAt.toISOString(),
+    buyer_id: ticket.buyerId,
+    hold_id: hold?.id ?? null,
+    expires_at: hold?.expiresAt.toISOString() ?? null,
   }
 }
 

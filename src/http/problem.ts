@@ -32,6 +32,8 @@ export const statusByCode = {
   buyer_limit_reached: 409,
   sale_not_started: 409,
   sale_ended: 410,
+  ticket_not_found: 404,
+  ticket_admitted: 409,
 } as const satisfies Record<ErrorCode, number>
 
 const titleByCode: Record<ErrorCode, string> = {
@@ -63,6 +65,8 @@ const titleByCode: Record<ErrorCode, string> = {
   buyer_limit_reached: 'The buyer already has as many units as the product allows',
   sale_not_started: 'The sale has not started yet',
   sale_ended: 'The sale has ended',
+  ticket_not_found: 'Waitlist ticket not found',
+  ticket_admitted: 'The ticket was admitted: it is a hold now',
 }
 
 export interface FieldError {

@@ -12,6 +12,8 @@ import type { Store } from '../domain/store.js'
 export interface SweepResult {
   expiredCount: number
   idempotencyKeysDeleted: number
+  // Products whose waitlist this pass served or closed with no other work to do.
+  linesServed: number
 }
 
 // One pass: at most batchMax rows, shared among the products with lapsed rows so that a product
@@ -36,8 +38,12 @@ export async function sweepOnce(store: Store, observer: Observer, now: Date, bat
     owing = again
   }
   assert(expiredCount <= batchMax, 'a sweep pass stays within its batch')
+  // Lines no request touches: the pre-sale draw at the start, units freed while tickets did not
+  // fit, a sale that ended. Locking the product is enough: withLockedProduct serves the line.
+  const lineProductIds = await store.productsWithLineWork(now, batchMax)
+  for (const productId of lineProductIds) await withLockedProduct(store, observer, { label: 'sweep.line', productId, now }, async () => undefined)
   const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(now, batchMax)
-  return { expiredCount, idempotencyKeysDeleted }
+  return { expiredCount, idempotencyKeysDeleted, linesServed: lineProductIds.length }
 }
 
 // Passes until one finds less than a full batch: the sweeper keeps up with any rate of lapsing

@@ -29,6 +29,7 @@ export class Metrics {
   readonly readyFailures = new Counter({ name: 'flash_sale_ready_failures_total', help: '/ready probes answered 503 (database away)', registers: [this.registry] })
   readonly holdBatchSize = batchSizeHistogram(this.registry, 'flash_sale_hold_batch_size', 'Hold requests served by one transaction (group commit)')
   readonly orderBatchSize = batchSizeHistogram(this.registry, 'flash_sale_order_batch_size', 'Order requests served by one transaction (group commit)')
+  readonly waitlistBatchSize = batchSizeHistogram(this.registry, 'flash_sale_waitlist_batch_size', 'Waitlist joins served by one transaction (group commit)')
   readonly webhookBatchSize = batchSizeHistogram(this.registry, 'flash_sale_webhook_batch_size', 'Payment webhooks served by one transaction (group commit)')
   readonly requestDuration = new Histogram({
     name: 'flash_sale_http_request_duration_seconds',
@@ -81,6 +82,8 @@ export class Metrics {
     gauge('flash_sale_product_available', 'Units available to new holds', (view) => view.availableStock)
     gauge('flash_sale_product_reserved', 'Units in active holds and pending orders', (view) => view.reserved)
     gauge('flash_sale_product_sold', 'Units in paid orders', (view) => view.sold)
+    gauge('flash_sale_product_waitlist_tickets', 'Waitlist tickets waiting', (view) => view.line.waitingTickets)
+    gauge('flash_sale_product_waitlist_units', 'Units the waiting tickets want (held back from direct holds)', (view) => view.line.waitingQty)
     new Gauge({
       name: 'flash_sale_sweeper_lag_seconds',
       help: 'How long past its expiry the oldest lapsed hold or order still waits to be swept (0: none waits)',

@@ -2,6 +2,7 @@
 // caused them, found through AsyncLocalStorage, so the domain needs no logger argument.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import type { BaseLogger } from 'pino'
+import type { Histogram } from 'prom-client'
 import type { DomainEvent, Observer } from '../domain/events.js'
 import type { Metrics } from './metrics.js'
 
@@ -12,12 +13,18 @@ export type EventLogger = Pick<BaseLogger, 'info' | 'warn'>
 export const requestLogContext = new AsyncLocalStorage<EventLogger>()
 
 export function createObserver(baseLogger: EventLogger, metrics: Metrics): Observer {
+  const batchSizes: Partial<Record<string, Histogram>> = {
+    'hold.batch': metrics.holdBatchSize,
+    'order.batch': metrics.orderBatchSize,
+    'payment.batch': metrics.webhookBatchSize,
+    'waitlist.batch': metrics.waitlistBatchSize,
+  }
   return {
     emit(event: DomainEvent) {
       const { name, ...details } = event
       const log = requestLogContext.getStore() ?? baseLogger
       // Batch sizes are metrics only: a log line per batch would say nothing the answers do not.
-      const batchSize = name === 'hold.batch' ? metrics.holdBatchSize : name === 'order.batch' ? metrics.orderBatchSize : name === 'payment.batch' ? metrics.webhookBatchSize : undefined
+      const batchSize = batchSizes[name]
       if (batchSize) {
         batchSize.observe(Number(details.size))
         return

@@ -61,9 +61,12 @@ export class HotSql {
 
   // Returns how many product rows changed (1, or 0 for no such product).
   async applyProductDelta(db: Db, productId: number, delta: ProductCountsDelta, updatedAt: Date): Promise<number> {
-    const sentinels = [-11, -12, -13, -14, -15]
-    const text = this.text('applyProductDelta', sentinels, () => productDeltaQuery(db, -15, { reserved: -11, sold: -12, stock: -13 }, new Date(-14)).compile())
-    const result = await db.executeQuery(CompiledQuery.raw(text, [delta.reserved, delta.sold, delta.stock, updatedAt.getTime(), productId]))
+    const sentinels = [-11, -12, -13, -14, -15, -16, -17, -18]
+    const text = this.text('applyProductDelta', sentinels, () =>
+      productDeltaQuery(db, -18, { reserved: -11, sold: -12, stock: -13, waitingQty: -14, waitingTickets: -15, joined: -16 }, new Date(-17)).compile(),
+    )
+    const parameters = [delta.reserved, delta.sold, delta.stock, delta.waitingQty ?? 0, delta.waitingTickets ?? 0, delta.joined ?? 0, updatedAt.getTime(), productId]
+    const result = await db.executeQuery(CompiledQuery.raw(text, parameters))
     return Number(result.numAffectedRows ?? 0)
   }
 
@@ -141,7 +144,15 @@ export function lockProductQuery(db: Db, engine: Engine, productId: number) {
 export function productDeltaQuery(db: Db, productId: number, delta: ProductCountsDelta, updatedAt: Date) {
   return db
     .updateTable('products')
-    .set((eb) => ({ reserved: eb('reserved', '+', delta.reserved), sold: eb('sold', '+', delta.sold), stock: eb('stock', '+', delta.stock), updated_at: updatedAt.getTime() }))
+    .set((eb) => ({
+      reserved: eb('reserved', '+', delta.reserved),
+      sold: eb('sold', '+', delta.sold),
+      stock: eb('stock', '+', delta.stock),
+      waiting_qty: eb('waiting_qty', '+', delta.waitingQty ?? 0),
+      waiting_tickets: eb('waiting_tickets', '+', delta.waitingTickets ?? 0),
+      waitlist_joined: eb('waitlist_joined', '+', delta.joined ?? 0),
+      updated_at: updatedAt.getTime(),
+    }))
     .where('id', '=', productId)
 }
 

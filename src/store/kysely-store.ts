@@ -17,6 +17,7 @@ import type {
   ProductSnapshot,
   Store,
   StoreTx,
+  Ticket,
   TransactionOptions,
 } from '../domain/store.js'
 import type { Engine, EngineName } from './engines/engine.js'
@@ -30,6 +31,7 @@ import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './
 import { toSnapshot } from './rows.js'
 import type { Database } from './schema.js'
 import { oldestLapsedByProduct, type OldestLapsed } from './sweeper-lag.js'
+import { findTicket, lineAudit, productsWithLineWork, ticketsAhead } from './waitlist-sql.js'
 
 export { engines } from './engines/index.js'
 
@@ -194,6 +196,18 @@ export class KyselyStore implements Store {
     return rows.map((row) => Number(row.id))
   }
 
+  getTicket(ticketId: string): Promise<Ticket | undefined> {
+    return findTicket(this.db, ticketId)
+  }
+
+  ticketsAhead(ticket: Ticket, byJoinOrder: boolean): Promise<number> {
+    return ticketsAhead(this.db, ticket, byJoinOrder)
+  }
+
+  productsWithLineWork(now: Date, limit: number): Promise<number[]> {
+    return productsWithLineWork(this.db, now, limit)
+  }
+
   oldestLapsedByProduct(now: Date, limit: number): Promise<OldestLapsed[]> {
     return oldestLapsedByProduct(this.db, now, limit)
   }
@@ -277,9 +291,12 @@ export class KyselyStore implements Store {
       .where((eb) => eb.or([eb('h.product_id', '!=', eb.ref('o.product_id')), eb('h.qty', '!=', eb.ref('o.qty'))]))
       .execute()
     const buyersOverLimit = await this.buyersOverLimit(now)
+    const { lines, ticketsBadlyAdmitted } = await lineAudit(this.db)
     return {
       buyersOverLimit,
       expiryBucketDrift: await expiryBucketDrift(this.db),
+      lines,
+      ticketsBadlyAdmitted,
       products: products.map((row) => ({
         productId: Number(row.id),
         stock: Number(row.stock),

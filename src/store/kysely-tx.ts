@@ -18,6 +18,8 @@ import type {
   Product,
   ProductCountsDelta,
   StoreTx,
+  Ticket,
+  TicketStatus,
 } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
 import { ExpiryBook } from './expiry-buckets.js'
@@ -26,6 +28,7 @@ import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
 import { claimKeys, completeKeys, releaseKeys } from './idempotency-keys.js'
 import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
+import { closeWaiting, findTicket, insertTickets, moveTickets, waitingTicketsThatFit } from './waitlist-sql.js'
 import { inListShape, type StatementShape } from './statement-shape.js'
 
 type Db = Kysely<Database>
@@ -36,8 +39,8 @@ export const holdsByIdShape = inListShape('reading holds by id', 0)
 export const moveStatusShape = inListShape('moving holds or orders to another status', 3)
 // Beside the hold ids: the state.
 export const waitingPaymentEventsShape = inListShape('reading the payments waiting on holds', 1)
-// Beside the buyer ids (twice: holds and orders): the product id, statuses and the clock.
-export const buyerUnitsShape: StatementShape = { statement: "the count of a batch's buyers' units", parameters: () => ({ fixed: 7, perRow: 2 }) }
+// Beside the buyer ids (three times: holds, orders, waiting tickets): product ids, statuses, the clock.
+export const buyerUnitsShape: StatementShape = { statement: "the count of a batch's buyers' units", parameters: () => ({ fixed: 9, perRow: 3 }) }
 export const paymentEventsByKeyShape = inListShape('reading payment events by idempotency key', 0)
 export const insertPaymentEventsShape: StatementShape = {
   statement: 'the multi-row insert of payment events',
@@ -117,8 +120,14 @@ export class KyselyTx implements StoreTx {
       .where('product_id', '=', productId)
       .where('buyer_id', 'in', buyerIds)
       .where((eb) => eb.or([eb('status', '=', 'paid'), eb.and([eb('status', '=', 'pending'), eb('expires_at', '>', nowMs)])]))
+    const tickets = this.db
+      .selectFrom('waitlist_tickets')
+      .select(['buyer_id', 'qty'])
+      .where('product_id', '=', productId)
+      .where('buyer_id', 'in', buyerIds)
+      .where('status', '=', 'waiting')
     const rows = await this.db
-      .selectFrom(holds.unionAll(orders).as('u'))
+      .selectFrom(holds.unionAll(orders).unionAll(tickets).as('u'))
       .select(['u.buyer_id', sql<number>`sum(u.qty)`.as('units')])
       .groupBy('u.buyer_id')
       .execute()
@@ -232,6 +241,26 @@ export class KyselyTx implements StoreTx {
 
   async lapsedOrders(productId: number, now: Date, limit: number): Promise<LapsedRow[]> {
     return this.lapsedRows('orders', 'pending', productId, now, limit)
+  }
+
+  insertTickets(tickets: readonly Ticket[]): Promise<void> {
+    return insertTickets(this.db, tickets)
+  }
+
+  getTicket(ticketId: string): Promise<Ticket | undefined> {
+    return findTicket(this.db, ticketId)
+  }
+
+  waitingTicketsThatFit(productId: number, qtyMax: number, afterRank: number, limit: number): Promise<Ticket[]> {
+    return waitingTicketsThatFit(this.db, productId, qtyMax, afterRank, limit)
+  }
+
+  setTicketsStatus(ticketIds: readonly string[], from: TicketStatus, to: TicketStatus, now: Date): Promise<number> {
+    return moveTickets(this.db, ticketIds, from, to, now)
+  }
+
+  closeWaitingTickets(productId: number, now: Date): Promise<number> {
+    return closeWaiting(this.db, productId, now)
   }
 
   async getPaymentEvents(idempotencyKeys: readonly string[]): Promise<PaymentEvent[]> {

@@ -1,8 +1,8 @@
 // Row mapping: table rows (schema.ts) to domain values and back. Row types never leave store/.
 import type { Selectable } from 'kysely'
-import type { DropSettings, Hold, HoldStatus, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot } from '../domain/store.js'
+import type { DropSettings, Hold, HoldStatus, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot, Ticket, TicketStatus } from '../domain/store.js'
 import type { ArrayColumn } from './engines/engine.js'
-import type { HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable } from './schema.js'
+import type { HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable, WaitlistTicketsTable } from './schema.js'
 
 export type SnapshotRow = Selectable<ProductsTable> & {
   lapsed_bucket_qty: number | null
@@ -58,6 +58,42 @@ export function toProduct(row: Selectable<ProductsTable>): Product {
       saleStartsAt: instantOrNull(row.sale_starts_at),
       saleEndsAt: instantOrNull(row.sale_ends_at),
     },
+    line: { waitingQty: Number(row.waiting_qty ?? 0), waitingTickets: Number(row.waiting_tickets ?? 0), joined: Number(row.waitlist_joined ?? 0) },
+  }
+}
+
+export function toTicket(row: Selectable<WaitlistTicketsTable>): Ticket {
+  return {
+    id: row.id,
+    productId: Number(row.product_id),
+    qty: Number(row.qty),
+    status: row.status as TicketStatus,
+    lineRank: Number(row.line_rank),
+    joinSeq: Number(row.join_seq),
+    presale: Number(row.presale) === 1,
+    holdId: row.hold_id,
+    holdTtlMs: Number(row.hold_ttl_ms),
+    buyerId: row.buyer_id ?? null,
+    createdAt: new Date(Number(row.created_at)),
+    endedAt: instantOrNull(row.ended_at),
+  }
+}
+
+export function ticketValues(ticket: Ticket): Selectable<WaitlistTicketsTable> {
+  return {
+    id: ticket.id,
+    product_id: ticket.productId,
+    qty: ticket.qty,
+    status: ticket.status,
+    line_rank: ticket.lineRank,
+    join_seq: ticket.joinSeq,
+    presale: ticket.presale ? 1 : 0,
+    hold_id: ticket.holdId,
+    hold_ttl_ms: ticket.holdTtlMs,
+    buyer_id: ticket.buyerId,
+    created_at: ticket.createdAt.getTime(),
+    updated_at: (ticket.endedAt ?? ticket.createdAt).getTime(),
+    ended_at: ticket.endedAt?.getTime() ?? null,
   }
 }
 

@@ -18,6 +18,26 @@ export interface ProductsTable {
   per_buyer_limit_set_at: number | null
   sale_starts_at: number | null
   sale_ends_at: number | null
+  // Migration 0005 (waitlist counts; zero when a product is made).
+  waiting_qty: Generated<number>
+  waiting_tickets: Generated<number>
+  waitlist_joined: Generated<number>
+}
+
+export interface WaitlistTicketsTable {
+  id: string
+  product_id: number
+  qty: number
+  status: string
+  line_rank: number
+  join_seq: number
+  presale: number
+  hold_id: string
+  hold_ttl_ms: number
+  buyer_id: string | null
+  created_at: number
+  updated_at: number
+  ended_at: number | null
 }
 
 export interface HoldsTable {
@@ -89,4 +109,5 @@ export interface Database {
   payment_events: PaymentEventsTable
   idempotency_keys: IdempotencyKeysTable
   expiry_buckets: ExpiryBucketsTable
+  waitlist_tickets: WaitlistTicketsTable
 }

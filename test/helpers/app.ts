@@ -84,8 +84,8 @@ export async function buildTestApp(engine: EngineName, options: TestAppOptions =
   onTestFinished(async () => {
     await app.close()
     // Every batcher, so no batch of a finished test still writes while its store closes.
-    const { holds, orders, payments } = app.services
-    await Promise.all([holds.drain(), orders.drain(), payments.drain()])
+    const { holds, orders, payments, waitlist } = app.services
+    await Promise.all([holds.drain(), orders.drain(), payments.drain(), waitlist.drain()])
     await runtime.store.close()
     await fresh?.drop()
   })

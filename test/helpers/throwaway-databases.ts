@@ -5,12 +5,12 @@
 // killed when the test process exits, even after a failed test, and its folder removed.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
+import { freePort } from '../../dev/free-port.js'
 
 export type StopMode = 'fast' | 'immediate'
 
@@ -30,18 +30,6 @@ export interface ThrowawayServer {
 
 // How long a start may take before the test fails (recovery after an immediate stop included).
 const startTimeoutMs = 120_000
-
-export async function sparePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 async function pollUntilReachable(what: string, probe: () => Promise<void>, timeoutMs = startTimeoutMs): Promise<void> {
   const deadlineMs = Date.now() + timeoutMs
@@ -110,7 +98,7 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
   const dir = mkdtempSync(join(tmpdir(), 'flash-sale-pg-'))
   chownSync(dir, Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim()), Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim()))
   const dataDir = join(dir, 'data')
-  const port = await sparePort()
+  const port = await freePort()
   const key = `postgres:${dir}`
   // fsync off: this cluster is thrown away, and the tests measure the service, not the disk.
   const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`
@@ -172,7 +160,7 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
 export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
   const dir = mkdtempSync(join(tmpdir(), 'flash-sale-mariadb-'))
   const dataDir = join(dir, 'data')
-  const port = await sparePort()
+  const port = await freePort()
   const key = `mysql:${dir}`
   await execFileAsync('mariadb-install-db', ['--no-defaults', `--datadir=${dataDir}`, '--auth-root-authentication-method=normal', '--user=root', '--skip-test-db'], { timeout: startTimeoutMs })
   let child: ChildProcess | undefined

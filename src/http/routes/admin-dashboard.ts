@@ -90,6 +90,8 @@ export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptio
           hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', { product_id: productId }),
           refunds_required: counters.sum('flash_sale_refund_required_total', { product_id: productId }),
           sweeper_lag_seconds: lagByProduct.get(snapshot.id) ?? 0,
+          // Shown once anybody has joined the product's line.
+          ...(snapshot.line.joined > 0 ? { waitlist: { waiting_tickets: snapshot.line.waitingTickets, waiting_units: snapshot.line.waitingQty, tickets_taken: snapshot.line.joined } } : {}),
         }
       })
       reply.header('cache-control', 'no-store')
@@ -110,6 +112,8 @@ export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptio
           tx_busy: counters.sum('flash_sale_tx_busy_total', {}),
           rate_limited: counters.sum('flash_sale_rate_limited_total', {}),
           idempotent_replays: counters.sum('flash_sale_idempotent_replays_total', {}),
+          waitlist_joined: counters.sum('flash_sale_events_total', { event: 'waitlist.joined' }),
+          waitlist_admitted: counters.sum('flash_sale_events_total', { event: 'waitlist.admitted' }),
         },
         products,
         products_truncated: snapshots.length > dashboardProductsMax,

@@ -1,6 +1,7 @@
 // The buyer- and provider-facing API (SPEC §3).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+import type { TSchema } from '@sinclair/typebox'
+import type { FastifyRequest } from 'fastify'
 import type { Config } from '../../config.js'
 import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
@@ -24,30 +25,14 @@ import type { Services } from '../../domain/services.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { BuyerTokens } from '../buyer-token.js'
 import { verifySignature } from '../signature.js'
+import { waitlistRoutes } from './waitlist.js'
+import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
 
 export interface PublicRoutesOptions {
   config: Config
   services: Services
   clock: Clock
   metrics: Metrics
-}
-
-// A buyer token is optional on these routes (required by a product with a per-buyer limit).
-const buyerSecurity: Array<Record<string, string[]>> = [{}, { buyer: [] }]
-
-const idempotencyKeyPattern = /^[\x21-\x7E]{1,255}$/
-
-// The key may come in the Idempotency-Key header or the body; if both, they must agree.
-function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: string | undefined): string | null {
-  const header = headers['idempotency-key']
-  const headerKey = Array.isArray(header) ? header[0] : header
-  if (headerKey !== undefined && !idempotencyKeyPattern.test(headerKey)) {
-    throw new DomainError('validation_failed', { errors: [{ field: 'Idempotency-Key', message: 'must be 1 to 255 visible ASCII characters' }], invalid_fields: ['Idempotency-Key'] })
-  }
-  if (headerKey !== undefined && bodyKey !== undefined && headerKey !== bodyKey) {
-    throw new DomainError('validation_failed', { errors: [{ field: 'idempotency_key', message: 'differs from the Idempotency-Key header' }], invalid_fields: ['idempotency_key'] })
-  }
-  return headerKey ?? bodyKey ?? null
 }
 
 // Everything POST /api/holds checks before the domain sees the request (the body schema has
@@ -61,15 +46,8 @@ export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers']
   return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
 }
 
-function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
-  if (!replayed) return
-  reply.header('idempotent-replayed', 'true')
-  metrics.replays.inc({ scope })
-}
-
-function rateLimit(perMin: number): FastifyContextConfig {
-  return perMin > 0 ? { rateLimit: { max: perMin, timeWindow: 60_000 } } : { rateLimit: false as const }
-}
+// What POST /api/holds and POST /api/orders may refuse.
+const keyedCreateProblems = problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503])
 
 // The JSON of a product view, made once however many coalesced reads answer with it.
 const serializedViews = new WeakMap<object, string>()
@@ -83,6 +61,20 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   const identifyBuyer = async (request: FastifyRequest): Promise<void> => {
     request.buyerId = buyerTokens ? await buyerTokens.buyerOf(request.headers.authorization) : null
   }
+  await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
+
+  // Holds and orders are created the same way: keyed, a buyer token optional (checked first),
+  // 201 with the view, the same refusals; the generics keep body and reply typed per route.
+  const keyedCreate = <Body extends TSchema, View extends TSchema>(tag: 'holds' | 'orders', perMin: number, body: Body, view: View) => ({
+    config: rateLimit(perMin),
+    onRequest: identifyBuyer,
+    schema: { tags: [tag], security: buyerSecurity, body, response: { 201: view, ...keyedCreateProblems } },
+  })
+  // GET of one hold or order by its id.
+  const readById = <View extends TSchema>(tag: 'holds' | 'orders', view: View) => ({
+    config: rateLimit(config.rateLimitReadPerMin),
+    schema: { tags: [tag], params: ResourceParams, response: { 200: view, ...problemResponses([404, 429]) } },
+  })
   app.get(
     '/api/products/:id',
     {
@@ -105,19 +97,11 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   )
 
   const holdBodySchema = holdBody(config.maxQtyPerHold)
-  app.post(
-    '/api/holds',
-    {
-      config: rateLimit(config.rateLimitHoldPerMin),
-      onRequest: identifyBuyer,
-      schema: { tags: ['holds'], security: buyerSecurity, body: holdBodySchema, response: { 201: HoldView, ...problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503]) } },
-    },
-    async (request, reply) => {
-      const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
-      markReplay(reply, metrics, 'holds', answer.replayed)
-      return reply.code(201).send(presentHold(answer.hold, clock.now()))
-    },
-  )
+  app.post('/api/holds', keyedCreate('holds', config.rateLimitHoldPerMin, holdBodySchema, HoldView), async (request, reply) => {
+    const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
+    markReplay(reply, metrics, 'holds', answer.replayed)
+    return reply.code(201).send(presentHold(answer.hold, clock.now()))
+  })
 
   // The bench's ceiling: everything POST /api/holds does before the domain (content type, JSON,
   // the same body schema, the key header, the rate limit), then an answer without the database.
@@ -128,11 +112,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     })
   }
 
-  app.get(
-    '/api/holds/:id',
-    { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['holds'], params: ResourceParams, response: { 200: HoldView, ...problemResponses([404, 429]) } } },
-    async (request) => presentHold(await services.holds.get(request.params.id), clock.now()),
-  )
+  app.get('/api/holds/:id', readById('holds', HoldView), async (request) => presentHold(await services.holds.get(request.params.id), clock.now()))
 
   app.delete(
     '/api/holds/:id',
@@ -140,28 +120,16 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     async (request) => presentHold(await services.holds.release(request.params.id), clock.now()),
   )
 
-  app.post(
-    '/api/orders',
-    {
-      config: rateLimit(config.rateLimitOrderPerMin),
-      // An order takes its hold's buyer whoever sends it (the hold id is the capability); a
-      // token sent with it must still be valid.
-      onRequest: identifyBuyer,
-      schema: { tags: ['orders'], security: buyerSecurity, body: OrderBody, response: { 201: OrderView, ...problemResponses([400, 401, 404, 409, 410, 413, 415, 422, 429, 503]) } },
-    },
-    async (request, reply) => {
-      const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
-      const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
-      markReplay(reply, metrics, 'orders', answer.replayed)
-      return reply.code(201).send(presentOrder(answer.order, clock.now()))
-    },
-  )
+  // An order takes its hold's buyer whoever sends it (the hold id is the capability); a token
+  // sent with it must still be valid.
+  app.post('/api/orders', keyedCreate('orders', config.rateLimitOrderPerMin, OrderBody, OrderView), async (request, reply) => {
+    const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
+    const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
+    markReplay(reply, metrics, 'orders', answer.replayed)
+    return reply.code(201).send(presentOrder(answer.order, clock.now()))
+  })
 
-  app.get(
-    '/api/orders/:id',
-    { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['orders'], params: ResourceParams, response: { 200: OrderView, ...problemResponses([404, 429]) } } },
-    async (request) => presentOrder(await services.orders.get(request.params.id), clock.now()),
-  )
+  app.get('/api/orders/:id', readById('orders', OrderView), async (request) => presentOrder(await services.orders.get(request.params.id), clock.now()))
 
   app.post(
     '/api/payments/webhook',

@@ -63,6 +63,29 @@ export const HoldView = Type.Object(
   { $id: 'Hold' },
 )
 
+export function waitlistBody(maxQtyPerHold: number) {
+  return Type.Object({
+    qty: Type.Integer({ minimum: 1, maximum: maxQtyPerHold }),
+    idempotency_key: Type.Optional(idempotencyKeySchema),
+  })
+}
+export type WaitlistBody = Static<ReturnType<typeof waitlistBody>>
+
+export const TicketView = Type.Object(
+  {
+    ticket_id: Type.String(),
+    product_id: Type.Integer(),
+    qty: Type.Integer(),
+    status: Type.Union([Type.Literal('waiting'), Type.Literal('admitted'), Type.Literal('closed'), Type.Literal('left')]),
+    position: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: '1 = next; null unless waiting. Before the sale starts: join order (the draw at the start decides)' }),
+    created_at: Type.String({ format: 'date-time' }),
+    buyer_id: Type.Union([Type.String(), Type.Null()]),
+    hold_id: Type.Union([Type.String(), Type.Null()], { description: 'The hold the ticket became (admitted only)' }),
+    expires_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: "The admitted hold's expiry" }),
+  },
+  { $id: 'Ticket' },
+)
+
 export const OrderBody = Type.Object({
   hold_id: Type.String({ minLength: 1, maxLength: 64 }),
   idempotency_key: Type.Optional(idempotencyKeySchema),

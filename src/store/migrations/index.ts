@@ -179,8 +179,49 @@ function expiryBuckets(engine: Engine): Migration {
   }
 }
 
+// The waitlist (SPEC §8): its counts on the product row beside stock, so a transaction that frees
+// units knows from the row it locked whether anybody waits (no statement when nobody does), and
+// the tickets. Line order is line_rank; a ticket's hold id is drawn when it is taken (unique: a
+// ticket becomes at most one hold).
+function waitlist(engine: Engine): Migration {
+  return {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable('products').addColumn('waiting_qty', 'integer', (column) => column.notNull().defaultTo(0)).execute()
+      await db.schema.alterTable('products').addColumn('waiting_tickets', 'integer', (column) => column.notNull().defaultTo(0)).execute()
+      await db.schema.alterTable('products').addColumn('waitlist_joined', 'bigint', (column) => column.notNull().defaultTo(0)).execute()
+      const table = db.schema
+        .createTable('waitlist_tickets')
+        .addColumn('id', 'varchar(40)', (column) => column.primaryKey())
+        .addColumn('product_id', 'integer', (column) => column.notNull().references('products.id'))
+        .addColumn('qty', 'integer', (column) => column.notNull())
+        .addColumn('status', 'varchar(16)', (column) => column.notNull())
+        .addColumn('line_rank', 'bigint', (column) => column.notNull())
+        .addColumn('join_seq', 'bigint', (column) => column.notNull())
+        .addColumn('presale', 'integer', (column) => column.notNull())
+        .addColumn('hold_id', 'varchar(40)', (column) => column.notNull().unique())
+        .addColumn('hold_ttl_ms', 'bigint', (column) => column.notNull())
+        .addColumn('buyer_id', 'varchar(128)')
+        .addColumn('created_at', 'bigint', (column) => column.notNull())
+        .addColumn('updated_at', 'bigint', (column) => column.notNull())
+        .addColumn('ended_at', 'bigint')
+        .addCheckConstraint('waitlist_tickets_qty_check', sql`qty > 0`)
+        .addCheckConstraint('waitlist_tickets_status_check', sql`status in ('waiting', 'admitted', 'left', 'closed')`)
+      await (engine.tableOptionsSql ? table.modifyEnd(sql.raw(engine.tableOptionsSql)) : table).execute()
+      await db.schema.createIndex('waitlist_line_idx').on('waitlist_tickets').columns(['product_id', 'status', 'line_rank']).execute()
+      await db.schema.createIndex('waitlist_join_idx').on('waitlist_tickets').columns(['product_id', 'status', 'join_seq']).execute()
+      await db.schema.createIndex('waitlist_buyer_idx').on('waitlist_tickets').columns(['product_id', 'buyer_id']).execute()
+    },
+  }
+}
+
 export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
   return {
-    getMigrations: async () => ({ '0001_initial': initial(engine), '0002_seed_product': seedProduct(seed), '0003_drop_settings': dropSettings(), '0004_expiry_buckets': expiryBuckets(engine) }),
+    getMigrations: async () => ({
+      '0001_initial': initial(engine),
+      '0002_seed_product': seedProduct(seed),
+      '0003_drop_settings': dropSettings(),
+      '0004_expiry_buckets': expiryBuckets(engine),
+      '0005_waitlist': waitlist(engine),
+    }),
   }
 }

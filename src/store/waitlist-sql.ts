@@ -1,0 +1,136 @@
+// The waitlist's statements (domain/line.ts, domain/waitlist.ts), on whichever connection the
+// caller holds: a transaction's, or the store's for reads.
+import { sql, type Kysely } from 'kysely'
+import type { LineAuditRow, Ticket, TicketStatus } from '../domain/store.js'
+import { ticketValues, toTicket } from './rows.js'
+import type { Database } from './schema.js'
+
+type Db = Kysely<Database>
+
+// Rows per ticket insert: a join batch is as large as HOLD_BATCH_MAX allows, but a ticket row has
+// more columns than a hold row, so it is inserted in slices that fit every engine's parameter
+// limit (1,000 x 13 = 13,000 < SQLite's 32,766) instead of lowering the batch for holds.
+const ticketInsertRowsMax = 1_000
+
+export async function insertTickets(db: Db, tickets: readonly Ticket[]): Promise<void> {
+  for (let start = 0; start < tickets.length; start += ticketInsertRowsMax) {
+    await db
+      .insertInto('waitlist_tickets')
+      .values(tickets.slice(start, start + ticketInsertRowsMax).map(ticketValues))
+      .execute()
+  }
+}
+
+export async function findTicket(db: Db, ticketId: string): Promise<Ticket | undefined> {
+  const row = await db.selectFrom('waitlist_tickets').selectAll().where('id', '=', ticketId).executeTakeFirst()
+  return row ? toTicket(row) : undefined
+}
+
+export async function waitingTicketsThatFit(db: Db, productId: number, qtyMax: number, afterRank: number, limit: number): Promise<Ticket[]> {
+  const rows = await db
+    .selectFrom('waitlist_tickets')
+    .selectAll()
+    .where('product_id', '=', productId)
+    .where('status', '=', 'waiting')
+    .where('line_rank', '>', afterRank)
+    .where('qty', '<=', qtyMax)
+    .orderBy('line_rank')
+    .limit(limit)
+    .execute()
+  return rows.map(toTicket)
+}
+
+export async function moveTickets(db: Db, ticketIds: readonly string[], from: TicketStatus, to: TicketStatus, now: Date): Promise<number> {
+  if (ticketIds.length === 0) return 0
+  const result = await db
+    .updateTable('waitlist_tickets')
+    .set({ status: to, updated_at: now.getTime(), ended_at: now.getTime() })
+    .where('id', 'in', ticketIds)
+    .where('status', '=', from)
+    .executeTakeFirst()
+  return Number(result.numUpdatedRows)
+}
+
+export async function closeWaiting(db: Db, productId: number, now: Date): Promise<number> {
+  const result = await db
+    .updateTable('waitlist_tickets')
+    .set({ status: 'closed', updated_at: now.getTime(), ended_at: now.getTime() })
+    .where('product_id', '=', productId)
+    .where('status', '=', 'waiting')
+    .executeTakeFirst()
+  return Number(result.numUpdatedRows)
+}
+
+// An index range count (product, status, rank or join order): its cost grows with the position,
+// not with the tickets behind it or those already served.
+export async function ticketsAhead(db: Db, ticket: Ticket, byJoinOrder: boolean): Promise<number> {
+  let query = db
+    .selectFrom('waitlist_tickets')
+    .select(sql<number>`count(*)`.as('n'))
+    .where('product_id', '=', ticket.productId)
+    .where('status', '=', 'waiting')
+  query = byJoinOrder ? query.where('join_seq', '<', ticket.joinSeq) : query.where('line_rank', '<', ticket.lineRank)
+  const row = await query.executeTakeFirstOrThrow()
+  return Number(row.n)
+}
+
+// Products with waiting tickets whose sale has ended, or is open with units free: the sweeper
+// closes the first and admits into the second (the draw at the start needs no request).
+export async function productsWithLineWork(db: Db, now: Date, limit: number): Promise<number[]> {
+  const nowMs = now.getTime()
+  const rows = await db
+    .selectFrom('products')
+    .select('id')
+    .where('waiting_tickets', '>', 0)
+    .where((eb) =>
+      eb.or([
+        eb('sale_ends_at', '<=', nowMs),
+        eb.and([eb.or([eb('sale_starts_at', 'is', null), eb('sale_starts_at', '<=', nowMs)]), eb(eb('stock', '-', eb('reserved', '+', eb.ref('sold'))), '>', 0)]),
+        // Sold out for good: the line is closed.
+        eb.and([eb('reserved', '=', 0), eb('stock', '<=', eb.ref('sold'))]),
+      ]),
+    )
+    .orderBy('id')
+    .limit(limit)
+    .execute()
+  return rows.map((row) => Number(row.id))
+}
+
+export async function lineAudit(db: Db): Promise<{ lines: LineAuditRow[]; ticketsBadlyAdmitted: string[] }> {
+  const lines = await db
+    .selectFrom('products as p')
+    .select(['p.id', 'p.waiting_qty', 'p.waiting_tickets'])
+    .select((eb) => [
+      eb.selectFrom('waitlist_tickets as t').select(sql<number>`coalesce(sum(t.qty), 0)`.as('q')).whereRef('t.product_id', '=', 'p.id').where('t.status', '=', 'waiting').as('ticket_waiting_qty'),
+      eb.selectFrom('waitlist_tickets as t').select(sql<number>`count(*)`.as('n')).whereRef('t.product_id', '=', 'p.id').where('t.status', '=', 'waiting').as('ticket_waiting_count'),
+    ])
+    .orderBy('p.id')
+    .execute()
+  // An admitted ticket names exactly one hold, of its product, qty and buyer; a waiting, left or
+  // closed one never became a hold. (hold_id is unique, so no two tickets share one.)
+  const badlyAdmitted = await db
+    .selectFrom('waitlist_tickets as t')
+    .leftJoin('holds as h', 'h.id', 't.hold_id')
+    .select('t.id')
+    .where((eb) =>
+      eb.or([
+        eb.and([eb('t.status', '=', 'admitted'), eb('h.id', 'is', null)]),
+        eb.and([eb('t.status', '!=', 'admitted'), eb('h.id', 'is not', null)]),
+        eb.and([
+          eb('h.id', 'is not', null),
+          eb.or([eb('h.product_id', '!=', eb.ref('t.product_id')), eb('h.qty', '!=', eb.ref('t.qty')), eb(sql`coalesce(h.buyer_id, '')`, '!=', sql`coalesce(t.buyer_id, '')`)]),
+        ]),
+      ]),
+    )
+    .execute()
+  return {
+    lines: lines.map((row) => ({
+      productId: Number(row.id),
+      waitingQty: Number(row.waiting_qty),
+      waitingTickets: Number(row.waiting_tickets),
+      ticketWaitingQty: Number(row.ticket_waiting_qty),
+      ticketWaitingCount: Number(row.ticket_waiting_count),
+    })),
+    ticketsBadlyAdmitted: badlyAdmitted.map((row) => row.id),
+  }
+}
