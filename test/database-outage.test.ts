@@ -5,7 +5,8 @@ import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
 import { buildTestApp } from './helpers/app.js'
-import { testEngines } from './helpers/engines.js'
+import { testDatabase, testEngines } from './helpers/engines.js'
+import { KyselyStore } from '../src/store/kysely-store.js'
 import { metricValue } from './helpers/lifecycle.js'
 
 // The server's log lines, parsed, as they are written.
@@ -56,6 +57,45 @@ for (const engine of testEngines()) {
         )
       await closing
       expect(outcome).toBe(engine.name === 'postgres' ? 'committed' : 'busy')
+    })
+
+    // SQLite has one connection behind a mutex, not a pool: a transaction waits for the one before it.
+    it.skipIf(engine.name === 'sqlite')('a transaction queued for a pooled connection when the store closes fails busy at once, not after a timeout or never', async () => {
+      const database = await testDatabase(engine.name)
+      const store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer: { emit: () => undefined }, txAttemptsMax: 1, poolSizeMax: 2 })
+      await store.migrate()
+      let openGate: () => void = () => undefined
+      const gate = new Promise<void>((resolve) => (openGate = resolve))
+      let holding = 0
+      let bothHolding: () => void = () => undefined
+      const bothHold = new Promise<void>((resolve) => (bothHolding = resolve))
+      const outcome = (work: Promise<unknown>) =>
+        work.then(
+          () => 'committed',
+          (error: unknown) => (error instanceof DomainError ? error.code : String(error)),
+        )
+      // Both connections of the pool taken by transactions that wait for the gate.
+      const holders = [0, 1].map(() =>
+        outcome(
+          store.transaction({ label: 'test.hold_connection' }, async (tx) => {
+            await tx.getHold('h_holder')
+            if (++holding === 2) bothHolding()
+            await gate
+          }),
+        ),
+      )
+      await bothHold
+      const queued = outcome(store.transaction({ label: 'test.queued' }, (tx) => tx.getHold('h_queued')))
+      for (let tick = 0; tick < 5; tick++) await new Promise((resolve) => setImmediate(resolve))
+      const closedAtMs = Date.now()
+      const closing = store.close()
+      // Settled while both connections are still held (nothing it waited for will come), and at
+      // once: pg-pool alone leaves it to its 5 s connect timeout, or forever in an idle process.
+      expect(await queued).toBe('busy')
+      expect(Date.now() - closedAtMs).toBeLessThan(1_000)
+      openGate()
+      await Promise.all(holders)
+      await closing
     })
 
     it('logs ready.failed once per interval while the database is away, and counts every probe', async () => {

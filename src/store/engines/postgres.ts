@@ -1,4 +1,4 @@
-import { PostgresDialect } from 'kysely'
+import { PostgresDialect, type PostgresPool } from 'kysely'
 import pg from 'pg'
 import { errorCode, isConnectionError, type Engine } from './engine.js'
 
@@ -57,6 +57,35 @@ export const postgresEngine: Engine = {
     // transaction (ECONNRESET between two statements) is emitted on the client with no listener,
     // and ends the process. Heard here; its query fails, and the pool drops it on release.
     pool.on('connect', (client) => client.on('error', onConnectionError))
-    return new PostgresDialect({ pool })
+    return new PostgresDialect({ pool: closingPool(pool) })
   },
+}
+
+// pg-pool never settles the requests still queued for a connection when it ends (its connect
+// timeout timer is unref'd): in a server they fail only after connectionTimeoutMillis, and in a
+// process with nothing else to do they never do (Node exits 13 with the await unsettled). This
+// wrapper fails them at once with "Pool is closed" (503 busy, isConnectionError) and hands back
+// a client that arrives for a request it has already failed.
+function closingPool(pool: pg.Pool): PostgresPool {
+  const waiting = new Set<(error: Error) => void>()
+  return {
+    connect: () =>
+      new Promise<pg.PoolClient>((resolve, reject) => {
+        const fail = (error: Error): void => {
+          if (waiting.delete(fail)) reject(error)
+        }
+        waiting.add(fail)
+        pool.connect().then(
+          (client) => {
+            if (waiting.delete(fail)) resolve(client)
+            else client.release()
+          },
+          (error: Error) => fail(error),
+        )
+      }),
+    end: async () => {
+      for (const fail of [...waiting]) fail(new Error('Pool is closed'))
+      await pool.end()
+    },
+  }
 }
