@@ -121,8 +121,8 @@ export interface PaymentEvent {
 
 export type IdempotencyScope = 'holds' | 'orders' | 'waitlist'
 
-// `claimed` while the transaction that claimed the key has not finished (it completes or releases
-// the key before it commits, so nobody outside it sees a claim); `completed` once the answer is stored.
+// `completed`: the key holds its answer (keys are written only with their answer). `claimed` is
+// a row written by an older version that claimed keys before answering: read as in flight.
 export type IdempotencyKeyState = 'claimed' | 'completed'
 
 export interface IdempotencyRecord {
