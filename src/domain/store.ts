@@ -121,8 +121,9 @@ export interface PaymentEvent {
 
 export type IdempotencyScope = 'holds' | 'orders' | 'waitlist'
 
-// `completed`: the key holds its answer (keys are written only with their answer). `claimed` is
-// a row written by an older version that claimed keys before answering: read as in flight.
+// `completed`: the key holds its answer (keys are written only with their answer). No version
+// commits a `claimed` row (older ones claimed and completed in one transaction); one found
+// anyway reads as in flight.
 export type IdempotencyKeyState = 'claimed' | 'completed'
 
 export interface IdempotencyRecord {
