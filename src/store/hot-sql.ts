@@ -88,6 +88,12 @@ export class HotSql {
   // Every row of a keyed batch's keys (one text per key count).
   async idempotencyKeys(db: Db, scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]> {
     if (keys.length === 0) return []
+    const byArraySql = this.engine.rowsByKeyArraySql?.bind(this.engine)
+    if (byArraySql) {
+      const text = this.text('idempotencyKeys:array', [], () => CompiledQuery.raw(byArraySql('idempotency_keys', 'scope', keyColumns[1]), []))
+      const { rows } = await db.executeQuery<Selectable<IdempotencyKeysTable>>(CompiledQuery.raw(text, [scope, keys]))
+      return rows.map(toIdempotencyRecord)
+    }
     const sentinels = ['\u0000scope', ...keys.map((_, index) => `\u0000k${index}`)]
     const text = this.text(`idempotencyKeys:${keys.length}`, sentinels, () => keysQuery(db, sentinels[0] as IdempotencyScope, sentinels.slice(1)).compile())
     const { rows } = await db.executeQuery<Selectable<IdempotencyKeysTable>>(CompiledQuery.raw(text, [scope, ...keys]))

@@ -23,7 +23,11 @@ export const insertKeysShape: StatementShape = {
   statement: 'the multi-row insert of idempotency keys',
   parameters: (engine: Engine) => (engine.columnArraysInsertSql ? { fixed: keyColumns.length, perRow: 0 } : { fixed: 0, perRow: keyColumns.length }),
 }
-export const readKeysShape = inListShape('reading idempotency keys', 1)
+// One parameter a key in an IN list; the scope and one array where the engine looks keys up by array.
+export const readKeysShape: StatementShape = {
+  statement: 'reading idempotency keys',
+  parameters: (engine: Engine) => (engine.rowsByKeyArraySql ? { fixed: 2, perRow: 0 } : { fixed: 1, perRow: 1 }),
+}
 export const freeKeysShape = inListShape('freeing expired idempotency keys', 2)
 
 // The status_code column predates the key states: 0 is a claim and 201 (the only answer a key
