@@ -1,5 +1,5 @@
 // Proves that a batch of keyed requests costs a constant number of store statements (the keys are
-// claimed, completed and replayed a batch at a time, never one statement each), by counting the
+// read, stored and replayed a batch at a time, never one statement each), by counting the
 // calls a batch makes on its transaction through a counting store; and that the judging step of
 // a hold batch is a pure function of the ledger and the requests.
 import { describe, expect, it } from 'vitest'
@@ -43,7 +43,7 @@ const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: batched idempotency keys`, () => {
-    it('claims, completes and replays the keys of a batch with as many statements for 20 keyed holds as for 1', async () => {
+    it('reads, stores and replays the keys of a batch with as many statements for 20 keyed holds as for 1', async () => {
       const t = await buildTestApp(engine.name, { stock: 1000 })
       const { store, transactions } = countingStore(t.runtime.store)
       const holds = new Holds(store, t.clock, t.runtime.observer, settings)
@@ -58,15 +58,54 @@ for (const engine of testEngines()) {
       const one = await batchOf(['single-key'])
       const twenty = await batchOf(Array.from({ length: 20 }, (_, index) => `many-key-${index}`))
       expect(twenty).toEqual(one)
-      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['claimIdempotencyKeys', 'completeIdempotencyKeys', 'releaseIdempotencyKeys'])
-      // The same twenty keys again: every one a replay, still one claim statement for the batch.
+      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['readIdempotencyKeys', 'insertIdempotencyKeys'])
+      // The same twenty keys again: every one a replay, still one read for the batch.
       const before = transactions.length
       const replays = await Promise.all(Array.from({ length: 20 }, (_, index) => holds.create({ productId: t.productId, qty: 1, idempotencyKey: `many-key-${index}` })))
       expect(replays.every((answer) => answer.replayed)).toBe(true)
       const replayBatches = transactions.slice(before)
       expect(replayBatches).toHaveLength(1)
-      expect(replayBatches[0]!.calls.filter((name) => name === 'claimIdempotencyKeys')).toHaveLength(1)
+      expect(replayBatches[0]!.calls.filter((name) => name === 'readIdempotencyKeys')).toHaveLength(1)
       await holds.drain()
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('replays a key another process stored between the batch read and its insert: the insert fails, the transaction is retried and reads the answer', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const first = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
+      // The first read of the batch misses the stored row, as if it committed a moment later.
+      let reads = 0
+      const transactions: string[][] = []
+      const racing = new Proxy(t.runtime.store, {
+        get(target, property, receiver) {
+          if (property !== 'transaction') return Reflect.get(target, property, receiver)
+          return (options: { label: string }, fn: (tx: StoreTx) => Promise<unknown>) =>
+            target.transaction(options, (tx) => {
+              const calls: string[] = []
+              transactions.push(calls)
+              return fn(
+                new Proxy(tx, {
+                  get(txTarget, name, txReceiver) {
+                    const value = Reflect.get(txTarget, name, txReceiver) as unknown
+                    if (typeof value !== 'function') return value
+                    return (...args: unknown[]) => {
+                      calls.push(String(name))
+                      if (name === 'readIdempotencyKeys' && reads++ === 0) return Promise.resolve([])
+                      return (value as (...a: unknown[]) => unknown).apply(txTarget, args)
+                    }
+                  },
+                }),
+              )
+            })
+        },
+      })
+      const holds = new Holds(racing, t.clock, t.runtime.observer, settings)
+      const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
+      expect(again).toEqual({ hold: first.hold, replayed: true })
+      expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([['readIdempotencyKeys', 'insertIdempotencyKeys'], ['readIdempotencyKeys', 'insertIdempotencyKeys']])
+      await holds.drain()
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body.available_stock).toBe(8)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 

@@ -1,8 +1,8 @@
 // The one shape of batched, keyed requests (holds, orders): requests for one product queue
 // while a transaction for it is in flight and are served together by the next one (group
-// commit). Under the product lock the batch claims its idempotency keys at once, the use case
-// judges the requests that won their keys in arrival order, completed keys store their answer
-// and refused ones are released, and nobody is answered before the commit.
+// commit). Under the product lock the batch reads its idempotency keys at once, the use case
+// judges the requests whose key holds no live answer in arrival order, the answers that changed
+// something are stored with their keys in one insert, and nobody is answered before the commit.
 import { assert } from './assert.js'
 import { ProductBatches, type QueueLimits } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
@@ -11,7 +11,7 @@ import type { DomainEvent, EventName, Observer } from './events.js'
 import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
 import { withLockedProduct } from './locked-product.js'
 import type { SettleContext } from './settle.js'
-import type { IdempotencyRecord, IdempotencyScope, Store } from './store.js'
+import type { IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Store } from './store.js'
 
 // Every structure a keyed request can grow is bounded: its product's queue, the number of
 // queues, and the keys in flight.
@@ -132,9 +132,19 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     let outcomes: Array<Outcome<A>>
     try {
       outcomes = await withLockedProduct(this.store, this.observer, { label: useCase.label, productId, now }, async (ctx) => {
-        const claims = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [{ key: request.idempotencyKey, fingerprint: useCase.fingerprint(request) }]))
-        assert(new Set(claims.map((claim) => claim.key)).size === claims.length, 'a key is in one request of a batch at most (InFlightKeys)')
-        const losers = new Map((await ctx.tx.claimIdempotencyKeys(useCase.scope, claims, now, addMs(now, useCase.idempotencyTtlMs))).map((record) => [record.key, record]))
+        const keys = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [request.idempotencyKey]))
+        assert(new Set(keys).size === keys.length, 'a key is in one request of a batch at most (InFlightKeys)')
+        const stored = await ctx.tx.readIdempotencyKeys(useCase.scope, keys)
+        const expired = stored.filter((record) => record.expiresAt.getTime() <= now.getTime())
+        // The insert below must not meet an expired row of a key it now uses.
+        if (expired.length > 0) {
+          await ctx.tx.freeExpiredIdempotencyKeys(
+            useCase.scope,
+            expired.map((record) => record.key),
+            now,
+          )
+        }
+        const losers = new Map(stored.filter((record) => !expired.includes(record)).map((record) => [record.key, record]))
         const lost = (waiter: Waiter<R, A>): IdempotencyRecord | undefined => (waiter.request.idempotencyKey === null ? undefined : losers.get(waiter.request.idempotencyKey))
         const served = batch.filter((waiter) => lost(waiter) === undefined)
         const verdicts = await useCase.serve(
@@ -143,17 +153,16 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         )
         assert(verdicts.length === served.length, 'one verdict per request served')
         const verdictOf = new Map(served.map((waiter, index) => [waiter, verdicts[index]!]))
-        // Only answers that changed something use up the key (SPEC §3).
-        const completed: Array<{ key: string; responseJson: string }> = []
-        const released: string[] = []
+        // Only answers that changed something use up the key (SPEC §3): a refused request's key
+        // is never written. Another process may have written one of these keys since the read
+        // above: the insert then fails as a unique violation, the store retries the transaction,
+        // and the retry reads that answer and replays it.
+        const answers: IdempotencyAnswer[] = []
         for (const [waiter, verdict] of verdictOf) {
           const key = waiter.request.idempotencyKey
-          if (key === null) continue
-          if (verdict.ok) completed.push({ key, responseJson: useCase.encode(verdict.answer) })
-          else released.push(key)
+          if (key !== null && verdict.ok) answers.push({ key, fingerprint: useCase.fingerprint(waiter.request), responseJson: useCase.encode(verdict.answer) })
         }
-        await ctx.tx.completeIdempotencyKeys(useCase.scope, completed)
-        await ctx.tx.releaseIdempotencyKeys(useCase.scope, released)
+        await ctx.tx.insertIdempotencyKeys(useCase.scope, answers, now, addMs(now, useCase.idempotencyTtlMs))
         ctx.events.push({ name: useCase.batchEvent, productId, size: batch.length })
         return batch.map((waiter): Outcome<A> => {
           const record = lost(waiter)

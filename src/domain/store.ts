@@ -121,8 +121,9 @@ export interface PaymentEvent {
 
 export type IdempotencyScope = 'holds' | 'orders' | 'waitlist'
 
-// `claimed` while the transaction that claimed the key has not finished (it completes or releases
-// the key before it commits, so nobody outside it sees a claim); `completed` once the answer is stored.
+// `completed`: the key holds its answer (keys are written only with their answer). No version
+// commits a `claimed` row (older ones claimed and completed in one transaction); one found
+// anyway reads as in flight.
 export type IdempotencyKeyState = 'claimed' | 'completed'
 
 export interface IdempotencyRecord {
@@ -134,13 +135,10 @@ export interface IdempotencyRecord {
   expiresAt: Date
 }
 
-export interface IdempotencyClaim {
-  key: string
-  fingerprint: string
-}
-
+// The answer a key keeps, with the meaning of the request that used it up.
 export interface IdempotencyAnswer {
   key: string
+  fingerprint: string
   responseJson: string
 }
 
@@ -266,13 +264,14 @@ export interface StoreTx {
   waitingPaymentEvents(holdIds: readonly string[]): Promise<PaymentEvent[]>
   markPaymentEventProcessed(event: PaymentEvent): Promise<void>
 
-  // Claims every key of a batch at once, in a constant number of statements (an expired key is
-  // taken over); returns the live answers that already hold some of them (the losers' records).
-  claimIdempotencyKeys(scope: IdempotencyScope, claims: readonly IdempotencyClaim[], now: Date, expiresAt: Date): Promise<IdempotencyRecord[]>
-  // Stores the answers of claimed keys, in one statement.
-  completeIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[]): Promise<void>
-  // Frees claimed keys whose answer changed nothing, in one statement.
-  releaseIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void>
+  // Every stored row of these keys, expired ones included, in one statement.
+  readIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]>
+  // Deletes the rows of these keys that have expired by `now`, in one statement.
+  freeExpiredIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void>
+  // Stores the answers of a batch's keys, in one statement. A key that another transaction
+  // wrote first (committed, or committing while this one waits) fails it with a unique
+  // violation: the store retries the whole transaction, which then reads that answer.
+  insertIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
 }
 

@@ -4,11 +4,12 @@
 // beside it (which the rest of the store and the tests run as it is); the first build checks,
 // with sentinel values, that the parameters come out in the order the callers pass them.
 import { CompiledQuery, sql, type Kysely, type Selectable } from 'kysely'
-import type { Hold, Product, ProductCountsDelta, ProductSnapshot } from '../domain/store.js'
+import type { Hold, IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Product, ProductCountsDelta, ProductSnapshot } from '../domain/store.js'
 import type { Engine } from './engines/engine.js'
 import { lapseBounds } from './expiry-buckets.js'
+import { keyColumns, keysQuery, keyValues, toIdempotencyRecord } from './idempotency-keys.js'
 import { holdColumns, holdValues, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
-import type { Database, ProductsTable } from './schema.js'
+import type { Database, IdempotencyKeysTable, ProductsTable } from './schema.js'
 import type { StatementShape } from './statement-shape.js'
 
 type Db = Kysely<Database>
@@ -93,6 +94,49 @@ export class HotSql {
     const parameters = holds.flatMap((hold) => {
       const values = holdValues(hold)
       return holdColumns.map((column) => values[column.name])
+    })
+    await db.executeQuery(CompiledQuery.raw(text, parameters))
+  }
+
+  // Every row of a keyed batch's keys (one text per key count).
+  async idempotencyKeys(db: Db, scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]> {
+    if (keys.length === 0) return []
+    const byArraySql = this.engine.rowsByKeyArraySql?.bind(this.engine)
+    if (byArraySql) {
+      const text = this.text('idempotencyKeys:array', [], () => CompiledQuery.raw(byArraySql('idempotency_keys', 'scope', keyColumns[1]), []))
+      const { rows } = await db.executeQuery<Selectable<IdempotencyKeysTable>>(CompiledQuery.raw(text, [scope, keys]))
+      return rows.map(toIdempotencyRecord)
+    }
+    const sentinels = ['\u0000scope', ...keys.map((_, index) => `\u0000k${index}`)]
+    const text = this.text(`idempotencyKeys:${keys.length}`, sentinels, () => keysQuery(db, sentinels[0] as IdempotencyScope, sentinels.slice(1)).compile())
+    const { rows } = await db.executeQuery<Selectable<IdempotencyKeysTable>>(CompiledQuery.raw(text, [scope, ...keys]))
+    return rows.map(toIdempotencyRecord)
+  }
+
+  // A plain multi-row insert: a key another transaction wrote first fails it (unique violation).
+  async insertIdempotencyKeys(db: Db, scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
+    if (answers.length === 0) return
+    const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
+    if (columnArraysSql) {
+      const text = this.text('insertIdempotencyKeys:arrays', [], () => CompiledQuery.raw(columnArraysSql('idempotency_keys', keyColumns), []))
+      const columns = keyColumns.map((): unknown[] => [])
+      for (const answer of answers) {
+        const values = keyValues(scope, answer, now, expiresAt)
+        for (const [index, column] of keyColumns.entries()) columns[index]!.push(values[column.name])
+      }
+      await db.executeQuery(CompiledQuery.raw(text, columns))
+      return
+    }
+    const sentinels = answers.flatMap((_, row) => keyColumns.map((_, column) => `s${row}_${column}`))
+    const text = this.text(`insertIdempotencyKeys:${answers.length}`, sentinels, () =>
+      db
+        .insertInto('idempotency_keys')
+        .values(answers.map((_, row) => Object.fromEntries(keyColumns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
+        .compile(),
+    )
+    const parameters = answers.flatMap((answer) => {
+      const values = keyValues(scope, answer, now, expiresAt)
+      return keyColumns.map((column) => values[column.name])
     })
     await db.executeQuery(CompiledQuery.raw(text, parameters))
   }

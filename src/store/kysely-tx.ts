@@ -7,7 +7,6 @@ import type {
   Hold,
   HoldStatus,
   IdempotencyAnswer,
-  IdempotencyClaim,
   IdempotencyRecord,
   IdempotencyScope,
   LapsedRow,
@@ -25,7 +24,7 @@ import type { Engine } from './engines/engine.js'
 import { ExpiryBook } from './expiry-buckets.js'
 import type { HotSql } from './hot-sql.js'
 import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
-import { claimKeys, completeKeys, releaseKeys } from './idempotency-keys.js'
+import { freeExpiredKeys } from './idempotency-keys.js'
 import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 import { closeWaiting, findTicket, insertTickets, moveTickets, waitingTicketsThatFit } from './waitlist-sql.js'
@@ -296,16 +295,16 @@ export class KyselyTx implements StoreTx {
     if (Number(result.numUpdatedRows) !== 1) throw new Error(`payment event ${event.idempotencyKey} was not waiting`)
   }
 
-  claimIdempotencyKeys(scope: IdempotencyScope, claims: readonly IdempotencyClaim[], now: Date, expiresAt: Date): Promise<IdempotencyRecord[]> {
-    return claimKeys(this.db, this.engine, scope, claims, now, expiresAt)
+  readIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]> {
+    return this.hotSql.idempotencyKeys(this.db, scope, keys)
   }
 
-  completeIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[]): Promise<void> {
-    return completeKeys(this.db, scope, answers)
+  freeExpiredIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void> {
+    return freeExpiredKeys(this.db, scope, keys, now)
   }
 
-  releaseIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void> {
-    return releaseKeys(this.db, scope, keys)
+  insertIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
+    return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt)
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
