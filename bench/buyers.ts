@@ -38,7 +38,10 @@ export class BuyerPool {
   }
 
   async mint(buyerId: string, expS = Math.floor(Date.now() / 1000) + tokenTtlS): Promise<string> {
-    return new SignJWT({ sub: buyerId }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setExpirationTime(expS).sign(await this.key)
+    return new SignJWT({ sub: buyerId })
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setExpirationTime(expS)
+      .sign(await this.key)
   }
 
   // The next buyer in turn: consecutive requests are different buyers, so concurrent holds of
@@ -59,8 +62,19 @@ function answerSummary(answer: { status: number; json: Record<string, unknown> |
 
 // Creates a product of huge stock with `per_buyer_limit` and proves the service enforces it:
 // a hold with a token is 201 for that buyer, a hold without one is 401 buyer_token_required.
-export async function buyerProduct(baseUrl: string, admin: Record<string, string>, pool: BuyerPool, options: { name: string; stock: number; perBuyerLimit: number }): Promise<BuyerProduct> {
-  const created = await jsonRequest(baseUrl, 'POST', '/api/admin/products', { name: options.name, price: '99.99', currency: 'USD', stock: options.stock, per_buyer_limit: options.perBuyerLimit }, admin)
+export async function buyerProduct(
+  baseUrl: string,
+  admin: Record<string, string>,
+  pool: BuyerPool,
+  options: { name: string; stock: number; perBuyerLimit: number },
+): Promise<BuyerProduct> {
+  const created = await jsonRequest(
+    baseUrl,
+    'POST',
+    '/api/admin/products',
+    { name: options.name, price: '99.99', currency: 'USD', stock: options.stock, per_buyer_limit: options.perBuyerLimit },
+    admin,
+  )
   if (created.status !== 201 || typeof created.json?.id !== 'number') {
     return { skipped: `creating a product with per_buyer_limit was refused (${answerSummary(created)}): the service does not take buyers yet` }
   }
@@ -72,8 +86,10 @@ export async function buyerProduct(baseUrl: string, admin: Record<string, string
   const probeBuyer = 'bench-probe-buyer'
   const withToken = await jsonRequest(baseUrl, 'POST', '/api/holds', body, { authorization: `Bearer ${await pool.mint(probeBuyer)}` })
   if (withToken.status !== 201) return { skipped: `a hold with a buyer token answered ${answerSummary(withToken)}, not 201` }
-  if (withToken.json?.buyer_id !== probeBuyer) return { skipped: `a hold with a buyer token answered buyer_id ${JSON.stringify(withToken.json?.buyer_id)}, not the token's sub "${probeBuyer}"` }
+  if (withToken.json?.buyer_id !== probeBuyer)
+    return { skipped: `a hold with a buyer token answered buyer_id ${JSON.stringify(withToken.json?.buyer_id)}, not the token's sub "${probeBuyer}"` }
   const withoutToken = await jsonRequest(baseUrl, 'POST', '/api/holds', body)
-  if (withoutToken.status !== 401) return { skipped: `a hold without a token on a product with per_buyer_limit answered ${answerSummary(withoutToken)}, not 401 buyer_token_required: the limit is not enforced` }
+  if (withoutToken.status !== 401)
+    return { skipped: `a hold without a token on a product with per_buyer_limit answered ${answerSummary(withoutToken)}, not 401 buyer_token_required: the limit is not enforced` }
   return { productId }
 }

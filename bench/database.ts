@@ -89,5 +89,3 @@ export async function freshBenchDatabase(databaseUrl: string | undefined): Promi
     drop: () => withMysql(adminUrl.toString(), (connection) => connection.query(`drop database if exists ${database}`)).then(() => undefined),
   }
 }
-
-

@@ -271,7 +271,8 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     await cannon({ label: 'warm-up health', url: urls.health, connections, durationS: settings.warmupS })
     if (settings.phases.has('holds')) await cannon({ label: 'warm-up holds', url: urls.holds, connections, durationS: settings.warmupS, method: 'POST', body: holdBody })
     if (settings.phases.has('reads')) await cannon({ label: 'warm-up reads', url: urls.product, connections, durationS: settings.warmupS })
-    if (settings.phases.has('keyed')) await cannon({ label: 'warm-up keyed holds', url: urls.holds, connections, durationS: settings.warmupS, method: 'POST', body: holdBody, headersPerRequest: freshKey })
+    if (settings.phases.has('keyed'))
+      await cannon({ label: 'warm-up keyed holds', url: urls.holds, connections, durationS: settings.warmupS, method: 'POST', body: holdBody, headersPerRequest: freshKey })
     if (settings.phases.has('ceiling') && !skipped.ceiling) {
       await cannon({ label: 'warm-up ceiling', url: urls.ceiling, connections, durationS: settings.warmupS, method: 'POST', body: holdBody, headersPerRequest: freshKey })
     }
@@ -281,7 +282,16 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
   const waitlistContext: WaitlistContext = { baseUrl, serverEnv, databaseUrl: database.url, workers: settings.workers, createProduct, log }
   const line: Line | undefined = settings.phases.has('waitlist') ? await prepareLine(waitlistContext, 'bench waitlist product') : undefined
   const joins = (connections: number): Promise<{ result: LoadResult; cpu: CpuShare }> =>
-    measured(() => cannon({ label: 'POST /api/products/:id/waitlist (sold out)', url: joinUrl(baseUrl, line!.productId), connections, durationS: settings.durationS, method: 'POST', body: joinBody() }))
+    measured(() =>
+      cannon({
+        label: 'POST /api/products/:id/waitlist (sold out)',
+        url: joinUrl(baseUrl, line!.productId),
+        connections,
+        durationS: settings.durationS,
+        method: 'POST',
+        body: joinBody(),
+      }),
+    )
 
   const levels: LevelReport[] = []
   for (const connections of settings.connectionLevels) {
@@ -329,7 +339,15 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     // then a buyer on a limited product, then the same request without the database.
     if (settings.phases.has('keyed')) {
       const { result, cpu } = await measured(() =>
-        cannon({ label: 'POST /api/holds, fresh Idempotency-Key', url: urls.holds, connections, durationS: settings.durationS, method: 'POST', body: holdBody, headersPerRequest: freshKey }),
+        cannon({
+          label: 'POST /api/holds, fresh Idempotency-Key',
+          url: urls.holds,
+          connections,
+          durationS: settings.durationS,
+          method: 'POST',
+          body: holdBody,
+          headersPerRequest: freshKey,
+        }),
       )
       level.keyed = result
       level.cpu.keyed = cpu
@@ -345,9 +363,18 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
         await buyers.grow(Math.ceil(expectedHolds / settings.perBuyerLimit))
         const url = urls.holds
         const body = JSON.stringify({ product_id: product.productId, qty: 1 })
-        if (settings.warmupS > 0) await cannon({ label: 'warm-up buyer holds', url, connections, durationS: settings.warmupS, method: 'POST', body, headersPerRequest: buyers.nextHeaders })
+        if (settings.warmupS > 0)
+          await cannon({ label: 'warm-up buyer holds', url, connections, durationS: settings.warmupS, method: 'POST', body, headersPerRequest: buyers.nextHeaders })
         const { result, cpu } = await measured(() =>
-          cannon({ label: `POST /api/holds, buyer token (per_buyer_limit ${settings.perBuyerLimit}, ${buyers.authorizations.length} buyers)`, url, connections, durationS: settings.durationS, method: 'POST', body, headersPerRequest: buyers.nextHeaders }),
+          cannon({
+            label: `POST /api/holds, buyer token (per_buyer_limit ${settings.perBuyerLimit}, ${buyers.authorizations.length} buyers)`,
+            url,
+            connections,
+            durationS: settings.durationS,
+            method: 'POST',
+            body,
+            headersPerRequest: buyers.nextHeaders,
+          }),
         )
         level.buyer = result
         level.cpu.buyer = cpu
@@ -356,7 +383,15 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     }
     if (settings.phases.has('ceiling') && !skipped.ceiling) {
       const { result, cpu } = await measured(() =>
-        cannon({ label: 'POST /bench/hold-ceiling (hold parse + validate, no database)', url: urls.ceiling, connections, durationS: settings.durationS, method: 'POST', body: holdBody, headersPerRequest: freshKey }),
+        cannon({
+          label: 'POST /bench/hold-ceiling (hold parse + validate, no database)',
+          url: urls.ceiling,
+          connections,
+          durationS: settings.durationS,
+          method: 'POST',
+          body: holdBody,
+          headersPerRequest: freshKey,
+        }),
       )
       level.ceiling = result
       level.cpu.ceiling = cpu
@@ -381,7 +416,9 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
       const { result, cpu } = await measured(() => funnel({ baseUrl, productId: funnelProductId, buyers: connections, durationS: settings.durationS, webhookSecret }))
       level.funnel = result
       level.cpu.funnel = cpu
-      log(`  funnel @${connections}: ${result.buyersPerS.toFixed(0)} buyers/s, p50 ${result.latencyP50Ms.toFixed(1)} ms, p99 ${result.latencyP99Ms.toFixed(1)} ms${describeFailures(result)}`)
+      log(
+        `  funnel @${connections}: ${result.buyersPerS.toFixed(0)} buyers/s, p50 ${result.latencyP50Ms.toFixed(1)} ms, p99 ${result.latencyP99Ms.toFixed(1)} ms${describeFailures(result)}`,
+      )
     }
     levels.push(level)
   }
@@ -396,7 +433,9 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     const waitingAfterJoins = await waitingTickets(baseUrl, line.productId)
     const topUpJoins = await topUp(baseUrl, line.productId, Math.max(waitlistConnectionsMin, ...settings.connectionLevels))
     const release = await releaseBursts(waitlistContext, line)
-    log(`  waitlist releases: ${release.admitted} admitted of ${release.waitingBefore} waiting in ${release.wallS.toFixed(2)} s, DELETE sent -> GET shows admitted p50 ${release.admittedP50Ms.toFixed(1)} ms, p99 ${release.admittedP99Ms.toFixed(1)} ms`)
+    log(
+      `  waitlist releases: ${release.admitted} admitted of ${release.waitingBefore} waiting in ${release.wallS.toFixed(2)} s, DELETE sent -> GET shows admitted p50 ${release.admittedP50Ms.toFixed(1)} ms, p99 ${release.admittedP99Ms.toFixed(1)} ms`,
+    )
     const measuredJoinsPerS = extraJoins?.okPerS ?? levels[levels.length - 1]?.joins?.okPerS ?? 0
     const expiry = await expiryWaves(waitlistContext, measuredJoinsPerS)
     log(`  waitlist expiry: ${expiry.admitted} admitted, expires_at -> admitted p50 ${expiry.latencyP50Ms} ms, p99 ${expiry.latencyP99Ms} ms (TTL ${expiry.holdTtlS} s)`)

@@ -63,7 +63,10 @@ function placeOf(frame: CallFrame): string {
 function label(frame: CallFrame): string {
   const name = frame.functionName || '(anonymous)'
   if (!frame.url) return name
-  const where = frame.url.replace(/^file:\/\//, '').replace(/^.*node_modules\//, '').replace(/^.*\/dist\//, 'dist/')
+  const where = frame.url
+    .replace(/^file:\/\//, '')
+    .replace(/^.*node_modules\//, '')
+    .replace(/^.*\/dist\//, 'dist/')
   return `${name}  ${where}:${frame.lineNumber + 1}`
 }
 
@@ -116,7 +119,9 @@ function main(): void {
   }
   const busyUs = totalUs - idleUs
   const pct = (us: number): string => `${((100 * us) / Math.max(busyUs, 1)).toFixed(1).padStart(5)}%`
-  console.log(`\n${files.length} profile(s): ${(totalUs / 1e6).toFixed(1)} s sampled, ${(idleUs / 1e6).toFixed(1)} s idle (${((100 * idleUs) / Math.max(totalUs, 1)).toFixed(0)}%), ${(busyUs / 1e6).toFixed(1)} s busy`)
+  console.log(
+    `\n${files.length} profile(s): ${(totalUs / 1e6).toFixed(1)} s sampled, ${(idleUs / 1e6).toFixed(1)} s idle (${((100 * idleUs) / Math.max(totalUs, 1)).toFixed(0)}%), ${(busyUs / 1e6).toFixed(1)} s busy`,
+  )
   console.log('\nSelf time by place (share of busy time):')
   for (const [place, us] of [...selfByPlace.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(`  ${pct(us)}  ${place}`)
   console.log(`\nTop ${top} functions by self time (share of busy time):`)

@@ -238,7 +238,7 @@ export function formatReport(report: BenchReport): string {
     'Client: autocannon in one process on the same machine, 127.0.0.1, keep-alive, no pipelining; each figure is from one run, ' +
       'and the ratios compare phases of that run (the machine is shared, so absolute rates move between runs). ' +
       'CPU cores: busy cores averaged over the phase, from /proc ("db" is every database server process on the host, ' +
-        '"other" everything else on the machine).',
+      '"other" everything else on the machine).',
   )
   const logged = Object.entries(report.serverLogEvents)
   lines.push('', `Server warnings over the run: ${logged.length ? logged.map(([event, count]) => `${event} ×${count}`).join(', ') : 'none'}.`)

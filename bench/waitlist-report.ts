@@ -18,7 +18,10 @@ export function formatWaitlist(waitlist: WaitlistReport, auditOk: boolean | unde
   const { release, expiry, extraJoins } = waitlist
   const lines: string[] = []
   if (extraJoins) {
-    lines.push(`Joins at ${extraJoins.connections} connections (no BENCH_CONNECTIONS level that high): ${whole.format(extraJoins.okPerS)} joins/s, p50 ${ms(extraJoins.latencyP50Ms)} ms, p99 ${ms(extraJoins.latencyP99Ms)} ms.`, '')
+    lines.push(
+      `Joins at ${extraJoins.connections} connections (no BENCH_CONNECTIONS level that high): ${whole.format(extraJoins.okPerS)} joins/s, p50 ${ms(extraJoins.latencyP50Ms)} ms, p99 ${ms(extraJoins.latencyP99Ms)} ms.`,
+      '',
+    )
   }
   lines.push(
     '| waitlist admissions (tickets of qty 1, first come first served) | release bursts | expiry (sweeper) |',
@@ -34,7 +37,10 @@ export function formatWaitlist(waitlist: WaitlistReport, auditOk: boolean | unde
   if (release) {
     lines.push(
       `Releases: flash_sale_events_total{event="waitlist.admitted"} rose by ${whole.format(release.admittedEvents)}; ` +
-        `problems: ${problems(release.failures, [['first GET not yet admitted', release.lateLooks], ['never admitted', release.notAdmitted]])}.`,
+        `problems: ${problems(release.failures, [
+          ['first GET not yet admitted', release.lateLooks],
+          ['never admitted', release.notAdmitted],
+        ])}.`,
     )
   }
   if (expiry) {
@@ -43,6 +49,9 @@ export function formatWaitlist(waitlist: WaitlistReport, auditOk: boolean | unde
         `problems: ${problems(expiry.failures, [['never admitted', expiry.notAdmitted]])}.`,
     )
   }
-  lines.push(`Line: ${whole.format(waitlist.waitingAfterJoins)} tickets waiting after the measured joins, ${whole.format(waitlist.topUpJoins)} more joined to reach 10,000; audit after the phase ${auditOk === undefined ? 'not run' : auditOk ? 'ok' : 'FAILED'}.`, '')
+  lines.push(
+    `Line: ${whole.format(waitlist.waitingAfterJoins)} tickets waiting after the measured joins, ${whole.format(waitlist.topUpJoins)} more joined to reach 10,000; audit after the phase ${auditOk === undefined ? 'not run' : auditOk ? 'ok' : 'FAILED'}.`,
+    '',
+  )
   return lines
 }

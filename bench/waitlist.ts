@@ -190,7 +190,10 @@ async function admittedEvents(baseUrl: string, workers: number): Promise<number>
   for (let scrape = 0; scrape < workers * 8; scrape++) {
     const text = await textRequest(`${baseUrl}/metrics`)
     // A worker that admitted nothing has no series: its answer is told apart by its other lines.
-    const key = text.split('\n').filter((line) => line.startsWith('flash_sale_events_total')).join('\n')
+    const key = text
+      .split('\n')
+      .filter((line) => line.startsWith('flash_sale_events_total'))
+      .join('\n')
     seen.set(key, Number(pattern.exec(text)?.[1] ?? 0))
   }
   return [...seen.values()].reduce((sum, value) => sum + value, 0)
@@ -298,7 +301,15 @@ export async function expiryWaves(context: WaitlistContext, joinsPerS: number): 
     const missing = waitingTicketsMin - (await waitingTickets(baseUrl, line.productId))
     const timeLeftS = Math.floor((firstExpiryMs - Date.now()) / 1000) - 1
     if (missing > 0 && timeLeftS >= 1) {
-      await cannon({ label: 'waitlist expiry line joins', url: joinUrl(baseUrl, line.productId), connections: setupConcurrency, durationS: timeLeftS, method: 'POST', body: joinBody(), stopWhen: (seen) => (seen['201'] ?? 0) >= missing })
+      await cannon({
+        label: 'waitlist expiry line joins',
+        url: joinUrl(baseUrl, line.productId),
+        connections: setupConcurrency,
+        durationS: timeLeftS,
+        method: 'POST',
+        body: joinBody(),
+        stopWhen: (seen) => (seen['201'] ?? 0) >= missing,
+      })
     }
     const waitingAtExpiry = await waitingTickets(baseUrl, line.productId)
     const lineReadyBeforeExpiry = Date.now() < firstExpiryMs

@@ -60,4 +60,3 @@ export async function startServer(): Promise<void> {
   }
   logger.info({ event: 'server.listening', port, host: config.host, engine: config.engine, pid: process.pid }, 'server.listening')
 }
-

@@ -69,7 +69,13 @@ for (const engine of testEngines()) {
     it('refuses every admin request with 401 while ADMIN_TOKEN is unset, while public routes keep working', async () => {
       const t = await buildTestApp(engine.name, { env: { ADMIN_TOKEN: '' } })
       expect(t.config.adminToken).toBeUndefined()
-      const guesses: Array<Record<string, string>> = [{}, { authorization: `Bearer ${testAdminToken}` }, { authorization: 'Bearer ' }, { authorization: 'Bearer undefined' }, { authorization: 'Bearer null' }]
+      const guesses: Array<Record<string, string>> = [
+        {},
+        { authorization: `Bearer ${testAdminToken}` },
+        { authorization: 'Bearer ' },
+        { authorization: 'Bearer undefined' },
+        { authorization: 'Bearer null' },
+      ]
       for (const route of adminRoutes(t)) {
         for (const headers of guesses) {
           const reply = await t.request(route.method, route.path, { body: route.body, headers })
@@ -149,7 +155,10 @@ for (const engine of testEngines()) {
       const t = await buildTestApp(engine.name)
       const valid = { name: 'Valid', price: '10.00', stock: 5 }
       const cases: Array<{ body: Record<string, unknown>; field: string }> = [
-        ...['12.345', 12.345, '-1', -1, '1,000.00', '1e3', 1e21, '', ' 12', '12.', '.5', 'NaN', 'Infinity', '0x10', '１２'].map((price) => ({ body: { ...valid, price }, field: 'price' })),
+        ...['12.345', 12.345, '-1', -1, '1,000.00', '1e3', 1e21, '', ' 12', '12.', '.5', 'NaN', 'Infinity', '0x10', '１２'].map((price) => ({
+          body: { ...valid, price },
+          field: 'price',
+        })),
         ...[null, true, {}].map((price) => ({ body: { ...valid, price }, field: 'price' })),
         { body: { ...valid, price: '1500.5', currency: 'JPY' }, field: 'price' },
         { body: { ...valid, price: 1500.5, currency: 'JPY' }, field: 'price' },

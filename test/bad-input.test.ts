@@ -52,7 +52,23 @@ for (const engine of testEngines()) {
 
     it('answers every product id that names no product with 404 product_not_found, on read and on restock', async () => {
       const t = await buildTestApp(engine.name)
-      const ids = ['abc', '0', '-1', '1.5', '1e3', '01', '+1', '%20', '%F0%9F%92%A5', '424242', '2147483648', '9007199254740993', '9999999999999999', '99999999999999999999', '9'.repeat(40)]
+      const ids = [
+        'abc',
+        '0',
+        '-1',
+        '1.5',
+        '1e3',
+        '01',
+        '+1',
+        '%20',
+        '%F0%9F%92%A5',
+        '424242',
+        '2147483648',
+        '9007199254740993',
+        '9999999999999999',
+        '99999999999999999999',
+        '9'.repeat(40),
+      ]
       for (const id of ids) {
         const read = await t.request('GET', `/api/products/${id}`)
         expect.soft({ id, route: 'GET', ...outcomeOf(read) }).toEqual({ id, route: 'GET', status: 404, code: 'product_not_found' })
@@ -115,7 +131,12 @@ for (const engine of testEngines()) {
         ] as const) {
           const reply = await t.request(method, path)
           const label = `${method} ${path.split('/')[2]} id of ${length} chars`
-          expect.soft([{ label, status: 404, code: notFound }, { label, status: 422, code: 'validation_failed' }]).toContainEqual({ label, ...outcomeOf(reply) })
+          expect
+            .soft([
+              { label, status: 404, code: notFound },
+              { label, status: 422, code: 'validation_failed' },
+            ])
+            .toContainEqual({ label, ...outcomeOf(reply) })
           expect.soft(catalogueViolation(reply), label).toBeUndefined()
         }
       }
@@ -359,13 +380,45 @@ for (const engine of testEngines()) {
       ]
       // JSON texts, inserted verbatim so -0, 1e308, 30-digit integers and escapes reach the parser.
       const oddValues = [
-        '"5"', 'true', 'false', 'null', '1.5', '0', '-0', '-1', '2147483648', '9007199254740993', '123456789012345678901234567890',
-        '1e308', '-1e308', '5e-324', '""', '"💥 ünïcödé ‮"', '"\\ud800"', '"a\\u0000b"', JSON.stringify('x'.repeat(10_000)),
-        '[]', '[1,2]', '{}', '{"a":{"b":{"c":[1,{"d":null}]}}}', '{"$gt":0}', '{"__proto__":{"polluted":"yes"}}',
+        '"5"',
+        'true',
+        'false',
+        'null',
+        '1.5',
+        '0',
+        '-0',
+        '-1',
+        '2147483648',
+        '9007199254740993',
+        '123456789012345678901234567890',
+        '1e308',
+        '-1e308',
+        '5e-324',
+        '""',
+        '"💥 ünïcödé ‮"',
+        '"\\ud800"',
+        '"a\\u0000b"',
+        JSON.stringify('x'.repeat(10_000)),
+        '[]',
+        '[1,2]',
+        '{}',
+        '{"a":{"b":{"c":[1,{"d":null}]}}}',
+        '{"$gt":0}',
+        '{"__proto__":{"polluted":"yes"}}',
       ]
       const oddBodies = [
-        '[]', '[{}]', '"text"', '42', 'true', 'null', '{}', '{"__proto__":{"polluted":"yes"}}', '{"constructor":{"prototype":{"polluted":"yes"}}}',
-        '{"a":1,"a":2}', '['.repeat(2000) + ']'.repeat(2000), '{"a":'.repeat(1000) + '1' + '}'.repeat(1000),
+        '[]',
+        '[{}]',
+        '"text"',
+        '42',
+        'true',
+        'null',
+        '{}',
+        '{"__proto__":{"polluted":"yes"}}',
+        '{"constructor":{"prototype":{"polluted":"yes"}}}',
+        '{"a":1,"a":2}',
+        '['.repeat(2000) + ']'.repeat(2000),
+        '{"a":'.repeat(1000) + '1' + '}'.repeat(1000),
       ]
       const failures: string[] = []
       let requestCount = 0

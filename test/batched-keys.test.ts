@@ -102,7 +102,10 @@ for (const engine of testEngines()) {
       const holds = new Holds(racing, t.clock, t.runtime.observer, settings)
       const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
       expect(again).toEqual({ hold: first.hold, replayed: true })
-      expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([['readIdempotencyKeys', 'insertIdempotencyKeys'], ['readIdempotencyKeys', 'insertIdempotencyKeys']])
+      expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([
+        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
+        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
+      ])
       await holds.drain()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(8)
@@ -123,7 +126,9 @@ for (const engine of testEngines()) {
       const batchOf = async (webhooks: Array<{ key: string; orderId: string | null; holdId: string | null }>, replayed: boolean): Promise<string[]> => {
         const before = transactions.length
         const eventsBefore = t.events.length
-        const answers = await Promise.all(webhooks.map((webhook) => payments.receive({ ...webhook, idempotencyKey: webhook.key, status: 'success', paymentId: `pay-${webhook.key}`, amount: null })))
+        const answers = await Promise.all(
+          webhooks.map((webhook) => payments.receive({ ...webhook, idempotencyKey: webhook.key, status: 'success', paymentId: `pay-${webhook.key}`, amount: null })),
+        )
         expect(answers.every((answer) => answer.replayed === replayed)).toBe(true)
         const sizes = t.events.slice(eventsBefore).flatMap((event) => (event.name === 'payment.batch' ? [Number(event.size)] : []))
         expect(sizes.reduce((sum, size) => sum + size, 0)).toBe(webhooks.length)
@@ -145,7 +150,9 @@ for (const engine of testEngines()) {
       // stored once, the second a replay of the first (in its batch or the next).
       expect(await batchOf([...onOrders(1, 20), ...beforeOrders(1, 20)], true)).toEqual(['getPaymentEvents'])
       const before = transactions.length
-      const twice = await Promise.all([0, 1].map(() => payments.receive({ idempotencyKey: 'twice', orderId: orderIds[0]!, holdId: null, status: 'failed', paymentId: null, amount: null })))
+      const twice = await Promise.all(
+        [0, 1].map(() => payments.receive({ idempotencyKey: 'twice', orderId: orderIds[0]!, holdId: null, status: 'failed', paymentId: null, amount: null })),
+      )
       expect(twice.map((answer) => answer.replayed)).toEqual([false, true])
       expect(twice[1]!.body).toEqual(twice[0]!.body)
       expect(transactions.slice(before).flatMap((tx) => tx.calls.filter((name) => name === 'insertPaymentEvents'))).toHaveLength(1)

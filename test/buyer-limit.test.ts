@@ -22,7 +22,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { startSharedCluster, type SharedCluster } from './helpers/shared-cluster.js'
 import { asBuyer, buyerEnv } from './helpers/buyer-tokens.js'
-import { advanceTo, createDropProduct, expectCleanAudit, expectLimitReached, expectProblemCode, holdAs, orderAs, patchProduct, paymentOf, productOf, serverNowMs } from './helpers/drops.js'
+import {
+  advanceTo,
+  createDropProduct,
+  expectCleanAudit,
+  expectLimitReached,
+  expectProblemCode,
+  holdAs,
+  orderAs,
+  patchProduct,
+  paymentOf,
+  productOf,
+  serverNowMs,
+} from './helpers/drops.js'
 import { testEngines } from './helpers/engines.js'
 import { countBy, request, times, type Reply } from './helpers/http.js'
 
@@ -328,7 +340,11 @@ for (const engine of testEngines()) {
       expect(countBy(replies, (reply) => reply.status)).toEqual({ 201: 41, 409: 1 })
       const aliceReplies = replies.slice(20, 22)
       expect(aliceReplies.filter((reply) => reply.status === 201).map((reply) => reply.body.buyer_id)).toEqual(['alice'])
-      expectLimitReached(aliceReplies.find((reply) => reply.status === 409)!, 3, 2)
+      expectLimitReached(
+        aliceReplies.find((reply) => reply.status === 409)!,
+        3,
+        2,
+      )
       expect(await productOf(baseUrl, product.id)).toMatchObject({ reserved: 42, available_stock: 0 })
       await expectCleanAudit(baseUrl)
     })

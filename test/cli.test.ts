@@ -203,7 +203,13 @@ for (const engine of testEngines()) {
     it('an unknown flag on audit, migrate or seed exits 2 instead of running the command', async () => {
       const fresh = await testDatabase(engine.name)
       expect((await runCli(['migrate'], { DATABASE_URL: fresh.url })).code).toBe(0)
-      await expectMisuse([['audit', '--fix'], ['migrate', '--down'], ['seed', '--force']].map((args) => ({ args, env: { DATABASE_URL: fresh.url }, stderr: args[1]! })))
+      await expectMisuse(
+        [
+          ['audit', '--fix'],
+          ['migrate', '--down'],
+          ['seed', '--force'],
+        ].map((args) => ({ args, env: { DATABASE_URL: fresh.url }, stderr: args[1]! })),
+      )
     })
   })
 }

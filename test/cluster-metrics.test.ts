@@ -105,12 +105,17 @@ for (const engine of testEngines()) {
       expect((await post('/api/payments/webhook', { order_id: orderIds[3], status: 'failed' }, { 'idempotency-key': 'pay-failed' })).body.outcome).toBe('cancelled')
       // Two replays of a key, then the freed unit goes to someone else and a late success for
       // the cancelled order can only be refunded.
-      for (let replay = 0; replay < 2; replay++) expect((await post('/api/payments/webhook', { order_id: orderIds[0], status: 'success' }, { 'idempotency-key': 'pay-0' })).status).toBe(200)
+      for (let replay = 0; replay < 2; replay++)
+        expect((await post('/api/payments/webhook', { order_id: orderIds[0], status: 'success' }, { 'idempotency-key': 'pay-0' })).status).toBe(200)
       expect((await post('/api/holds', { product_id: product, qty: 1 })).status).toBe(201)
       expect((await post('/api/payments/webhook', { order_id: orderIds[3], status: 'success' }, { 'idempotency-key': 'pay-late' })).body.outcome).toBe('refund_required')
 
       // The sale really was spread: more than one worker logged a hold.
-      await pollUntil(async () => logEvents([workers.server], 'hold.created').length, (count) => count >= 6, { what: 'a hold.created line per hold' })
+      await pollUntil(
+        async () => logEvents([workers.server], 'hold.created').length,
+        (count) => count >= 6,
+        { what: 'a hold.created line per hold' },
+      )
       expect(new Set(logEvents([workers.server], 'hold.created').map((line) => line.pid)).size).toBeGreaterThan(1)
 
       // Holds were granted by more than one worker, so no worker's own counter reaches 6: a

@@ -82,7 +82,11 @@ describe.skipIf(!existsSync(chromiumPath) && process.env.REQUIRE_BROWSER !== '1'
     expect(await page.locator('#board').isHidden()).toBe(true)
 
     await connect(page, 'not-the-token')
-    await pollUntil(() => page.locator('#error').isVisible(), (visible) => visible, { timeoutMs: pageTimeoutMs, what: 'the error line' })
+    await pollUntil(
+      () => page.locator('#error').isVisible(),
+      (visible) => visible,
+      { timeoutMs: pageTimeoutMs, what: 'the error line' },
+    )
     expect(await page.locator('#error').textContent()).toContain('401')
     expect(await page.locator('#board').isHidden()).toBe(true)
     expect(await page.locator('article.product').count()).toBe(0)
@@ -127,17 +131,30 @@ describe.skipIf(!existsSync(chromiumPath) && process.env.REQUIRE_BROWSER !== '1'
     // The two remaining holds lapse 5 s ago and no sweeper has run: their units already show as
     // available, and the sweeper lag says how long they have waited.
     t.clock.advanceMs(t.config.holdTtlMs + 5_000)
-    await waitForPage(() => Promise.all([productField(page, t.productId, 'sweeper_lag'), serviceTile(page, 'Sweeper lag'), productField(page, t.productId, 'available_stock')]), ['5.0 s', '5.0 s', '2'], 'the sweeper lag')
+    await waitForPage(
+      () => Promise.all([productField(page, t.productId, 'sweeper_lag'), serviceTile(page, 'Sweeper lag'), productField(page, t.productId, 'available_stock')]),
+      ['5.0 s', '5.0 s', '2'],
+      'the sweeper lag',
+    )
     expect((await t.sweep()).expiredCount).toBe(2)
-    await waitForPage(() => Promise.all([productField(page, t.productId, 'sweeper_lag'), productField(page, t.productId, 'reserved'), serviceTile(page, 'Holds expired')]), ['0.0 s', '0', '2'], 'the sweep')
+    await waitForPage(
+      () => Promise.all([productField(page, t.productId, 'sweeper_lag'), productField(page, t.productId, 'reserved'), serviceTile(page, 'Holds expired')]),
+      ['0.0 s', '0', '2'],
+      'the sweep',
+    )
 
     // The waitlist: the last 2 units held, 3 tickets wait; releasing one hold admits the first.
     const lastHolds = await Promise.all([1, 2].map(() => t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 } })))
     for (let index = 0; index < 3; index++) expect((await t.request('POST', `/api/products/${t.productId}/waitlist`, { body: { qty: 1 } })).body.status).toBe('waiting')
-    const waitlistFact = async (name: string) => (await page.locator(`article.product[data-product-id="${t.productId}"] [data-field="waitlist"] [data-name="${name}"] dd`).textContent())?.trim()
+    const waitlistFact = async (name: string) =>
+      (await page.locator(`article.product[data-product-id="${t.productId}"] [data-field="waitlist"] [data-name="${name}"] dd`).textContent())?.trim()
     await waitForPage(() => Promise.all([waitlistFact('waiting_tickets'), waitlistFact('waiting_units'), serviceTile(page, 'Waitlist admitted')]), ['3', '3', '0'], 'the waiting line')
     expect((await t.request('DELETE', `/api/holds/${lastHolds[0]!.body.hold_id}`)).status).toBe(200)
-    await waitForPage(() => Promise.all([waitlistFact('waiting_tickets'), serviceTile(page, 'Waitlist admitted'), productField(page, t.productId, 'reserved')]), ['2', '1', '2'], 'an admission')
+    await waitForPage(
+      () => Promise.all([waitlistFact('waiting_tickets'), serviceTile(page, 'Waitlist admitted'), productField(page, t.productId, 'reserved')]),
+      ['2', '1', '2'],
+      'an admission',
+    )
 
     // The token travelled only in a header: no URL the page asked for contains it.
     expect(urls.filter((url) => url.includes(testAdminToken) || url.includes('not-the-token'))).toEqual([])
@@ -152,7 +169,11 @@ describe.skipIf(!existsSync(chromiumPath) && process.env.REQUIRE_BROWSER !== '1'
     const browser = await launch()
     const { page, pageErrors } = await openDashboard(browser, t, { width: 390, height: 844 })
     await connect(page, testAdminToken)
-    await pollUntil(() => page.locator('article.product').count(), (count) => count === 2, { timeoutMs: pageTimeoutMs, what: 'two product cards' })
+    await pollUntil(
+      () => page.locator('article.product').count(),
+      (count) => count === 2,
+      { timeoutMs: pageTimeoutMs, what: 'two product cards' },
+    )
     expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390)
     const boxes = await page.locator('article.product').evaluateAll((cards) => cards.map((card) => card.getBoundingClientRect().toJSON() as DOMRect))
     expect(boxes[1]!.top).toBeGreaterThanOrEqual(boxes[0]!.bottom)

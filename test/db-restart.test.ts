@@ -101,7 +101,11 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
   const lanes = times(connections, lane)
   const granted = (after: number) => outcomes.some((outcome) => outcome.answered && outcome.reply.status === 201 && outcome.answeredAtMs >= after)
   try {
-    await pollUntil(() => outcomes.filter((outcome) => statusOf(outcome) === '201').length >= connections, (done) => done, { timeoutMs: 20_000, what: 'holds flowing before the restart' })
+    await pollUntil(
+      () => outcomes.filter((outcome) => statusOf(outcome) === '201').length >= connections,
+      (done) => done,
+      { timeoutMs: 20_000, what: 'holds flowing before the restart' },
+    )
     const phasesMs: Record<string, number> = {}
     let phaseStartMs = Date.now()
     const phase = (name: string) => {
@@ -112,7 +116,11 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
     await database.stop(mode)
     phase('stop')
     // Any outcome of a request sent after the stop (what it was, the assertions judge).
-    await pollUntil(() => outcomes.some((outcome) => outcome.startedAtMs >= stoppedAtMs), (done) => done, { timeoutMs: 30_000, what: 'an answer to a request sent while the database is away' })
+    await pollUntil(
+      () => outcomes.some((outcome) => outcome.startedAtMs >= stoppedAtMs),
+      (done) => done,
+      { timeoutMs: 30_000, what: 'an answer to a request sent while the database is away' },
+    )
     phase('first503')
     const readyWhileAway = (await request(server.baseUrl, 'GET', '/ready')).status
     phase('ready')
@@ -122,11 +130,19 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
     await database.start()
     phase('start')
     const returnedAtMs = Date.now()
-    await pollUntil(() => granted(returnedAtMs), (done) => done, { timeoutMs: recoveryMaxMs, what: 'a hold granted after the database returned' })
+    await pollUntil(
+      () => granted(returnedAtMs),
+      (done) => done,
+      { timeoutMs: recoveryMaxMs, what: 'a hold granted after the database returned' },
+    )
     const firstGrantAfterReturnMs =
       Math.min(...outcomes.filter((outcome) => outcome.answered && outcome.reply.status === 201 && outcome.answeredAtMs >= returnedAtMs).map(answeredAt)) - returnedAtMs
     let readyAfter = 0
-    await pollUntil(async () => (readyAfter = (await request(server.baseUrl, 'GET', '/ready')).status) === 200, (done) => done, { timeoutMs: recoveryMaxMs, what: '/ready 200 after the return' })
+    await pollUntil(
+      async () => (readyAfter = (await request(server.baseUrl, 'GET', '/ready')).status) === 200,
+      (done) => done,
+      { timeoutMs: recoveryMaxMs, what: '/ready 200 after the return' },
+    )
     endAtMs = Date.now() + tailMs
     await Promise.all(lanes)
     return { outcomes, stoppedAtMs, returnedAtMs, firstGrantAfterReturnMs, readyWhileAway, readyAfter, phasesMs }
@@ -191,7 +207,8 @@ for (const throwaway of throwaways) {
             )
 
             // What the server logged for anything unexpected, so a failure names its cause.
-            for (const line of server.logLines.filter((entry) => entry.includes('request.failed') || entry.includes('Unhandled'))) console.log(`[db-restart] server: ${line.slice(0, 600)}`)
+            for (const line of server.logLines.filter((entry) => entry.includes('request.failed') || entry.includes('Unhandled')))
+              console.log(`[db-restart] server: ${line.slice(0, 600)}`)
             // No process exited or was replaced: the one (or the primary and its 3 workers) lives.
             expect(server.child.exitCode).toBeNull()
             expect(server.child.signalCode).toBeNull()

@@ -30,10 +30,7 @@ interface OrderRef extends HoldRef {
   orderId: string
 }
 
-type Sent =
-  | { kind: 'hold'; qty: number }
-  | { kind: 'order'; hold: HoldRef }
-  | { kind: 'webhook'; key: string; order: OrderRef; status: 'success' | 'failed' }
+type Sent = { kind: 'hold'; qty: number } | { kind: 'order'; hold: HoldRef } | { kind: 'webhook'; key: string; order: OrderRef; status: 'success' | 'failed' }
 
 type Tracked = Outcome & { sent: Sent; serverIndex: number; startedAtMs: number }
 
@@ -99,8 +96,13 @@ async function burstWithCrash(cluster: Cluster, targets: readonly ServerProcess[
     answeredSoFar = answeredCount
   })
   expect(killedAtMs, 'the victim was killed mid-burst').toBeDefined()
-  const answeredByKind = countBy(tracked.filter((outcome) => outcome.answered), (outcome) => outcome.sent.kind)
-  console.log(`[durability] ${cluster.engine} ${targets.length} process(es): ${tracked.length} requests, answered ${JSON.stringify(answeredByKind)}, unanswered ${tracked.filter((outcome) => !outcome.answered).length}`)
+  const answeredByKind = countBy(
+    tracked.filter((outcome) => outcome.answered),
+    (outcome) => outcome.sent.kind,
+  )
+  console.log(
+    `[durability] ${cluster.engine} ${targets.length} process(es): ${tracked.length} requests, answered ${JSON.stringify(answeredByKind)}, unanswered ${tracked.filter((outcome) => !outcome.answered).length}`,
+  )
   expect(await exitOf(victim)).toEqual({ code: null, signal: 'SIGKILL' })
   // The kill cut requests that had already been sent: the crash really landed mid-burst.
   const cut = tracked.filter((outcome) => !outcome.answered && outcome.startedAtMs <= killedAtMs!)
@@ -213,7 +215,10 @@ async function burstThenSigterm(cluster: Cluster, server: ServerProcess, count: 
 async function expectDrained(cluster: Cluster, drain: Drain, holdsBefore: number): Promise<void> {
   const { outcomes, acknowledgedAfterSignal } = drain
   const answered = outcomes.filter((outcome): outcome is Outcome & { answered: true } => outcome.answered)
-  const errors = countBy(outcomes.filter((outcome) => !outcome.answered), (outcome) => (outcome.answered ? '' : outcome.error))
+  const errors = countBy(
+    outcomes.filter((outcome) => !outcome.answered),
+    (outcome) => (outcome.answered ? '' : outcome.error),
+  )
   console.log(`[drain] ${cluster.engine} ${JSON.stringify(outcomeCounts(outcomes))} ${JSON.stringify(errors)}, acknowledged after SIGTERM: ${acknowledgedAfterSignal}`)
   // Nobody is left waiting: each request is answered or refused within the drain's time.
   expect(errors.timeout ?? 0).toBe(0)
@@ -256,7 +261,11 @@ for (const engine of testEngines()) {
     it('WORKERS=2 runs two worker processes on one port and both serve holds; SIGTERM drains them: in-flight holds answered and committed, exit 0', async () => {
       const cluster = await startCluster(engine.name, { processes: 0, stock: 1_000 })
       const server = await cluster.start({ WORKERS: '2' })
-      await pollUntil(() => logEvents([server], 'server.listening').length, (count) => count >= 2, { what: 'both workers listening' })
+      await pollUntil(
+        () => logEvents([server], 'server.listening').length,
+        (count) => count >= 2,
+        { what: 'both workers listening' },
+      )
       const listening = logEvents([server], 'server.listening')
       expect(logEvents([server], 'server.started')).toEqual([expect.objectContaining({ workers: 2, pid: server.child.pid })])
       expect(listening).toHaveLength(2)
@@ -267,7 +276,11 @@ for (const engine of testEngines()) {
 
       const warmup = await Promise.all(times(100, () => request(server.baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } })))
       expect(countBy(warmup, (reply) => reply.status)).toEqual({ 201: 100 })
-      await pollUntil(() => logEvents([server], 'hold.created').length, (count) => count >= 100, { what: 'a hold.created line per hold' })
+      await pollUntil(
+        () => logEvents([server], 'hold.created').length,
+        (count) => count >= 100,
+        { what: 'a hold.created line per hold' },
+      )
       // Both workers took a share of the connections on the one port.
       expect(new Set(logEvents([server], 'hold.created').map((line) => line.pid))).toEqual(workerPids)
 

@@ -220,7 +220,11 @@ for (const engine of testEngines()) {
       // Each release is counted in the metrics as it commits; wait for all 40 there.
       const sweptBy = async (name: string) =>
         (await Promise.all([first, second].map(async (server) => metricValue((await request(server.baseUrl, 'GET', '/metrics')).text, name)))).reduce((sum, value) => sum + value, 0)
-      await pollUntil(() => sweptBy('flash_sale_sweeper_expired_total'), (count) => count >= 40, { timeoutMs: 5_000, what: 'the sweeper metrics counting 40 releases' })
+      await pollUntil(
+        () => sweptBy('flash_sale_sweeper_expired_total'),
+        (count) => count >= 40,
+        { timeoutMs: 5_000, what: 'the sweeper metrics counting 40 releases' },
+      )
       expect(await sweptBy('flash_sale_sweeper_expired_total')).toBe(40)
       expect(await sweptBy('flash_sale_events_total{event="hold.expired"}')).toBe(40)
       expect((await request(second.baseUrl, 'GET', `/api/products/${cluster.productId}`)).body).toMatchObject({ available_stock: 100, reserved: 0 })

@@ -48,7 +48,31 @@ interface FuzzRequest {
 
 // Values that break a field whatever its schema: wrong types, edges, huge and odd values.
 const hostileValue = fc.oneof(
-  fc.constantFrom(null, true, false, '5', '1', 1.5, -1, 0, [], {}, [1], { a: 1 }, 2 ** 31, 2 ** 53, -(2 ** 63), 1e308, -1e308, Number.MAX_SAFE_INTEGER + 2, '', ' ', '\u0000', 'NaN', '1e400'),
+  fc.constantFrom(
+    null,
+    true,
+    false,
+    '5',
+    '1',
+    1.5,
+    -1,
+    0,
+    [],
+    {},
+    [1],
+    { a: 1 },
+    2 ** 31,
+    2 ** 53,
+    -(2 ** 63),
+    1e308,
+    -1e308,
+    Number.MAX_SAFE_INTEGER + 2,
+    '',
+    ' ',
+    '\u0000',
+    'NaN',
+    '1e400',
+  ),
   fc.string({ unit: 'binary', maxLength: 64 }),
   fc.string({ minLength: 1_000, maxLength: 5_000 }),
   fc.integer(),
@@ -84,7 +108,9 @@ function validValue(schema: JsonSchema, name: string, known: Known): fc.Arbitrar
 }
 
 function objectOf(schema: JsonSchema, known: Known): fc.Arbitrary<Record<string, unknown>> {
-  const entries = Object.entries(schema.properties ?? {}).map(([name, inner]) => [name, fc.oneof({ weight: 8, arbitrary: validValue(inner, name, known) }, { weight: 1, arbitrary: hostileValue })] as const)
+  const entries = Object.entries(schema.properties ?? {}).map(
+    ([name, inner]) => [name, fc.oneof({ weight: 8, arbitrary: validValue(inner, name, known) }, { weight: 1, arbitrary: hostileValue })] as const,
+  )
   const required = new Set(schema.required ?? [])
   return fc
     .tuple(
@@ -93,23 +119,33 @@ function objectOf(schema: JsonSchema, known: Known): fc.Arbitrary<Record<string,
       fc.subarray([...required]),
       fc.option(fc.dictionary(fc.string({ maxLength: 12 }), hostileValue, { maxKeys: 3 }), { freq: 6 }),
     )
-    .chain(([record, dropped, extra]) =>
-      fc.constant(Object.fromEntries([...Object.entries(extra ?? {}), ...Object.entries(record)].filter(([name]) => !dropped.includes(name)))),
-    )
+    .chain(([record, dropped, extra]) => fc.constant(Object.fromEntries([...Object.entries(extra ?? {}), ...Object.entries(record)].filter(([name]) => !dropped.includes(name)))))
     .chain((record) => {
       // Fill in required fields the record left out, most of the time.
       const missing = [...required].filter((name) => !(name in record))
       if (missing.length === 0) return fc.constant(record)
-      return fc.boolean().chain((fill) =>
-        fill ? fc.tuple(...missing.map((name) => validValue(schema.properties![name]!, name, known))).map((values) => ({ ...record, ...Object.fromEntries(missing.map((name, index) => [name, values[index]])) })) : fc.constant(record),
-      )
+      return fc
+        .boolean()
+        .chain((fill) =>
+          fill
+            ? fc
+                .tuple(...missing.map((name) => validValue(schema.properties![name]!, name, known)))
+                .map((values) => ({ ...record, ...Object.fromEntries(missing.map((name, index) => [name, values[index]])) }))
+            : fc.constant(record),
+        )
     })
 }
 
 // A header value fetch will send (space, visible ASCII and Latin-1's upper half, never DEL 0x7f):
 // anything else it refuses itself, so the request would never reach the server.
 const headerText = fc
-  .string({ unit: fc.integer({ min: 0x20, max: 0xff }).filter((code) => code !== 0x7f).map((code) => String.fromCharCode(code)), maxLength: 300 })
+  .string({
+    unit: fc
+      .integer({ min: 0x20, max: 0xff })
+      .filter((code) => code !== 0x7f)
+      .map((code) => String.fromCharCode(code)),
+    maxLength: 300,
+  })
   .filter((value) => value.trim() === value)
 
 const rawBodies = fc.constantFrom(
@@ -133,10 +169,34 @@ function pathParam(known: Known, kind: string): fc.Arbitrary<string> {
   const real = kind === 'holds' ? known.holdIds : kind === 'orders' ? known.orderIds : known.productIds.map(String)
   return fc.oneof(
     { weight: 2, arbitrary: real.length ? fc.constantFrom(...real).map(encodeURIComponent) : fc.constant('1') },
-    { weight: 1, arbitrary: fc.string({ unit: 'grapheme', maxLength: 80 }).filter((value) => value.length > 0).map(encodeURIComponent) },
     {
       weight: 1,
-      arbitrary: fc.constantFrom('0', '-1', '1.5', '1e3', '0x10', '%20', '%zz', '%', '%C0%AF', '%00', '99999999999999999999999', '9007199254740993', 'NaN', '%F0%9F%98%80', 'a'.repeat(2_000), 'x'.repeat(1_025), '1%2F2'),
+      arbitrary: fc
+        .string({ unit: 'grapheme', maxLength: 80 })
+        .filter((value) => value.length > 0)
+        .map(encodeURIComponent),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(
+        '0',
+        '-1',
+        '1.5',
+        '1e3',
+        '0x10',
+        '%20',
+        '%zz',
+        '%',
+        '%C0%AF',
+        '%00',
+        '99999999999999999999999',
+        '9007199254740993',
+        'NaN',
+        '%F0%9F%98%80',
+        'a'.repeat(2_000),
+        'x'.repeat(1_025),
+        '1%2F2',
+      ),
     },
   )
 }
@@ -151,13 +211,32 @@ function requests(operation: Operation, known: Known): fc.Arbitrary<FuzzRequest>
         { weight: 1, arbitrary: fc.uint8Array({ maxLength: 64 }) },
         { weight: 1, arbitrary: fc.jsonValue().map((value) => JSON.stringify(value)) },
       )
-    : fc.option(fc.oneof(rawBodies, fc.jsonValue().map((value) => JSON.stringify(value))), { freq: 3 }).map((value) => value ?? undefined)
+    : fc
+        .option(
+          fc.oneof(
+            rawBodies,
+            fc.jsonValue().map((value) => JSON.stringify(value)),
+          ),
+          { freq: 3 },
+        )
+        .map((value) => value ?? undefined)
   const contentType = fc.option(
     fc.oneof(
       { weight: 14, arbitrary: fc.constant('application/json') },
       {
         weight: 2,
-        arbitrary: fc.constantFrom('application/json; charset=utf-8', 'application/json; charset=utf-16', 'APPLICATION/JSON', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'application/problem+json', 'application/json;;;', '*/*', 'application/json; charset=latin1'),
+        arbitrary: fc.constantFrom(
+          'application/json; charset=utf-8',
+          'application/json; charset=utf-16',
+          'APPLICATION/JSON',
+          'text/plain',
+          'application/x-www-form-urlencoded',
+          'multipart/form-data; boundary=x',
+          'application/problem+json',
+          'application/json;;;',
+          '*/*',
+          'application/json; charset=latin1',
+        ),
       },
       { weight: 1, arbitrary: headerText },
     ),
@@ -173,7 +252,9 @@ function requests(operation: Operation, known: Known): fc.Arbitrary<FuzzRequest>
     { weight: 4, arbitrary: fc.constant('valid') },
     { weight: 1, arbitrary: fc.oneof(headerText, fc.constantFrom('t=0,v1=00', 't=99999999999999999999,v1=zz', 'v1=', 't=,v1=', 't=1,t=2,v1=ab')) },
   )
-  const extraHeader = fc.option(fc.tuple(fc.constantFrom('x-request-id', 'x-forwarded-for', 'accept', 'accept-encoding', 'content-encoding', 'transfer-encoding-x'), headerText), { freq: 3 })
+  const extraHeader = fc.option(fc.tuple(fc.constantFrom('x-request-id', 'x-forwarded-for', 'accept', 'accept-encoding', 'content-encoding', 'transfer-encoding-x'), headerText), {
+    freq: 3,
+  })
   return fc.record({ path, body, contentType, authorization, idempotencyKey, signature, extraHeader }).map((parts) => {
     const headers: Record<string, string> = {}
     if (parts.contentType !== null) headers['content-type'] = parts.contentType
@@ -204,7 +285,9 @@ for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: fuzzing every route of /openapi.json`, () => {
     it(`${runsPerRoute} generated requests per route (seed ${seed}): never a 5xx, and a refused request changes nothing`, async () => {
       const t = await buildTestApp(engine.name, { stock: 50, env: { WEBHOOK_SECRET: testWebhookSecret } })
-      const document = (await t.request('GET', '/openapi.json')).body as { paths: Record<string, Record<string, { requestBody?: { content?: Record<string, { schema: JsonSchema }> } }>> }
+      const document = (await t.request('GET', '/openapi.json')).body as {
+        paths: Record<string, Record<string, { requestBody?: { content?: Record<string, { schema: JsonSchema }> } }>>
+      }
       const operations: Operation[] = Object.entries(document.paths).flatMap(([path, methods]) =>
         Object.entries(methods).map(([method, operation]) => ({ method: method.toUpperCase(), path, body: operation.requestBody?.content?.['application/json']?.schema })),
       )
@@ -225,7 +308,11 @@ for (const engine of testEngines()) {
         let before = await fingerprint(t)
         await fc.assert(
           fc.asyncProperty(requests(operation, known), async (request) => {
-            const response = await fetch(`${t.baseUrl}${request.path}`, { method: request.method, headers: request.headers, ...(request.body !== undefined ? { body: request.body as BodyInit } : {}) })
+            const response = await fetch(`${t.baseUrl}${request.path}`, {
+              method: request.method,
+              headers: request.headers,
+              ...(request.body !== undefined ? { body: request.body as BodyInit } : {}),
+            })
             const text = await response.text()
             summary[route]![response.status] = (summary[route]![response.status] ?? 0) + 1
             expect(response.status, `${route} answered ${response.status}: ${text.slice(0, 300)}`).toBeLessThan(500)

@@ -59,17 +59,59 @@ for (const engine of testEngines()) {
           hold('h-other', second, 6, nowMs - minuteMs),
         ])
         await tx.insertOrders([
-          { id: 'o-lapsed', holdId: 'h-ordered', productId: first, qty: 5, amountMinor: 6250, currency: 'USD', status: 'pending', createdAt: new Date(nowMs - 2 * minuteMs), expiresAt: new Date(nowMs - 1), paidAt: null, paymentId: null, refundRequired: false, buyerId: null },
+          {
+            id: 'o-lapsed',
+            holdId: 'h-ordered',
+            productId: first,
+            qty: 5,
+            amountMinor: 6250,
+            currency: 'USD',
+            status: 'pending',
+            createdAt: new Date(nowMs - 2 * minuteMs),
+            expiresAt: new Date(nowMs - 1),
+            paidAt: null,
+            paymentId: null,
+            refundRequired: false,
+            buyerId: null,
+          },
         ])
-        await tx.insertPaymentEvents([{
-          idempotencyKey: 'evt-1', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,
-        }, {
-          // A second success (the provider's retry under a new key) holds the same units, not twice as many.
-          idempotencyKey: 'evt-2', fingerprint: 'f', orderId: null, holdId: 'h-paid-late', status: 'success', paymentId: 'pay-1', amountMinor: null, state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs - minuteMs), processedAt: null,
-        }])
+        await tx.insertPaymentEvents([
+          {
+            idempotencyKey: 'evt-1',
+            fingerprint: 'f',
+            orderId: null,
+            holdId: 'h-paid-late',
+            status: 'success',
+            paymentId: 'pay-1',
+            amountMinor: null,
+            state: 'waiting',
+            outcome: null,
+            responseJson: null,
+            createdAt: new Date(nowMs - minuteMs),
+            processedAt: null,
+          },
+          {
+            // A second success (the provider's retry under a new key) holds the same units, not twice as many.
+            idempotencyKey: 'evt-2',
+            fingerprint: 'f',
+            orderId: null,
+            holdId: 'h-paid-late',
+            status: 'success',
+            paymentId: 'pay-1',
+            amountMinor: null,
+            state: 'waiting',
+            outcome: null,
+            responseJson: null,
+            createdAt: new Date(nowMs - minuteMs),
+            processedAt: null,
+          },
+        ])
       })
       const now = new Date(nowMs)
-      for (const [productId, lapsedQty] of [[first, 2 + 5], [second, 6]] as const) {
+      for (const [productId, lapsedQty] of [
+        [first, 2 + 5],
+        [second, 6],
+      ] as const) {
         const ordinary = toSnapshot(await snapshotQuery(db, now).where('p.id', '=', productId).executeTakeFirstOrThrow())
         expect(ordinary.lapsedQty).toBe(lapsedQty)
         expect(await hot.productSnapshot(db, productId, now)).toEqual(ordinary)
@@ -98,7 +140,10 @@ for (const engine of testEngines()) {
       const viaOrdinary = await newProduct(100)
       const updatedAt = new Date(nowMs + 5)
       // Distinct values per column: a swapped parameter would show.
-      for (const delta of [{ reserved: 7, sold: 3, stock: 11 }, { reserved: -2, sold: 1, stock: 0 }]) {
+      for (const delta of [
+        { reserved: 7, sold: 3, stock: 11 },
+        { reserved: -2, sold: 1, stock: 0 },
+      ]) {
         expect(await hot.applyProductDelta(db, viaHot, delta, updatedAt)).toBe(1)
         await productDeltaQuery(db, viaOrdinary, delta, updatedAt).execute()
       }
@@ -113,15 +158,26 @@ for (const engine of testEngines()) {
       const productId = await newProduct(100)
       for (const [round, size] of [1, 3, 1].entries()) {
         const batch = Array.from({ length: size }, (_, index) => hold(`b${round}-${index}`, productId, index + 1, nowMs + index * minuteMs))
-        await hot.insertHolds(db, batch.map((each) => ({ ...each, id: `hot-${each.id}` })))
-        await insertHoldsQuery(db, batch.map((each) => ({ ...each, id: `plain-${each.id}` }))).execute()
+        await hot.insertHolds(
+          db,
+          batch.map((each) => ({ ...each, id: `hot-${each.id}` })),
+        )
+        await insertHoldsQuery(
+          db,
+          batch.map((each) => ({ ...each, id: `plain-${each.id}` })),
+        ).execute()
       }
       const rows = await db.selectFrom('holds').selectAll().orderBy('id').execute()
       const hotRows = rows.filter((row) => row.id.startsWith('hot-')).map((row) => ({ ...row, id: row.id.slice('hot-'.length) }))
       const plainRows = rows.filter((row) => row.id.startsWith('plain-')).map((row) => ({ ...row, id: row.id.slice('plain-'.length) }))
       expect(hotRows).toHaveLength(5)
       expect(hotRows).toEqual(plainRows)
-      expect(hotRows.map(toHold).map((each) => each.qty).sort()).toEqual([1, 1, 1, 2, 3])
+      expect(
+        hotRows
+          .map(toHold)
+          .map((each) => each.qty)
+          .sort(),
+      ).toEqual([1, 1, 1, 2, 3])
     })
   })
 }

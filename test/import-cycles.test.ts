@@ -36,7 +36,10 @@ function importGraph(root: string): Map<string, string[]> {
   for (const file of files) {
     const text = readFileSync(file, 'utf8')
     const targets = [...text.matchAll(/(?:import|export)\s[^'"]*?from\s+['"](\.[^'"]+)['"]/g)].map((match) => resolve(dirname(file), match[1]!.replace(/\.js$/, '.ts')))
-    graph.set(file, targets.filter((target) => files.has(target)))
+    graph.set(
+      file,
+      targets.filter((target) => files.has(target)),
+    )
   }
   return graph
 }

@@ -19,11 +19,7 @@ const cycles = Number(process.env.KILL_CYCLES ?? 20)
 const requestsPerCycle = 48
 const concurrencyMax = 12
 
-type Op =
-  | { kind: 'hold' }
-  | { kind: 'order'; holdId: string }
-  | { kind: 'webhook'; orderId: string; key: string; status: 'success' | 'failed' }
-  | { kind: 'release'; holdId: string }
+type Op = { kind: 'hold' } | { kind: 'order'; holdId: string } | { kind: 'webhook'; orderId: string; key: string; status: 'success' | 'failed' } | { kind: 'release'; holdId: string }
 
 type Tracked = Outcome & { op: Op }
 

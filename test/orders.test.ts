@@ -108,7 +108,12 @@ for (const engine of testEngines()) {
       // Ten holds get their success before their order: each order must be created paid.
       const earlyPaid = holdIds.slice(0, 10)
       for (const [index, holdId] of earlyPaid.entries()) {
-        const early = await request(baseUrl, 'POST', '/api/payments/webhook', signedWebhook(testWebhookSecret, { hold_id: holdId, status: 'success', payment_id: `pay_${index}` }, { key: `evt-batch-${index}` }))
+        const early = await request(
+          baseUrl,
+          'POST',
+          '/api/payments/webhook',
+          signedWebhook(testWebhookSecret, { hold_id: holdId, status: 'success', payment_id: `pay_${index}` }, { key: `evt-batch-${index}` }),
+        )
         expect(early.status, early.text).toBe(202)
       }
       // Every hold ordered twice at once, the two requests side by side.
@@ -327,7 +332,9 @@ for (const engine of testEngines()) {
           expect({ holdId, ...rows.get(holdId) }).toEqual(orderId ? { holdId, status: 'converted', orders: 1 } : { holdId, status: 'expired', orders: 0 })
           expect(expiredLogged.includes(holdId)).toBe(orderId === null)
         }
-        console.log(`[expiry race] ${engine.name} ${processes} process(es): ${convertedCount} of 30 holds converted, ${expiredCount} expired, tx.retry=${logEvents(servers, 'tx.retry').length}`)
+        console.log(
+          `[expiry race] ${engine.name} ${processes} process(es): ${convertedCount} of 30 holds converted, ${expiredCount} expired, tx.retry=${logEvents(servers, 'tx.retry').length}`,
+        )
         expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
       })
     }
@@ -351,7 +358,11 @@ for (const engine of testEngines()) {
         retried = orderOn(patient, retriedHold)
         if (together) refused = orderOn(impatient, refusedHold)
         await retryConflict.collide()
-        await pollUntil(() => logEvents([patient], 'tx.retry').length, (count) => count > 0, { what: 'tx.retry in the log' })
+        await pollUntil(
+          () => logEvents([patient], 'tx.retry').length,
+          (count) => count > 0,
+          { what: 'tx.retry in the log' },
+        )
         if (together) await refused
       } finally {
         await retryConflict.release()
@@ -373,12 +384,18 @@ for (const engine of testEngines()) {
       const busy = await refused
       expectProblem(busy, 503, 'busy')
       expect(Number(busy.headers.get('retry-after'))).toBeGreaterThan(0)
-      await pollUntil(() => logEvents([impatient], 'tx.busy').length, (count) => count > 0, { what: 'tx.busy in the log' })
+      await pollUntil(
+        () => logEvents([impatient], 'tx.busy').length,
+        (count) => count > 0,
+        { what: 'tx.busy in the log' },
+      )
       expect(await cluster.runtime.store.getHold(refusedHold)).toMatchObject({ status: 'active' })
       expect(await rawQuery(engine.name, cluster.databaseUrl, `select id from orders where hold_id = '${refusedHold}'`)).toEqual([])
       // The client's retry, as Retry-After invites, is processed afresh.
       expect((await request(impatient.baseUrl, 'POST', '/api/orders', { body: { hold_id: refusedHold } })).status).toBe(201)
-      console.log(`[retries] ${engine.name} forced conflict: tx.retry=${retries.length} (default attempts, then 201), tx.busy=${logEvents([impatient], 'tx.busy').length} (TX_ATTEMPTS_MAX=1, 503)`)
+      console.log(
+        `[retries] ${engine.name} forced conflict: tx.retry=${retries.length} (default attempts, then 201), tx.busy=${logEvents([impatient], 'tx.busy').length} (TX_ATTEMPTS_MAX=1, 503)`,
+      )
       const product = await request(patient.baseUrl, 'GET', `/api/products/${cluster.productId}`)
       expect(product.body).toMatchObject({ reserved: 2, sold: 0, available_stock: 8 })
       expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })

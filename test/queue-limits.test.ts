@@ -97,7 +97,19 @@ describe('InFlightKeys limit', () => {
 })
 
 describe('ProductReader limits', () => {
-  const snapshot = (id: number): ProductSnapshot => ({ id, name: 'p', priceMinor: 1, currency: 'USD', stock: 5, reserved: 0, sold: 0, createdAt: new Date(0), lapsedQty: 0, drop: { perBuyerLimit: null, perBuyerLimitSetAt: null, saleStartsAt: null, saleEndsAt: null }, line: emptyLine })
+  const snapshot = (id: number): ProductSnapshot => ({
+    id,
+    name: 'p',
+    priceMinor: 1,
+    currency: 'USD',
+    stock: 5,
+    reserved: 0,
+    sold: 0,
+    createdAt: new Date(0),
+    lapsedQty: 0,
+    drop: { perBuyerLimit: null, perBuyerLimitSetAt: null, saleStartsAt: null, saleEndsAt: null },
+    line: emptyLine,
+  })
 
   it('refuses a waiting read past QUEUE_DEPTH_MAX and a new product past QUEUED_PRODUCTS_MAX; reads already waiting are answered', async () => {
     const query = gate()

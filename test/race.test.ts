@@ -15,7 +15,22 @@ for (const engine of testEngines()) {
     it('sells 10 units to 40 buyers through order and signed webhook, reports it exactly, audits clean and exits 0', async () => {
       const t = await buildTestApp(engine.name, { stock: 10, env: { WEBHOOK_SECRET: testWebhookSecret } })
       const result = await runCli(
-        ['race', '--url', t.baseUrl, '--product', String(t.productId), '--buyers', '40', '--concurrency', '8', '--checkout', '--admin-token', testAdminToken, '--webhook-secret', testWebhookSecret],
+        [
+          'race',
+          '--url',
+          t.baseUrl,
+          '--product',
+          String(t.productId),
+          '--buyers',
+          '40',
+          '--concurrency',
+          '8',
+          '--checkout',
+          '--admin-token',
+          testAdminToken,
+          '--webhook-secret',
+          testWebhookSecret,
+        ],
         {},
       )
       expect(result.code, result.stdout + result.stderr).toBe(0)
@@ -140,12 +155,14 @@ describe('race tool arguments', () => {
   it('takes the webhook secret from the environment unless given, and caps concurrency at the number of buyers', () => {
     const options = parseRaceArgs(['--url', 'https://shop.example/', '--product', '7', '--buyers', '3', '--concurrency', '50'], { WEBHOOK_SECRET: 'from-env' })
     expect(options).toMatchObject({ baseUrl: 'https://shop.example', productId: 7, buyers: 3, concurrency: 3, checkout: false, webhookSecret: 'from-env', maxDurationMs: 120_000 })
-    expect(parseRaceArgs(['--url', 'http://a', '--product', '1', '--buyers', '1', '--concurrency', '1', '--webhook-secret', 'flag'], { WEBHOOK_SECRET: 'env' }).webhookSecret).toBe('flag')
+    expect(parseRaceArgs(['--url', 'http://a', '--product', '1', '--buyers', '1', '--concurrency', '1', '--webhook-secret', 'flag'], { WEBHOOK_SECRET: 'env' }).webhookSecret).toBe(
+      'flag',
+    )
   })
 })
 
 describe('peakLiveUnits', () => {
-  it('counts units held at one instant by the server\'s own times: back-to-back holds never overlap, overlapping ones add up', () => {
+  it("counts units held at one instant by the server's own times: back-to-back holds never overlap, overlapping ones add up", () => {
     const sequential = [0, 1, 2, 3].map((index) => ({ qty: 1, createdAtMs: 1000 * index, untilMs: 1000 * (index + 1) }))
     expect(peakLiveUnits(sequential)).toBe(1)
     const overlapping = [...sequential, { qty: 2, createdAtMs: 1500, untilMs: Number.POSITIVE_INFINITY }]
@@ -196,7 +213,15 @@ async function fakeServer(options: { stock: number; grantAll: boolean; auditOk?:
       return json(response, 201, { hold_id: `hold_${sequence}`, product_id: 1, qty: body.qty, status: 'active', created_at: nowIso, expires_at: laterIso })
     }
     if (request.method === 'POST' && request.url === '/api/orders') {
-      return json(response, 201, { order_id: body.hold_id.replace('hold', 'ord'), hold_id: body.hold_id, qty: 1, amount: '1.00', status: 'pending', created_at: nowIso, expires_at: laterIso })
+      return json(response, 201, {
+        order_id: body.hold_id.replace('hold', 'ord'),
+        hold_id: body.hold_id,
+        qty: 1,
+        amount: '1.00',
+        status: 'pending',
+        created_at: nowIso,
+        expires_at: laterIso,
+      })
     }
     if (request.method === 'POST' && request.url === '/api/payments/webhook') {
       sold += 1
@@ -204,7 +229,11 @@ async function fakeServer(options: { stock: number; grantAll: boolean; auditOk?:
     }
     if (request.method === 'GET' && request.url === '/api/admin/audit') {
       state.auditAuthorization = request.headers.authorization
-      return json(response, 200, { ok: options.auditOk ?? true, checked_products: 1, violations: options.auditOk === false ? [{ invariant: 'I1', product_id: 1, message: 'made up' }] : [] })
+      return json(response, 200, {
+        ok: options.auditOk ?? true,
+        checked_products: 1,
+        violations: options.auditOk === false ? [{ invariant: 'I1', product_id: 1, message: 'made up' }] : [],
+      })
     }
     return json(response, 404, { status: 404, code: 'not_found' })
   }

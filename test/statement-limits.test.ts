@@ -3,7 +3,21 @@
 // on every engine's SQL; start-up refuses a batch size one over the limit, naming the variable;
 // and on a database the limit is exact: the largest statement of a full batch runs, and one row
 // more is refused by the engine itself.
-import { DummyDriver, Kysely, MysqlAdapter, MysqlIntrospector, MysqlQueryCompiler, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, SqliteAdapter, SqliteIntrospector, SqliteQueryCompiler, type CompiledQuery, type Dialect } from 'kysely'
+import {
+  DummyDriver,
+  Kysely,
+  MysqlAdapter,
+  MysqlIntrospector,
+  MysqlQueryCompiler,
+  PostgresAdapter,
+  PostgresIntrospector,
+  PostgresQueryCompiler,
+  SqliteAdapter,
+  SqliteIntrospector,
+  SqliteQueryCompiler,
+  type CompiledQuery,
+  type Dialect,
+} from 'kysely'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { loadConfig, type EngineName } from '../src/config.js'
 import type { Hold, Order, PaymentEvent, StoreTx } from '../src/domain/store.js'
@@ -12,7 +26,16 @@ import type { Engine } from '../src/store/engines/engine.js'
 import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { freeKeysShape, insertKeysShape, readKeysShape } from '../src/store/idempotency-keys.js'
-import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, KyselyTx, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from '../src/store/kysely-tx.js'
+import {
+  buyerUnitsShape,
+  holdsByIdShape,
+  insertOrdersShape,
+  insertPaymentEventsShape,
+  KyselyTx,
+  moveStatusShape,
+  paymentEventsByKeyShape,
+  waitingPaymentEventsShape,
+} from '../src/store/kysely-tx.js'
 import type { Database } from '../src/store/schema.js'
 import { batchLimit, batchStatements, type BatchVariable } from '../src/store/statement-limits.js'
 import type { StatementShape } from '../src/store/statement-shape.js'
@@ -35,13 +58,32 @@ function compilingOnly(engine: EngineName, recorded: CompiledQuery[]): Kysely<Da
 }
 
 function holds(count: number, productId = 1, prefix = 'h'): Hold[] {
-  return Array.from({ length: count }, (_, index) => ({ id: `${prefix}${index}`, productId, qty: 1, status: 'active', expiresAt: new Date(nowMs + 60_000), createdAt: new Date(nowMs), buyerId: null }))
+  return Array.from({ length: count }, (_, index) => ({
+    id: `${prefix}${index}`,
+    productId,
+    qty: 1,
+    status: 'active',
+    expiresAt: new Date(nowMs + 60_000),
+    createdAt: new Date(nowMs),
+    buyerId: null,
+  }))
 }
 
 function orders(of: readonly Hold[]): Order[] {
   return of.map((hold) => ({
-    id: `o-${hold.id}`, holdId: hold.id, productId: hold.productId, qty: hold.qty, amountMinor: 100, currency: 'USD', status: 'pending',
-    createdAt: new Date(nowMs), expiresAt: new Date(nowMs + 60_000), paidAt: null, paymentId: null, refundRequired: false, buyerId: hold.buyerId,
+    id: `o-${hold.id}`,
+    holdId: hold.id,
+    productId: hold.productId,
+    qty: hold.qty,
+    amountMinor: 100,
+    currency: 'USD',
+    status: 'pending',
+    createdAt: new Date(nowMs),
+    expiresAt: new Date(nowMs + 60_000),
+    paidAt: null,
+    paymentId: null,
+    refundRequired: false,
+    buyerId: hold.buyerId,
   }))
 }
 
@@ -51,8 +93,18 @@ function keys(count: number): Array<{ key: string; fingerprint: string }> {
 
 function paymentEvents(of: readonly Hold[]): PaymentEvent[] {
   return of.map((hold) => ({
-    idempotencyKey: `e-${hold.id}`, fingerprint: 'f', orderId: null, holdId: hold.id, status: 'success', paymentId: null, amountMinor: null,
-    state: 'waiting', outcome: null, responseJson: null, createdAt: new Date(nowMs), processedAt: null,
+    idempotencyKey: `e-${hold.id}`,
+    fingerprint: 'f',
+    orderId: null,
+    holdId: hold.id,
+    status: 'success',
+    paymentId: null,
+    amountMinor: null,
+    state: 'waiting',
+    outcome: null,
+    responseJson: null,
+    createdAt: new Date(nowMs),
+    processedAt: null,
   }))
 }
 
@@ -70,11 +122,39 @@ const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promis
   [holdsByIdShape, (tx, rows) => tx.getHolds(holds(rows).map((hold) => hold.id))],
   // Where there is no RETURNING the rows that leave the live status are read first (a smaller
   // statement: the ids and the status), so the UPDATE is the second of two.
-  [moveStatusShape, (tx, rows) => tx.setHoldsStatus(holds(rows).map((hold) => hold.id), 'active', 'expired', new Date(nowMs)), (engine) => (engine.supportsReturning ? { at: 0, of: 1 } : { at: 1, of: 2 })],
-  [moveStatusShape, (tx, rows) => tx.setOrdersStatus(holds(rows).map((hold) => hold.id), 'pending', 'expired', new Date(nowMs)), (engine) => (engine.supportsReturning ? { at: 0, of: 1 } : { at: 1, of: 2 })],
+  [
+    moveStatusShape,
+    (tx, rows) =>
+      tx.setHoldsStatus(
+        holds(rows).map((hold) => hold.id),
+        'active',
+        'expired',
+        new Date(nowMs),
+      ),
+    (engine) => (engine.supportsReturning ? { at: 0, of: 1 } : { at: 1, of: 2 }),
+  ],
+  [
+    moveStatusShape,
+    (tx, rows) =>
+      tx.setOrdersStatus(
+        holds(rows).map((hold) => hold.id),
+        'pending',
+        'expired',
+        new Date(nowMs),
+      ),
+    (engine) => (engine.supportsReturning ? { at: 0, of: 1 } : { at: 1, of: 2 }),
+  ],
   [insertOrdersShape, (tx, rows) => tx.insertOrders(orders(holds(rows)))],
   [waitingPaymentEventsShape, (tx, rows) => tx.waitingPaymentEvents(holds(rows).map((hold) => hold.id))],
-  [buyerUnitsShape, (tx, rows) => tx.buyerUnits(1, holds(rows).map((hold) => `buyer-${hold.id}`), new Date(nowMs))],
+  [
+    buyerUnitsShape,
+    (tx, rows) =>
+      tx.buyerUnits(
+        1,
+        holds(rows).map((hold) => `buyer-${hold.id}`),
+        new Date(nowMs),
+      ),
+  ],
   [paymentEventsByKeyShape, (tx, rows) => tx.getPaymentEvents(paymentEvents(holds(rows)).map((event) => event.idempotencyKey))],
   [insertPaymentEventsShape, (tx, rows) => tx.insertPaymentEvents(paymentEvents(holds(rows)))],
 ]

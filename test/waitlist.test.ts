@@ -15,7 +15,20 @@
 import { describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { asBuyer, buyerEnv } from './helpers/buyer-tokens.js'
-import { advanceTo, createDropProduct, expectCleanAudit, expectLimitReached, expectProblemCode, holdAs, isoAt, orderAs, patchProduct, paymentOf, productOf, serverNowMs } from './helpers/drops.js'
+import {
+  advanceTo,
+  createDropProduct,
+  expectCleanAudit,
+  expectLimitReached,
+  expectProblemCode,
+  holdAs,
+  isoAt,
+  orderAs,
+  patchProduct,
+  paymentOf,
+  productOf,
+  serverNowMs,
+} from './helpers/drops.js'
 import { testEngines } from './helpers/engines.js'
 import { request, times, type Reply } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
@@ -83,7 +96,12 @@ for (const engine of testEngines()) {
       expect(admitted.hold_id).toMatch(/^hold_/)
       const hold = await request(t.baseUrl, 'GET', `/api/holds/${admitted.hold_id}`)
       expect(hold.body).toMatchObject({ status: 'active', qty: 1, product_id: t.productId, expires_at: admitted.expires_at })
-      expect(await statuses(t.baseUrl, tickets.map((ticket) => ticket.ticket_id))).toEqual(['admitted', 'waiting', 'waiting', 'waiting'])
+      expect(
+        await statuses(
+          t.baseUrl,
+          tickets.map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['admitted', 'waiting', 'waiting', 'waiting'])
       expect((await ticketOf(t.baseUrl, tickets[1].ticket_id)).position).toBe(1)
 
       // Expiry: the lapsed hold's unit reaches the line when the sweeper brings its row up to date.
@@ -91,15 +109,30 @@ for (const engine of testEngines()) {
       const cancelled = await orderAs(t.baseUrl, {}, second!)
       expect(cancelled.status).toBe(201)
       t.clock.advanceMs(30_001)
-      expect(await statuses(t.baseUrl, tickets.map((ticket) => ticket.ticket_id))).toEqual(['admitted', 'waiting', 'waiting', 'waiting'])
+      expect(
+        await statuses(
+          t.baseUrl,
+          tickets.map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['admitted', 'waiting', 'waiting', 'waiting'])
       await t.sweep()
       // `third` lapsed (and the first admission's hold too: 60 s passed); the line took both units.
-      expect(await statuses(t.baseUrl, tickets.map((ticket) => ticket.ticket_id))).toEqual(['admitted', 'admitted', 'admitted', 'waiting'])
+      expect(
+        await statuses(
+          t.baseUrl,
+          tickets.map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['admitted', 'admitted', 'admitted', 'waiting'])
       void third
 
       // Cancel: a failed payment frees the order's unit for the last ticket.
       expect((await paymentOf(t.baseUrl, cancelled.body.order_id, 'failed', 'pay-failed-1')).status).toBe(200)
-      expect(await statuses(t.baseUrl, tickets.map((ticket) => ticket.ticket_id))).toEqual(['admitted', 'admitted', 'admitted', 'admitted'])
+      expect(
+        await statuses(
+          t.baseUrl,
+          tickets.map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['admitted', 'admitted', 'admitted', 'admitted'])
 
       // An admitted hold makes an order like any other.
       const fromTicket = await orderAs(t.baseUrl, {}, (await ticketOf(t.baseUrl, tickets[3].ticket_id)).hold_id)
@@ -168,7 +201,9 @@ for (const engine of testEngines()) {
       const earlyAdmitted = admittedIndexes.filter((index) => index < 20).length
       expect(earlyAdmitted).toBeLessThanOrEqual(14)
       // The waiting ones now have positions 1..40 in the drawn order, the late ticket last.
-      const waitingPositions = (await Promise.all(presale.filter((_, index) => after[index] === 'waiting').map((ticket) => ticketOf(t.baseUrl, ticket.ticket_id)))).map((ticket) => ticket.position)
+      const waitingPositions = (await Promise.all(presale.filter((_, index) => after[index] === 'waiting').map((ticket) => ticketOf(t.baseUrl, ticket.ticket_id)))).map(
+        (ticket) => ticket.position,
+      )
       expect(waitingPositions.sort((a, b) => a - b)).toEqual(times(40, (index) => index + 1))
       expect((await ticketOf(t.baseUrl, late.ticket_id)).position).toBe(41)
       expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
@@ -257,7 +292,9 @@ for (const engine of testEngines()) {
       expect(new Set(views.map((view) => view.hold_id)).size).toBe(200)
       const admittedLogged = logEvents(servers, 'waitlist.admitted')
       const byProcess = servers.map((server) => logEvents([server], 'waitlist.admitted').length)
-      console.log(`[waitlist race] ${engine.name}: 200 tickets admitted in ${Date.now() - startedAtMs} ms, by process ${byProcess.join('/')}, tx.retry ${logEvents(servers, 'tx.retry').length}`)
+      console.log(
+        `[waitlist race] ${engine.name}: 200 tickets admitted in ${Date.now() - startedAtMs} ms, by process ${byProcess.join('/')}, tx.retry ${logEvents(servers, 'tx.retry').length}`,
+      )
       expect(admittedLogged).toHaveLength(200)
       expect(new Set(admittedLogged.map((line) => line.ticketId)).size).toBe(200)
       expect(await cluster.audit()).toMatchObject({ ok: true, violations: [] })

@@ -4,20 +4,7 @@
 // answers, the order and product as the API then reports them, and a clean audit.
 import { describe, expect, it } from 'vitest'
 import { buildTestApp, testWebhookSecret, type TestApp, type TestAppOptions } from './helpers/app.js'
-import {
-  accepted,
-  cleanAudit,
-  getOrder,
-  holdOf,
-  isReplay,
-  orderOf,
-  pendingOrder,
-  processed,
-  serverTimestampS,
-  stockOf,
-  webhook,
-  webhookEnv,
-} from './helpers/checkout.js'
+import { accepted, cleanAudit, getOrder, holdOf, isReplay, orderOf, pendingOrder, processed, serverTimestampS, stockOf, webhook, webhookEnv } from './helpers/checkout.js'
 import { stopGracefully } from './helpers/bursts.js'
 import { testEngines } from './helpers/engines.js'
 import { countBy, request, signedWebhook, times, type Reply } from './helpers/http.js'
@@ -99,7 +86,10 @@ for (const engine of testEngines()) {
         for (const [index, { orderId }] of orders.entries()) {
           const mine = calls.flatMap((call, callIndex) => (call.orderId === orderId && call.kind !== 'wrong amount' ? [replies[callIndex]!] : []))
           // Exactly one answer made the sale; the others are a replay of it or a duplicate.
-          expect(mine.filter((reply) => reply.body.outcome === 'paid' && !isReplay(reply)), `order ${index}`).toHaveLength(1)
+          expect(
+            mine.filter((reply) => reply.body.outcome === 'paid' && !isReplay(reply)),
+            `order ${index}`,
+          ).toHaveLength(1)
           if (index < 10) {
             expect(mine.map((reply) => reply.text)[0]).toBe(mine.map((reply) => reply.text)[1])
             expect(mine.filter(isReplay)).toHaveLength(1)

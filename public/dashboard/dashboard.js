@@ -10,7 +10,20 @@ const historyPointsMax = Math.ceil(historyWindowMs / refreshMs) + 10
 const retryDelayMsMax = 30_000
 // Fields the product card shows in their own place; every other field goes under "More",
 // so a field the API gains later (per-buyer limit, sale window, ...) appears without a change.
-const placedFields = new Set(['id', 'name', 'stock', 'available_stock', 'reserved', 'sold', 'holds_created', 'hold_refusals', 'refunds_required', 'sweeper_lag_seconds', 'sale_status', 'waitlist'])
+const placedFields = new Set([
+  'id',
+  'name',
+  'stock',
+  'available_stock',
+  'reserved',
+  'sold',
+  'holds_created',
+  'hold_refusals',
+  'refunds_required',
+  'sweeper_lag_seconds',
+  'sale_status',
+  'waitlist',
+])
 
 const $ = (selector, root = document) => root.querySelector(selector)
 const form = $('#token-form')

@@ -72,7 +72,12 @@ export async function runCli(argv: string[]): Promise<number> {
         return 0
       }
       case 'race':
-        return await runRace(parseRaceArgs(rest, process.env), { out: (line) => console.log(line), err: (line) => console.error(line), progressIsTty: process.stderr.isTTY === true, writeProgress: (text) => process.stderr.write(text) })
+        return await runRace(parseRaceArgs(rest, process.env), {
+          out: (line) => console.log(line),
+          err: (line) => console.error(line),
+          progressIsTty: process.stderr.isTTY === true,
+          writeProgress: (text) => process.stderr.write(text),
+        })
       default:
         console.error(usage)
         return 2

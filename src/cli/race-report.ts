@@ -68,7 +68,9 @@ export interface RunSummary {
 
 export function reportTally(tally: Tally, run: RunSummary, out: (line: string) => void): void {
   const grantedUnits = sum(tally.granted.map((grant) => grant.qty))
-  out(`holds: ${tally.granted.length} granted (${grantedUnits} units), ${tally.attempted - tally.granted.length} refused or failed, in ${run.elapsedS.toFixed(2)} s (${(tally.attempted / Math.max(run.elapsedS, 0.001)).toFixed(0)} requests/s)`)
+  out(
+    `holds: ${tally.granted.length} granted (${grantedUnits} units), ${tally.attempted - tally.granted.length} refused or failed, in ${run.elapsedS.toFixed(2)} s (${(tally.attempted / Math.max(run.elapsedS, 0.001)).toFixed(0)} requests/s)`,
+  )
   if (run.stoppedAtDeadline) out(`stopped at the ${run.maxDurationMs / 1000} s limit: ${run.buyers - tally.attempted} buyers not tried`)
   for (const [code, count] of sortedEntries(tally.refusals)) out(`  refused ${code}: ${count}`)
   out(`hold latency ms: ${percentiles(tally.holdLatenciesMs)}`)
@@ -90,7 +92,8 @@ export function oversellFailures(before: Counts, after: Counts | undefined, tall
   const unitsLimit = unitsLimitOf(before)
   const failures: string[] = []
   if (after) {
-    if (after.available < 0 || after.reserved < 0 || after.sold < 0 || after.reserved + after.sold > after.stock) failures.push(`the product's counts break stock - reserved - sold >= 0 (${describeCounts(after)})`)
+    if (after.available < 0 || after.reserved < 0 || after.sold < 0 || after.reserved + after.sold > after.stock)
+      failures.push(`the product's counts break stock - reserved - sold >= 0 (${describeCounts(after)})`)
     if (after.sold - before.sold > unitsLimit) failures.push(`${after.sold - before.sold} units sold during the race, only ${unitsLimit} could be`)
   }
   const peakUnits = peakLiveUnits(tally.granted)

@@ -183,7 +183,12 @@ export async function runRace(options: RaceOptions, io: RaceIo): Promise<number>
     const paid = await send('POST', '/api/payments/webhook', payment, paymentHeaders)
     tally.checkoutLatenciesMs.push(performance.now() - checkoutStartedMs)
     if ('error' in paid || paid.status !== 200 || paid.body?.order_status !== 'paid') {
-      const code = 'error' in paid ? `error ${paid.error}` : paid.status === 200 ? `200 ${String(paid.body?.outcome ?? paid.body?.order_status)}` : `${paid.status} ${problemCode(paid.body) ?? '(no code)'}`
+      const code =
+        'error' in paid
+          ? `error ${paid.error}`
+          : paid.status === 200
+            ? `200 ${String(paid.body?.outcome ?? paid.body?.order_status)}`
+            : `${paid.status} ${problemCode(paid.body) ?? '(no code)'}`
       increment(tally.paymentRefusals, code)
       return
     }

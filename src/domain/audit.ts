@@ -55,6 +55,10 @@ export async function audit(store: Store, now: Date = new Date()): Promise<Audit
       })
     }
   }
-  for (const ticketId of facts.ticketsBadlyAdmitted) violations.push({ invariant: 'waitlist', message: `ticket ${ticketId} and its hold disagree (admitted without one hold of its product, qty and buyer, or a hold without admission)` })
+  for (const ticketId of facts.ticketsBadlyAdmitted)
+    violations.push({
+      invariant: 'waitlist',
+      message: `ticket ${ticketId} and its hold disagree (admitted without one hold of its product, qty and buyer, or a hold without admission)`,
+    })
   return { ok: violations.length === 0, checkedProducts: facts.products.length, violations }
 }

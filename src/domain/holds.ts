@@ -210,4 +210,3 @@ function reviveHold(json: string): Hold {
   const raw = JSON.parse(json) as Omit<Hold, 'expiresAt' | 'createdAt'> & { expiresAt: string; createdAt: string }
   return { ...raw, expiresAt: new Date(raw.expiresAt), createdAt: new Date(raw.createdAt) }
 }
-

@@ -100,7 +100,14 @@ async function admitOrClose(ctx: LineContext): Promise<Ticket[]> {
     await tx.insertHolds(chunk.map((ticket) => holdOfTicket(ticket, now)))
   }
   for (const ticket of admitted) {
-    events.push({ name: 'waitlist.admitted', ticketId: ticket.id, holdId: ticket.holdId, productId: ticket.productId, qty: ticket.qty, waitedMs: now.getTime() - ticket.createdAt.getTime() })
+    events.push({
+      name: 'waitlist.admitted',
+      ticketId: ticket.id,
+      holdId: ticket.holdId,
+      productId: ticket.productId,
+      qty: ticket.qty,
+      waitedMs: now.getTime() - ticket.createdAt.getTime(),
+    })
     events.push({ name: 'hold.created', holdId: ticket.holdId, productId: ticket.productId, qty: ticket.qty, source: 'waitlist' })
   }
   return admitted

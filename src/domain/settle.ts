@@ -38,7 +38,12 @@ export async function expireLapsed(ctx: SettleContext, limit: number): Promise<n
   if (orderLimit <= 0) return holds.length
   const orders = await tx.lapsedOrders(ledger.productId, now, orderLimit)
   if (orders.length > 0) {
-    const movedCount = await tx.setOrdersStatus(orders.map((order) => order.id), 'pending', 'expired', now)
+    const movedCount = await tx.setOrdersStatus(
+      orders.map((order) => order.id),
+      'pending',
+      'expired',
+      now,
+    )
     assert(movedCount === orders.length, 'lapsed orders read under the product lock are still pending')
     for (const order of orders) {
       ledger.release(order.qty)
@@ -53,14 +58,22 @@ export async function expireLapsed(ctx: SettleContext, limit: number): Promise<n
 export async function expireHolds(ctx: SettleContext, holds: readonly LapsedRow[]): Promise<void> {
   if (holds.length === 0) return
   const { tx, ledger, now, events } = ctx
-  const movedCount = await tx.setHoldsStatus(holds.map((hold) => hold.id), 'active', 'expired', now)
+  const movedCount = await tx.setHoldsStatus(
+    holds.map((hold) => hold.id),
+    'active',
+    'expired',
+    now,
+  )
   // The product lock makes the rows read before stable, so every one of them must have moved.
   assert(movedCount === holds.length, 'lapsed holds read under the product lock are still active')
   for (const hold of holds) {
     ledger.release(hold.qty)
     events.push({ name: 'hold.expired', holdId: hold.id, productId: hold.productId, qty: hold.qty })
   }
-  await settleWaitingPayments(ctx, holds.map((hold) => ({ ...hold, status: 'expired' as const })))
+  await settleWaitingPayments(
+    ctx,
+    holds.map((hold) => ({ ...hold, status: 'expired' as const })),
+  )
 }
 
 // True when qty units can be taken now, after reclaiming lapsed rows if they are short.
@@ -120,13 +133,7 @@ export interface AppliedPayment {
 // Applies one payment to a hold whose order may not exist. With an order, it is applied to the
 // order; without one (the hold expired or was released first), a success is a late payment that
 // creates the order: paid if the units can still be had, else marked refund_required.
-export async function applyPaymentToHold(
-  ctx: SettleContext,
-  hold: HoldLike,
-  order: Order | null,
-  event: PaymentEvent,
-  reclaim: boolean,
-): Promise<AppliedPayment> {
+export async function applyPaymentToHold(ctx: SettleContext, hold: HoldLike, order: Order | null, event: PaymentEvent, reclaim: boolean): Promise<AppliedPayment> {
   if (order) return applyPaymentToOrder(ctx, order, event, reclaim)
   assert(hold.status !== 'active' && hold.status !== 'converted', 'a payment settles on a hold without an order only once the hold has ended')
   if (event.status === 'failed') {

@@ -66,7 +66,11 @@ export function judgeJoins(ledger: ProductLedger, requests: readonly JoinRequest
   const unitsOf = new Map(judging.buyerUnits)
   return requests.map((request, index) => {
     const buyerId = request.buyerId ?? null
-    const refuse = (error: DomainError): Verdict<Ticket> => ({ ok: false, error, events: [{ name: 'waitlist.rejected', productId: request.productId, qty: request.qty, reason: error.code }] })
+    const refuse = (error: DomainError): Verdict<Ticket> => ({
+      ok: false,
+      error,
+      events: [{ name: 'waitlist.rejected', productId: request.productId, qty: request.qty, reason: error.code }],
+    })
     if (phase === 'ended') return refuse(new DomainError('sale_ended', { sale_ends_at: judging.drop.saleEndsAt?.toISOString() ?? null }))
     let buyerUnits = 0
     if (perBuyerLimit !== null) {
@@ -200,7 +204,13 @@ export class Waitlist {
       const isAdmitted = admitted.has(ticket.id)
       const status: TicketStatus = isAdmitted ? 'admitted' : closed ? 'closed' : 'waiting'
       const hold = isAdmitted ? holdOfTicket(ticket, now) : null
-      const view: TicketView = { ticket: { ...ticket, status, endedAt: status === 'waiting' ? null : now }, status, position: status === 'waiting' ? positionOf.get(ticket.id)! : null, hold, phase }
+      const view: TicketView = {
+        ticket: { ...ticket, status, endedAt: status === 'waiting' ? null : now },
+        status,
+        position: status === 'waiting' ? positionOf.get(ticket.id)! : null,
+        hold,
+        phase,
+      }
       return { ok: true, answer: view, events: verdict.events }
     })
   }

@@ -96,10 +96,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     requestLogContext.run(request.log, done)
   })
   app.addHook('onResponse', async (request, reply) => {
-    metrics.requestDuration.observe(
-      { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(reply.statusCode) },
-      reply.elapsedTime / 1000,
-    )
+    metrics.requestDuration.observe({ method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(reply.statusCode) }, reply.elapsedTime / 1000)
   })
 
   await app.register(fastifyRateLimit, {

@@ -48,7 +48,10 @@ export async function sweepOnce(store: Store, observer: Observer, now: Date, bat
 
 // Passes until one finds less than a full batch: the sweeper keeps up with any rate of lapsing
 // holds (SPEC §4), in transactions no bigger than one pass, and stops between passes on close.
-export async function sweepUntilCaughtUp(options: { store: Store; observer: Observer; clock: Clock; batchMax: number; stopped?: () => boolean }, onPass?: (result: SweepResult) => void): Promise<number> {
+export async function sweepUntilCaughtUp(
+  options: { store: Store; observer: Observer; clock: Clock; batchMax: number; stopped?: () => boolean },
+  onPass?: (result: SweepResult) => void,
+): Promise<number> {
   let passCount = 0
   for (;;) {
     const result = await sweepOnce(options.store, options.observer, options.clock.now(), options.batchMax)

@@ -22,7 +22,12 @@ export class Metrics {
   readonly txBusy = new Counter({ name: 'flash_sale_tx_busy_total', help: 'Transactions that exhausted their retries (503 busy)', labelNames: ['label'], registers: [this.registry] })
   readonly replays = new Counter({ name: 'flash_sale_idempotent_replays_total', help: 'Answers replayed for an idempotency key', labelNames: ['scope'], registers: [this.registry] })
   readonly rateLimited = new Counter({ name: 'flash_sale_rate_limited_total', help: 'Requests refused by a rate limit', labelNames: ['route'], registers: [this.registry] })
-  readonly refundRequired = new Counter({ name: 'flash_sale_refund_required_total', help: 'Late payments that could not be honoured: refund them', labelNames: ['product_id'], registers: [this.registry] })
+  readonly refundRequired = new Counter({
+    name: 'flash_sale_refund_required_total',
+    help: 'Late payments that could not be honoured: refund them',
+    labelNames: ['product_id'],
+    registers: [this.registry],
+  })
   readonly sweepExpired = new Counter({ name: 'flash_sale_sweeper_expired_total', help: 'Holds and orders expired by the sweeper', registers: [this.registry] })
   // Logged at most once per interval (throttle.ts); counted here every time.
   readonly sweepFailures = new Counter({ name: 'flash_sale_sweep_failures_total', help: 'Sweep passes that failed (database away)', registers: [this.registry] })

@@ -269,13 +269,33 @@ export class KyselyStore implements Store {
       .selectFrom('products as p')
       .select(['p.id', 'p.stock', 'p.reserved', 'p.sold'])
       .select((eb) => [
-        eb.selectFrom('holds as h').select(sql<number>`coalesce(sum(h.qty), 0)`.as('q')).whereRef('h.product_id', '=', 'p.id').where('h.status', '=', 'active').as('active_hold_qty'),
-        eb.selectFrom('orders as o').select(sql<number>`coalesce(sum(o.qty), 0)`.as('q')).whereRef('o.product_id', '=', 'p.id').where('o.status', '=', 'pending').as('pending_order_qty'),
-        eb.selectFrom('orders as o').select(sql<number>`coalesce(sum(o.qty), 0)`.as('q')).whereRef('o.product_id', '=', 'p.id').where('o.status', '=', 'paid').as('paid_order_qty'),
+        eb
+          .selectFrom('holds as h')
+          .select(sql<number>`coalesce(sum(h.qty), 0)`.as('q'))
+          .whereRef('h.product_id', '=', 'p.id')
+          .where('h.status', '=', 'active')
+          .as('active_hold_qty'),
+        eb
+          .selectFrom('orders as o')
+          .select(sql<number>`coalesce(sum(o.qty), 0)`.as('q'))
+          .whereRef('o.product_id', '=', 'p.id')
+          .where('o.status', '=', 'pending')
+          .as('pending_order_qty'),
+        eb
+          .selectFrom('orders as o')
+          .select(sql<number>`coalesce(sum(o.qty), 0)`.as('q'))
+          .whereRef('o.product_id', '=', 'p.id')
+          .where('o.status', '=', 'paid')
+          .as('paid_order_qty'),
       ])
       .orderBy('p.id')
       .execute()
-    const holdsWithManyOrders = await this.db.selectFrom('orders').select('hold_id').groupBy('hold_id').having(sql`count(*)`, '>', 1).execute()
+    const holdsWithManyOrders = await this.db
+      .selectFrom('orders')
+      .select('hold_id')
+      .groupBy('hold_id')
+      .having(sql`count(*)`, '>', 1)
+      .execute()
     const convertedHoldsWithoutOrder = await this.db
       .selectFrom('holds as h')
       .leftJoin('orders as o', 'o.hold_id', 'h.id')
@@ -314,7 +334,10 @@ export class KyselyStore implements Store {
   }
 
   async countProducts(): Promise<number> {
-    const row = await this.db.selectFrom('products').select(sql<number>`count(*)`.as('n')).executeTakeFirstOrThrow()
+    const row = await this.db
+      .selectFrom('products')
+      .select(sql<number>`count(*)`.as('n'))
+      .executeTakeFirstOrThrow()
     return Number(row.n)
   }
 

@@ -101,8 +101,18 @@ export async function lineAudit(db: Db): Promise<{ lines: LineAuditRow[]; ticket
     .selectFrom('products as p')
     .select(['p.id', 'p.waiting_qty', 'p.waiting_tickets'])
     .select((eb) => [
-      eb.selectFrom('waitlist_tickets as t').select(sql<number>`coalesce(sum(t.qty), 0)`.as('q')).whereRef('t.product_id', '=', 'p.id').where('t.status', '=', 'waiting').as('ticket_waiting_qty'),
-      eb.selectFrom('waitlist_tickets as t').select(sql<number>`count(*)`.as('n')).whereRef('t.product_id', '=', 'p.id').where('t.status', '=', 'waiting').as('ticket_waiting_count'),
+      eb
+        .selectFrom('waitlist_tickets as t')
+        .select(sql<number>`coalesce(sum(t.qty), 0)`.as('q'))
+        .whereRef('t.product_id', '=', 'p.id')
+        .where('t.status', '=', 'waiting')
+        .as('ticket_waiting_qty'),
+      eb
+        .selectFrom('waitlist_tickets as t')
+        .select(sql<number>`count(*)`.as('n'))
+        .whereRef('t.product_id', '=', 'p.id')
+        .where('t.status', '=', 'waiting')
+        .as('ticket_waiting_count'),
     ])
     .orderBy('p.id')
     .execute()

@@ -56,7 +56,10 @@ export async function badTokens(nowMs: number = Date.now()): Promise<BadToken[]>
   const valid = await buyerToken('alice', { nowMs })
   const [header, , signature] = valid.split('.')
   const forgedPayload = Buffer.from(JSON.stringify({ sub: 'mallory', iat: nowS, exp: nowS + defaultTtlS })).toString('base64url')
-  const unsigned = new UnsecuredJWT({ sub: 'alice' }).setIssuedAt(nowS).setExpirationTime(nowS + defaultTtlS).encode()
+  const unsigned = new UnsecuredJWT({ sub: 'alice' })
+    .setIssuedAt(nowS)
+    .setExpirationTime(nowS + defaultTtlS)
+    .encode()
   const shapes: Array<[string, string]> = [
     ['garbage', 'not-a-jwt'],
     ['three segments of garbage', 'aaaa.bbbb.cccc'],

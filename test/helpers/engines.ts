@@ -64,8 +64,6 @@ export async function freshDatabase(engine: EngineName): Promise<FreshDatabase> 
   return { url: url.toString(), drop: () => withMysql(adminUrl, (connection) => connection.query(`drop database if exists ${database}`)).then(() => undefined) }
 }
 
-
-
 // Runs raw SQL on a test database (to corrupt a row for the audit test, or read rows directly).
 export async function rawQuery(engine: EngineName, url: string, text: string): Promise<unknown[]> {
   if (engine === 'postgres') {

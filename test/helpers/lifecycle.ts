@@ -6,11 +6,7 @@ import { runToExit, type ExitResult } from './servers.js'
 
 // Polls until `done` accepts what `read` returns; fails after timeoutMs naming the last value,
 // so a service that never gets there fails the test instead of hanging it.
-export async function pollUntil<T>(
-  read: () => T | Promise<T>,
-  done: (value: T) => boolean,
-  options: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
-): Promise<T> {
+export async function pollUntil<T>(read: () => T | Promise<T>, done: (value: T) => boolean, options: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<T> {
   const { timeoutMs = 15_000, intervalMs = 25, what = 'condition' } = options
   const deadlineMs = Date.now() + timeoutMs
   for (;;) {

@@ -42,7 +42,10 @@ process.once('exit', () => {
 
 // `node <args>` from the repository root with exactly `env`, stdout and stderr piped.
 function spawnNode(args: readonly string[], env: NodeJS.ProcessEnv): ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream } {
-  const child = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] }) as ChildProcess & { stdout: NodeJS.ReadableStream; stderr: NodeJS.ReadableStream }
+  const child = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] }) as ChildProcess & {
+    stdout: NodeJS.ReadableStream
+    stderr: NodeJS.ReadableStream
+  }
   liveChildren.add(child)
   child.once('exit', () => liveChildren.delete(child))
   return child

@@ -65,7 +65,9 @@ process.once('exit', () => {
 function postgresBinDir(): string | undefined {
   const root = '/usr/lib/postgresql'
   if (!existsSync(root)) return undefined
-  const versions = readdirSync(root).filter((name) => existsSync(join(root, name, 'bin', 'pg_ctl'))).sort((a, b) => Number(b) - Number(a))
+  const versions = readdirSync(root)
+    .filter((name) => existsSync(join(root, name, 'bin', 'pg_ctl')))
+    .sort((a, b) => Number(b) - Number(a))
   return versions[0] ? join(root, versions[0], 'bin') : undefined
 }
 
@@ -153,7 +155,11 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
     await destroy()
     throw error
   }
-  const reachable = () => probe('postgres').then(() => true, () => false)
+  const reachable = () =>
+    probe('postgres').then(
+      () => true,
+      () => false,
+    )
   return { engine: 'postgres', url, port, stop, start, destroy, reachable }
 }
 
@@ -162,7 +168,9 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
   const dataDir = join(dir, 'data')
   const port = await freePort()
   const key = `mysql:${dir}`
-  await execFileAsync('mariadb-install-db', ['--no-defaults', `--datadir=${dataDir}`, '--auth-root-authentication-method=normal', '--user=root', '--skip-test-db'], { timeout: startTimeoutMs })
+  await execFileAsync('mariadb-install-db', ['--no-defaults', `--datadir=${dataDir}`, '--auth-root-authentication-method=normal', '--user=root', '--skip-test-db'], {
+    timeout: startTimeoutMs,
+  })
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
   const url = `mysql://root@127.0.0.1:${port}/test`
@@ -223,6 +231,10 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
     await destroy()
     throw error
   }
-  const reachable = () => probe().then(() => true, () => false)
+  const reachable = () =>
+    probe().then(
+      () => true,
+      () => false,
+    )
   return { engine: 'mysql', url, port, stop, start, destroy, reachable }
 }

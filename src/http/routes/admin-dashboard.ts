@@ -69,57 +69,55 @@ export interface AdminDashboardOptions {
 }
 
 export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptions> = async (app, { store, clock, metricsSource }) => {
-  app.get(
-    '/dashboard',
-    { schema: { tags: ['admin'], security: [{ bearer: [] }], response: { 200: DashboardView, ...problemResponses([401]) } } },
-    async (_request, reply) => {
-      const now = clock.now()
-      // One more than shown, to know whether the list was cut.
-      const [snapshots, lapsed, collected] = await Promise.all([
-        store.allProductSnapshots(now, dashboardProductsMax + 1),
-        store.oldestLapsedByProduct(now, dashboardProductsMax),
-        metricsSource.collect(),
-      ])
-      const counters = new MetricIndex(collected.metrics)
-      const lagByProduct = new Map(lapsed.map(({ productId, oldestLapsedAt }) => [productId, lagSeconds(now, oldestLapsedAt)]))
-      const products = snapshots.slice(0, dashboardProductsMax).map((snapshot) => {
-        const productId = String(snapshot.id)
-        return {
-          ...presentProduct(viewOf(snapshot, now)),
-          holds_created: counters.sum('flash_sale_product_holds_created_total', { product_id: productId }),
-          hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', { product_id: productId }),
-          refunds_required: counters.sum('flash_sale_refund_required_total', { product_id: productId }),
-          sweeper_lag_seconds: lagByProduct.get(snapshot.id) ?? 0,
-          // Shown once anybody has joined the product's line.
-          ...(snapshot.line.joined > 0 ? { waitlist: { waiting_tickets: snapshot.line.waitingTickets, waiting_units: snapshot.line.waitingQty, tickets_taken: snapshot.line.joined } } : {}),
-        }
-      })
-      reply.header('cache-control', 'no-store')
+  app.get('/dashboard', { schema: { tags: ['admin'], security: [{ bearer: [] }], response: { 200: DashboardView, ...problemResponses([401]) } } }, async (_request, reply) => {
+    const now = clock.now()
+    // One more than shown, to know whether the list was cut.
+    const [snapshots, lapsed, collected] = await Promise.all([
+      store.allProductSnapshots(now, dashboardProductsMax + 1),
+      store.oldestLapsedByProduct(now, dashboardProductsMax),
+      metricsSource.collect(),
+    ])
+    const counters = new MetricIndex(collected.metrics)
+    const lagByProduct = new Map(lapsed.map(({ productId, oldestLapsedAt }) => [productId, lagSeconds(now, oldestLapsedAt)]))
+    const products = snapshots.slice(0, dashboardProductsMax).map((snapshot) => {
+      const productId = String(snapshot.id)
       return {
-        generated_at: now.toISOString(),
-        generated_at_ms: now.getTime(),
-        processes: collected.processes,
-        sweeper_lag_seconds: Math.max(0, ...lagByProduct.values()),
-        totals: {
-          holds_created: counters.sum('flash_sale_events_total', { event: 'hold.created' }),
-          hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', {}),
-          refunds_required: counters.sum('flash_sale_refund_required_total', {}),
-          payments_applied: counters.sum('flash_sale_events_total', { event: 'payment.applied' }),
-          payments_early: counters.sum('flash_sale_events_total', { event: 'payment.early' }),
-          holds_expired: counters.sum('flash_sale_events_total', { event: 'hold.expired' }),
-          orders_expired: counters.sum('flash_sale_events_total', { event: 'order.expired' }),
-          tx_retries: counters.sum('flash_sale_tx_retries_total', {}),
-          tx_busy: counters.sum('flash_sale_tx_busy_total', {}),
-          rate_limited: counters.sum('flash_sale_rate_limited_total', {}),
-          idempotent_replays: counters.sum('flash_sale_idempotent_replays_total', {}),
-          waitlist_joined: counters.sum('flash_sale_events_total', { event: 'waitlist.joined' }),
-          waitlist_admitted: counters.sum('flash_sale_events_total', { event: 'waitlist.admitted' }),
-        },
-        products,
-        products_truncated: snapshots.length > dashboardProductsMax,
+        ...presentProduct(viewOf(snapshot, now)),
+        holds_created: counters.sum('flash_sale_product_holds_created_total', { product_id: productId }),
+        hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', { product_id: productId }),
+        refunds_required: counters.sum('flash_sale_refund_required_total', { product_id: productId }),
+        sweeper_lag_seconds: lagByProduct.get(snapshot.id) ?? 0,
+        // Shown once anybody has joined the product's line.
+        ...(snapshot.line.joined > 0
+          ? { waitlist: { waiting_tickets: snapshot.line.waitingTickets, waiting_units: snapshot.line.waitingQty, tickets_taken: snapshot.line.joined } }
+          : {}),
       }
-    },
-  )
+    })
+    reply.header('cache-control', 'no-store')
+    return {
+      generated_at: now.toISOString(),
+      generated_at_ms: now.getTime(),
+      processes: collected.processes,
+      sweeper_lag_seconds: Math.max(0, ...lagByProduct.values()),
+      totals: {
+        holds_created: counters.sum('flash_sale_events_total', { event: 'hold.created' }),
+        hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', {}),
+        refunds_required: counters.sum('flash_sale_refund_required_total', {}),
+        payments_applied: counters.sum('flash_sale_events_total', { event: 'payment.applied' }),
+        payments_early: counters.sum('flash_sale_events_total', { event: 'payment.early' }),
+        holds_expired: counters.sum('flash_sale_events_total', { event: 'hold.expired' }),
+        orders_expired: counters.sum('flash_sale_events_total', { event: 'order.expired' }),
+        tx_retries: counters.sum('flash_sale_tx_retries_total', {}),
+        tx_busy: counters.sum('flash_sale_tx_busy_total', {}),
+        rate_limited: counters.sum('flash_sale_rate_limited_total', {}),
+        idempotent_replays: counters.sum('flash_sale_idempotent_replays_total', {}),
+        waitlist_joined: counters.sum('flash_sale_events_total', { event: 'waitlist.joined' }),
+        waitlist_admitted: counters.sum('flash_sale_events_total', { event: 'waitlist.admitted' }),
+      },
+      products,
+      products_truncated: snapshots.length > dashboardProductsMax,
+    }
+  })
 }
 
 type Labels = Record<string, string>

@@ -39,7 +39,12 @@ export function parseInstant(text: string): Date | undefined {
   const wall = new Date(Date.UTC(year, month - 1, day, hour, minute, second, ms))
   // Date.UTC rolls 30 February over into March: a date that does not round-trip does not exist.
   const roundTrips =
-    wall.getUTCFullYear() === year && wall.getUTCMonth() === month - 1 && wall.getUTCDate() === day && wall.getUTCHours() === hour && wall.getUTCMinutes() === minute && wall.getUTCSeconds() === second
+    wall.getUTCFullYear() === year &&
+    wall.getUTCMonth() === month - 1 &&
+    wall.getUTCDate() === day &&
+    wall.getUTCHours() === hour &&
+    wall.getUTCMinutes() === minute &&
+    wall.getUTCSeconds() === second
   return roundTrips ? new Date(wall.getTime() - offsetMin * 60_000) : undefined
 }
 
@@ -62,7 +67,8 @@ function dropChangesOf(body: DropFields, config: Config): DropChanges {
   const changes: DropChanges = {}
   if (body.per_buyer_limit !== undefined) {
     // Without a secret no request can name a buyer, so a limit could only refuse everyone.
-    if (body.per_buyer_limit !== null && !config.buyerTokenSecret) errors.push({ field: 'per_buyer_limit', message: 'needs BUYER_TOKEN_SECRET to be set: without it the service takes no buyers' })
+    if (body.per_buyer_limit !== null && !config.buyerTokenSecret)
+      errors.push({ field: 'per_buyer_limit', message: 'needs BUYER_TOKEN_SECRET to be set: without it the service takes no buyers' })
     changes.perBuyerLimit = body.per_buyer_limit
   }
   const saleStartsAt = instant('sale_starts_at')
@@ -89,10 +95,14 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
     async (request, reply) => {
       const { name, price, stock } = request.body
       const currency = request.body.currency ?? 'USD'
-      if (!isSupportedCurrency(currency)) throw new DomainError('validation_failed', { errors: [{ field: 'currency', message: 'is not an ISO 4217 currency' }], invalid_fields: ['currency'] })
+      if (!isSupportedCurrency(currency))
+        throw new DomainError('validation_failed', { errors: [{ field: 'currency', message: 'is not an ISO 4217 currency' }], invalid_fields: ['currency'] })
       const priceMinor = parseAmountMinor(price, currency)
       if (priceMinor === undefined) {
-        throw new DomainError('validation_failed', { errors: [{ field: 'price', message: `must be a non-negative amount with at most the decimals of ${currency}` }], invalid_fields: ['price'] })
+        throw new DomainError('validation_failed', {
+          errors: [{ field: 'price', message: `must be a non-negative amount with at most the decimals of ${currency}` }],
+          invalid_fields: ['price'],
+        })
       }
       const product = await services.catalog.create({ name, priceMinor, currency, stock, drop: dropChangesOf(request.body, config) })
       return reply.code(201).send(presentProduct(product))
@@ -108,7 +118,10 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
       const addStock = request.body.add_stock
       const drop = dropChangesOf(request.body, config)
       if (addStock === undefined && Object.keys(drop).length === 0) {
-        throw new DomainError('validation_failed', { errors: [{ field: 'add_stock', message: "must have required property 'add_stock' (or a drop setting)" }], invalid_fields: ['add_stock'] })
+        throw new DomainError('validation_failed', {
+          errors: [{ field: 'add_stock', message: "must have required property 'add_stock' (or a drop setting)" }],
+          invalid_fields: ['add_stock'],
+        })
       }
       return presentProduct(await services.catalog.update(productId, addStock === undefined ? { drop } : { addStock, drop }))
     },

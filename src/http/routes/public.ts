@@ -7,19 +7,7 @@ import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
 import { parseProductId } from '../../domain/ids.js'
 import { presentHold, presentOrder, presentPayment, presentProduct } from '../present.js'
-import {
-  HoldView,
-  OrderBody,
-  OrderView,
-  ProductParams,
-  ProductView,
-  ResourceParams,
-  WebhookAnswer,
-  WebhookBody,
-  holdBody,
-  problemResponses,
-  type HoldBody,
-} from '../schemas/index.js'
+import { HoldView, OrderBody, OrderView, ProductParams, ProductView, ResourceParams, WebhookAnswer, WebhookBody, holdBody, problemResponses, type HoldBody } from '../schemas/index.js'
 import type { HoldRequest } from '../../domain/holds.js'
 import type { Services } from '../../domain/services.js'
 import type { Metrics } from '../../observability/metrics.js'

@@ -71,7 +71,12 @@ export const stripeRoutes: FastifyPluginAsyncTypebox<StripeRoutesOptions> = asyn
       const { payment } = translation
       // The amount in the event's own currency; the use case refuses a currency that is not the
       // order's before it reads the amount.
-      const amount = payment.amountMinor === null ? null : payment.currency && isSupportedCurrency(payment.currency) ? formatAmount(payment.amountMinor, payment.currency) : String(payment.amountMinor)
+      const amount =
+        payment.amountMinor === null
+          ? null
+          : payment.currency && isSupportedCurrency(payment.currency)
+            ? formatAmount(payment.amountMinor, payment.currency)
+            : String(payment.amountMinor)
       const answer = await services.payments.receive({
         idempotencyKey: payment.idempotencyKey,
         orderId: payment.orderId,

@@ -7,7 +7,10 @@ export const Problem = Type.Object(
     type: Type.String(),
     title: Type.String(),
     status: Type.Integer(),
-    code: Type.Union(errorCodes.map((code) => Type.Literal(code)), { description: 'Stable machine-readable error code' }),
+    code: Type.Union(
+      errorCodes.map((code) => Type.Literal(code)),
+      { description: 'Stable machine-readable error code' },
+    ),
   },
   { $id: 'Problem', additionalProperties: true },
 )
@@ -77,7 +80,9 @@ export const TicketView = Type.Object(
     product_id: Type.Integer(),
     qty: Type.Integer(),
     status: Type.Union([Type.Literal('waiting'), Type.Literal('admitted'), Type.Literal('closed'), Type.Literal('left')]),
-    position: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: '1 = next; null unless waiting. Before the sale starts: join order (the draw at the start decides)' }),
+    position: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], {
+      description: '1 = next; null unless waiting. Before the sale starts: join order (the draw at the start decides)',
+    }),
     created_at: Type.String({ format: 'date-time' }),
     buyer_id: Type.Union([Type.String(), Type.Null()]),
     hold_id: Type.Union([Type.String(), Type.Null()], { description: 'The hold the ticket became (admitted only)' }),
@@ -134,7 +139,9 @@ export const WebhookAnswer = Type.Object(
 
 // Drop settings (SPEC §8): null clears one. Instants are checked further in the admin route
 // (a real calendar instant with a zone), so the field is named whatever is wrong with it.
-const perBuyerLimit = Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000_000 }), Type.Null()], { description: 'Units one buyer may hold, have pending and have bought; null: no limit' })
+const perBuyerLimit = Type.Union([Type.Integer({ minimum: 1, maximum: 1_000_000_000 }), Type.Null()], {
+  description: 'Units one buyer may hold, have pending and have bought; null: no limit',
+})
 const saleInstant = Type.Union([Type.String({ maxLength: 64, examples: ['2030-01-01T10:00:00Z'] }), Type.Null()], { description: 'ISO 8601 instant with a zone; null: unset' })
 const dropSettingsFields = {
   per_buyer_limit: Type.Optional(perBuyerLimit),

@@ -86,5 +86,7 @@ export function isConnectionError(error: unknown): boolean {
   const message = error instanceof Error ? error.message : ''
   // pg-pool's connect timeout (a restarting server slow to accept connections) and a client
   // whose socket already broke are the database being away too: 503, not 500.
-  return /Connection terminated|connection is closed|Pool is closed|Cannot enqueue|driver has already been destroyed|database connection is not open|timeout exceeded when trying to connect|not queryable/i.test(message)
+  return /Connection terminated|connection is closed|Pool is closed|Cannot enqueue|driver has already been destroyed|database connection is not open|timeout exceeded when trying to connect|not queryable/i.test(
+    message,
+  )
 }

@@ -50,4 +50,3 @@ export const mysqlEngine: Engine = {
     })
   },
 }
-

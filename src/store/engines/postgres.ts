@@ -26,8 +26,7 @@ export const postgresEngine: Engine = {
     `insert into ${table} (${columns.map((column) => column.name).join(', ')}) ` +
     `select * from unnest(${columns.map((column, index) => `$${index + 1}::${column.type}[]`).join(', ')})`,
   rowsByKeyArraySql: (table, fixedColumn, arrayColumn) =>
-    `select t.* from unnest($2::${arrayColumn.type}[]) as u(v) cross join lateral ` +
-    `(select * from ${table} where ${fixedColumn} = $1 and ${arrayColumn.name} = u.v offset 0) as t`,
+    `select t.* from unnest($2::${arrayColumn.type}[]) as u(v) cross join lateral ` + `(select * from ${table} where ${fixedColumn} = $1 and ${arrayColumn.name} = u.v offset 0) as t`,
   // READ COMMITTED with row locks: every transaction locks the product row first, so the
   // rows it reads afterwards are the latest committed ones.
   beginSql: 'begin',

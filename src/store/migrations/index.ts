@@ -4,8 +4,7 @@ import { bucketOfSql } from '../expiry-buckets.js'
 
 // Migrations are code, in order, never edited once released: a change is a new migration.
 function initial(engine: Engine): Migration {
-  const finish = <T extends { modifyEnd(node: ReturnType<typeof sql.raw>): T }>(builder: T): T =>
-    engine.tableOptionsSql ? builder.modifyEnd(sql.raw(engine.tableOptionsSql)) : builder
+  const finish = <T extends { modifyEnd(node: ReturnType<typeof sql.raw>): T }>(builder: T): T => (engine.tableOptionsSql ? builder.modifyEnd(sql.raw(engine.tableOptionsSql)) : builder)
   return {
     async up(db: Kysely<unknown>) {
       const idType = 'varchar(40)'
@@ -115,7 +114,10 @@ function seedProduct(seed: SeedProduct | undefined): Migration {
   return {
     async up(db: Kysely<any>) {
       if (!seed || seed.stock <= 0) return
-      const existing = await db.selectFrom('products').select(sql<number>`count(*)`.as('n')).executeTakeFirstOrThrow()
+      const existing = await db
+        .selectFrom('products')
+        .select(sql<number>`count(*)`.as('n'))
+        .executeTakeFirstOrThrow()
       if (Number(existing.n) > 0) return
       const nowMs = Date.now()
       await db
@@ -172,7 +174,12 @@ function expiryBuckets(engine: Engine): Migration {
       await db
         .insertInto('expiry_buckets')
         .columns(['product_id', 'bucket', 'qty'])
-        .expression(db.selectFrom(live.as('u')).select(['u.product_id', 'u.bucket', sql<number>`sum(u.qty)`.as('qty')]).groupBy(['u.product_id', 'u.bucket']))
+        .expression(
+          db
+            .selectFrom(live.as('u'))
+            .select(['u.product_id', 'u.bucket', sql<number>`sum(u.qty)`.as('qty')])
+            .groupBy(['u.product_id', 'u.bucket']),
+        )
         .execute()
       await db.schema.createIndex('payment_events_waiting_idx').on('payment_events').columns(['state', 'status', 'hold_id']).execute()
     },
@@ -186,9 +193,18 @@ function expiryBuckets(engine: Engine): Migration {
 function waitlist(engine: Engine): Migration {
   return {
     async up(db: Kysely<unknown>) {
-      await db.schema.alterTable('products').addColumn('waiting_qty', 'integer', (column) => column.notNull().defaultTo(0)).execute()
-      await db.schema.alterTable('products').addColumn('waiting_tickets', 'integer', (column) => column.notNull().defaultTo(0)).execute()
-      await db.schema.alterTable('products').addColumn('waitlist_joined', 'bigint', (column) => column.notNull().defaultTo(0)).execute()
+      await db.schema
+        .alterTable('products')
+        .addColumn('waiting_qty', 'integer', (column) => column.notNull().defaultTo(0))
+        .execute()
+      await db.schema
+        .alterTable('products')
+        .addColumn('waiting_tickets', 'integer', (column) => column.notNull().defaultTo(0))
+        .execute()
+      await db.schema
+        .alterTable('products')
+        .addColumn('waitlist_joined', 'bigint', (column) => column.notNull().defaultTo(0))
+        .execute()
       const table = db.schema
         .createTable('waitlist_tickets')
         .addColumn('id', 'varchar(40)', (column) => column.primaryKey())
