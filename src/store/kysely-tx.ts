@@ -1,6 +1,6 @@
 // One transaction's statements (domain/store.ts StoreTx), on the connection the transaction
 // runner (kysely-store.ts) holds.
-import { sql, type Kysely } from 'kysely'
+import { CompiledQuery, sql, type Kysely } from 'kysely'
 import { noDropSettings } from '../domain/store.js'
 import type {
   DropSettings,
@@ -39,7 +39,10 @@ export const moveStatusShape = inListShape('moving holds or orders to another st
 // Beside the hold ids: the state.
 export const waitingPaymentEventsShape = inListShape('reading the payments waiting on holds', 1)
 // Beside the buyer ids (three times: holds, orders, waiting tickets): product ids, statuses, the clock.
-export const buyerUnitsShape: StatementShape = { statement: "the count of a batch's buyers' units", parameters: () => ({ fixed: 9, perRow: 3 }) }
+export const buyerUnitsShape: StatementShape = {
+  statement: "the count of a batch's buyers' units",
+  parameters: (engine) => (engine.perElementSql ? { fixed: 3, perRow: 0 } : { fixed: 9, perRow: 3 }),
+}
 export const paymentEventsByKeyShape = inListShape('reading payment events by idempotency key', 0)
 export const insertPaymentEventsShape: StatementShape = {
   statement: 'the multi-row insert of payment events',
@@ -106,13 +109,31 @@ export class KyselyTx implements StoreTx {
   async buyerUnits(productId: number, buyerIds: readonly string[], now: Date): Promise<Map<string, number>> {
     if (buyerIds.length === 0) return new Map()
     const nowMs = now.getTime()
+    const perBuyer = this.engine.perElementSql
+    if (perBuyer) {
+      // $1 the product, $2 the buyer ids, $3 the clock: the same three subqueries as below.
+      const each = (inner: string) => perBuyer(2, 'varchar', inner)
+      const text =
+        `select x.buyer_id, sum(x.qty) as units from (` +
+        each(`select buyer_id, qty from holds where product_id = $1 and buyer_id = u.v and status = 'active' and expires_at > $3`) +
+        ` union all ` +
+        each(`select buyer_id, qty from orders where product_id = $1 and buyer_id = u.v and (status = 'paid' or (status = 'pending' and expires_at > $3))`) +
+        ` union all ` +
+        each(`select buyer_id, qty from waitlist_tickets where product_id = $1 and buyer_id = u.v and status = 'waiting'`) +
+        `) as x group by x.buyer_id`
+      const { rows } = await this.db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(text, [productId, buyerIds, nowMs]))
+      return new Map(rows.map((row) => [row.buyer_id, Number(row.units)]))
+    }
     const holds = this.db
       .selectFrom('holds')
       .select(['buyer_id', 'qty'])
       .where('product_id', '=', productId)
       .where('buyer_id', 'in', buyerIds)
       .where('status', '=', 'active')
-      .where('expires_at', '>', nowMs)
+      // `+ 0` keeps the planner off (product_id, status, expires_at), which without statistics
+      // looked cheaper and read every active hold of the product (3.7 ms for 128 buyers among
+      // 20,000 holds on SQLite, vs 0.35 ms through holds_buyer_status_idx).
+      .where(sql<number>`expires_at + 0`, '>', nowMs)
     const orders = this.db
       .selectFrom('orders')
       .select(['buyer_id', 'qty'])

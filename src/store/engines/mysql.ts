@@ -15,6 +15,7 @@ export const mysqlEngine: Engine = {
   beginSql: 'start transaction',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigint' : 'integer', keyword: true }),
   tableOptionsSql: 'engine=InnoDB default charset=utf8mb4 collate=utf8mb4_bin',
+  dropIndexNamesTable: true,
   clusteredByKeySql: null,
   // 1213 deadlock, 1205 lock wait timeout, 1020 record changed (MariaDB snapshot conflict).
   isTransientConflict: (error) => {

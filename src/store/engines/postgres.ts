@@ -27,11 +27,13 @@ export const postgresEngine: Engine = {
     `select * from unnest(${columns.map((column, index) => `$${index + 1}::${column.type}[]`).join(', ')})`,
   rowsByKeyArraySql: (table, fixedColumn, arrayColumn) =>
     `select t.* from unnest($2::${arrayColumn.type}[]) as u(v) cross join lateral ` + `(select * from ${table} where ${fixedColumn} = $1 and ${arrayColumn.name} = u.v offset 0) as t`,
+  perElementSql: (arrayParameter, arrayType, inner) => `select t.* from unnest($${arrayParameter}::${arrayType}[]) as u(v) cross join lateral (${inner} offset 0) as t`,
   // READ COMMITTED with row locks: every transaction locks the product row first, so the
   // rows it reads afterwards are the latest committed ones.
   beginSql: 'begin',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigserial' : 'serial', keyword: false }),
   tableOptionsSql: null,
+  dropIndexNamesTable: false,
   clusteredByKeySql: null,
   isTransientConflict: (error) => {
     const code = errorCode(error)

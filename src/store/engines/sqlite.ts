@@ -21,6 +21,7 @@ export const sqliteEngine: Engine = {
   beginSql: 'begin immediate',
   autoIncrementColumn: () => ({ type: 'integer', keyword: true }),
   tableOptionsSql: null,
+  dropIndexNamesTable: false,
   clusteredByKeySql: 'without rowid',
   isTransientConflict: (error) => {
     const code = errorCode(error)

@@ -225,7 +225,26 @@ function waitlist(engine: Engine): Migration {
       await (engine.tableOptionsSql ? table.modifyEnd(sql.raw(engine.tableOptionsSql)) : table).execute()
       await db.schema.createIndex('waitlist_line_idx').on('waitlist_tickets').columns(['product_id', 'status', 'line_rank']).execute()
       await db.schema.createIndex('waitlist_join_idx').on('waitlist_tickets').columns(['product_id', 'status', 'join_seq']).execute()
-      await db.schema.createIndex('waitlist_buyer_idx').on('waitlist_tickets').columns(['product_id', 'buyer_id']).execute()
+      await db.schema.createIndex('waitlist_buyer_idx').on('waitlist_tickets').columns(['product_id', 'buyer_id', 'status']).execute()
+    },
+  }
+}
+
+// The per-buyer count of a limited product's hold batch filters on product, buyer and status.
+// With only (product_id, buyer_id) indexed, planners without statistics (a fresh or fast-growing
+// table) preferred (product_id, status, expires_at) and read every active hold of the product:
+// 7-10 ms for 128 buyers among 20,000 holds on SQLite and PostgreSQL, growing with the sale.
+// Three equality columns make the buyer index the obvious choice: one short range per buyer.
+function buyerStatusIndexes(engine: Engine): Migration {
+  return {
+    async up(db: Kysely<unknown>) {
+      await db.schema.createIndex('holds_buyer_status_idx').on('holds').columns(['product_id', 'buyer_id', 'status']).execute()
+      await db.schema.createIndex('orders_buyer_status_idx').on('orders').columns(['product_id', 'buyer_id', 'status']).execute()
+      // The new indexes start with the old ones' columns: the old ones only cost writes now.
+      for (const [index, table] of [['holds_buyer_idx', 'holds'], ['orders_buyer_idx', 'orders']] as const) {
+        const drop = db.schema.dropIndex(index)
+        await (engine.dropIndexNamesTable ? drop.on(table) : drop).execute()
+      }
     },
   }
 }
@@ -238,6 +257,7 @@ export function migrationProvider(engine: Engine, seed?: SeedProduct): Migration
       '0003_drop_settings': dropSettings(),
       '0004_expiry_buckets': expiryBuckets(engine),
       '0005_waitlist': waitlist(engine),
+      '0006_buyer_status_indexes': buyerStatusIndexes(engine),
     }),
   }
 }
