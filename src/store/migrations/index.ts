@@ -241,7 +241,10 @@ function buyerStatusIndexes(engine: Engine): Migration {
       await db.schema.createIndex('holds_buyer_status_idx').on('holds').columns(['product_id', 'buyer_id', 'status']).execute()
       await db.schema.createIndex('orders_buyer_status_idx').on('orders').columns(['product_id', 'buyer_id', 'status']).execute()
       // The new indexes start with the old ones' columns: the old ones only cost writes now.
-      for (const [index, table] of [['holds_buyer_idx', 'holds'], ['orders_buyer_idx', 'orders']] as const) {
+      for (const [index, table] of [
+        ['holds_buyer_idx', 'holds'],
+        ['orders_buyer_idx', 'orders'],
+      ] as const) {
         const drop = db.schema.dropIndex(index)
         await (engine.dropIndexNamesTable ? drop.on(table) : drop).execute()
       }
