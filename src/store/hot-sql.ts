@@ -5,7 +5,7 @@
 // with sentinel values, that the parameters come out in the order the callers pass them.
 import { CompiledQuery, sql, type Kysely, type Selectable } from 'kysely'
 import type { Hold, IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Product, ProductCountsDelta, ProductSnapshot } from '../domain/store.js'
-import type { Engine } from './engines/engine.js'
+import type { ArrayColumn, Engine } from './engines/engine.js'
 import { lapseBounds } from './expiry-buckets.js'
 import { keyColumns, keysQuery, keyValues, toIdempotencyRecord } from './idempotency-keys.js'
 import { holdColumns, holdValues, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
@@ -73,29 +73,7 @@ export class HotSql {
 
   async insertHolds(db: Db, holds: readonly Hold[]): Promise<void> {
     if (holds.length === 0) return
-    const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
-    if (columnArraysSql) {
-      const text = this.text('insertHolds:arrays', [], () => CompiledQuery.raw(columnArraysSql('holds', holdColumns), []))
-      const columns = holdColumns.map((): unknown[] => [])
-      for (const hold of holds) {
-        const values = holdValues(hold)
-        for (const [index, column] of holdColumns.entries()) columns[index]!.push(values[column.name])
-      }
-      await db.executeQuery(CompiledQuery.raw(text, columns))
-      return
-    }
-    const sentinels = holds.flatMap((_, row) => holdColumns.map((_, column) => `s${row}_${column}`))
-    const text = this.text(`insertHolds:${holds.length}`, sentinels, () =>
-      db
-        .insertInto('holds')
-        .values(holds.map((_, row) => Object.fromEntries(holdColumns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
-        .compile(),
-    )
-    const parameters = holds.flatMap((hold) => {
-      const values = holdValues(hold)
-      return holdColumns.map((column) => values[column.name])
-    })
-    await db.executeQuery(CompiledQuery.raw(text, parameters))
+    await this.insertRows(db, 'holds', holdColumns, holds.map(holdValues))
   }
 
   // Every row of a keyed batch's keys (one text per key count).
@@ -116,29 +94,42 @@ export class HotSql {
   // A plain multi-row insert: a key another transaction wrote first fails it (unique violation).
   async insertIdempotencyKeys(db: Db, scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
     if (answers.length === 0) return
+    await this.insertRows(
+      db,
+      'idempotency_keys',
+      keyColumns,
+      answers.map((answer) => keyValues(scope, answer, now, expiresAt)),
+    )
+  }
+
+  // One multi-row insert whose text is compiled once per row count, or once where the engine
+  // sends one array per column.
+  private async insertRows(db: Db, table: 'holds' | 'idempotency_keys', columns: readonly ArrayColumn[], rows: ReadonlyArray<Record<string, unknown>>): Promise<void> {
+    if (rows.length === 0) return
     const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
     if (columnArraysSql) {
-      const text = this.text('insertIdempotencyKeys:arrays', [], () => CompiledQuery.raw(columnArraysSql('idempotency_keys', keyColumns), []))
-      const columns = keyColumns.map((): unknown[] => [])
-      for (const answer of answers) {
-        const values = keyValues(scope, answer, now, expiresAt)
-        for (const [index, column] of keyColumns.entries()) columns[index]!.push(values[column.name])
-      }
-      await db.executeQuery(CompiledQuery.raw(text, columns))
+      const text = this.text(`insert:${table}:arrays`, [], () => CompiledQuery.raw(columnArraysSql(table, columns), []))
+      await db.executeQuery(
+        CompiledQuery.raw(
+          text,
+          columns.map((column) => rows.map((row) => row[column.name])),
+        ),
+      )
       return
     }
-    const sentinels = answers.flatMap((_, row) => keyColumns.map((_, column) => `s${row}_${column}`))
-    const text = this.text(`insertIdempotencyKeys:${answers.length}`, sentinels, () =>
+    const sentinels = rows.flatMap((_, row) => columns.map((_, column) => `s${row}_${column}`))
+    const text = this.text(`insert:${table}:${rows.length}`, sentinels, () =>
       db
-        .insertInto('idempotency_keys')
-        .values(answers.map((_, row) => Object.fromEntries(keyColumns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
+        .insertInto(table)
+        .values(rows.map((_, row) => Object.fromEntries(columns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
         .compile(),
     )
-    const parameters = answers.flatMap((answer) => {
-      const values = keyValues(scope, answer, now, expiresAt)
-      return keyColumns.map((column) => values[column.name])
-    })
-    await db.executeQuery(CompiledQuery.raw(text, parameters))
+    await db.executeQuery(
+      CompiledQuery.raw(
+        text,
+        rows.flatMap((row) => columns.map((column) => row[column.name])),
+      ),
+    )
   }
 
   // For statements with constant parameters besides the variable ones: the caller swaps each
