@@ -153,7 +153,9 @@ for (const engine of testEngines()) {
       const twice = await Promise.all(
         [0, 1].map(() => payments.receive({ idempotencyKey: 'twice', orderId: orderIds[0]!, holdId: null, status: 'failed', paymentId: null, amount: null })),
       )
-      expect(twice.map((answer) => answer.replayed)).toEqual([false, true])
+      // Exactly one was stored; which of the two reached the queue first is up to the event loop
+      // (each looks its order up before joining a batch).
+      expect(twice.map((answer) => answer.replayed).sort()).toEqual([false, true])
       expect(twice[1]!.body).toEqual(twice[0]!.body)
       expect(transactions.slice(before).flatMap((tx) => tx.calls.filter((name) => name === 'insertPaymentEvents'))).toHaveLength(1)
       await payments.drain()
