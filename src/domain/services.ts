@@ -25,13 +25,14 @@ export type ServiceSettings = Pick<
 >
 
 export function createServices(store: Store, clock: Clock, observer: Observer, settings: ServiceSettings): Services {
+  const reader = new ProductReader(store, clock, settings)
   return {
     holds: new Holds(store, clock, observer, settings),
     orders: new Orders(store, clock, observer, settings),
     payments: new Payments(store, clock, observer, settings),
-    reader: new ProductReader(store, clock, settings),
+    reader,
     catalog: new Catalog(store, clock, observer),
-    waitlist: new Waitlist(store, clock, observer, settings),
+    waitlist: new Waitlist(store, clock, observer, settings, reader),
   }
 }
 

@@ -12,6 +12,7 @@ import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } 
 import type { ProductLedger } from './ledger.js'
 import { holdOfTicket, linePhase, serveLine, type LinePhase } from './line.js'
 import { withLockedProduct } from './locked-product.js'
+import type { ProductReader } from './products.js'
 import type { SettleContext } from './settle.js'
 import type { DropSettings, Hold, Store, Ticket, TicketStatus } from './store.js'
 
@@ -98,6 +99,9 @@ export class Waitlist {
     private readonly clock: Clock,
     private readonly observer: Observer,
     private readonly settings: WaitlistSettings,
+    // Ticket reads need the product's sale window; polls of one product's tickets then share
+    // one product query (coalesced reads) however many tickets poll at once.
+    private readonly reader: ProductReader,
   ) {
     const useCase: KeyedUseCase<JoinRequest, TicketView> = {
       scope: 'waitlist',
@@ -156,7 +160,7 @@ export class Waitlist {
 
   private async viewOf(ticket: Ticket): Promise<TicketView> {
     const now = this.clock.now()
-    const product = await this.store.productSnapshot(ticket.productId, now)
+    const product = await this.reader.read(ticket.productId)
     assert(product !== undefined, 'a ticket names a product')
     const phase = linePhase(product.drop, now)
     // A waiting ticket of an ended sale is closed from the end on, before the sweeper says so.
