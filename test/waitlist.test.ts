@@ -32,6 +32,7 @@ import {
 import { testEngines } from './helpers/engines.js'
 import { request, times, type Reply } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
+import { admissionsPerTransactionMax } from '../src/domain/line.js'
 import { logEvents, serverFor, startCluster } from './helpers/servers.js'
 
 function join(baseUrl: string, productId: number, qty: number, headers: Record<string, string> = {}): Promise<Reply> {
@@ -166,6 +167,24 @@ for (const engine of testEngines()) {
       expect(instant).toMatchObject({ status: 'admitted', position: null })
       expect(instant.hold_id).toMatch(/^hold_/)
       expect(await productOf(t.baseUrl, t.productId)).toMatchObject({ available_stock: 1 })
+      expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
+    })
+
+    it(`admits at most ${admissionsPerTransactionMax} tickets in one transaction: a larger restock admits the rest on the next sweep, and nobody else takes those units meanwhile`, async () => {
+      const t = await buildTestApp(engine.name, { stock: 1 })
+      await heldOut(t, t.productId, [1])
+      const ticketsCount = admissionsPerTransactionMax + 52
+      const joins = await Promise.all(times(ticketsCount, () => join(t.baseUrl, t.productId, 1)))
+      expect(joins.every((reply) => reply.status === 201 && reply.body.status === 'waiting')).toBe(true)
+      const admittedCount = () => t.events.filter((event) => event.name === 'waitlist.admitted').length
+      expect((await patchProduct(t.baseUrl, t.productId, { add_stock: ticketsCount })).status).toBe(200)
+      expect(admittedCount()).toBe(admissionsPerTransactionMax)
+      // 52 units free, 52 tickets still waiting for them: direct holds see none.
+      expect(await productOf(t.baseUrl, t.productId)).toMatchObject({ available_stock: 0, reserved: 1 + admissionsPerTransactionMax })
+      expectProblemCode(await holdAs(t.baseUrl, {}, t.productId, 1), 409, 'insufficient_stock')
+      await t.sweep()
+      expect(admittedCount()).toBe(ticketsCount)
+      expect(await productOf(t.baseUrl, t.productId)).toMatchObject({ available_stock: 0, reserved: 1 + ticketsCount })
       expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
     })
 
