@@ -75,37 +75,22 @@ for (const engine of testEngines()) {
             buyerId: null,
           },
         ])
-        await tx.insertPaymentEvents([
-          {
-            idempotencyKey: 'evt-1',
-            fingerprint: 'f',
-            orderId: null,
-            holdId: 'h-paid-late',
-            status: 'success',
-            paymentId: 'pay-1',
-            amountMinor: null,
-            state: 'waiting',
-            outcome: null,
-            responseJson: null,
-            createdAt: new Date(nowMs - minuteMs),
-            processedAt: null,
-          },
-          {
-            // A second success (the provider's retry under a new key) holds the same units, not twice as many.
-            idempotencyKey: 'evt-2',
-            fingerprint: 'f',
-            orderId: null,
-            holdId: 'h-paid-late',
-            status: 'success',
-            paymentId: 'pay-1',
-            amountMinor: null,
-            state: 'waiting',
-            outcome: null,
-            responseJson: null,
-            createdAt: new Date(nowMs - minuteMs),
-            processedAt: null,
-          },
-        ])
+        const paidLate = {
+          idempotencyKey: 'evt-1',
+          fingerprint: 'f',
+          orderId: null,
+          holdId: 'h-paid-late',
+          status: 'success' as const,
+          paymentId: 'pay-1',
+          amountMinor: null,
+          state: 'waiting' as const,
+          outcome: null,
+          responseJson: null,
+          createdAt: new Date(nowMs - minuteMs),
+          processedAt: null,
+        }
+        // A second success (the provider's retry under a new key) holds the same units, not twice as many.
+        await tx.insertPaymentEvents([paidLate, { ...paidLate, idempotencyKey: 'evt-2' }])
       })
       const now = new Date(nowMs)
       for (const [productId, lapsedQty] of [
