@@ -47,7 +47,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   app.decorateRequest('buyerId', null)
   const buyerTokens = config.buyerTokenSecret ? new BuyerTokens(config.buyerTokenSecret, clock) : undefined
   const identifyBuyer = async (request: FastifyRequest): Promise<void> => {
-    request.buyerId = buyerTokens ? await buyerTokens.buyerOf(request.headers.authorization) : null
+    request.buyerId = buyerTokens ? buyerTokens.buyerOf(request.headers.authorization) : null
   }
   await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
 
