@@ -29,6 +29,8 @@ export const readKeysShape: StatementShape = {
   parameters: (engine: Engine) => (engine.rowsByKeyArraySql ? { fixed: 2, perRow: 0 } : { fixed: 1, perRow: 1 }),
 }
 export const freeKeysShape = inListShape('freeing expired idempotency keys', 2)
+// The sweeper deletes up to SWEEP_BATCH_MAX expired keys of a scope in one statement (kysely-store.ts).
+export const deleteExpiredKeysShape = inListShape('deleting expired idempotency keys', 3)
 
 // The status_code column predates the key states: 0 is a claim and 201 (the only answer a key
 // keeps) a completed key, so rows written by older versions read the same.

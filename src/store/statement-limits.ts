@@ -5,7 +5,7 @@
 import type { EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { insertHoldsShape } from './hot-sql.js'
-import { freeKeysShape, insertKeysShape, readKeysShape } from './idempotency-keys.js'
+import { deleteExpiredKeysShape, freeKeysShape, insertKeysShape, readKeysShape } from './idempotency-keys.js'
 import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from './kysely-tx.js'
 import { rowsThatFit, type StatementShape } from './statement-shape.js'
 
@@ -23,9 +23,9 @@ export const batchStatements: Record<BatchVariable, readonly StatementShape[]> =
   // A batch of webhooks reads its keys' stored events (and the holds of those waiting) and
   // inserts its new events, each in one statement.
   WEBHOOK_BATCH_MAX: [paymentEventsByKeyShape, holdsByIdShape, insertPaymentEventsShape],
-  // A sweep expires up to this many lapsed holds (or orders) of a product in one statement and
-  // reads the payments waiting on those holds.
-  SWEEP_BATCH_MAX: [moveStatusShape, waitingPaymentEventsShape],
+  // A sweep expires up to this many lapsed holds (or orders) of a product in one statement, reads
+  // the payments waiting on those holds, and deletes up to this many expired keys in one.
+  SWEEP_BATCH_MAX: [moveStatusShape, waitingPaymentEventsShape, deleteExpiredKeysShape],
 }
 
 export interface BatchLimit {
