@@ -44,8 +44,8 @@ export interface StoreOptions {
   lockWaitMs?: number
   // Product 1 of a new database (see migrations/0002_seed_product).
   seed?: SeedProduct
-  // Sees the text of every statement run (tests count statements with it).
-  onQuery?: (sqlText: string) => void
+  // Sees every statement run, with its parameters (tests count statements and explain them).
+  onQuery?: (sqlText: string, parameters: readonly unknown[]) => void
 }
 
 const retryBackoffMsMin = 2
@@ -72,7 +72,7 @@ export class KyselyStore implements Store {
       onConnectionError: (error) => this.noteUnavailable(error),
     })
     const { onQuery } = options
-    this.db = new Kysely<Database>(onQuery ? { dialect, log: (event) => onQuery(event.query.sql) } : { dialect })
+    this.db = new Kysely<Database>(onQuery ? { dialect, log: (event) => onQuery(event.query.sql, event.query.parameters) } : { dialect })
   }
 
   async migrate(): Promise<void> {

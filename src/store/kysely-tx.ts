@@ -115,7 +115,11 @@ export class KyselyTx implements StoreTx {
       const each = (inner: string) => perBuyer(2, 'varchar', inner)
       const text =
         `select x.buyer_id, sum(x.qty) as units from (` +
-        each(`select buyer_id, qty from holds where product_id = $1 and buyer_id = u.v and status = 'active' and expires_at > $3`) +
+        // `status || ''` keeps the planner on holds_buyer_status_idx: on a new product (no
+        // statistics for it yet, as in every drop's first minutes) it took holds_lapsed_idx and
+        // read every active hold of the product once per buyer, 1.5 s for 170 buyers among 34,000
+        // holds, against 1.2 ms this way.
+        each(`select buyer_id, qty from holds where product_id = $1 and buyer_id = u.v and status || '' = 'active' and expires_at > $3`) +
         ` union all ` +
         each(`select buyer_id, qty from orders where product_id = $1 and buyer_id = u.v and (status = 'paid' or (status = 'pending' and expires_at > $3))`) +
         ` union all ` +
