@@ -8,6 +8,9 @@ export function sqlitePath(databaseUrl: string): string {
   return databaseUrl.replace(/^sqlite:(\/\/)?/, '')
 }
 
+// Pages of WAL after which a commit checkpoints (SQLite's default is 1,000); see createDialect.
+export const walAutocheckpointPages = 10_000
+
 export const sqliteEngine: Engine = {
   name: 'sqlite',
   supportsReturning: true,
@@ -50,6 +53,12 @@ export const sqliteEngine: Engine = {
         // retried). better-sqlite3 waits synchronously: the whole event loop waits with it.
         database.pragma(`busy_timeout = ${lockWaitMs}`)
         database.pragma('foreign_keys = ON')
+        // Checkpoints copy the WAL's pages into the file and sync it, in the committing call,
+        // so the event loop waits for them. Keyed batches dirty a page of the key index per key
+        // (random keys), so at the default 1,000 pages a checkpoint came every few batches;
+        // at 10,000 (about 40 MB of WAL) a page rewritten by several batches is copied once:
+        // 54 -> 41 µs per stored key, measured with 170-key batches and synchronous=FULL.
+        database.pragma(`wal_autocheckpoint = ${walAutocheckpointPages}`)
         return database
       },
     })
