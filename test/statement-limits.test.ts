@@ -25,7 +25,7 @@ import { engines } from '../src/store/engines/index.js'
 import type { Engine } from '../src/store/engines/engine.js'
 import { HotSql, insertHoldsShape } from '../src/store/hot-sql.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
-import { freeKeysShape, insertKeysShape, readKeysShape } from '../src/store/idempotency-keys.js'
+import { deleteExpiredKeys, deleteExpiredKeysShape, freeKeysShape, insertKeysShape, readKeysShape } from '../src/store/idempotency-keys.js'
 import {
   buyerUnitsShape,
   holdsByIdShape,
@@ -159,9 +159,14 @@ const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promis
   [insertPaymentEventsShape, (tx, rows) => tx.insertPaymentEvents(paymentEvents(holds(rows)))],
 ]
 
+// Statements the store runs outside a transaction, called with the engine's Kysely.
+const storeRuns: ReadonlyArray<[StatementShape, (db: Kysely<Database>, rows: number) => Promise<unknown>]> = [
+  [deleteExpiredKeysShape, (db, rows) => deleteExpiredKeys(db, 'holds', keyNames(rows), new Date(nowMs))],
+]
+
 describe('statement shapes', () => {
   it('every statement a batch variable names is one whose shape is checked here', () => {
-    const checked = new Set(runs.map(([shape]) => shape))
+    const checked = new Set([...runs.map(([shape]) => shape), ...storeRuns.map(([shape]) => shape)])
     for (const variable of variables) for (const shape of batchStatements[variable]) expect(checked.has(shape), shape.statement).toBe(true)
   })
 
@@ -176,6 +181,15 @@ describe('statement shapes', () => {
           await run(new KyselyTx(db, engines[engine], new HotSql(engines[engine])), rows)
           expect(recorded, shape.statement).toHaveLength(position.of)
           expect(recorded[position.at]!.parameters.length, `${shape.statement}, ${rows} rows`).toBe(fixed + perRow * rows)
+        }
+      }
+      for (const [shape, run] of storeRuns) {
+        const { fixed, perRow } = shape.parameters(engines[engine])
+        for (const rows of [1, 2, 9]) {
+          const recorded: CompiledQuery[] = []
+          await run(compilingOnly(engine, recorded), rows)
+          expect(recorded, shape.statement).toHaveLength(1)
+          expect(recorded[0]!.parameters.length, `${shape.statement}, ${rows} rows`).toBe(fixed + perRow * rows)
         }
       }
     })

@@ -75,3 +75,17 @@ export async function freeExpiredKeys(db: Kysely<Database>, scope: IdempotencySc
   if (keys.length === 0) return
   await db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', 'in', keys).where('expires_at', '<=', now.getTime()).execute()
 }
+
+// The sweeper's delete of expired keys of one scope, at most SWEEP_BATCH_MAX of them, through the
+// primary key (a claim in flight is never deleted). Returns the rows deleted.
+export async function deleteExpiredKeys(db: Kysely<Database>, scope: string, keys: readonly string[], now: Date): Promise<number> {
+  if (keys.length === 0) return 0
+  const result = await db
+    .deleteFrom('idempotency_keys')
+    .where('scope', '=', scope)
+    .where('idem_key', 'in', keys)
+    .where('expires_at', '<=', now.getTime())
+    .where('status_code', '!=', statusCodeOf('claimed'))
+    .executeTakeFirst()
+  return Number(result.numDeletedRows)
+}

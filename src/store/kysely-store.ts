@@ -24,7 +24,7 @@ import type { Engine, EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { expiryBucketDrift } from './expiry-buckets.js'
 import { HotSql, snapshotQuery } from './hot-sql.js'
-import { statusCodeOf } from './idempotency-keys.js'
+import { deleteExpiredKeys, statusCodeOf } from './idempotency-keys.js'
 import { KyselyTx } from './kysely-tx.js'
 import { migrationProvider, type SeedProduct } from './migrations/index.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
@@ -264,16 +264,7 @@ export class KyselyStore implements Store {
       keysByScope.set(row.scope, keys)
     }
     let deleted = 0
-    for (const [scope, keys] of keysByScope) {
-      const result = await this.db
-        .deleteFrom('idempotency_keys')
-        .where('scope', '=', scope)
-        .where('idem_key', 'in', keys)
-        .where('expires_at', '<=', now.getTime())
-        .where('status_code', '!=', statusCodeOf('claimed'))
-        .executeTakeFirst()
-      deleted += Number(result.numDeletedRows)
-    }
+    for (const [scope, keys] of keysByScope) deleted += await deleteExpiredKeys(this.db, scope, keys, now)
     return deleted
   }
 
