@@ -12,7 +12,7 @@ export const buyerIdCharsMax = 128
 const clockToleranceS = 60
 // Verified tokens kept so a buyer's burst costs one HMAC, not one per request. A named bound:
 // past it the oldest entry goes (Map iteration is insertion order).
-export const buyerTokenCacheMax = 100_000
+export const buyerTokenCacheMax = 10_000
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -53,7 +53,7 @@ export class BuyerTokens {
 
   private verify(token: string): string {
     const now = this.clock.now()
-    // jose's rule: expired once exp <= now - tolerance, in whole seconds.
+    // Expired once exp <= now - tolerance, in whole seconds (the rule jose applied; the tests pin the edges).
     const nowS = Math.floor(now.getTime() / 1000)
     const cached = this.cache.get(token)
     if (cached) {
