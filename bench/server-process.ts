@@ -109,8 +109,9 @@ export async function startServer(options: ServerOptions): Promise<ServerProcess
     return { ...(await exited), forced: true }
   }
   if (!ready) {
-    await stop()
-    throw new Error(`server did not become ready in ${startTimeoutMs} ms:\n${stderr}`)
+    const outcome = await stop()
+    const why = exitedEarly ? `exited before it was ready (code ${outcome.code}, signal ${outcome.signal})` : `did not become ready in ${startTimeoutMs} ms`
+    throw new Error(`server ${why}:\n${stderr}`)
   }
   return { child, baseUrl, port, stderrTail: () => stderr, logEvents: () => ({ ...logEvents }), stop }
 }
