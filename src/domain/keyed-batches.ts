@@ -57,6 +57,8 @@ type Outcome<A> = Verdict<A> | { ok: 'replay'; record: IdempotencyRecord }
 
 interface Waiter<R, A> {
   request: R
+  // The request's fingerprint, computed once when it arrives (null without a key).
+  fingerprint: string | null
   resolve: (outcome: Outcome<A>) => void
   reject: (error: unknown) => void
 }
@@ -85,10 +87,10 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   // `productId` names the lock (and the queue) the request needs.
   async submit(productId: number, request: R): Promise<KeyedAnswer<A>> {
     const key = request.idempotencyKey
-    if (key === null) return this.enqueue(productId, request)
+    if (key === null) return this.enqueue(productId, request, null)
     const fingerprint = this.useCase.fingerprint(request)
     for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
-      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, async () => ({ fingerprint, answer: await this.enqueue(productId, request) }))
+      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, async () => ({ fingerprint, answer: await this.enqueue(productId, request, fingerprint) }))
       if (!run.waited) return run.value!.answer
       if (run.value) {
         assertSameFingerprint(run.value.fingerprint, fingerprint)
@@ -104,7 +106,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     if (key === null || !this.useCase.refusedBeforeBatch.includes(error.code)) throw error
     const record = await this.store.getIdempotencyRecord(this.useCase.scope, key)
     if (!record || record.expiresAt.getTime() <= this.clock.now().getTime()) throw error
-    return this.fromRecord(request, record)
+    return this.fromRecord(this.useCase.fingerprint(request), record)
   }
 
   // Resolves when every queued request has been answered (graceful shutdown).
@@ -112,16 +114,19 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     await this.batches.drain()
   }
 
-  private async enqueue(productId: number, request: R): Promise<KeyedAnswer<A>> {
-    const outcome = await new Promise<Outcome<A>>((resolve, reject) => this.batches.add(productId, { request, resolve, reject }))
-    if (outcome.ok === 'replay') return this.fromRecord(request, outcome.record)
+  private async enqueue(productId: number, request: R, fingerprint: string | null): Promise<KeyedAnswer<A>> {
+    const outcome = await new Promise<Outcome<A>>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
+    if (outcome.ok === 'replay') {
+      assert(fingerprint !== null, 'a replay is found for a keyed request only')
+      return this.fromRecord(fingerprint, outcome.record)
+    }
     for (const event of outcome.events) this.observer.emit(event)
     if (outcome.ok) return { answer: outcome.answer, replayed: false }
     throw outcome.error
   }
 
-  private fromRecord(request: R, record: IdempotencyRecord): KeyedAnswer<A> {
-    assertSameFingerprint(record.fingerprint, this.useCase.fingerprint(request))
+  private fromRecord(fingerprint: string, record: IdempotencyRecord): KeyedAnswer<A> {
+    assertSameFingerprint(record.fingerprint, fingerprint)
     if (record.state === 'claimed') throw new DomainError('idempotency_key_in_flight')
     return { answer: this.useCase.decode(record.responseJson), replayed: true }
   }
@@ -159,8 +164,9 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         // and the retry reads that answer and replays it.
         const answers: IdempotencyAnswer[] = []
         for (const [waiter, verdict] of verdictOf) {
+          const { fingerprint } = waiter
           const key = waiter.request.idempotencyKey
-          if (key !== null && verdict.ok) answers.push({ key, fingerprint: useCase.fingerprint(waiter.request), responseJson: useCase.encode(verdict.answer) })
+          if (key !== null && fingerprint !== null && verdict.ok) answers.push({ key, fingerprint, responseJson: useCase.encode(verdict.answer) })
         }
         await ctx.tx.insertIdempotencyKeys(useCase.scope, answers, now, addMs(now, useCase.idempotencyTtlMs))
         ctx.events.push({ name: useCase.batchEvent, productId, size: batch.length })

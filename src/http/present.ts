@@ -1,4 +1,5 @@
 // Domain objects to JSON (snake_case, money as decimal strings, instants as ISO 8601 UTC).
+import { IsoTextMemo } from '../domain/clock.js'
 import { formatAmount } from '../domain/money.js'
 import type { PaymentAnswerBody } from '../domain/payments.js'
 import type { ProductView } from '../domain/products.js'
@@ -24,14 +25,17 @@ export function presentProduct(product: ProductView) {
   }
 }
 
+const shownExpiresAt = new IsoTextMemo()
+const shownCreatedAt = new IsoTextMemo()
+
 export function presentHold(hold: Hold, now: Date) {
   return {
     hold_id: hold.id,
     product_id: hold.productId,
     qty: hold.qty,
     status: effectiveStatus(hold, now),
-    expires_at: hold.expiresAt.toISOString(),
-    created_at: hold.createdAt.toISOString(),
+    expires_at: shownExpiresAt.of(hold.expiresAt),
+    created_at: shownCreatedAt.of(hold.createdAt),
     buyer_id: hold.buyerId,
   }
 }
