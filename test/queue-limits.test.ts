@@ -78,21 +78,39 @@ describe('ProductBatches limits', () => {
 
 describe('InFlightKeys limit', () => {
   it('refuses a new key past IN_FLIGHT_KEYS_MAX while a duplicate of a tracked key still waits for it', async () => {
-    const keys = new InFlightKeys(1)
+    const keys = new InFlightKeys<string>(1)
     const first = gate()
-    const running = keys.run('holds:a', async () => {
+    const running = keys.start('a', 'fingerprint-a', async () => {
       await first.wait
       return 'a'
     })
-    await expect(keys.run('holds:b', async () => 'b')).rejects.toMatchObject({ code: 'busy', details: { retry_after_s: 1 } })
-    const duplicate = keys.run('holds:a', async () => 'again')
+    expect(busyOf(() => keys.start('b', 'fingerprint-b', async () => 'b'))).toMatchObject({ code: 'busy', details: { retry_after_s: 1 } })
+    // A duplicate finds the first run, with its fingerprint, and waits for its value.
+    const earlier = keys.runOf('a')
+    expect(earlier?.fingerprint).toBe('fingerprint-a')
     expect(keys.size).toBe(1)
     first.open()
-    expect(await running).toEqual({ waited: false, value: 'a' })
-    // The duplicate is handed the first run's value.
-    expect(await duplicate).toEqual({ waited: true, value: 'a' })
+    expect(await running).toBe('a')
+    expect(await earlier?.promise).toBe('a')
     expect(keys.size).toBe(0)
-    expect(await keys.run('holds:b', async () => 'b')).toEqual({ waited: false, value: 'b' })
+    expect(keys.runOf('a')).toBeUndefined()
+    expect(await keys.start('b', 'fingerprint-b', async () => 'b')).toBe('b')
+  })
+
+  it('frees a key whose run failed, and a new run of the key is not freed by the old one', async () => {
+    const keys = new InFlightKeys<string>(2)
+    await expect(keys.start('a', 'f', async () => Promise.reject(new Error('rolled back')))).rejects.toThrow('rolled back')
+    expect(keys.size).toBe(0)
+    const second = gate()
+    const secondRun = keys.start('a', 'f', async () => {
+      await second.wait
+      return 'second'
+    })
+    await Promise.resolve()
+    expect(keys.runOf('a')?.promise).toBe(secondRun)
+    second.open()
+    expect(await secondRun).toBe('second')
+    expect(keys.size).toBe(0)
   })
 })
 

@@ -1,4 +1,5 @@
 import * as crypto from 'node:crypto'
+import { assert } from './assert.js'
 import { busyError } from './batcher.js'
 import { DomainError } from './errors.js'
 
@@ -21,8 +22,14 @@ export function assertSameFingerprint(stored: string, given: string): void {
 // first and is then answered from what the first stored; across processes the database's
 // unique key and the product row lock give the same result. Keys come from requests, so at most
 // `keysMax` (IN_FLIGHT_KEYS_MAX) are tracked at once; a new key past that is refused `busy`.
-export class InFlightKeys {
-  private readonly running = new Map<string, Promise<unknown>>()
+// One entry a keyed request and no wrapper promises: every keyed hold passes through here.
+export interface InFlightRun<T> {
+  fingerprint: string
+  promise: Promise<T>
+}
+
+export class InFlightKeys<T> {
+  private readonly running = new Map<string, InFlightRun<T>>()
 
   constructor(private readonly keysMax: number) {}
 
@@ -30,21 +37,22 @@ export class InFlightKeys {
     return this.running.size
   }
 
-  // Runs fn unless the key is running already; then waits for that run and returns its value
-  // (undefined if it failed). Every caller of one scope passes the same kind of fn, so T holds.
-  async run<T>(scopedKey: string, fn: () => Promise<T>): Promise<{ waited: boolean; value?: T }> {
-    const earlier = this.running.get(scopedKey) as Promise<T> | undefined
-    if (earlier) {
-      const value = await earlier.catch(() => undefined)
-      return { waited: true, value }
-    }
+  // The run of this key in progress, if any.
+  runOf(key: string): InFlightRun<T> | undefined {
+    return this.running.get(key)
+  }
+
+  // Starts `work` as the run of `key`, which has none; the key is free again once it settles.
+  start(key: string, fingerprint: string, work: () => Promise<T>): Promise<T> {
+    assert(!this.running.has(key), 'one run of a key at a time')
     if (this.running.size >= this.keysMax) throw busyError('in-flight keys: IN_FLIGHT_KEYS_MAX')
-    const promise = fn()
-    this.running.set(scopedKey, promise)
-    try {
-      return { waited: false, value: await promise }
-    } finally {
-      this.running.delete(scopedKey)
+    const promise = work()
+    const run = { fingerprint, promise }
+    this.running.set(key, run)
+    const free = () => {
+      if (this.running.get(key) === run) this.running.delete(key)
     }
+    promise.then(free, free)
+    return promise
   }
 }

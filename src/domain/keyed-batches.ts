@@ -71,7 +71,8 @@ const duplicateWaitsMax = 3
 
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
-  private readonly inFlight: InFlightKeys
+  // Keys of this use case's scope only, so a key is tracked as it is.
+  private readonly inFlight: InFlightKeys<KeyedAnswer<A>>
 
   constructor(
     private readonly store: Store,
@@ -90,11 +91,12 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     if (key === null) return this.enqueue(productId, request, null)
     const fingerprint = this.useCase.fingerprint(request)
     for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
-      const run = await this.inFlight.run(`${this.useCase.scope}:${key}`, async () => ({ fingerprint, answer: await this.enqueue(productId, request, fingerprint) }))
-      if (!run.waited) return run.value!.answer
-      if (run.value) {
-        assertSameFingerprint(run.value.fingerprint, fingerprint)
-        return { answer: run.value.answer.answer, replayed: true }
+      const earlier = this.inFlight.runOf(key)
+      if (earlier === undefined) return this.inFlight.start(key, fingerprint, () => this.enqueue(productId, request, fingerprint))
+      const answered = await earlier.promise.catch(() => undefined)
+      if (answered) {
+        assertSameFingerprint(earlier.fingerprint, fingerprint)
+        return { answer: answered.answer, replayed: true }
       }
     }
     throw new DomainError('idempotency_key_in_flight')
