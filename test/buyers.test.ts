@@ -64,9 +64,10 @@ for (const engine of testEngines()) {
       expect((await t.request('GET', `/api/orders/${order.body.order_id}`)).body).toHaveProperty('buyer_id', null)
     })
 
-    it('accepts a sub of exactly 128 characters, ASCII or not, and records it unchanged', async () => {
+    it('accepts a sub of exactly 128 characters, ASCII, accented or outside the BMP, and records it unchanged', async () => {
       const t = await buildTestApp(engine.name, { env: buyerEnv })
-      for (const sub of ['a'.repeat(buyerIdCharsMax), 'é'.repeat(buyerIdCharsMax), 'user:42|shop-eu', 'x']) {
+      // 128 characters outside the BMP are 256 UTF-16 units: still 128 characters.
+      for (const sub of ['a'.repeat(buyerIdCharsMax), 'é'.repeat(buyerIdCharsMax), '\u{1F600}'.repeat(buyerIdCharsMax), 'user:42|shop-eu', 'x']) {
         const hold = await holdAs(t.baseUrl, await asBuyer(sub, { nowMs: serverNowMs(t) }), t.productId, 1)
         expect.soft({ sub: sub.slice(0, 10), status: hold.status, buyer_id: hold.body?.buyer_id }).toEqual({ sub: sub.slice(0, 10), status: 201, buyer_id: sub })
         const read = await t.request('GET', `/api/holds/${hold.body?.hold_id}`)

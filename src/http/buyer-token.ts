@@ -39,7 +39,15 @@ export class BuyerTokens {
     private readonly clock: Clock,
     private readonly cacheMax = buyerTokenCacheMax,
   ) {
-    this.verifier = createVerifier({ key: secret, algorithms: ['HS256'], requiredClaims: ['exp', 'sub'], ignoreExpiration: true, ignoreNotBefore: true, cache: false })
+    // The secret's bytes as a Buffer: fast-jwt then skips converting a string key per token (~0.5 µs).
+    this.verifier = createVerifier({
+      key: Buffer.from(secret, 'utf8'),
+      algorithms: ['HS256'],
+      requiredClaims: ['exp', 'sub'],
+      ignoreExpiration: true,
+      ignoreNotBefore: true,
+      cache: false,
+    })
   }
 
   // The buyer named by an Authorization header; null without one. A header that is not a
@@ -64,7 +72,8 @@ export class BuyerTokens {
     let verified: Verified
     try {
       const { sub, exp, nbf } = this.verifier(token) as Record<string, unknown>
-      if (typeof sub !== 'string' || sub.length < 1 || [...sub].length > buyerIdCharsMax) throw new Error('bad sub')
+      // Characters, not UTF-16 units; a string of at most that many units needs no counting.
+      if (typeof sub !== 'string' || sub.length < 1 || (sub.length > buyerIdCharsMax && [...sub].length > buyerIdCharsMax)) throw new Error('bad sub')
       if (typeof exp !== 'number' || !Number.isFinite(exp) || exp <= nowS - clockToleranceS) throw new Error('expired')
       if (nbf !== undefined && (typeof nbf !== 'number' || nbf > nowS + clockToleranceS)) throw new Error('not yet valid')
       verified = { buyerId: sub, expS: exp }

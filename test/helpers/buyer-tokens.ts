@@ -79,6 +79,8 @@ export async function badTokens(nowMs: number = Date.now()): Promise<BadToken[]>
     ['no sub', await buyerToken(undefined, { nowMs })],
     ['empty sub', await buyerToken('', { nowMs })],
     ['sub of 129 characters', await buyerToken('b'.repeat(buyerIdCharsMax + 1), { nowMs })],
+    // 258 UTF-16 units: counted as characters, not units.
+    ['sub of 129 characters outside the BMP', await buyerToken('\u{1F600}'.repeat(buyerIdCharsMax + 1), { nowMs })],
     ['sub a number', await buyerToken(undefined, { nowMs, claims: { sub: 42 } })],
     ['sub null', await buyerToken(undefined, { nowMs, claims: { sub: null } })],
   ]
