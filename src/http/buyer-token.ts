@@ -7,11 +7,12 @@
 import { createVerifier, type VerifierSync } from 'fast-jwt'
 import type { Clock } from '../domain/clock.js'
 import { DomainError } from '../domain/errors.js'
+import { GenerationCache } from '../domain/generation-cache.js'
 
 export const buyerIdCharsMax = 128
 const clockToleranceS = 60
 // Verified tokens kept so a buyer's burst costs one HMAC, not one per request. A named bound:
-// past it the oldest entry goes (Map iteration is insertion order).
+// past it the oldest half goes (GenerationCache).
 export const buyerTokenCacheMax = 10_000
 
 declare module 'fastify' {
@@ -32,13 +33,14 @@ export class BuyerTokens {
   // presence of `exp` and `sub`; the times are judged below against the service's clock, which
   // tests move by hand, so the library's own wall-clock checks are off.
   private readonly verifier: typeof VerifierSync
-  private readonly cache = new Map<string, Verified>()
+  private readonly cache: GenerationCache<string, Verified>
 
   constructor(
     secret: string,
     private readonly clock: Clock,
-    private readonly cacheMax = buyerTokenCacheMax,
+    cacheMax = buyerTokenCacheMax,
   ) {
+    this.cache = new GenerationCache(cacheMax)
     // The secret's bytes as a Buffer: fast-jwt then skips converting a string key per token (~0.5 µs).
     this.verifier = createVerifier({
       key: Buffer.from(secret, 'utf8'),
@@ -80,7 +82,6 @@ export class BuyerTokens {
     } catch {
       throw new DomainError('invalid_buyer_token')
     }
-    if (this.cache.size >= this.cacheMax) this.cache.delete(this.cache.keys().next().value!)
     this.cache.set(token, verified)
     return verified.buyerId
   }

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import BetterSqlite3 from 'better-sqlite3'
 import { SqliteDialect } from 'kysely'
+import { GenerationCache } from '../../domain/generation-cache.js'
 import { errorCode, isConnectionError, type Engine } from './engine.js'
 
 export function sqlitePath(databaseUrl: string): string {
@@ -73,15 +74,14 @@ export const sqliteEngine: Engine = {
 // batch size, hot-sql.ts), and preparing is parsing: 105 µs for a 170-row key insert, 31 µs for a
 // 170-key read, paid by the one event loop on every batch. A statement is reused only once the
 // previous use has finished, which better-sqlite3's synchronous calls guarantee (nothing here
-// iterates a statement lazily). The oldest text is dropped past `statementsMax`.
+// iterates a statement lazily). At most `statementsMax` are kept (GenerationCache).
 function cachePreparedStatements(database: BetterSqlite3.Database, statementsMax: number): void {
   const prepare = database.prepare.bind(database)
-  const statements = new Map<string, BetterSqlite3.Statement>()
+  const statements = new GenerationCache<string, BetterSqlite3.Statement>(statementsMax)
   database.prepare = ((sqlText: string) => {
     let statement = statements.get(sqlText)
     if (statement === undefined) {
       statement = prepare(sqlText)
-      if (statements.size >= statementsMax) statements.delete(statements.keys().next().value as string)
       statements.set(sqlText, statement)
     }
     return statement
