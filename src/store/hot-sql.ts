@@ -124,12 +124,11 @@ export class HotSql {
         .values(rows.map((_, row) => Object.fromEntries(columns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
         .compile(),
     )
-    await db.executeQuery(
-      CompiledQuery.raw(
-        text,
-        rows.flatMap((row) => columns.map((column) => row[column.name])),
-      ),
-    )
+    // Filled in place: flatMap made an array per row first, on every batch of the hot path.
+    const parameters: unknown[] = new Array(rows.length * columns.length)
+    let index = 0
+    for (const row of rows) for (const column of columns) parameters[index++] = row[column.name]
+    await db.executeQuery(CompiledQuery.raw(text, parameters))
   }
 
   // For statements with constant parameters besides the variable ones: the caller swaps each
