@@ -212,7 +212,7 @@ const storedCreatedAt = new IsoTextMemo()
 // The stored answer of a keyed hold: the text JSON.stringify gives (the equality is tested), in
 // an eighth of its time (0.28 vs 2.2 µs), most of which went to formatting the two dates.
 export function encodeHold(hold: Hold): string {
-  const buyerId = hold.buyerId === null ? 'null' : JSON.stringify(hold.buyerId)
+  const buyerId = hold.buyerId == null ? 'null' : JSON.stringify(hold.buyerId)
   return `{"id":${JSON.stringify(hold.id)},"productId":${hold.productId},"qty":${hold.qty},"status":${JSON.stringify(hold.status)},"expiresAt":"${storedExpiresAt.of(hold.expiresAt)}","createdAt":"${storedCreatedAt.of(hold.createdAt)}","buyerId":${buyerId}}`
 }
 

@@ -166,9 +166,10 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         // and the retry reads that answer and replays it.
         const answers: IdempotencyAnswer[] = []
         for (const [waiter, verdict] of verdictOf) {
-          const { fingerprint } = waiter
           const key = waiter.request.idempotencyKey
-          if (key !== null && fingerprint !== null && verdict.ok) answers.push({ key, fingerprint, responseJson: useCase.encode(verdict.answer) })
+          if (key === null || !verdict.ok) continue
+          assert(waiter.fingerprint !== null, 'a keyed request carries its fingerprint')
+          answers.push({ key, fingerprint: waiter.fingerprint, responseJson: useCase.encode(verdict.answer) })
         }
         await ctx.tx.insertIdempotencyKeys(useCase.scope, answers, now, addMs(now, useCase.idempotencyTtlMs))
         ctx.events.push({ name: useCase.batchEvent, productId, size: batch.length })

@@ -41,9 +41,8 @@ export class BuyerTokens {
     cacheMax = buyerTokenCacheMax,
   ) {
     this.cache = new GenerationCache(cacheMax)
-    // The secret's bytes as a Buffer: fast-jwt then skips converting a string key per token (~0.5 µs).
     this.verifier = createVerifier({
-      key: Buffer.from(secret, 'utf8'),
+      key: secret,
       algorithms: ['HS256'],
       requiredClaims: ['exp', 'sub'],
       ignoreExpiration: true,
