@@ -24,6 +24,7 @@ import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
 import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
 import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
 import { expiryWaves, joinBody, joinUrl, prepareLine, releaseBursts, topUp, waitingTickets, type Line, type WaitlistContext, type WaitlistReport } from './waitlist.js'
+import { connectionLevelsSetting, integerSetting, UsageError } from './settings.js'
 
 type Phase = 'health' | 'holds' | 'keyed' | 'buyer' | 'ceiling' | 'unbatched' | 'reads' | 'funnel' | 'waitlist' | 'sellout'
 const allPhases: Phase[] = ['health', 'holds', 'keyed', 'buyer', 'ceiling', 'unbatched', 'reads', 'funnel', 'waitlist', 'sellout']
@@ -41,21 +42,8 @@ interface Settings {
   jsonFile: string | undefined
 }
 
-class UsageError extends Error {}
-
-function integerSetting(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]?.trim()
-  if (!raw) return fallback
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) throw new UsageError(`${name} must be an integer from ${min} to ${max}, got "${raw}"`)
-  return Number(raw)
-}
-
 function readSettings(): Settings {
-  const levelsRaw = process.env.BENCH_CONNECTIONS?.trim() || '64,256'
-  const connectionLevels = levelsRaw.split(',').map((part) => Number(part.trim()))
-  if (connectionLevels.some((level) => !Number.isInteger(level) || level < 1 || level > 4096)) {
-    throw new UsageError(`BENCH_CONNECTIONS must be a comma-separated list of integers from 1 to 4096, got "${levelsRaw}"`)
-  }
+  const connectionLevels = connectionLevelsSetting('64,256')
   const phasesRaw = process.env.BENCH_PHASES?.trim() || allPhases.join(',')
   const phases = new Set(phasesRaw.split(',').map((part) => part.trim()) as Phase[])
   for (const phase of phases) if (!allPhases.includes(phase)) throw new UsageError(`BENCH_PHASES takes ${allPhases.join(',')}, got "${phasesRaw}"`)

@@ -13,23 +13,16 @@ import { BuyerPool, buyerProduct } from './buyers.js'
 import { freshBenchDatabase } from './database.js'
 import { cannon, jsonRequest, type LoadResult } from './load.js'
 import { killAllServers, startServer, type ServerProcess } from './server-process.js'
+import { connectionLevelsSetting, integerSetting } from './settings.js'
 
 type Shape = 'plain' | 'keyed' | 'buyer'
 const shapes: Shape[] = ['plain', 'keyed', 'buyer']
-
-function integerSetting(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]?.trim()
-  if (!raw) return fallback
-  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) throw new Error(`${name} must be an integer from ${min} to ${max}, got "${raw}"`)
-  return Number(raw)
-}
 
 const databaseUrl = process.env.DATABASE_URL?.trim() || undefined
 const rounds = integerSetting('BENCH_ROUNDS', 5, 1, 100)
 const durationS = integerSetting('BENCH_DURATION_S', 4, 1, 600)
 const perBuyerLimit = integerSetting('BENCH_PER_BUYER_LIMIT', 5, 1, 1_000)
-const connectionLevels = (process.env.BENCH_CONNECTIONS?.trim() || '256').split(',').map((part) => Number(part.trim()))
-if (connectionLevels.some((level) => !Number.isInteger(level) || level < 1 || level > 4096)) throw new Error('BENCH_CONNECTIONS must list integers from 1 to 4096')
+const connectionLevels = connectionLevelsSetting('256')
 const workers = integerSetting('BENCH_WORKERS', databaseUrl === undefined || databaseUrl.startsWith('sqlite:') ? 1 : os.cpus().length, 1, 64)
 // Far more than any run takes: no phase ever meets insufficient_stock.
 const hotStock = 1_000_000_000
