@@ -186,10 +186,31 @@ export class KyselyStore implements Store {
     const rows = await this.db
       .selectFrom('products as p')
       .select('p.id')
+      // The earliest lapsed expiry of each, as oldestLapsedByProduct reads it: one step into the
+      // lapsed index. As EXISTS, PostgreSQL with statistics planned each as a scan of the whole
+      // table once per product (8.9 ms a sweeper pass once caught up, growing with the tables).
       .where((eb) =>
         eb.or([
-          eb.exists(eb.selectFrom('holds as h').select('h.id').whereRef('h.product_id', '=', 'p.id').where('h.status', '=', 'active').where('h.expires_at', '<=', nowMs)),
-          eb.exists(eb.selectFrom('orders as o').select('o.id').whereRef('o.product_id', '=', 'p.id').where('o.status', '=', 'pending').where('o.expires_at', '<=', nowMs)),
+          eb(
+            eb
+              .selectFrom('holds as h')
+              .select(sql<number>`min(h.expires_at)`.as('m'))
+              .whereRef('h.product_id', '=', 'p.id')
+              .where('h.status', '=', 'active')
+              .where('h.expires_at', '<=', nowMs),
+            'is not',
+            null,
+          ),
+          eb(
+            eb
+              .selectFrom('orders as o')
+              .select(sql<number>`min(o.expires_at)`.as('m'))
+              .whereRef('o.product_id', '=', 'p.id')
+              .where('o.status', '=', 'pending')
+              .where('o.expires_at', '<=', nowMs),
+            'is not',
+            null,
+          ),
         ]),
       )
       // Ascending product ids: sweepers lock products in one order.
