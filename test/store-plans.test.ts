@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest'
 import { ManualClock } from '../src/domain/clock.js'
 import { newHoldIds } from '../src/domain/ids.js'
 import { Catalog } from '../src/domain/products.js'
-import type { Hold } from '../src/domain/store.js'
+import type { Hold, Ticket } from '../src/domain/store.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { createObserver } from '../src/observability/observer.js'
 import { Metrics } from '../src/observability/metrics.js'
@@ -79,6 +79,15 @@ async function analyze(engine: string, url: string): Promise<void> {
 
 // The index the per-buyer count should read holds through.
 const buyerIndexOfHolds = 'holds_buyer_first_idx'
+
+const lineTickets = 3_200
+
+// The index a plan reads waitlist_tickets through.
+function ticketsIndexOf(engine: string, plan: string): string | undefined {
+  if (engine === 'postgres') return /(?:Index (?:Only )?Scan using|Bitmap Index Scan on) (\w+)/.exec(plan)?.[1]
+  if (engine === 'mysql') return (JSON.parse(plan) as Array<{ table: string; key: string | null }>).find((row) => row.key !== null && /waitlist/.test(row.key))?.key ?? undefined
+  return /(?:SEARCH|SCAN) \w+ USING (?:COVERING )?INDEX (\w+)/.exec(plan)?.[1]
+}
 
 // The primary key index of holds, as each engine names it.
 const primaryKeyOfHolds: Record<string, string> = { postgres: 'holds_pkey', mysql: 'PRIMARY', sqlite: 'sqlite_autoindex_holds_1' }
@@ -187,6 +196,47 @@ for (const engine of testEngines()) {
         expect(holdsIndexOf(engine.name, plan)).toBe(buyerIndexOfHolds)
       } finally {
         await first.store.close()
+      }
+    }, 120_000)
+
+    // A ticket's position counts the waiting tickets ahead of it. Both line indexes start with
+    // (product_id, status); without statistics PostgreSQL took the join-order one for the rank
+    // count and read the whole line to count a few tickets (3,409 buffers for a line of 3,200).
+    it('counts the tickets ahead of one through the index of the order it counts in', async () => {
+      const { store, now, url, captured, catalog } = await dropWithHolds(engine.name)
+      try {
+        const product = await catalog.create({ name: 'line', priceMinor: 100, currency: 'USD', stock: 1 })
+        const tickets: Ticket[] = Array.from({ length: lineTickets }, (_, index) => ({
+          id: `tkt_plan${String(index).padStart(8, '0')}`,
+          productId: product.id,
+          qty: 1,
+          status: 'waiting',
+          lineRank: 1_000_000 + index,
+          joinSeq: index,
+          presale: false,
+          holdId: `hold_plan${String(index).padStart(8, '0')}`,
+          holdTtlMs: 600_000,
+          buyerId: `line-buyer-${index}`,
+          createdAt: now,
+          endedAt: null,
+        }))
+        for (let start = 0; start < tickets.length; start += insertChunkRows) {
+          await store.transaction({ label: 'test.tickets' }, (tx) => tx.insertTickets(tickets.slice(start, start + insertChunkRows)))
+        }
+        for (const [byJoinOrder, index] of [
+          [false, 'waitlist_line_idx'],
+          [true, 'waitlist_join_idx'],
+        ] as const) {
+          captured.length = 0
+          expect(await store.ticketsAhead(tickets[5]!, byJoinOrder)).toBe(5)
+          const query = captured.find(({ text }) => /waitlist_tickets/.test(text))
+          expect(query, 'the statement was captured').toBeDefined()
+          const plan = await explain(engine.name, url, query!.text, query!.parameters)
+          console.log(`${engine.name}: plan of ticketsAhead (${byJoinOrder ? 'join order' : 'line rank'})\n${plan}`)
+          expect(ticketsIndexOf(engine.name, plan)).toBe(index)
+        }
+      } finally {
+        await store.close()
       }
     }, 120_000)
 
