@@ -39,10 +39,15 @@ for (const engine of testEngines()) {
         const holdIds = replies.filter((reply) => reply.status === 201).map((reply) => reply.body.hold_id as string)
         expect(new Set(holdIds).size).toBe(40)
         expect(await rowCount(cluster, 'holds', cluster.productId)).toBe(40)
-        // The burst was served in batches: fewer transactions than requests.
+        // Every request went through the batch path; the burst was served in fewer transactions
+        // than requests, except by one SQLite process: it runs each transaction within one turn
+        // of its event loop, and once its statements were prepared once a transaction could end
+        // before the next request was read, so each formed its own batch (seen once in CI).
+        // batched-keys.test.ts proves batching there by counting statements per batch.
         const metrics = await Promise.all(servers.map(async (server) => (await request(server.baseUrl, 'GET', '/metrics')).text))
         expect(sum(metrics.map((text) => metricValue(text, 'flash_sale_hold_batch_size_sum')))).toBe(200)
-        expect(sum(metrics.map((text) => metricValue(text, 'flash_sale_hold_batch_size_count')))).toBeLessThan(200)
+        const batchCount = sum(metrics.map((text) => metricValue(text, 'flash_sale_hold_batch_size_count')))
+        if (engine.name !== 'sqlite' || processes > 1) expect(batchCount).toBeLessThan(200)
         expect(await stockOf(servers[0]!.baseUrl, cluster.productId)).toEqual({ stock: 40, available_stock: 0, reserved: 40, sold: 0 })
         expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
       })
