@@ -30,7 +30,7 @@ import { migrationProvider, type SeedProduct } from './migrations/index.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
 import { toSnapshot } from './rows.js'
 import type { Database } from './schema.js'
-import { oldestLapsedByProduct, type OldestLapsed } from './sweeper-lag.js'
+import { earliestLapsed, oldestLapsedByProduct, type OldestLapsed } from './sweeper-lag.js'
 import { findTicket, lineAudit, productsWithLineWork, ticketsAhead } from './waitlist-sql.js'
 
 export { engines } from './engines/index.js'
@@ -182,37 +182,14 @@ export class KyselyStore implements Store {
   // Products with lapsed rows, found through the per-product (product_id, status, expires_at)
   // indexes: a hot product's holds need no second index just for the sweeper.
   async productsWithLapsedRows(now: Date, limit: number): Promise<number[]> {
-    const nowMs = now.getTime()
+    const earliest = earliestLapsed(this.db, now.getTime())
     const rows = await this.db
       .selectFrom('products as p')
       .select('p.id')
       // The earliest lapsed expiry of each, as oldestLapsedByProduct reads it: one step into the
       // lapsed index. As EXISTS, PostgreSQL with statistics planned each as a scan of the whole
       // table once per product (8.9 ms a sweeper pass once caught up, growing with the tables).
-      .where((eb) =>
-        eb.or([
-          eb(
-            eb
-              .selectFrom('holds as h')
-              .select(sql<number>`min(h.expires_at)`.as('m'))
-              .whereRef('h.product_id', '=', 'p.id')
-              .where('h.status', '=', 'active')
-              .where('h.expires_at', '<=', nowMs),
-            'is not',
-            null,
-          ),
-          eb(
-            eb
-              .selectFrom('orders as o')
-              .select(sql<number>`min(o.expires_at)`.as('m'))
-              .whereRef('o.product_id', '=', 'p.id')
-              .where('o.status', '=', 'pending')
-              .where('o.expires_at', '<=', nowMs),
-            'is not',
-            null,
-          ),
-        ]),
-      )
+      .where((eb) => eb.or([eb(earliest.holds, 'is not', null), eb(earliest.orders, 'is not', null)]))
       // Ascending product ids: sweepers lock products in one order.
       .orderBy('p.id')
       .limit(limit)

@@ -11,27 +11,32 @@ export interface OldestLapsed {
   oldestLapsedAt: Date | null
 }
 
+// The earliest expiry among a product's lapsed holds, and among its lapsed orders (null when
+// none), for a query over `products as p`: each one step into a lapsed index. The sweeper's
+// search for products with work asks the same (kysely-store.ts productsWithLapsedRows).
+export function earliestLapsed(db: Kysely<Database>, nowMs: number) {
+  const product = sql.ref<number>('p.id')
+  return {
+    holds: db
+      .selectFrom('holds as h')
+      .select(sql<number | string | null>`min(h.expires_at)`.as('m'))
+      .where('h.product_id', '=', product)
+      .where('h.status', '=', 'active')
+      .where('h.expires_at', '<=', nowMs),
+    orders: db
+      .selectFrom('orders as o')
+      .select(sql<number | string | null>`min(o.expires_at)`.as('m'))
+      .where('o.product_id', '=', product)
+      .where('o.status', '=', 'pending')
+      .where('o.expires_at', '<=', nowMs),
+  }
+}
+
 export async function oldestLapsedByProduct(db: Kysely<Database>, now: Date, limit: number): Promise<OldestLapsed[]> {
-  const nowMs = now.getTime()
+  const earliest = earliestLapsed(db, now.getTime())
   const rows = await db
     .selectFrom('products as p')
-    .select((eb) => [
-      'p.id',
-      eb
-        .selectFrom('holds as h')
-        .select(sql<number | string | null>`min(h.expires_at)`.as('m'))
-        .whereRef('h.product_id', '=', 'p.id')
-        .where('h.status', '=', 'active')
-        .where('h.expires_at', '<=', nowMs)
-        .as('hold_min'),
-      eb
-        .selectFrom('orders as o')
-        .select(sql<number | string | null>`min(o.expires_at)`.as('m'))
-        .whereRef('o.product_id', '=', 'p.id')
-        .where('o.status', '=', 'pending')
-        .where('o.expires_at', '<=', nowMs)
-        .as('order_min'),
-    ])
+    .select(['p.id', earliest.holds.as('hold_min'), earliest.orders.as('order_min')])
     .orderBy('p.id')
     .limit(limit)
     .execute()
