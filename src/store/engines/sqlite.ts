@@ -80,7 +80,7 @@ export const sqliteEngine: Engine = {
 // previous use has finished, which better-sqlite3's synchronous calls guarantee (nothing here
 // iterates a statement lazily). At most `statementsMax` are kept (GenerationCache), none longer than
 // `sqlCharsMax`.
-function cachePreparedStatements(database: BetterSqlite3.Database, statementsMax: number, sqlCharsMax: number): void {
+export function cachePreparedStatements(database: BetterSqlite3.Database, statementsMax: number, sqlCharsMax: number): void {
   const prepare = database.prepare.bind(database)
   const statements = new GenerationCache<string, BetterSqlite3.Statement>(statementsMax)
   database.prepare = ((sqlText: string) => {
