@@ -19,7 +19,7 @@ import { audit, type AuditReport } from '../src/domain/audit.js'
 import { openRuntime } from '../src/runtime.js'
 import { BuyerPool, buyerProduct } from './buyers.js'
 import { freshBenchDatabase, type BenchDatabase } from './database.js'
-import { cannon, funnel, jsonRequest, type FunnelResult, type LoadResult } from './load.js'
+import { assertFreshHolds, cannon, funnel, jsonRequest, reservedUnits, type FunnelResult, type LoadResult } from './load.js'
 import { batchStats, scrapeServer, type BatchStats } from './metrics.js'
 import { formatReport, type BenchReport, type LevelReport, type SelloutReport } from './report.js'
 import { cpuSample, cpuShare, killAllServers, startServer, type CpuShare, type ServerProcess } from './server-process.js'
@@ -326,6 +326,7 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
     // The hold shapes of a real drop, each next to the plain holds: a retry-safe client's key,
     // then a buyer on a limited product, then the same request without the database.
     if (settings.phases.has('keyed')) {
+      const reservedBefore = await reservedUnits(baseUrl, hotProductId)
       const { result, cpu } = await measured(() =>
         cannon({
           label: 'POST /api/holds, fresh Idempotency-Key',
@@ -337,6 +338,7 @@ async function run(settings: Settings, database: BenchDatabase, onStarted: (serv
           headersPerRequest: freshKey,
         }),
       )
+      assertFreshHolds(`keyed holds @${connections}`, result, reservedBefore, await reservedUnits(baseUrl, hotProductId))
       level.keyed = result
       level.cpu.keyed = cpu
       log(`  ${describe(result)}`)

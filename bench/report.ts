@@ -115,6 +115,14 @@ function cpuPerAnswer(share: CpuShare | undefined, result: LoadResult | undefine
   return whole.format((cores * 1e6) / result.answersPerS)
 }
 
+// Where a shape's CPU goes: what a shape adds to plain holds shows up in the service, the
+// database server or the load generator (which builds a request anew for each fresh header).
+function cpuSplit(share: CpuShare | undefined, result: LoadResult): string {
+  if (!share || !(result.answersPerS > 0)) return '–'
+  const perAnswer = (cores: number): string => whole.format((cores * 1e6) / result.answersPerS)
+  return `${perAnswer(share.serverCores)} · ${perAnswer(share.databaseCores)} · ${perAnswer(share.benchCores)}`
+}
+
 // What the CPU measured during the holds phase allows, whatever the batching and waiting: with
 // the server, the database and the load generator on the same cores, no rate above cores / CPU
 // per hold can be had while each hold costs what it cost.
@@ -131,23 +139,28 @@ function cpuCeiling(level: LevelReport, cpuCount: number): { holdTotalUs: number
 // One row per hold shape: its rate and latency, and where it stands between the plain holds
 // (what a shape's extra work costs) and the ceiling (what the database work behind the route costs).
 function holdShapes(report: BenchReport, level: LevelReport): string[] {
-  const shapes: Array<[string, LoadResult | undefined, string | undefined]> = [
-    ['plain holds (POST /api/holds)', level.holds, report.skipped.holds],
-    ['keyed: a fresh Idempotency-Key each', level.keyed, report.skipped.keyed],
-    [`buyer: a buyer token each (${report.buyers ? `${whole.format(report.buyers)} buyers, ` : ''}per_buyer_limit ${report.perBuyerLimit})`, level.buyer, report.skipped.buyer],
-    ['ceiling: hold parse + validate, no database (POST /bench/hold-ceiling)', level.ceiling, report.skipped.ceiling],
+  const shapes: Array<[string, LoadResult | undefined, string | undefined, CpuShare | undefined]> = [
+    ['plain holds (POST /api/holds)', level.holds, report.skipped.holds, level.cpu.holds],
+    ['keyed: a fresh Idempotency-Key each', level.keyed, report.skipped.keyed, level.cpu.keyed],
+    [
+      `buyer: a buyer token each (${report.buyers ? `${whole.format(report.buyers)} buyers, ` : ''}per_buyer_limit ${report.perBuyerLimit})`,
+      level.buyer,
+      report.skipped.buyer,
+      level.cpu.buyer,
+    ],
+    ['ceiling: hold parse + validate, no database (POST /bench/hold-ceiling)', level.ceiling, report.skipped.ceiling, level.cpu.ceiling],
   ]
   const measured = shapes.filter(([, result]) => result !== undefined)
   if (measured.length === 0) return []
   const rows = [
-    `| hold shapes at ${level.connections} connections | 2xx/s | p50 / p99, ms | ÷ plain holds | ÷ ceiling |`,
-    '|---|---:|---:|---:|---:|',
+    `| hold shapes at ${level.connections} connections | 2xx/s | p50 / p99, ms | ÷ plain holds | ÷ ceiling | CPU per answer, µs: server · db · client |`,
+    '|---|---:|---:|---:|---:|---:|',
     ...shapes
       .filter(([, result, reason]) => result !== undefined || reason !== undefined)
-      .map(([label, result, reason]) =>
+      .map(([label, result, reason, cpu]) =>
         result
-          ? `| ${label} | ${rate(result.okPerS)}${nonSuccess(result)} | ${ms(result.latencyP50Ms)} / ${ms(result.latencyP99Ms)} | ${ratio(result.okPerS, level.holds?.okPerS)} | ${ratio(result.okPerS, level.ceiling?.okPerS)} |`
-          : `| ${label} | skipped | | | |`,
+          ? `| ${label} | ${rate(result.okPerS)}${nonSuccess(result)} | ${ms(result.latencyP50Ms)} / ${ms(result.latencyP99Ms)} | ${ratio(result.okPerS, level.holds?.okPerS)} | ${ratio(result.okPerS, level.ceiling?.okPerS)} | ${cpuSplit(cpu, result)} |`
+          : `| ${label} | skipped | | | | |`,
       ),
     '',
   ]

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto'
 import os from 'node:os'
 import { BuyerPool, buyerProduct } from './buyers.js'
 import { freshBenchDatabase } from './database.js'
-import { cannon, jsonRequest, type LoadResult } from './load.js'
+import { assertFreshHolds, cannon, jsonRequest, reservedUnits, type LoadResult } from './load.js'
 import { killAllServers, startServer, type ServerProcess } from './server-process.js'
 import { connectionLevelsSetting, integerSetting } from './settings.js'
 
@@ -76,9 +76,15 @@ async function main(): Promise<void> {
     let keySequence = 0
     const freshKey = (): Record<string, string> => ({ 'idempotency-key': `shapes-${keyPrefix}-${++keySequence}` })
     const url = `${baseUrl}/api/holds`
+    const keyedRun = async (connections: number, seconds: number): Promise<LoadResult> => {
+      const before = await reservedUnits(baseUrl, created.json!.id as number)
+      const result = await cannon({ label: 'keyed', url, connections, durationS: seconds, method: 'POST', body: holdBody, headersPerRequest: freshKey })
+      assertFreshHolds('keyed holds', result, before, await reservedUnits(baseUrl, created.json!.id as number))
+      return result
+    }
     const run = (shape: Shape, connections: number, seconds: number): Promise<LoadResult> => {
       if (shape === 'plain') return cannon({ label: 'plain', url, connections, durationS: seconds, method: 'POST', body: holdBody })
-      if (shape === 'keyed') return cannon({ label: 'keyed', url, connections, durationS: seconds, method: 'POST', body: holdBody, headersPerRequest: freshKey })
+      if (shape === 'keyed') return keyedRun(connections, seconds)
       return cannon({ label: 'buyer', url, connections, durationS: seconds, method: 'POST', body: buyerBody, headersPerRequest: buyers.nextHeaders })
     }
 
