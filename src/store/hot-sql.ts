@@ -19,6 +19,15 @@ interface Template {
   parameters: readonly unknown[]
 }
 
+interface BoundStatement {
+  sql: string
+  // The statement's parameters for these arguments (in the order of the sentinels it was built with).
+  parameters: (args: readonly unknown[]) => unknown[]
+}
+
+const buyerUnitsProductSentinel = -8_000_000_011
+const buyerUnitsNowSentinel = -8_000_000_012
+
 // Stand-ins for the clock (and the bucket bounds derived from it) and the product id while the
 // snapshot statement is compiled: values no real parameter takes (times and ids are positive).
 const snapshotNowSentinel = -8_000_000_001
@@ -31,6 +40,7 @@ const sentinelNow = new Date(snapshotNowSentinel)
 export class HotSql {
   private readonly texts = new Map<string, string>()
   private readonly templates = new Map<string, Template>()
+  private readonly boundStatements = new Map<string, BoundStatement>()
 
   constructor(private readonly engine: Engine) {}
 
@@ -54,7 +64,11 @@ export class HotSql {
   }
 
   async lockProduct(db: Db, productId: number): Promise<Product | undefined> {
-    const text = this.text('lockProduct', [-1], () => lockProductQuery(db, this.engine, -1).compile())
+    const text = this.text(
+      'lockProduct',
+      () => [-1],
+      () => lockProductQuery(db, this.engine, -1).compile(),
+    )
     const { rows } = await db.executeQuery<Selectable<ProductsTable>>(CompiledQuery.raw(text, [productId]))
     const row = rows[0]
     return row ? toProduct(row) : undefined
@@ -62,9 +76,10 @@ export class HotSql {
 
   // Returns how many product rows changed (1, or 0 for no such product).
   async applyProductDelta(db: Db, productId: number, delta: ProductCountsDelta, updatedAt: Date): Promise<number> {
-    const sentinels = [-11, -12, -13, -14, -15, -16, -17, -18]
-    const text = this.text('applyProductDelta', sentinels, () =>
-      productDeltaQuery(db, -18, { reserved: -11, sold: -12, stock: -13, waitingQty: -14, waitingTickets: -15, joined: -16 }, new Date(-17)).compile(),
+    const text = this.text(
+      'applyProductDelta',
+      () => [-11, -12, -13, -14, -15, -16, -17, -18],
+      () => productDeltaQuery(db, -18, { reserved: -11, sold: -12, stock: -13, waitingQty: -14, waitingTickets: -15, joined: -16 }, new Date(-17)).compile(),
     )
     const parameters = [delta.reserved, delta.sold, delta.stock, delta.waitingQty ?? 0, delta.waitingTickets ?? 0, delta.joined ?? 0, updatedAt.getTime(), productId]
     const result = await db.executeQuery(CompiledQuery.raw(text, parameters))
@@ -81,14 +96,33 @@ export class HotSql {
     if (keys.length === 0) return []
     const byArraySql = this.engine.rowsByKeyArraySql?.bind(this.engine)
     if (byArraySql) {
-      const text = this.text('idempotencyKeys:array', [], () => CompiledQuery.raw(byArraySql('idempotency_keys', 'scope', keyColumns[1]), []))
+      const text = this.text(
+        'idempotencyKeys:array',
+        () => [],
+        () => CompiledQuery.raw(byArraySql('idempotency_keys', 'scope', keyColumns[1]), []),
+      )
       const { rows } = await db.executeQuery<Selectable<IdempotencyKeysTable>>(CompiledQuery.raw(text, [scope, keys]))
       return rows.map(toIdempotencyRecord)
     }
-    const sentinels = ['\u0000scope', ...keys.map((_, index) => `\u0000k${index}`)]
-    const text = this.text(`idempotencyKeys:${keys.length}`, sentinels, () => keysQuery(db, sentinels[0] as IdempotencyScope, sentinels.slice(1)).compile())
+    const text = this.text(
+      `idempotencyKeys:${keys.length}`,
+      () => ['\u0000scope', ...keys.map((_, index) => `\u0000k${index}`)],
+      (sentinels) => keysQuery(db, sentinels[0] as IdempotencyScope, sentinels.slice(1) as string[]).compile(),
+    )
     const { rows } = await db.executeQuery<Selectable<IdempotencyKeysTable>>(CompiledQuery.raw(text, [scope, ...keys]))
     return rows.map(toIdempotencyRecord)
+  }
+
+  // Each buyer's units of the product, for engines that list the buyers in the statement (one
+  // text per buyer count): Kysely built and compiled its three IN lists on every batch.
+  async buyerUnits(db: Db, productId: number, buyerIds: readonly string[], nowMs: number): Promise<Map<string, number>> {
+    const statement = this.bound(
+      `buyerUnits:${buyerIds.length}`,
+      () => [buyerUnitsProductSentinel, buyerUnitsNowSentinel, ...buyerIds.map((_, index) => `\u0000b${index}`)],
+      (sentinels) => buyerUnitsQuery(db, sentinels[0] as number, sentinels.slice(2) as string[], sentinels[1] as number).compile(),
+    )
+    const { rows } = await db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(statement.sql, statement.parameters([productId, nowMs, ...buyerIds])))
+    return new Map(rows.map((row) => [row.buyer_id, Number(row.units)]))
   }
 
   // A plain multi-row insert: a key another transaction wrote first fails it (unique violation).
@@ -108,7 +142,11 @@ export class HotSql {
     if (rows.length === 0) return
     const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
     if (columnArraysSql) {
-      const text = this.text(`insert:${table}:arrays`, [], () => CompiledQuery.raw(columnArraysSql(table, columns), []))
+      const text = this.text(
+        `insert:${table}:arrays`,
+        () => [],
+        () => CompiledQuery.raw(columnArraysSql(table, columns), []),
+      )
       await db.executeQuery(
         CompiledQuery.raw(
           text,
@@ -117,18 +155,48 @@ export class HotSql {
       )
       return
     }
-    const sentinels = rows.flatMap((_, row) => columns.map((_, column) => `s${row}_${column}`))
-    const text = this.text(`insert:${table}:${rows.length}`, sentinels, () =>
-      db
-        .insertInto(table)
-        .values(rows.map((_, row) => Object.fromEntries(columns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
-        .compile(),
+    const text = this.text(
+      `insert:${table}:${rows.length}`,
+      () => rows.flatMap((_, row) => columns.map((_, column) => `s${row}_${column}`)),
+      () =>
+        db
+          .insertInto(table)
+          .values(rows.map((_, row) => Object.fromEntries(columns.map((column, index) => [column.name, `s${row}_${index}`])) as never))
+          .compile(),
     )
     // Filled in place: flatMap made an array per row first, on every batch of the hot path.
     const parameters: unknown[] = new Array(rows.length * columns.length)
     let index = 0
     for (const row of rows) for (const column of columns) parameters[index++] = row[column.name]
     await db.executeQuery(CompiledQuery.raw(text, parameters))
+  }
+
+  // For statements whose parameters are the caller's arguments (the sentinels, in the order
+  // given; any may appear several times) among constants the query builder made parameters.
+  private bound(key: string, makeSentinels: () => readonly unknown[], build: (sentinels: readonly unknown[]) => CompiledQuery): BoundStatement {
+    let statement = this.boundStatements.get(key)
+    if (statement === undefined) {
+      const sentinels = makeSentinels()
+      const compiled = build(sentinels)
+      const argumentOf = new Map(sentinels.map((sentinel, index) => [sentinel, index]))
+      const slots = compiled.parameters.map((value) => argumentOf.get(value) ?? -1)
+      const missing = sentinels.filter((_, index) => !slots.includes(index))
+      if (missing.length > 0) throw new Error(`hot statement ${key} lacks the sentinels ${JSON.stringify(missing)}`)
+      const constants = compiled.parameters
+      statement = {
+        sql: compiled.sql,
+        parameters: (args) => {
+          const parameters: unknown[] = new Array(slots.length)
+          for (let index = 0; index < slots.length; index++) {
+            const slot = slots[index]!
+            parameters[index] = slot >= 0 ? args[slot] : constants[index]
+          }
+          return parameters
+        },
+      }
+      this.boundStatements.set(key, statement)
+    }
+    return statement
   }
 
   // For statements with constant parameters besides the variable ones: the caller swaps each
@@ -145,11 +213,14 @@ export class HotSql {
     return template
   }
 
-  // For statements whose parameters are exactly the caller's, in the order of `sentinels`.
-  private text(key: string, sentinels: readonly unknown[], build: () => CompiledQuery): string {
+  // For statements whose parameters are exactly the caller's, in the order of `sentinels`
+  // (made only when the statement is first compiled: on every batch, the 1,190 of a 170-row key
+  // insert cost more than running the compiled text).
+  private text(key: string, makeSentinels: () => readonly unknown[], build: (sentinels: readonly unknown[]) => CompiledQuery): string {
     let text = this.texts.get(key)
     if (text === undefined) {
-      const compiled = build()
+      const sentinels = makeSentinels()
+      const compiled = build(sentinels)
       if (JSON.stringify(compiled.parameters) !== JSON.stringify(sentinels)) {
         throw new Error(`hot statement ${key} has parameters ${JSON.stringify(compiled.parameters)}, expected ${JSON.stringify(sentinels)}`)
       }
@@ -264,4 +335,32 @@ export function snapshotQuery(db: Db, now: Date, bounds?: { wholeBucket: number;
         )
         .as('paid_lapsed_hold_qty'),
     ])
+}
+
+// Each buyer's units of a product that count against its limit: active holds not lapsed, paid
+// orders and pending ones not lapsed, waiting tickets. `product_id + 0` keeps every
+// (product_id, ...) index out, so the buyer-first index serves each part (migration 0007).
+// Without it, planners lacking statistics for the product read every active hold of it through
+// holds_lapsed_idx (3.7 ms for 128 buyers among 20,000 holds on SQLite, vs 0.35 ms through the
+// buyer index).
+export function buyerUnitsQuery(db: Db, productId: number, buyerIds: readonly string[], nowMs: number) {
+  const sameProduct = sql<number>`product_id + 0`
+  const holds = db
+    .selectFrom('holds')
+    .select(['buyer_id', 'qty'])
+    .where('buyer_id', 'in', buyerIds)
+    .where(sameProduct, '=', productId)
+    .where('status', '=', 'active')
+    .where('expires_at', '>', nowMs)
+  const orders = db
+    .selectFrom('orders')
+    .select(['buyer_id', 'qty'])
+    .where('buyer_id', 'in', buyerIds)
+    .where(sameProduct, '=', productId)
+    .where((eb) => eb.or([eb('status', '=', 'paid'), eb.and([eb('status', '=', 'pending'), eb('expires_at', '>', nowMs)])]))
+  const tickets = db.selectFrom('waitlist_tickets').select(['buyer_id', 'qty']).where('buyer_id', 'in', buyerIds).where(sameProduct, '=', productId).where('status', '=', 'waiting')
+  return db
+    .selectFrom(holds.unionAll(orders).unionAll(tickets).as('u'))
+    .select(['u.buyer_id', sql<number>`sum(u.qty)`.as('units')])
+    .groupBy('u.buyer_id')
 }

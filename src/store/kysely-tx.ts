@@ -125,36 +125,7 @@ export class KyselyTx implements StoreTx {
       const { rows } = await this.db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(text, [productId, buyerIds, nowMs]))
       return new Map(rows.map((row) => [row.buyer_id, Number(row.units)]))
     }
-    // `product_id + 0` keeps every (product_id, ...) index out, so the buyer-first index serves
-    // each part (migration 0007). Without it, planners lacking statistics for the product read
-    // every active hold of it through holds_lapsed_idx (3.7 ms for 128 buyers among 20,000 holds
-    // on SQLite, vs 0.35 ms through the buyer index).
-    const sameProduct = sql<number>`product_id + 0`
-    const holds = this.db
-      .selectFrom('holds')
-      .select(['buyer_id', 'qty'])
-      .where('buyer_id', 'in', buyerIds)
-      .where(sameProduct, '=', productId)
-      .where('status', '=', 'active')
-      .where('expires_at', '>', nowMs)
-    const orders = this.db
-      .selectFrom('orders')
-      .select(['buyer_id', 'qty'])
-      .where('buyer_id', 'in', buyerIds)
-      .where(sameProduct, '=', productId)
-      .where((eb) => eb.or([eb('status', '=', 'paid'), eb.and([eb('status', '=', 'pending'), eb('expires_at', '>', nowMs)])]))
-    const tickets = this.db
-      .selectFrom('waitlist_tickets')
-      .select(['buyer_id', 'qty'])
-      .where('buyer_id', 'in', buyerIds)
-      .where(sameProduct, '=', productId)
-      .where('status', '=', 'waiting')
-    const rows = await this.db
-      .selectFrom(holds.unionAll(orders).unionAll(tickets).as('u'))
-      .select(['u.buyer_id', sql<number>`sum(u.qty)`.as('units')])
-      .groupBy('u.buyer_id')
-      .execute()
-    return new Map(rows.map((row) => [row.buyer_id as string, Number(row.units)]))
+    return this.hotSql.buyerUnits(this.db, productId, buyerIds, nowMs)
   }
 
   async insertHolds(holds: readonly Hold[]): Promise<void> {
