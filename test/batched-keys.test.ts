@@ -4,7 +4,7 @@
 // a hold batch is a pure function of the ledger and the requests.
 import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
-import { Holds, judgeHolds, type HoldRequest } from '../src/domain/holds.js'
+import { Holds, judgeHolds, type HoldAnswer, type HoldRequest } from '../src/domain/holds.js'
 import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
@@ -47,25 +47,57 @@ for (const engine of testEngines()) {
       const t = await buildTestApp(engine.name, { stock: 1000 })
       const { store, transactions } = countingStore(t.runtime.store)
       const holds = new Holds(store, t.clock, t.runtime.observer, settings)
+      let lastAnswers: HoldAnswer[] = []
       const batchOf = async (keys: string[]): Promise<string[]> => {
         const before = transactions.length
         const answers = await Promise.all(keys.map((key) => holds.create({ productId: t.productId, qty: 1, idempotencyKey: key })))
         const batch = transactions.slice(before).filter((tx) => tx.label === 'holds.create')
         expect(batch).toHaveLength(1)
         expect(answers.some((answer) => answer.replayed)).toBe(false)
+        lastAnswers = answers
         return batch[0]!.calls
       }
       const one = await batchOf(['single-key'])
       const twenty = await batchOf(Array.from({ length: 20 }, (_, index) => `many-key-${index}`))
+      const twentyAnswers = lastAnswers
       expect(twenty).toEqual(one)
-      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['readIdempotencyKeys', 'insertIdempotencyKeys'])
-      // The same twenty keys again: every one a replay, still one read for the batch.
+      // New keys are not read: the insert of the answers is the batch's one key statement.
+      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['insertIdempotencyKeys'])
+      // The same twenty keys again: the insert finds them stored, nothing of that attempt stays,
+      // and the batch runs once more reading its keys first (one read): every one a replay.
       const before = transactions.length
       const replays = await Promise.all(Array.from({ length: 20 }, (_, index) => holds.create({ productId: t.productId, qty: 1, idempotencyKey: `many-key-${index}` })))
       expect(replays.every((answer) => answer.replayed)).toBe(true)
-      const replayBatches = transactions.slice(before)
-      expect(replayBatches).toHaveLength(1)
-      expect(replayBatches[0]!.calls.filter((name) => name === 'readIdempotencyKeys')).toHaveLength(1)
+      expect(replays.map((answer) => answer.hold.id)).toEqual(twentyAnswers.map((answer) => answer.hold.id))
+      const replayBatches = transactions.slice(before).map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))
+      expect(replayBatches).toEqual([['insertIdempotencyKeys'], ['readIdempotencyKeys', 'insertIdempotencyKeys']])
+      // After a stored key, the next batches read first: new keys cost a read again, for a while.
+      const afterReplays = await batchOf(Array.from({ length: 5 }, (_, index) => `after-replay-${index}`))
+      expect(afterReplays.filter((name) => name.includes('Idempotency'))).toEqual(['readIdempotencyKeys', 'insertIdempotencyKeys'])
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body.available_stock).toBe(1000 - 1 - 20 - 5)
+      await holds.drain()
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('replays a stored key whose request would now be refused (sold out), with one read after judging and nothing written', async () => {
+      const t = await buildTestApp(engine.name, { stock: 2 })
+      const { store, transactions } = countingStore(t.runtime.store)
+      const holds = new Holds(store, t.clock, t.runtime.observer, settings)
+      const first = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'last-units' })
+      expect(first.replayed).toBe(false)
+      const before = transactions.length
+      // The retry and a new request in one batch: both find no stock, the retry is its replay.
+      const [retry, other] = await Promise.all([
+        holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'last-units' }).catch((error: unknown) => error),
+        holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'too-late' }).catch((error: unknown) => error),
+      ])
+      expect(retry).toEqual({ hold: first.hold, replayed: true })
+      expect(other).toMatchObject({ code: 'insufficient_stock' })
+      expect(transactions.slice(before).map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))).toEqual([['readIdempotencyKeys', 'insertIdempotencyKeys']])
+      // The refused key was not used up.
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body).toMatchObject({ available_stock: 0, reserved: 2 })
       await holds.drain()
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
@@ -102,7 +134,10 @@ for (const engine of testEngines()) {
       const holds = new Holds(racing, t.clock, t.runtime.observer, settings)
       const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
       expect(again).toEqual({ hold: first.hold, replayed: true })
+      // Not read at first (a new key, as far as this process knows), then read and missed (the
+      // race), then read and found.
       expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([
+        ['insertIdempotencyKeys'],
         ['readIdempotencyKeys', 'insertIdempotencyKeys'],
         ['readIdempotencyKeys', 'insertIdempotencyKeys'],
       ])

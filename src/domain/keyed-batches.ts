@@ -1,8 +1,9 @@
 // The one shape of batched, keyed requests (holds, orders): requests for one product queue
 // while a transaction for it is in flight and are served together by the next one (group
-// commit). Under the product lock the batch reads its idempotency keys at once, the use case
-// judges the requests whose key holds no live answer in arrival order, the answers that changed
-// something are stored with their keys in one insert, and nobody is answered before the commit.
+// commit). Under the product lock the use case judges the requests whose key holds no live
+// answer in arrival order, the answers that changed something are stored with their keys in one
+// insert, and nobody is answered before the commit. The batch's keys are read at once first, or
+// (the usual case, KeyReadPolicy) not at all until that insert finds one already stored.
 import { assert } from './assert.js'
 import { ProductBatches, type QueueLimits } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
@@ -11,7 +12,7 @@ import type { DomainEvent, EventName, Observer } from './events.js'
 import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
 import { withLockedProduct } from './locked-product.js'
 import type { SettleContext } from './settle.js'
-import type { IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Store } from './store.js'
+import { StoredKeyConflict, type IdempotencyAnswer, type IdempotencyRecord, type IdempotencyScope, type Store } from './store.js'
 
 // Every structure a keyed request can grow is bounded: its product's queue, the number of
 // queues, and the keys in flight.
@@ -69,10 +70,37 @@ interface Waiter<R, A> {
 // the duplicate runs again. Past this many waits it is told the key is still in flight.
 const duplicateWaitsMax = 3
 
+// A batch whose keys were stored already runs at most this many times (a first attempt that
+// did not read them, then attempts that do, each of which another process can race once more).
+const storedKeyAttemptsMax = 4
+// After a batch met a stored key (a client's retry), this many batches read their keys first.
+const readFirstBatchesAfterStoredKey = 64
+
+// Whether a batch reads its keys before serving. Almost every key of a drop is new, so a batch
+// stores its answers without reading (one statement less inside the product lock: keyed holds
+// 0.73–0.77× → 0.83–0.86× of plain on MariaDB in alternating runs); the insert fails if a key
+// was stored, and the batch runs again reading first. Where retries with stored keys come in
+// (a client timing out, a replay storm), each would cost its batch a second transaction, so
+// after one the next batches read first.
+export class KeyReadPolicy {
+  private readFirstBatchesLeft = 0
+
+  readFirst(): boolean {
+    if (this.readFirstBatchesLeft === 0) return false
+    this.readFirstBatchesLeft--
+    return true
+  }
+
+  storedKeysMet(): void {
+    this.readFirstBatchesLeft = readFirstBatchesAfterStoredKey
+  }
+}
+
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
   // Keys of this use case's scope only, so a key is tracked as it is.
   private readonly inFlight: InFlightKeys<KeyedAnswer<A>>
+  private readonly keyReads = new KeyReadPolicy()
 
   constructor(
     private readonly store: Store,
@@ -134,55 +162,86 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   }
 
   private async serveBatch(productId: number, batch: Array<Waiter<R, A>>): Promise<void> {
-    const { useCase } = this
     const now = this.clock.now()
-    let outcomes: Array<Outcome<A>>
-    try {
-      outcomes = await withLockedProduct(this.store, this.observer, { label: useCase.label, productId, now }, async (ctx) => {
-        const keys = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [request.idempotencyKey]))
-        assert(new Set(keys).size === keys.length, 'a key is in one request of a batch at most (InFlightKeys)')
-        const stored = await ctx.tx.readIdempotencyKeys(useCase.scope, keys)
-        const expired = stored.filter((record) => record.expiresAt.getTime() <= now.getTime())
-        // The insert below must not meet an expired row of a key it now uses.
-        if (expired.length > 0) {
-          await ctx.tx.freeExpiredIdempotencyKeys(
-            useCase.scope,
-            expired.map((record) => record.key),
-            now,
-          )
+    const keys = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [request.idempotencyKey]))
+    assert(new Set(keys).size === keys.length, 'a key is in one request of a batch at most (InFlightKeys)')
+    let readFirst = keys.length > 0 && this.keyReads.readFirst()
+    let outcomes: Array<Outcome<A>> | undefined
+    for (let attempt = 1; outcomes === undefined; attempt++) {
+      try {
+        outcomes = await this.serveLocked(productId, batch, keys, readFirst, now)
+      } catch (error) {
+        // A key of the batch was stored already: nothing was written; run it again reading the
+        // keys first, which finds that answer and replays it.
+        if (error instanceof StoredKeyConflict && attempt < storedKeyAttemptsMax) {
+          readFirst = true
+          this.keyReads.storedKeysMet()
+          continue
         }
-        const losers = new Map(stored.filter((record) => !expired.includes(record)).map((record) => [record.key, record]))
-        const lost = (waiter: Waiter<R, A>): IdempotencyRecord | undefined => (waiter.request.idempotencyKey === null ? undefined : losers.get(waiter.request.idempotencyKey))
-        const served = batch.filter((waiter) => lost(waiter) === undefined)
-        const verdicts = await useCase.serve(
-          ctx,
-          served.map((waiter) => waiter.request),
-        )
-        assert(verdicts.length === served.length, 'one verdict per request served')
-        const verdictOf = new Map(served.map((waiter, index) => [waiter, verdicts[index]!]))
-        // Only answers that changed something use up the key (SPEC §3): a refused request's key
-        // is never written. Another process may have written one of these keys since the read
-        // above: the insert then fails as a unique violation, the store retries the transaction,
-        // and the retry reads that answer and replays it.
-        const answers: IdempotencyAnswer[] = []
-        for (const [waiter, verdict] of verdictOf) {
-          const key = waiter.request.idempotencyKey
-          if (key === null || !verdict.ok) continue
-          assert(waiter.fingerprint !== null, 'a keyed request carries its fingerprint')
-          answers.push({ key, fingerprint: waiter.fingerprint, responseJson: useCase.encode(verdict.answer) })
-        }
-        await ctx.tx.insertIdempotencyKeys(useCase.scope, answers, now, addMs(now, useCase.idempotencyTtlMs))
-        ctx.events.push({ name: useCase.batchEvent, productId, size: batch.length })
-        return batch.map((waiter): Outcome<A> => {
-          const record = lost(waiter)
-          return record ? { ok: 'replay', record } : verdictOf.get(waiter)!
-        })
-      })
-    } catch (error) {
-      // The batch did not commit: every request in it fails alike and none was answered yet.
-      for (const waiter of batch) waiter.reject(error)
-      return
+        // The batch did not commit: every request in it fails alike and none was answered yet.
+        const failure = error instanceof StoredKeyConflict ? new DomainError('busy', { retry_after_s: 1 }, error.message) : error
+        for (const waiter of batch) waiter.reject(failure)
+        return
+      }
     }
     for (const [index, waiter] of batch.entries()) waiter.resolve(outcomes[index]!)
+  }
+
+  // One transaction for the batch. Without `readFirst` its keys are not read before serving: the
+  // insert of the answers fails (StoredKeyConflict) if one of them was stored already, and the
+  // keys of refused requests are read after serving.
+  private async serveLocked(productId: number, batch: Array<Waiter<R, A>>, keys: readonly string[], readFirst: boolean, now: Date): Promise<Array<Outcome<A>>> {
+    const { useCase } = this
+    return withLockedProduct(this.store, this.observer, { label: useCase.label, productId, now }, async (ctx) => {
+      const stored = readFirst ? await ctx.tx.readIdempotencyKeys(useCase.scope, keys) : []
+      const expired = stored.filter((record) => record.expiresAt.getTime() <= now.getTime())
+      // The insert below must not meet an expired row of a key it now uses.
+      if (expired.length > 0) {
+        await ctx.tx.freeExpiredIdempotencyKeys(
+          useCase.scope,
+          expired.map((record) => record.key),
+          now,
+        )
+      }
+      const losers = new Map(stored.filter((record) => !expired.includes(record)).map((record) => [record.key, record]))
+      if (stored.length > 0) this.keyReads.storedKeysMet()
+      const lost = (waiter: Waiter<R, A>): IdempotencyRecord | undefined => (waiter.request.idempotencyKey === null ? undefined : losers.get(waiter.request.idempotencyKey))
+      const served = batch.filter((waiter) => lost(waiter) === undefined)
+      const verdicts = await useCase.serve(
+        ctx,
+        served.map((waiter) => waiter.request),
+      )
+      assert(verdicts.length === served.length, 'one verdict per request served')
+      const verdictOf = new Map(served.map((waiter, index) => [waiter, verdicts[index]!]))
+      // Unread keys of refused requests: a refusal changed nothing, so one whose key holds an
+      // answer is that answer's replay (a client's retry after the stock ran out still gets its
+      // hold), and the rest of the batch stands. One read, only when a keyed request was refused.
+      if (!readFirst) {
+        const refusedKeys: string[] = []
+        for (const [waiter, verdict] of verdictOf) if (!verdict.ok && waiter.request.idempotencyKey !== null) refusedKeys.push(waiter.request.idempotencyKey)
+        const answered = refusedKeys.length === 0 ? [] : await ctx.tx.readIdempotencyKeys(useCase.scope, refusedKeys)
+        for (const record of answered) {
+          if (record.expiresAt.getTime() <= now.getTime()) continue
+          losers.set(record.key, record)
+          this.keyReads.storedKeysMet()
+        }
+      }
+      // Only answers that changed something use up the key (SPEC §3): a refused request's key
+      // is never written. A key stored since the read above (another process), or not read,
+      // fails the insert with StoredKeyConflict and serveBatch runs the batch again.
+      const answers: IdempotencyAnswer[] = []
+      for (const [waiter, verdict] of verdictOf) {
+        const key = waiter.request.idempotencyKey
+        if (key === null || !verdict.ok) continue
+        assert(waiter.fingerprint !== null, 'a keyed request carries its fingerprint')
+        answers.push({ key, fingerprint: waiter.fingerprint, responseJson: useCase.encode(verdict.answer) })
+      }
+      await ctx.tx.insertIdempotencyKeys(useCase.scope, answers, now, addMs(now, useCase.idempotencyTtlMs))
+      ctx.events.push({ name: useCase.batchEvent, productId, size: batch.length })
+      return batch.map((waiter): Outcome<A> => {
+        const record = lost(waiter)
+        return record ? { ok: 'replay', record } : verdictOf.get(waiter)!
+      })
+    })
   }
 }

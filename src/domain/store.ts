@@ -268,9 +268,10 @@ export interface StoreTx {
   readIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]>
   // Deletes the rows of these keys that have expired by `now`, in one statement.
   freeExpiredIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void>
-  // Stores the answers of a batch's keys, in one statement. A key that another transaction
-  // wrote first (committed, or committing while this one waits) fails it with a unique
-  // violation: the store retries the whole transaction, which then reads that answer.
+  // Stores the answers of a batch's keys, in one statement. A key already stored (by another
+  // transaction, committed or committing while this one waits, or one this transaction did not
+  // read) fails it with StoredKeyConflict: the caller rolls back and runs the batch again,
+  // reading its keys first.
   insertIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
 }
@@ -310,4 +311,13 @@ export interface Store {
   countProducts(): Promise<number>
   ping(): Promise<void>
   close(): Promise<void>
+}
+
+// A batch stored a key that already holds a row. Not a transient conflict for the store to retry
+// as it is: the batch must run again reading its keys first (keyed-batches.ts).
+export class StoredKeyConflict extends Error {
+  override name = 'StoredKeyConflict'
+  constructor(readonly scope: IdempotencyScope) {
+    super(`an idempotency key of scope ${scope} is already stored`)
+  }
 }

@@ -1,7 +1,7 @@
 // One transaction's statements (domain/store.ts StoreTx), on the connection the transaction
 // runner (kysely-store.ts) holds.
 import { CompiledQuery, sql, type Kysely } from 'kysely'
-import { noDropSettings } from '../domain/store.js'
+import { noDropSettings, StoredKeyConflict } from '../domain/store.js'
 import type {
   DropSettings,
   Hold,
@@ -299,7 +299,10 @@ export class KyselyTx implements StoreTx {
   }
 
   insertIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
-    return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt)
+    return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt).catch((error: unknown) => {
+      if (this.engine.isUniqueViolation(error)) throw new StoredKeyConflict(scope)
+      throw error
+    })
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
