@@ -80,6 +80,30 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
+    it('serves a key reused after its TTL as new: the insert meets the expired row, the batch runs again, frees it and stores the new answer', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const first = await new Holds(t.runtime.store, t.clock, t.runtime.observer, settings).create({ productId: t.productId, qty: 1, idempotencyKey: 'reused-after-ttl' })
+      t.clock.advanceMs(settings.idempotencyTtlMs)
+      const { store, transactions } = countingStore(t.runtime.store)
+      const holds = new Holds(store, t.clock, t.runtime.observer, settings)
+      const again = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'reused-after-ttl' })
+      expect(again.replayed).toBe(false)
+      expect(again.hold.id).not.toBe(first.hold.id)
+      expect(transactions.map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))).toEqual([
+        ['insertIdempotencyKeys'],
+        ['readIdempotencyKeys', 'freeExpiredIdempotencyKeys', 'insertIdempotencyKeys'],
+      ])
+      // An expired row is no sign of retries coming in: the next batch does not read first.
+      const before = transactions.length
+      await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'after-reuse' })
+      expect(transactions.slice(before).map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))).toEqual([['insertIdempotencyKeys']])
+      // The key now answers with the new hold.
+      const replay = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'reused-after-ttl' })
+      expect(replay).toEqual({ hold: again.hold, replayed: true })
+      await holds.drain()
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
     it('replays a stored key whose request would now be refused (sold out), with one read after judging and nothing written', async () => {
       const t = await buildTestApp(engine.name, { stock: 2 })
       const { store, transactions } = countingStore(t.runtime.store)
@@ -102,7 +126,7 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
-    it('replays a key another process stored between the batch read and its insert: the insert fails, the transaction is retried and reads the answer', async () => {
+    it('replays a key another process stored between the batch read and its insert: the insert fails, the batch runs again and reads the answer', async () => {
       const t = await buildTestApp(engine.name, { stock: 10 })
       const first = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
       // The first read of the batch misses the stored row, as if it committed a moment later.

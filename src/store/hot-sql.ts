@@ -113,15 +113,21 @@ export class HotSql {
     return rows.map(toIdempotencyRecord)
   }
 
-  // Each buyer's units of the product, for engines that list the buyers in the statement (one
-  // text per buyer count): Kysely built and compiled its three IN lists on every batch.
+  // Each buyer's units of the product, for engines that list the buyers in the statement:
+  // Kysely built and compiled its three IN lists on every batch. The list is padded to a power
+  // of two with the last buyer again (a repeat in an IN list adds no row), so a batch limit of
+  // 10,000 makes 15 texts, not 10,000 whose sizes grow with the count.
   async buyerUnits(db: Db, productId: number, buyerIds: readonly string[], nowMs: number): Promise<Map<string, number>> {
+    const listed = 2 ** Math.ceil(Math.log2(buyerIds.length))
     const statement = this.bound(
-      `buyerUnits:${buyerIds.length}`,
-      () => [buyerUnitsProductSentinel, buyerUnitsNowSentinel, ...buyerIds.map((_, index) => `\u0000b${index}`)],
+      `buyerUnits:${listed}`,
+      () => [buyerUnitsProductSentinel, buyerUnitsNowSentinel, ...Array.from({ length: listed }, (_, index) => `\u0000b${index}`)],
       (sentinels) => buyerUnitsQuery(db, sentinels[0] as number, sentinels.slice(2) as string[], sentinels[1] as number).compile(),
     )
-    const { rows } = await db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(statement.sql, statement.parameters([productId, nowMs, ...buyerIds])))
+    const args: unknown[] = [productId, nowMs, ...buyerIds]
+    const last = buyerIds[buyerIds.length - 1]
+    while (args.length < listed + 2) args.push(last)
+    const { rows } = await db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(statement.sql, statement.parameters(args)))
     return new Map(rows.map((row) => [row.buyer_id, Number(row.units)]))
   }
 
@@ -182,7 +188,8 @@ export class HotSql {
       const slots = compiled.parameters.map((value) => argumentOf.get(value) ?? -1)
       const missing = sentinels.filter((_, index) => !slots.includes(index))
       if (missing.length > 0) throw new Error(`hot statement ${key} lacks the sentinels ${JSON.stringify(missing)}`)
-      const constants = compiled.parameters
+      // Only the constants are kept, not the sentinels (one string per argument).
+      const constants = compiled.parameters.map((value, index) => (slots[index] === -1 ? value : undefined))
       statement = {
         sql: compiled.sql,
         parameters: (args) => {

@@ -112,8 +112,9 @@ export class KyselyStore implements Store {
           }
         })
       } catch (error) {
-        // A unique violation on an idempotency key means a duplicate committed concurrently:
-        // the retried attempt sees it and answers as a replay.
+        // A unique violation (a payment event's key, an order's hold) means a duplicate committed
+        // concurrently: the retried attempt sees it and answers as a replay. Idempotency keys
+        // come here as StoredKeyConflict instead: their batch runs again itself (keyed-batches.ts).
         const transient = this.capabilities.isTransientConflict(error) || this.capabilities.isUniqueViolation(error)
         if (!transient) {
           if (this.capabilities.isUnavailable(error)) throw this.unavailable(error)
