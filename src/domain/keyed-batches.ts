@@ -193,8 +193,8 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   }
 
   // One transaction for the batch. Without `readFirst` its keys are not read before serving: the
-  // insert of the answers fails (StoredKeyConflict) if one of them was stored already, and the
-  // keys of refused requests are read after serving.
+  // insert of the answers fails (StoredKeyConflict) if one of them was stored already, and so
+  // does the read of the refused requests' keys after serving.
   private async serveLocked(productId: number, batch: Array<Waiter<R, A>>, keys: readonly string[], readFirst: boolean, now: Date): Promise<Array<Outcome<A>>> {
     const { useCase } = this
     return withLockedProduct(this.store, this.observer, { label: useCase.label, productId, now }, async (ctx) => {
@@ -219,18 +219,16 @@ export class KeyedBatches<R extends KeyedRequest, A> {
       )
       assert(verdicts.length === served.length, 'one verdict per request served')
       const verdictOf = new Map(served.map((waiter, index) => [waiter, verdicts[index]!]))
-      // Unread keys of refused requests: a refusal changed nothing, so one whose key holds an
-      // answer is that answer's replay (a client's retry after the stock ran out still gets its
-      // hold), and the rest of the batch stands. One read, only when a keyed request was refused.
+      // Unread keys of refused requests: no insert would meet them, so they are read here (one
+      // statement, only when a keyed request was refused). One that holds a live answer is a
+      // retry owed that answer (a client's retry after the stock ran out still gets its hold),
+      // but judging it may have changed something on the way (lapsed holds reclaimed to make
+      // room), and a replay changes nothing: the batch runs again reading its keys first.
       if (!readFirst) {
         const refusedKeys: string[] = []
         for (const [waiter, verdict] of verdictOf) if (!verdict.ok && waiter.request.idempotencyKey !== null) refusedKeys.push(waiter.request.idempotencyKey)
         const answered = refusedKeys.length === 0 ? [] : await ctx.tx.readIdempotencyKeys(useCase.scope, refusedKeys)
-        for (const record of answered) {
-          if (record.expiresAt.getTime() <= now.getTime()) continue
-          losers.set(record.key, record)
-          this.keyReads.storedKeysMet()
-        }
+        if (answered.some((record) => record.expiresAt.getTime() > now.getTime())) throw new StoredKeyConflict(useCase.scope)
       }
       // Only answers that changed something use up the key (SPEC §3): a refused request's key
       // is never written. A key stored since the read above (another process), or not read,
