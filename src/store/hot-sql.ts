@@ -113,21 +113,17 @@ export class HotSql {
     return rows.map(toIdempotencyRecord)
   }
 
-  // Each buyer's units of the product, for engines that list the buyers in the statement:
-  // Kysely built and compiled its three IN lists on every batch. The list is padded to a power
-  // of two with the last buyer again (a repeat in an IN list adds no row), so a batch limit of
-  // 10,000 makes 15 texts, not 10,000 whose sizes grow with the count.
+  // Each buyer's units of the product, for engines that list the buyers in the statement (one
+  // text per buyer count, as for the key statements): Kysely built and compiled its three IN
+  // lists on every batch. Not padded to fewer sizes: statement-limits.ts checks a full batch
+  // against the engine's parameter limit by the count of buyers (buyerUnitsShape).
   async buyerUnits(db: Db, productId: number, buyerIds: readonly string[], nowMs: number): Promise<Map<string, number>> {
-    const listed = 2 ** Math.ceil(Math.log2(buyerIds.length))
     const statement = this.bound(
-      `buyerUnits:${listed}`,
-      () => [buyerUnitsProductSentinel, buyerUnitsNowSentinel, ...Array.from({ length: listed }, (_, index) => `\u0000b${index}`)],
+      `buyerUnits:${buyerIds.length}`,
+      () => [buyerUnitsProductSentinel, buyerUnitsNowSentinel, ...buyerIds.map((_, index) => `\u0000b${index}`)],
       (sentinels) => buyerUnitsQuery(db, sentinels[0] as number, sentinels.slice(2) as string[], sentinels[1] as number).compile(),
     )
-    const args: unknown[] = [productId, nowMs, ...buyerIds]
-    const last = buyerIds[buyerIds.length - 1]
-    while (args.length < listed + 2) args.push(last)
-    const { rows } = await db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(statement.sql, statement.parameters(args)))
+    const { rows } = await db.executeQuery<{ buyer_id: string; units: unknown }>(CompiledQuery.raw(statement.sql, statement.parameters([productId, nowMs, ...buyerIds])))
     return new Map(rows.map((row) => [row.buyer_id, Number(row.units)]))
   }
 
