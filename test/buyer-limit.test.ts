@@ -93,6 +93,19 @@ for (const engine of testEngines()) {
       await expectCleanAudit(t.baseUrl)
     })
 
+    it('tells buyers apart byte for byte: "bob", "bob " and "Bob" each have their own allowance (MySQL compared text ignoring trailing spaces)', async () => {
+      const { t, productId, as } = await limitedApp(100, 2)
+      const spellings = ['bob', 'bob ', 'Bob', ' bob']
+      for (const sub of spellings) {
+        const headers = await as(sub)
+        const first = await granted(holdAs(t.baseUrl, headers, productId, 2))
+        expect(first.buyer_id).toBe(sub)
+        expectLimitReached(await holdAs(t.baseUrl, headers, productId, 1), 2, 2)
+      }
+      expect(await productOf(t.baseUrl, productId)).toMatchObject({ reserved: 2 * spellings.length })
+      await expectCleanAudit(t.baseUrl)
+    })
+
     it('stops counting released units at once', async () => {
       const { t, productId, as } = await limitedApp(10, 3)
       const alice = await as('alice')

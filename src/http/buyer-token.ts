@@ -11,6 +11,8 @@ import { GenerationCache } from '../domain/generation-cache.js'
 
 export const buyerIdCharsMax = 128
 const clockToleranceS = 60
+// A lone surrogate (with the u flag a pair is one code point, never Cs) or NUL.
+const unstorableChars = /[\p{Cs}\u0000]/u
 // Verified tokens kept so a buyer's burst costs one HMAC, not one per request. A named bound:
 // past it the oldest half goes (GenerationCache).
 export const buyerTokenCacheMax = 10_000
@@ -75,6 +77,10 @@ export class BuyerTokens {
       const { sub, exp, nbf } = this.verifier(token) as Record<string, unknown>
       // Characters, not UTF-16 units; a string of at most that many units needs no counting.
       if (typeof sub !== 'string' || sub.length < 1 || (sub.length > buyerIdCharsMax && [...sub].length > buyerIdCharsMax)) throw new Error('bad sub')
+      // A buyer id every engine stores exactly as it is compared: a lone surrogate was stored as
+      // U+FFFD (or other bytes), so the stored buyer was not the one the limit looked up, and
+      // PostgreSQL refuses NUL in text, which failed every request of the batch with a 500.
+      if (unstorableChars.test(sub)) throw new Error('bad sub')
       if (typeof exp !== 'number' || !Number.isFinite(exp) || exp <= nowS - clockToleranceS) throw new Error('expired')
       if (nbf !== undefined && (typeof nbf !== 'number' || nbf > nowS + clockToleranceS)) throw new Error('not yet valid')
       verified = { buyerId: sub, expS: exp }

@@ -83,6 +83,11 @@ export async function badTokens(nowMs: number = Date.now()): Promise<BadToken[]>
     ['sub of 129 characters outside the BMP', await buyerToken('\u{1F600}'.repeat(buyerIdCharsMax + 1), { nowMs })],
     ['sub a number', await buyerToken(undefined, { nowMs, claims: { sub: 42 } })],
     ['sub null', await buyerToken(undefined, { nowMs, claims: { sub: null } })],
+    // Signed by a shop that built the id from user input: no engine stores these exactly (a lone
+    // surrogate became U+FFFD; PostgreSQL refuses NUL in text).
+    ['sub with a lone surrogate', await buyerToken('mallory\ud800', { nowMs })],
+    ['sub with a lone low surrogate first', await buyerToken('\udc00mallory', { nowMs })],
+    ['sub with a NUL', await buyerToken('mallory\u0000', { nowMs })],
   ]
   return [
     ...shapes.map(([label, token]) => ({ label, authorization: `Bearer ${token}` })),

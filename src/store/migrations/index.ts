@@ -276,6 +276,31 @@ function buyerFirstIndexes(engine: Engine): Migration {
   }
 }
 
+// MySQL and MariaDB compare utf8mb4_bin text as PAD SPACE: trailing spaces are ignored, so the
+// buyers "bob" and "bob " were one buyer to the per-buyer count (its IN list and GROUP BY) and two
+// to the service, and each was judged with 0 units (I8 broken; found by a black-box probe). A
+// NO PAD binary collation compares buyer ids byte for byte, as SQLite and PostgreSQL do. Ids the
+// service mints and idempotency keys (visible ASCII only) cannot end in a space, so only the
+// buyer columns change.
+function exactBuyerIds(engine: Engine): Migration {
+  const tables = ['holds', 'orders', 'waitlist_tickets'] as const
+  return {
+    async up(db: Kysely<unknown>) {
+      if (engine.name !== 'mysql') return
+      const collation = await noPadBinaryCollation(db)
+      for (const table of tables) {
+        await sql`alter table ${sql.table(table)} modify buyer_id varchar(128) character set utf8mb4 collate ${sql.raw(collation)} null`.execute(db)
+      }
+    },
+  }
+}
+
+// MariaDB (10.2+) names it utf8mb4_nopad_bin; MySQL 8 (8.0.17+) utf8mb4_0900_bin.
+export async function noPadBinaryCollation(db: Kysely<unknown>): Promise<string> {
+  const { rows } = await sql<{ version: string }>`select version() as version`.execute(db)
+  return /mariadb/i.test(rows[0]?.version ?? '') ? 'utf8mb4_nopad_bin' : 'utf8mb4_0900_bin'
+}
+
 export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
   return {
     getMigrations: async () => ({
@@ -286,6 +311,7 @@ export function migrationProvider(engine: Engine, seed?: SeedProduct): Migration
       '0005_waitlist': waitlist(engine),
       '0006_buyer_status_indexes': buyerStatusIndexes(engine),
       '0007_buyer_first_indexes': buyerFirstIndexes(engine),
+      '0008_exact_buyer_ids': exactBuyerIds(engine),
     }),
   }
 }
