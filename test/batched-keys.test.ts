@@ -4,6 +4,7 @@
 // a hold batch is a pure function of the ledger and the requests.
 import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
+import type { DomainEvent } from '../src/domain/events.js'
 import { Holds, judgeHolds, type HoldAnswer, type HoldRequest } from '../src/domain/holds.js'
 import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
@@ -37,6 +38,37 @@ function countingStore(store: Store): { store: Store; transactions: Array<{ labe
     },
   })
   return { store: counting, transactions }
+}
+
+// A store whose first `missedReads` reads of idempotency keys find nothing, as if another
+// process stored them a moment after each read; the store's calls, one list per transaction.
+function racingStore(store: Store, missedReads: number): { store: Store; transactions: string[][] } {
+  let reads = 0
+  const transactions: string[][] = []
+  const racing = new Proxy(store, {
+    get(target, property, receiver) {
+      if (property !== 'transaction') return Reflect.get(target, property, receiver)
+      return (options: { label: string }, fn: (tx: StoreTx) => Promise<unknown>) =>
+        target.transaction(options, (tx) => {
+          const calls: string[] = []
+          transactions.push(calls)
+          return fn(
+            new Proxy(tx, {
+              get(txTarget, name, txReceiver) {
+                const value = Reflect.get(txTarget, name, txReceiver) as unknown
+                if (typeof value !== 'function') return value
+                return (...args: unknown[]) => {
+                  calls.push(String(name))
+                  if (name === 'readIdempotencyKeys' && reads++ < missedReads) return Promise.resolve([])
+                  return (value as (...a: unknown[]) => unknown).apply(txTarget, args)
+                }
+              },
+            }),
+          )
+        })
+    },
+  })
+  return { store: racing, transactions }
 }
 
 const settings = { holdTtlMs: 120_000, idempotencyTtlMs: 3_600_000, holdBatchMax: 256, queueDepthMax: 10_000, queuedProductsMax: 1000, inFlightKeysMax: 100_000 }
@@ -135,31 +167,7 @@ for (const engine of testEngines()) {
       const t = await buildTestApp(engine.name, { stock: 10 })
       const first = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
       // The first read of the batch misses the stored row, as if it committed a moment later.
-      let reads = 0
-      const transactions: string[][] = []
-      const racing = new Proxy(t.runtime.store, {
-        get(target, property, receiver) {
-          if (property !== 'transaction') return Reflect.get(target, property, receiver)
-          return (options: { label: string }, fn: (tx: StoreTx) => Promise<unknown>) =>
-            target.transaction(options, (tx) => {
-              const calls: string[] = []
-              transactions.push(calls)
-              return fn(
-                new Proxy(tx, {
-                  get(txTarget, name, txReceiver) {
-                    const value = Reflect.get(txTarget, name, txReceiver) as unknown
-                    if (typeof value !== 'function') return value
-                    return (...args: unknown[]) => {
-                      calls.push(String(name))
-                      if (name === 'readIdempotencyKeys' && reads++ === 0) return Promise.resolve([])
-                      return (value as (...a: unknown[]) => unknown).apply(txTarget, args)
-                    }
-                  },
-                }),
-              )
-            })
-        },
-      })
+      const { store: racing, transactions } = racingStore(t.runtime.store, 1)
       const holds = new Holds(racing, t.clock, t.runtime.observer, settings)
       const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
       expect(again).toEqual({ hold: first.hold, replayed: true })
@@ -170,6 +178,32 @@ for (const engine of testEngines()) {
         ['readIdempotencyKeys', 'insertIdempotencyKeys'],
         ['readIdempotencyKeys', 'insertIdempotencyKeys'],
       ])
+      await holds.drain()
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body.available_stock).toBe(8)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('answers 503 busy with tx.busy when other processes store its keys before every attempt: nothing written, the client may retry', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const first = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' })
+      const { store: racing, transactions } = racingStore(t.runtime.store, Number.POSITIVE_INFINITY)
+      const events: DomainEvent[] = []
+      const holds = new Holds(racing, t.clock, { emit: (event) => void events.push(event) }, settings)
+      const refused = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' }).catch((error: unknown) => error)
+      expect(refused).toBeInstanceOf(DomainError)
+      expect((refused as DomainError).code).toBe('busy')
+      // The first attempt without reading, then three that read and miss: four in all.
+      expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([
+        ['insertIdempotencyKeys'],
+        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
+        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
+        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
+      ])
+      expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 4 })
+      // The key still holds the first answer: the client's retry through the service replays it.
+      const retry = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' })
+      expect(retry).toEqual({ hold: first.hold, replayed: true })
       await holds.drain()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(8)
