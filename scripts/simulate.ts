@@ -48,6 +48,8 @@ try {
   console.log(`ok: ${summary(stats)}`)
   console.log(`  commands: ${JSON.stringify(stats.byKind)}`)
   console.log(`  answers by status: ${JSON.stringify(stats.byStatus)}`)
+  console.log(`  refusals by code: ${JSON.stringify(stats.byCode)}`)
+  console.log(`  late payments refused a recovery by the buyer's limit: ${stats.recoveriesRefusedByLimit}`)
   if (stats.anomalies.length > 0) console.log(`  anomalies (${stats.anomalies.length}), first: ${stats.anomalies[0]}`)
 } catch (error) {
   exitCode = 1

@@ -1,7 +1,8 @@
 // Drives the real service (the app the server builds, through Fastify's inject, on a real
 // database and a manual clock) with a seeded random sequence of commands, asks the reference
 // model what each answer must be, and after every step checks the products' counts against the
-// model and runs the audit (I1-I4). A restart closes the store under requests still in flight
+// model and runs the audit (I1-I4, and I8 for the buyers: holds carry a buyer token from a small
+// pool, so products with a per-buyer limit meet it often). A restart closes the store under requests still in flight
 // and opens a new runtime on the same database; the abandoned requests are retried with their
 // idempotency keys, as a client that got no answer would.
 import pino from 'pino'
@@ -15,13 +16,14 @@ import { buildApp, type App } from '../../src/http/app.js'
 import { statusByCode } from '../../src/http/problem.js'
 import { sweepOnce } from '../../src/jobs/sweeper.js'
 import { openRuntime, type Runtime } from '../../src/runtime.js'
+import { bearer, buyerEnv, buyerToken } from '../helpers/buyer-tokens.js'
 import { Model, type Expected, type ModelSettings } from './model.js'
 import { SimRandom } from './random.js'
 
 export type Command =
-  | { kind: 'product'; stock: number; priceMinor: number }
+  | { kind: 'product'; stock: number; priceMinor: number; perBuyerLimit: number | null }
   | { kind: 'addStock'; productId: number; delta: number }
-  | { kind: 'hold'; productId: number; qty: number; key: string | null; copies: number }
+  | { kind: 'hold'; productId: number; qty: number; key: string | null; buyer: string | null; copies: number }
   | { kind: 'getHold'; holdId: string }
   | { kind: 'release'; holdId: string }
   | { kind: 'order'; holdId: string; key: string | null }
@@ -60,6 +62,10 @@ export interface SimStats {
   audits: number
   byKind: Record<string, number>
   byStatus: Record<string, number>
+  // Refusals by error code.
+  byCode: Record<string, number>
+  // Late payments refused a recovery by the buyer's limit (from the model).
+  recoveriesRefusedByLimit: number
   anomalies: string[]
   elapsedMs: number
 }
@@ -82,6 +88,15 @@ const productsMax = 4
 const stockMax = 30
 // How many recent requests a duplicate or a reused key is drawn from.
 const recentMax = 50
+// A fixed start, so a replay of a seed sees the same instants.
+const simStartMs = Date.parse('2030-01-01T00:00:00.000Z')
+// Buyers come from a window of a few, so one meets a product's limit often, and the window moves
+// on every so many steps: paid units count for good, so a fixed set of buyers would soon be
+// refused everything and the run would stop selling.
+const buyersAtOnce = 6
+const stepsPerNewBuyer = 150
+// Longer than any run's manual clock moves (about 12 s a step: a million steps is 140 days).
+const buyerTokenTtlS = 10 * 365 * 24 * 3600
 
 interface Live {
   runtime: Runtime
@@ -106,7 +121,7 @@ export async function runSimulation(options: SimOptions): Promise<SimStats> {
 }
 
 class Simulation {
-  readonly stats: SimStats = { ops: 0, restarts: 0, abandoned: 0, sweeps: 0, audits: 0, byKind: {}, byStatus: {}, anomalies: [], elapsedMs: 0 }
+  readonly stats: SimStats = { ops: 0, restarts: 0, abandoned: 0, sweeps: 0, audits: 0, byKind: {}, byStatus: {}, byCode: {}, recoveriesRefusedByLimit: 0, anomalies: [], elapsedMs: 0 }
   private readonly random: SimRandom
   private readonly clock: ManualClock
   private readonly config: Config
@@ -117,11 +132,11 @@ class Simulation {
   private readonly recentHolds: Array<Extract<Command, { kind: 'hold' }>> = []
   private readonly recentOrders: Array<Extract<Command, { kind: 'order' }>> = []
   private readonly recentWebhooks: WebhookRequest[] = []
+  private readonly tokens = new Map<string, string>()
 
   constructor(private readonly options: SimOptions) {
     this.random = new SimRandom(options.seed)
-    // A fixed start, so a replay of a seed sees the same instants.
-    this.clock = new ManualClock(new Date('2030-01-01T00:00:00.000Z'))
+    this.clock = new ManualClock(new Date(simStartMs))
     this.config = loadConfig({
       DATABASE_URL: options.databaseUrl,
       LOG_LEVEL: 'silent',
@@ -129,6 +144,7 @@ class Simulation {
       RATE_LIMIT_HOLD_PER_MIN: '0',
       RATE_LIMIT_ORDER_PER_MIN: '0',
       SEED_STOCK: '0',
+      ...buyerEnv,
       ...simEnv,
     })
     const settings: ModelSettings = {
@@ -174,6 +190,7 @@ class Simulation {
     const problems = this.model.selfCheck(true)
     if (problems.length > 0) throw new SimFailure(`model broke its own invariants: ${problems.join('; ')}`)
     this.stats.anomalies = this.model.anomalies
+    this.stats.recoveriesRefusedByLimit = this.model.recoveriesRefusedByLimit
     this.stats.elapsedMs = performance.now() - startedMs
   }
 
@@ -207,7 +224,7 @@ class Simulation {
 
   private generate(): Command {
     const model = this.model
-    if (model.products.size === 0) return { kind: 'product', stock: this.random.int(4, 16), priceMinor: this.random.int(1, 5000) }
+    if (model.products.size === 0) return { kind: 'product', stock: this.random.int(4, 16), priceMinor: this.random.int(1, 5000), perBuyerLimit: this.perBuyerLimit() }
     const kind = this.random.weighted({
       product: model.products.size < productsMax ? 3 : 0,
       addStock: 3,
@@ -258,23 +275,36 @@ class Simulation {
     return request.orderId === null ? undefined : this.model.orderById(request.orderId)?.holdId
   }
 
+  // Half the products limit units per buyer, to a few units: holds of 1-3 meet it soon.
+  private perBuyerLimit(): number | null {
+    return this.random.chance(0.5) ? this.random.int(2, 8) : null
+  }
+
+  // null: an anonymous request.
+  private anyBuyer(): string | null {
+    if (this.random.chance(0.15)) return null
+    return `b${Math.floor(this.stats.ops / stepsPerNewBuyer) + this.random.int(0, buyersAtOnce - 1)}`
+  }
+
   private generateOne(kind: Exclude<Command['kind'], 'restart'>, keyed: boolean): Command {
     const random = this.random
     const model = this.model
     const productIds = [...model.products.keys()]
     switch (kind) {
       case 'product':
-        return { kind, stock: random.int(0, 16), priceMinor: random.int(1, 5000) }
+        return { kind, stock: random.int(0, 16), priceMinor: random.int(1, 5000), perBuyerLimit: this.perBuyerLimit() }
       case 'addStock':
         return { kind, productId: random.pick(productIds), delta: random.int(-4, 8) }
       case 'hold': {
         const roll = random.int(0, 99)
         if (roll < 10 && this.recentHolds.length > 0) return { ...random.pick(this.recentHolds), copies: random.chance(0.3) ? random.int(2, 3) : 1 }
         if (roll < 14 && this.recentHolds.length > 0) return { ...random.pick(this.recentHolds), qty: random.int(1, 4), copies: 1 }
+        // Another buyer's request under a key already used: a reuse unless it is the same buyer.
+        if (roll < 17 && this.recentHolds.length > 0) return { ...random.pick(this.recentHolds), buyer: this.anyBuyer(), copies: 1 }
         const productId = random.chance(0.03) ? 999_999 : random.pick(productIds)
         const qty = random.chance(0.03) ? random.pick([0, 11]) : random.int(1, 3)
         const key = keyed || random.chance(0.6) ? this.newKey('hold') : null
-        const command: Extract<Command, { kind: 'hold' }> = { kind, productId, qty, key, copies: key !== null && random.chance(0.1) ? random.int(2, 3) : 1 }
+        const command: Extract<Command, { kind: 'hold' }> = { kind, productId, qty, key, buyer: this.anyBuyer(), copies: key !== null && random.chance(0.1) ? random.int(2, 3) : 1 }
         if (key !== null) remember(this.recentHolds, command)
         return command
       }
@@ -352,13 +382,26 @@ class Simulation {
     })
     const reply = { status: response.statusCode, body: response.body ? JSON.parse(response.body) : undefined, replayed: response.headers['idempotent-replayed'] === 'true' }
     this.count(String(reply.status), this.stats.byStatus)
+    if (typeof reply.body?.code === 'string') this.count(reply.body.code, this.stats.byCode)
     return reply
   }
 
-  private request(command: Command): Promise<Reply> {
+  // Tokens as a shop would issue them, minted once per buyer for the start of the manual clock.
+  private async tokenOf(buyer: string): Promise<string> {
+    let token = this.tokens.get(buyer)
+    if (token === undefined) {
+      token = await buyerToken(buyer, { nowMs: simStartMs, expS: Math.floor(simStartMs / 1000) + buyerTokenTtlS })
+      this.tokens.set(buyer, token)
+    }
+    return token
+  }
+
+  private async request(command: Command): Promise<Reply> {
     switch (command.kind) {
-      case 'hold':
-        return this.inject('POST', '/api/holds', { product_id: command.productId, qty: command.qty }, command.key === null ? {} : { 'idempotency-key': command.key })
+      case 'hold': {
+        const headers = { ...(command.key === null ? {} : { 'idempotency-key': command.key }), ...(command.buyer === null ? {} : bearer(await this.tokenOf(command.buyer))) }
+        return this.inject('POST', '/api/holds', { product_id: command.productId, qty: command.qty }, headers)
+      }
       case 'getHold':
         return this.inject('GET', `/api/holds/${command.holdId}`)
       case 'release':
@@ -384,7 +427,7 @@ class Simulation {
     const model = this.model
     switch (command.kind) {
       case 'hold':
-        return model.hold(command.productId, command.qty, command.key)
+        return model.hold(command.productId, command.qty, command.key, command.buyer)
       case 'getHold':
         return model.getHold(command.holdId)
       case 'release':
@@ -405,8 +448,14 @@ class Simulation {
     this.count(command.kind, this.stats.byKind)
     switch (command.kind) {
       case 'product': {
-        const created = await this.live!.catalog.create({ name: `sim ${command.stock}`, priceMinor: command.priceMinor, currency: 'USD', stock: command.stock })
-        this.model.addProduct(created.id, command.stock, command.priceMinor)
+        const created = await this.live!.catalog.create({
+          name: `sim ${command.stock}`,
+          priceMinor: command.priceMinor,
+          currency: 'USD',
+          stock: command.stock,
+          drop: { perBuyerLimit: command.perBuyerLimit },
+        })
+        this.model.addProduct(created.id, command.stock, command.priceMinor, command.perBuyerLimit)
         return
       }
       case 'addStock': {
@@ -486,8 +535,20 @@ class Simulation {
     for (const productId of productIds) {
       const product = this.model.products.get(productId)!
       const reply = await this.inject('GET', `/api/products/${product.id}`)
-      const expected = { stock: product.stock, reserved: product.reserved, sold: product.sold, available_stock: this.model.shownAvailable(product) }
-      const actual = { stock: reply.body?.stock, reserved: reply.body?.reserved, sold: reply.body?.sold, available_stock: reply.body?.available_stock }
+      const expected = {
+        stock: product.stock,
+        reserved: product.reserved,
+        sold: product.sold,
+        available_stock: this.model.shownAvailable(product),
+        per_buyer_limit: product.perBuyerLimit,
+      }
+      const actual = {
+        stock: reply.body?.stock,
+        reserved: reply.body?.reserved,
+        sold: reply.body?.sold,
+        available_stock: reply.body?.available_stock,
+        per_buyer_limit: reply.body?.per_buyer_limit,
+      }
       if (reply.status !== 200 || JSON.stringify(actual) !== JSON.stringify(expected)) {
         throw new SimFailure(`product ${product.id}: service ${reply.status} ${JSON.stringify(actual)}, model ${JSON.stringify(expected)}`)
       }
@@ -496,7 +557,7 @@ class Simulation {
 
   private async audit(): Promise<void> {
     this.stats.audits += 1
-    const report = await audit(this.live!.runtime.store)
+    const report = await audit(this.live!.runtime.store, this.clock.now())
     if (!report.ok) throw new SimFailure(`audit: ${report.violations.map((violation) => `${violation.invariant} ${violation.message}`).join('; ')}`)
   }
 }

@@ -23,6 +23,8 @@ export interface MProduct {
   currency: string
   reserved: number
   sold: number
+  // SPEC §8: units one buyer may have of this product at once; null: no limit.
+  perBuyerLimit: number | null
 }
 
 export interface MHold {
@@ -31,7 +33,7 @@ export interface MHold {
   qty: number
   status: HoldStatus
   expiresAtMs: number
-  // Buyers (per-buyer limits, I8) are added here when the domain has them.
+  // The buyer token's subject; null when anonymous.
   buyer: string | null
 }
 
@@ -46,6 +48,8 @@ export interface MOrder {
   status: OrderStatus
   expiresAtMs: number
   refundRequired: boolean
+  // Its hold's buyer, whoever made the order.
+  buyer: string | null
 }
 
 export interface PaymentBody {
@@ -99,12 +103,16 @@ export class Model {
   private pendingSet = new Set<MOrder>()
   private waitingList: MPayment[] = []
   private readonly ordersById = new Map<string, MOrder>()
+  // Paid units by product and buyer (paid is final), for the per-buyer limit.
+  private readonly paidUnits = new Map<string, number>()
   // Hold ids in creation order (the generator draws from the recent end).
   readonly holdIds: string[] = []
   readonly namedOrders: MOrder[] = []
   // Answers the model had to accept from the service because no rule decides them
   // (counted, reported; see anomaly in the driver).
   anomalies: string[] = []
+  // Late payments the per-buyer limit turned into refund_required (the run shows it met the case).
+  recoveriesRefusedByLimit = 0
 
   constructor(
     readonly settings: ModelSettings,
@@ -177,6 +185,29 @@ export class Model {
     return undefined
   }
 
+  // SPEC §8: a buyer's units of a product: active holds and pending orders not yet lapsed (swept
+  // or not), and paid orders.
+  buyerUnits(productId: number, buyer: string): number {
+    let units = this.paidUnits.get(`${productId}\u0000${buyer}`) ?? 0
+    for (const hold of this.activeHolds()) if (hold.productId === productId && hold.buyer === buyer && !this.lapsed(hold)) units += hold.qty
+    for (const order of this.pendingOrders()) if (order.productId === productId && order.buyer === buyer && !this.lapsed(order)) units += order.qty
+    return units
+  }
+
+  private fitsBuyerLimit(product: MProduct, buyer: string | null, qty: number): boolean {
+    if (product.perBuyerLimit === null || buyer === null) return true
+    const fits = this.buyerUnits(product.id, buyer) + qty <= product.perBuyerLimit
+    if (!fits) this.recoveriesRefusedByLimit += 1
+    return fits
+  }
+
+  private markPaid(order: MOrder): void {
+    order.status = 'paid'
+    if (order.buyer === null) return
+    const slot = `${order.productId}\u0000${order.buyer}`
+    this.paidUnits.set(slot, (this.paidUnits.get(slot) ?? 0) + order.qty)
+  }
+
   // ---- the model's own invariants (its rows against its counts) ----
 
   // `full` also recounts sold over every order (linear in the run's length: at the end only).
@@ -200,8 +231,8 @@ export class Model {
 
   // ---- products ----
 
-  addProduct(id: number, stock: number, priceMinor: number): void {
-    this.products.set(id, { id, stock, priceMinor, currency: 'USD', reserved: 0, sold: 0 })
+  addProduct(id: number, stock: number, priceMinor: number, perBuyerLimit: number | null): void {
+    this.products.set(id, { id, stock, priceMinor, currency: 'USD', reserved: 0, sold: 0, perBuyerLimit })
   }
 
   addStock(productId: number, delta: number): Expected {
@@ -214,21 +245,28 @@ export class Model {
 
   // ---- holds ----
 
-  hold(productId: number, qty: number, key: string | null): Expected {
+  hold(productId: number, qty: number, key: string | null, buyer: string | null): Expected {
     if (!Number.isInteger(qty) || qty < 1 || qty > this.settings.maxQtyPerHold) return { status: 422, code: 'validation_failed' }
-    const fingerprint = `${productId}:${qty}`
+    // The buyer is part of what a key stands for: another buyer's same request is a reuse.
+    const fingerprint = `${productId}:${qty}:${buyer ?? ''}`
     const record = this.liveKey(this.holdKeys, key)
     if (record) {
       if (record.fingerprint !== fingerprint) return { status: 422, code: 'idempotency_key_reused' }
       const hold = this.holds.get(record.answerId)!
       // A replay answers the stored hold; its status is the stored answer's, not compared.
-      return { status: 201, replayed: true, body: { hold_id: hold.id, product_id: productId, qty, expires_at: new Date(hold.expiresAtMs).toISOString() } }
+      return { status: 201, replayed: true, body: { hold_id: hold.id, product_id: productId, qty, expires_at: new Date(hold.expiresAtMs).toISOString(), buyer_id: hold.buyer } }
     }
     const product = this.products.get(productId)
     if (!product) return { status: 404, code: 'product_not_found' }
     const shownBefore = this.shownAvailable(product)
     // Lapsed rows are reclaimed before anyone is refused (holds.ts), only when short.
     if (qty > this.storedAvailable(product)) this.expireLapsed(product)
+    // Refusals in the service's order: buyer token, per-buyer limit, stock (holds.ts).
+    if (product.perBuyerLimit !== null) {
+      if (buyer === null) return { status: 401, code: 'buyer_token_required' }
+      const units = this.buyerUnits(productId, buyer)
+      if (units + qty > product.perBuyerLimit) return { status: 409, code: 'buyer_limit_reached', body: { per_buyer_limit: product.perBuyerLimit, buyer_units: units } }
+    }
     const available = this.storedAvailable(product)
     if (qty > available) {
       if (qty <= shownBefore) this.anomalies.push(`hold of ${qty} refused (available_stock ${available}) on product ${productId} whose GET showed ${shownBefore}`)
@@ -239,9 +277,9 @@ export class Model {
     return {
       status: 201,
       replayed: false,
-      body: { product_id: productId, qty, status: 'active', expires_at: new Date(expiresAtMs).toISOString() },
+      body: { product_id: productId, qty, status: 'active', expires_at: new Date(expiresAtMs).toISOString(), buyer_id: buyer },
       learn: (answer: { hold_id: string }) => {
-        const hold: MHold = { id: answer.hold_id, productId, qty, status: 'active', expiresAtMs, buyer: null }
+        const hold: MHold = { id: answer.hold_id, productId, qty, status: 'active', expiresAtMs, buyer }
         this.holds.set(hold.id, hold)
         this.holdIds.push(hold.id)
         this.activeSet.add(hold)
@@ -253,7 +291,7 @@ export class Model {
   getHold(holdId: string): Expected {
     const hold = this.holds.get(holdId)
     if (!hold) return { status: 404, code: 'hold_not_found' }
-    return { status: 200, body: { hold_id: hold.id, qty: hold.qty, status: this.effectiveHoldStatus(hold), expires_at: new Date(hold.expiresAtMs).toISOString() } }
+    return { status: 200, body: { hold_id: hold.id, qty: hold.qty, status: this.effectiveHoldStatus(hold), expires_at: new Date(hold.expiresAtMs).toISOString(), buyer_id: hold.buyer } }
   }
 
   release(holdId: string): Expected {
@@ -276,7 +314,7 @@ export class Model {
     if (record) {
       if (record.fingerprint !== holdId) return { status: 422, code: 'idempotency_key_reused' }
       const order = this.orderById(record.answerId)!
-      return { status: 201, replayed: true, body: { order_id: order.id, hold_id: holdId, qty: order.qty, amount: this.amountOf(order) } }
+      return { status: 201, replayed: true, body: { order_id: order.id, hold_id: holdId, qty: order.qty, amount: this.amountOf(order), buyer_id: order.buyer } }
     }
     const hold = this.holds.get(holdId)
     if (!hold) return { status: 404, code: 'hold_not_found' }
@@ -295,6 +333,7 @@ export class Model {
       status: 'pending',
       expiresAtMs: this.nowMs + this.settings.orderTtlMs,
       refundRequired: false,
+      buyer: hold.buyer,
     }
     this.orders.set(holdId, order)
     this.pendingSet.add(order)
@@ -303,7 +342,7 @@ export class Model {
     return {
       status: 201,
       replayed: false,
-      body: { hold_id: holdId, qty: order.qty, amount: this.amountOf(order), status: order.status },
+      body: { hold_id: holdId, qty: order.qty, amount: this.amountOf(order), status: order.status, buyer_id: order.buyer },
       learn: (answer: { order_id: string }) => {
         this.nameOrder(order, answer.order_id)
         if (key !== null) this.orderKeys.set(key, { fingerprint: holdId, answerId: answer.order_id, expiresAtMs: this.nowMs + this.settings.idempotencyTtlMs })
@@ -314,7 +353,14 @@ export class Model {
   getOrder(order: MOrder): Expected {
     return {
       status: 200,
-      body: { hold_id: order.holdId, qty: order.qty, amount: this.amountOf(order), status: this.effectiveOrderStatus(order), refund_required: order.refundRequired },
+      body: {
+        hold_id: order.holdId,
+        qty: order.qty,
+        amount: this.amountOf(order),
+        status: this.effectiveOrderStatus(order),
+        refund_required: order.refundRequired,
+        buyer_id: order.buyer,
+      },
     }
   }
 
@@ -450,11 +496,13 @@ export class Model {
       status: hold.status === 'released' ? 'cancelled' : 'expired',
       expiresAtMs: this.nowMs,
       refundRequired: false,
+      buyer: hold.buyer,
     }
     this.orders.set(hold.id, order)
-    if (this.ensureAvailable(product, hold.qty, reclaim)) {
+    // The limit first: a buyer over it is refused without reclaiming anything (settle.ts).
+    if (this.fitsBuyerLimit(product, hold.buyer, hold.qty) && this.ensureAvailable(product, hold.qty, reclaim)) {
       product.sold += hold.qty
-      order.status = 'paid'
+      this.markPaid(order)
       return 'recovered'
     }
     order.refundRequired = true
@@ -475,13 +523,13 @@ export class Model {
     if (order.status === 'pending') {
       product.reserved -= order.qty
       product.sold += order.qty
-      order.status = 'paid'
+      this.markPaid(order)
       return 'paid'
     }
     if (order.status === 'paid') return 'duplicate'
-    if (this.ensureAvailable(product, order.qty, reclaim)) {
+    if (this.fitsBuyerLimit(product, order.buyer, order.qty) && this.ensureAvailable(product, order.qty, reclaim)) {
       product.sold += order.qty
-      order.status = 'paid'
+      this.markPaid(order)
       order.refundRequired = false
       return 'recovered'
     }
