@@ -37,12 +37,27 @@ const snapshotStraddleFromSentinel = -8_000_000_004
 // A clock reading whose lapseBounds come out as the sentinels above.
 const sentinelNow = new Date(snapshotNowSentinel)
 
+// The characters of compiled text kept (texts and bound statements). Engines that list every row
+// or key in the statement keep one text per count: a 10,000-row insert's is about 300 KB, so at
+// HOLD_BATCH_MAX=10,000 every count seen once would keep gigabytes. Past this bound the two
+// caches start over; the counts in use come back at their next batch (a compile each).
+export const hotTextCharsMax = 32 * 1024 * 1024
+
 export class HotSql {
   private readonly texts = new Map<string, string>()
   private readonly templates = new Map<string, Template>()
   private readonly boundStatements = new Map<string, BoundStatement>()
+  private keptChars = 0
 
-  constructor(private readonly engine: Engine) {}
+  constructor(
+    private readonly engine: Engine,
+    private readonly textCharsMax = hotTextCharsMax,
+  ) {}
+
+  // For the tests of the bound.
+  get cachedTextChars(): number {
+    return this.keptChars
+  }
 
   // Every coalesced read burst sends this one.
   async productSnapshot(db: Db, productId: number, now: Date): Promise<ProductSnapshot | undefined> {
@@ -197,9 +212,20 @@ export class HotSql {
           return parameters
         },
       }
+      this.keep(compiled.sql.length)
       this.boundStatements.set(key, statement)
     }
     return statement
+  }
+
+  // Makes room for a text of `chars` about to be kept.
+  private keep(chars: number): void {
+    if (this.keptChars + chars > this.textCharsMax) {
+      this.texts.clear()
+      this.boundStatements.clear()
+      this.keptChars = 0
+    }
+    this.keptChars += chars
   }
 
   // For statements with constant parameters besides the variable ones: the caller swaps each
@@ -228,6 +254,7 @@ export class HotSql {
         throw new Error(`hot statement ${key} has parameters ${JSON.stringify(compiled.parameters)}, expected ${JSON.stringify(sentinels)}`)
       }
       text = compiled.sql
+      this.keep(text.length)
       this.texts.set(key, text)
     }
     return text
