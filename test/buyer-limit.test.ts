@@ -204,6 +204,33 @@ for (const engine of testEngines()) {
       await expectCleanAudit(t.baseUrl)
     })
 
+    it("judges a late payment's limit after its reclaim: a recovery the reclaim made for the same buyer counts (found in review)", async () => {
+      const { t, productId, as } = await limitedApp(6, 3)
+      const bob = await as('bob')
+      // Bob's first hold, with a success stored before any order; carol takes 2 more.
+      const first = await granted(holdAs(t.baseUrl, bob, productId, 2))
+      const early = await request(t.baseUrl, 'POST', '/api/payments/webhook', { body: { hold_id: first.hold_id, status: 'success' }, headers: { 'idempotency-key': 'early-1' } })
+      expect(early.status, early.text).toBe(202)
+      await granted(holdAs(t.baseUrl, await as('carol'), productId, 2))
+      // Both lapse, unswept: bob's first hold no longer counts, so he takes 2 more, orders them,
+      // and the payment fails (cancelled); dave takes the last 2 stored units.
+      advanceTo(t, first.expires_at, 1_000)
+      const second = await granted(orderAs(t.baseUrl, bob, (await granted(holdAs(t.baseUrl, bob, productId, 2))).hold_id))
+      expect((await paymentOf(t.baseUrl, second.order_id, 'failed', 'fail-2')).body).toMatchObject({ order_status: 'cancelled' })
+      await granted(holdAs(t.baseUrl, await as('dave'), productId, 2))
+      // A late success for the cancelled order finds no stored units and reclaims the two lapsed
+      // holds; that settles the early success, which recovers bob's first 2 units. His 2 more
+      // would take him to 4 of 3.
+      const late = await paymentOf(t.baseUrl, second.order_id, 'success', 'late-2')
+      expect(late.status, late.text).toBe(200)
+      expect(late.body).toMatchObject({ order_status: 'cancelled', outcome: 'refund_required' })
+      const recovered = await request(t.baseUrl, 'POST', '/api/payments/webhook', { body: { hold_id: first.hold_id, status: 'success' }, headers: { 'idempotency-key': 'early-1' } })
+      expect(recovered.body).toMatchObject({ outcome: 'recovered', order_status: 'paid' })
+      expectLimitReached(await holdAs(t.baseUrl, bob, productId, 2), 3, 2)
+      expect(await productOf(t.baseUrl, productId)).toMatchObject({ sold: 2, reserved: 2, available_stock: 2 })
+      await expectCleanAudit(t.baseUrl)
+    })
+
     it('refuses for the limit before the stock, and asks for a token only once the product is known', async () => {
       const { t, productId, as } = await limitedApp(3, 3)
       const alice = await as('alice')

@@ -94,6 +94,8 @@ interface HoldLike {
 
 // SPEC §8, I8: a late success may recover a sale only if the buyer stays within the product's
 // limit; the counted units are read under the product lock (a rare path: one query each).
+// Judged after ensureAvailable: its reclaim settles payments waiting on lapsed holds, which may
+// recover units for this same buyer (counted first, a buyer with a limit of 3 ended with 4).
 async function fitsBuyerLimit(ctx: SettleContext, buyerId: string | null, qty: number): Promise<boolean> {
   const limit = ctx.ledger.product.drop.perBuyerLimit
   if (limit === null || buyerId === null) return true
@@ -156,7 +158,7 @@ export async function applyPaymentToHold(ctx: SettleContext, hold: HoldLike, ord
     buyerId: hold.buyerId,
   }
   let outcome: PaymentOutcome
-  if ((await fitsBuyerLimit(ctx, hold.buyerId, hold.qty)) && (await ensureAvailable(ctx, hold.qty, reclaim))) {
+  if ((await ensureAvailable(ctx, hold.qty, reclaim)) && (await fitsBuyerLimit(ctx, hold.buyerId, hold.qty))) {
     ctx.ledger.sellAvailable(hold.qty)
     created.status = 'paid'
     created.paidAt = ctx.now
@@ -198,7 +200,7 @@ export async function applyPaymentToOrder(ctx: SettleContext, stored: Order, eve
     outcome = 'paid'
   } else if (order.status === 'paid') {
     outcome = 'duplicate'
-  } else if ((await fitsBuyerLimit(ctx, order.buyerId, order.qty)) && (await ensureAvailable(ctx, order.qty, reclaim))) {
+  } else if ((await ensureAvailable(ctx, order.qty, reclaim)) && (await fitsBuyerLimit(ctx, order.buyerId, order.qty))) {
     ledger.sellAvailable(order.qty)
     order.status = 'paid'
     order.paidAt = now

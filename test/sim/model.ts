@@ -194,11 +194,13 @@ export class Model {
     return units
   }
 
-  private fitsBuyerLimit(product: MProduct, buyer: string | null, qty: number): boolean {
+  // For a late payment's recovery, judged after ensureAvailable (whose reclaim may recover units
+  // for the same buyer first); a refusal is counted.
+  private recoveryFitsLimit(product: MProduct, buyer: string | null, qty: number): boolean {
     if (product.perBuyerLimit === null || buyer === null) return true
-    const fits = this.buyerUnits(product.id, buyer) + qty <= product.perBuyerLimit
-    if (!fits) this.recoveriesRefusedByLimit += 1
-    return fits
+    if (this.buyerUnits(product.id, buyer) + qty <= product.perBuyerLimit) return true
+    this.recoveriesRefusedByLimit += 1
+    return false
   }
 
   private markPaid(order: MOrder): void {
@@ -499,8 +501,7 @@ export class Model {
       buyer: hold.buyer,
     }
     this.orders.set(hold.id, order)
-    // The limit first: a buyer over it is refused without reclaiming anything (settle.ts).
-    if (this.fitsBuyerLimit(product, hold.buyer, hold.qty) && this.ensureAvailable(product, hold.qty, reclaim)) {
+    if (this.ensureAvailable(product, hold.qty, reclaim) && this.recoveryFitsLimit(product, hold.buyer, hold.qty)) {
       product.sold += hold.qty
       this.markPaid(order)
       return 'recovered'
@@ -527,7 +528,7 @@ export class Model {
       return 'paid'
     }
     if (order.status === 'paid') return 'duplicate'
-    if (this.fitsBuyerLimit(product, order.buyer, order.qty) && this.ensureAvailable(product, order.qty, reclaim)) {
+    if (this.ensureAvailable(product, order.qty, reclaim) && this.recoveryFitsLimit(product, order.buyer, order.qty)) {
       product.sold += order.qty
       this.markPaid(order)
       order.refundRequired = false
