@@ -50,6 +50,10 @@ export interface Engine {
   // Appended to CREATE TABLE (MySQL: InnoDB, utf8mb4, and a binary collation so ids that
   // differ only in case are different ids).
   readonly tableOptionsSql: string | null
+  // The collations, best first, that compare text byte for byte including trailing spaces, for
+  // engines whose default binary collation pads (MySQL, MariaDB: "bob" = "bob "); null where
+  // text already compares exactly. The first the server has is used (migration 0008).
+  readonly exactTextCollations: readonly string[] | null
   // MySQL's DROP INDEX names the table (DROP INDEX i ON t); SQLite's and PostgreSQL's refuse it.
   readonly dropIndexNamesTable: boolean
   // Also appended to CREATE TABLE for a small table read by ranges of its primary key: SQLite's

@@ -14,7 +14,12 @@ export const mysqlEngine: Engine = {
   statementParametersMax: 65_535,
   beginSql: 'start transaction',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigint' : 'integer', keyword: true }),
+  // utf8mb4_bin pads: it ignores trailing spaces. Ids the service mints and idempotency keys
+  // (visible ASCII) cannot end in one; a column of free text that is compared (buyer_id) must
+  // take an exact collation (exactTextCollations, as migration 0008 does).
   tableOptionsSql: 'engine=InnoDB default charset=utf8mb4 collate=utf8mb4_bin',
+  // MariaDB 10.2+, MySQL 8.0.17+.
+  exactTextCollations: ['utf8mb4_nopad_bin', 'utf8mb4_0900_bin'],
   dropIndexNamesTable: true,
   clusteredByKeySql: null,
   // 1213 deadlock, 1205 lock wait timeout, 1020 record changed (MariaDB snapshot conflict).

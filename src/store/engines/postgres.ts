@@ -33,6 +33,7 @@ export const postgresEngine: Engine = {
   beginSql: 'begin',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigserial' : 'serial', keyword: false }),
   tableOptionsSql: null,
+  exactTextCollations: null,
   dropIndexNamesTable: false,
   clusteredByKeySql: null,
   isTransientConflict: (error) => {

@@ -32,6 +32,7 @@ export const sqliteEngine: Engine = {
   beginSql: 'begin immediate',
   autoIncrementColumn: () => ({ type: 'integer', keyword: true }),
   tableOptionsSql: null,
+  exactTextCollations: null,
   dropIndexNamesTable: false,
   clusteredByKeySql: 'without rowid',
   isTransientConflict: (error) => {

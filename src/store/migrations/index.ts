@@ -278,27 +278,27 @@ function buyerFirstIndexes(engine: Engine): Migration {
 
 // MySQL and MariaDB compare utf8mb4_bin text as PAD SPACE: trailing spaces are ignored, so the
 // buyers "bob" and "bob " were one buyer to the per-buyer count (its IN list and GROUP BY) and two
-// to the service, and each was judged with 0 units (I8 broken; found by a black-box probe). A
-// NO PAD binary collation compares buyer ids byte for byte, as SQLite and PostgreSQL do. Ids the
-// service mints and idempotency keys (visible ASCII only) cannot end in a space, so only the
-// buyer columns change.
+// to the service, and each was judged with 0 units (I8 broken; found by a black-box probe). An
+// exact (NO PAD binary) collation compares buyer ids byte for byte, as SQLite and PostgreSQL do.
+// Ids the service mints and idempotency keys (visible ASCII only) cannot end in a space, so only
+// the buyer columns change. MySQL's DDL does not run in a transaction: until the last of the
+// three tables is altered, queries joining buyer columns of two collations fail ("illegal mix of
+// collations"), so this migration is one to run with the traffic stopped (README, Upgrading).
 function exactBuyerIds(engine: Engine): Migration {
   const tables = ['holds', 'orders', 'waitlist_tickets'] as const
   return {
     async up(db: Kysely<unknown>) {
-      if (engine.name !== 'mysql') return
-      const collation = await noPadBinaryCollation(db)
+      const candidates = engine.exactTextCollations
+      if (candidates === null) return
+      const { rows } = await sql<{ name: string }>`select collation_name as name from information_schema.collations where collation_name in (${sql.join(candidates)})`.execute(db)
+      const available = new Set(rows.map((row) => row.name))
+      const collation = candidates.find((candidate) => available.has(candidate))
+      if (collation === undefined) throw new Error(`the database server has none of the collations ${candidates.join(', ')}: MySQL 8.0.17+ or MariaDB 10.2+ is needed`)
       for (const table of tables) {
         await sql`alter table ${sql.table(table)} modify buyer_id varchar(128) character set utf8mb4 collate ${sql.raw(collation)} null`.execute(db)
       }
     },
   }
-}
-
-// MariaDB (10.2+) names it utf8mb4_nopad_bin; MySQL 8 (8.0.17+) utf8mb4_0900_bin.
-export async function noPadBinaryCollation(db: Kysely<unknown>): Promise<string> {
-  const { rows } = await sql<{ version: string }>`select version() as version`.execute(db)
-  return /mariadb/i.test(rows[0]?.version ?? '') ? 'utf8mb4_nopad_bin' : 'utf8mb4_0900_bin'
 }
 
 export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
