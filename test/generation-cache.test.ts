@@ -1,4 +1,5 @@
-// The bounded cache behind buyer tokens and SQLite's prepared statements: never above its bound,
+// The bounded cache behind buyer tokens, SQLite's prepared statements and the hot statements' texts
+// (weighed by their length): never above its bound,
 // never a value other than the last one set for a key, and what was just set or just read stays.
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
@@ -35,6 +36,33 @@ describe('GenerationCache', () => {
             if (value !== undefined) expect(cache.get(op.key)).toBe(value)
           }
           expect(cache.size).toBeLessThanOrEqual(entriesMax)
+        }
+      }),
+      { numRuns: 500 },
+    )
+  })
+
+  it('weighed, stays within its weight bound, keeps what was just set unless it outweighs a generation, and answers only the last value', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 2, max: 400 }), fc.array(opArbitrary, { maxLength: 300 }), (weightMax, ops) => {
+        // A value's weight is its size, as for a statement's text.
+        const weigh = (value: number): number => (Math.abs(value) % 97) + 1
+        const cache = new GenerationCache<number, number>(weightMax, weigh)
+        const last = new Map<number, number>()
+        for (const op of ops) {
+          if (op.kind === 'set') {
+            cache.set(op.key, op.value)
+            last.set(op.key, op.value)
+            expect(cache.get(op.key)).toBe(weigh(op.value) <= Math.floor(weightMax / 2) ? op.value : undefined)
+          } else if (op.kind === 'delete') {
+            cache.delete(op.key)
+            last.delete(op.key)
+            expect(cache.get(op.key)).toBeUndefined()
+          } else {
+            const value = cache.get(op.key)
+            if (value !== undefined) expect(value).toBe(last.get(op.key))
+          }
+          expect(cache.keptWeight()).toBeLessThanOrEqual(weightMax)
         }
       }),
       { numRuns: 500 },

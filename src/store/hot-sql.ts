@@ -5,6 +5,7 @@
 // with sentinel values, that the parameters come out in the order the callers pass them.
 import { CompiledQuery, sql, type Kysely, type Selectable } from 'kysely'
 import type { Hold, IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Product, ProductCountsDelta, ProductSnapshot } from '../domain/store.js'
+import { GenerationCache } from '../domain/generation-cache.js'
 import type { ArrayColumn, Engine } from './engines/engine.js'
 import { lapseBounds } from './expiry-buckets.js'
 import { keyColumns, keysQuery, keyValues, toIdempotencyRecord } from './idempotency-keys.js'
@@ -23,6 +24,8 @@ interface BoundStatement {
   sql: string
   // The statement's parameters for these arguments (in the order of the sentinels it was built with).
   parameters: (args: readonly unknown[]) => unknown[]
+  // Its share of hotStatementCacheBytesMax: the text, and the two arrays a slot each.
+  keptBytes: number
 }
 
 const buyerUnitsProductSentinel = -8_000_000_011
@@ -37,26 +40,30 @@ const snapshotStraddleFromSentinel = -8_000_000_004
 // A clock reading whose lapseBounds come out as the sentinels above.
 const sentinelNow = new Date(snapshotNowSentinel)
 
-// The characters of compiled text kept (texts and bound statements). Engines that list every row
-// or key in the statement keep one text per count: a 10,000-row insert's is about 300 KB, so at
-// HOLD_BATCH_MAX=10,000 every count seen once would keep gigabytes. Past this bound the two
-// caches start over; the counts in use come back at their next batch (a compile each).
-export const hotTextCharsMax = 32 * 1024 * 1024
+// The bytes of compiled statements each cache keeps (texts count a byte a character: they are
+// ASCII). Engines that list every row or key in the statement keep one text per count: a
+// 10,000-row insert's is about 300 KB, so at HOLD_BATCH_MAX=10,000 every count seen once would
+// keep gigabytes. Past the bound the oldest half goes (GenerationCache); the counts in use stay.
+export const hotStatementCacheBytesMax = 32 * 1024 * 1024
+const bytesPerSlot = 16
 
 export class HotSql {
-  private readonly texts = new Map<string, string>()
+  private readonly texts: GenerationCache<string, string>
+  // The few fixed statements whose constants the caller swaps (one key each, not per count).
   private readonly templates = new Map<string, Template>()
-  private readonly boundStatements = new Map<string, BoundStatement>()
-  private keptChars = 0
+  private readonly boundStatements: GenerationCache<string, BoundStatement>
 
   constructor(
     private readonly engine: Engine,
-    private readonly textCharsMax = hotTextCharsMax,
-  ) {}
+    cacheBytesMax = hotStatementCacheBytesMax,
+  ) {
+    this.texts = new GenerationCache(cacheBytesMax, (text) => text.length)
+    this.boundStatements = new GenerationCache(cacheBytesMax, (statement) => statement.keptBytes)
+  }
 
-  // For the tests of the bound.
-  get cachedTextChars(): number {
-    return this.keptChars
+  // What the two bounded caches keep, summed from their entries (the tests of the bound).
+  keptBytes(): number {
+    return this.texts.keptWeight() + this.boundStatements.keptWeight()
   }
 
   // Every coalesced read burst sends this one.
@@ -203,6 +210,7 @@ export class HotSql {
       const constants = compiled.parameters.map((value, index) => (slots[index] === -1 ? value : undefined))
       statement = {
         sql: compiled.sql,
+        keptBytes: compiled.sql.length + bytesPerSlot * slots.length,
         parameters: (args) => {
           const parameters: unknown[] = new Array(slots.length)
           for (let index = 0; index < slots.length; index++) {
@@ -212,20 +220,9 @@ export class HotSql {
           return parameters
         },
       }
-      this.keep(compiled.sql.length)
       this.boundStatements.set(key, statement)
     }
     return statement
-  }
-
-  // Makes room for a text of `chars` about to be kept.
-  private keep(chars: number): void {
-    if (this.keptChars + chars > this.textCharsMax) {
-      this.texts.clear()
-      this.boundStatements.clear()
-      this.keptChars = 0
-    }
-    this.keptChars += chars
   }
 
   // For statements with constant parameters besides the variable ones: the caller swaps each
@@ -254,7 +251,6 @@ export class HotSql {
         throw new Error(`hot statement ${key} has parameters ${JSON.stringify(compiled.parameters)}, expected ${JSON.stringify(sentinels)}`)
       }
       text = compiled.sql
-      this.keep(text.length)
       this.texts.set(key, text)
     }
     return text

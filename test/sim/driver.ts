@@ -2,9 +2,9 @@
 // database and a manual clock) with a seeded random sequence of commands, asks the reference
 // model what each answer must be, and after every step checks the products' counts against the
 // model and runs the audit (I1-I4, and I8 for the buyers: holds carry a buyer token from a small
-// pool, so products with a per-buyer limit meet it often). A restart closes the store under requests still in flight
-// and opens a new runtime on the same database; the abandoned requests are retried with their
-// idempotency keys, as a client that got no answer would.
+// window of buyers, so products with a per-buyer limit meet it often). A restart closes the store
+// under requests still in flight and opens a new runtime on the same database; the abandoned
+// requests are retried with their idempotency keys, as a client that got no answer would.
 import pino from 'pino'
 import { loadConfig, type Config, type EngineName } from '../../src/config.js'
 import { audit } from '../../src/domain/audit.js'
