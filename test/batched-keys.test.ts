@@ -10,6 +10,7 @@ import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
 import { emptyLine, noDropSettings } from '../src/domain/store.js'
+import { statusByCode } from '../src/http/problem.js'
 import { buildTestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
 
@@ -193,6 +194,7 @@ for (const engine of testEngines()) {
       const refused = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' }).catch((error: unknown) => error)
       expect(refused).toBeInstanceOf(DomainError)
       expect((refused as DomainError).code).toBe('busy')
+      expect(statusByCode.busy).toBe(503)
       // The first attempt without reading, then three that read and miss: four in all.
       expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([
         ['insertIdempotencyKeys'],
