@@ -13,12 +13,14 @@ import { openRuntime } from '../src/runtime.js'
 import { freshBenchDatabase } from './database.js'
 import { cannon, textRequest, type LoadResult } from './load.js'
 import { killAllServers, sleep, startServer } from './server-process.js'
-import { integerSetting } from './settings.js'
+import { integerSetting, settingsOrExit } from './settings.js'
 
-const backlog = integerSetting('BENCH_BACKLOG', 100_000, 1, 10_000_000)
-const durationS = integerSetting('BENCH_DURATION_S', 5, 1, 600)
-const connections = integerSetting('BENCH_CONNECTIONS', 64, 1, 4096)
-const rounds = integerSetting('BENCH_ROUNDS', 2, 1, 100)
+const { backlog, durationS, connections, rounds } = settingsOrExit('bench:lapsed-backlog', () => ({
+  backlog: integerSetting('BENCH_BACKLOG', 100_000, 1, 10_000_000),
+  durationS: integerSetting('BENCH_DURATION_S', 5, 1, 600),
+  connections: integerSetting('BENCH_CONNECTIONS', 64, 1, 4096),
+  rounds: integerSetting('BENCH_ROUNDS', 2, 1, 100),
+}))
 const hugeStock = 1_000_000_000
 const insertChunkRows = 2_000
 const catchUpTimeoutMs = 300_000

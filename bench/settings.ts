@@ -2,6 +2,18 @@
 // stops the script with a message naming the variable, before any server starts.
 export class UsageError extends Error {}
 
+// For scripts that read their settings at the top of the module: a bad value ends the process
+// with its message and exit status 2, not a stack trace.
+export function settingsOrExit<T>(script: string, read: () => T): T {
+  try {
+    return read()
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    process.stderr.write(`${script}: ${error.message}\n`)
+    process.exit(2)
+  }
+}
+
 export function integerSetting(name: string, fallback: number, min: number, max: number): number {
   const raw = process.env[name]?.trim()
   if (!raw) return fallback

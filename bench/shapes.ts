@@ -13,17 +13,19 @@ import { BuyerPool, buyerProduct } from './buyers.js'
 import { freshBenchDatabase } from './database.js'
 import { assertFreshHolds, cannon, jsonRequest, reservedUnits, type LoadResult } from './load.js'
 import { killAllServers, startServer, type ServerProcess } from './server-process.js'
-import { connectionLevelsSetting, integerSetting } from './settings.js'
+import { connectionLevelsSetting, integerSetting, settingsOrExit } from './settings.js'
 
 type Shape = 'plain' | 'keyed' | 'buyer'
 const shapes: Shape[] = ['plain', 'keyed', 'buyer']
 
 const databaseUrl = process.env.DATABASE_URL?.trim() || undefined
-const rounds = integerSetting('BENCH_ROUNDS', 5, 1, 100)
-const durationS = integerSetting('BENCH_DURATION_S', 4, 1, 600)
-const perBuyerLimit = integerSetting('BENCH_PER_BUYER_LIMIT', 5, 1, 1_000)
-const connectionLevels = connectionLevelsSetting('256')
-const workers = integerSetting('BENCH_WORKERS', databaseUrl === undefined || databaseUrl.startsWith('sqlite:') ? 1 : os.cpus().length, 1, 64)
+const { rounds, durationS, perBuyerLimit, connectionLevels, workers } = settingsOrExit('bench:shapes', () => ({
+  rounds: integerSetting('BENCH_ROUNDS', 5, 1, 100),
+  durationS: integerSetting('BENCH_DURATION_S', 4, 1, 600),
+  perBuyerLimit: integerSetting('BENCH_PER_BUYER_LIMIT', 5, 1, 1_000),
+  connectionLevels: connectionLevelsSetting('256'),
+  workers: integerSetting('BENCH_WORKERS', databaseUrl === undefined || databaseUrl.startsWith('sqlite:') ? 1 : os.cpus().length, 1, 64),
+}))
 // Far more than any run takes: no phase ever meets insufficient_stock.
 const hotStock = 1_000_000_000
 // Longer than the run: no hold lapses, so the sweeper stays idle in every round alike.
