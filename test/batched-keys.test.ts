@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
 import type { DomainEvent } from '../src/domain/events.js'
 import { Holds, judgeHolds, type HoldAnswer, type HoldRequest } from '../src/domain/holds.js'
+import { readFirstBatchesAfterStoredKey } from '../src/domain/keyed-batches.js'
 import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
@@ -110,6 +111,30 @@ for (const engine of testEngines()) {
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(1000 - 1 - 20 - 5)
       await holds.drain()
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it(`reads keys first in the ${readFirstBatchesAfterStoredKey} batches after one met a stored key, and stops reading after them`, async () => {
+      const t = await buildTestApp(engine.name, { stock: 1000 })
+      const { store, transactions } = countingStore(t.runtime.store)
+      const holds = new Holds(store, t.clock, t.runtime.observer, settings)
+      const first = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'stored' })
+      const replay = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'stored' })
+      expect(replay).toEqual({ hold: first.hold, replayed: true })
+      const before = transactions.length
+      // One request at a time: a batch each.
+      for (let index = 0; index < readFirstBatchesAfterStoredKey + 2; index++) {
+        const answer = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: `later-${index}` })
+        expect(answer.replayed).toBe(false)
+      }
+      const readFirst = transactions
+        .slice(before)
+        .filter((tx) => tx.label === 'holds.create')
+        .map((tx) => tx.calls.includes('readIdempotencyKeys'))
+      expect(readFirst).toEqual([...Array.from({ length: readFirstBatchesAfterStoredKey }, () => true), false, false])
+      await holds.drain()
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body.available_stock).toBe(1000 - 1 - readFirstBatchesAfterStoredKey - 2)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 

@@ -74,7 +74,7 @@ const duplicateWaitsMax = 3
 // did not read them, then attempts that do, each of which another process can race once more).
 const storedKeyAttemptsMax = 4
 // After a batch met a stored key (a client's retry), this many batches read their keys first.
-const readFirstBatchesAfterStoredKey = 64
+export const readFirstBatchesAfterStoredKey = 64
 
 // Whether a batch reads its keys before serving. Almost every key of a drop is new, so a batch
 // stores its answers without reading: one statement less inside the product lock, and 15-20%
