@@ -116,6 +116,18 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toMatchObject(cleanAudit)
     })
 
+    it('keeps a PaymentIntent id only if it is visible ASCII: one with a NUL or a space is paid under the event id, never a 500', async () => {
+      const t = await build({ stock: 5 })
+      for (const [index, intentId] of ['pi_\u0000nul', 'pi with spaces', `pi_${'x'.repeat(300)}`].entries()) {
+        const { orderId } = await pendingOrder(t, t.productId, 1)
+        const reply = await sendStripe(t, succeeded(`evt_odd_${index}`, { orderId, amountMinor: priceMinor, intentId }))
+        expect(reply.status, reply.text).toBe(200)
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: `evt_odd_${index}` })
+      }
+      expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 2, reserved: 0, sold: 3 })
+      expect(await t.audit()).toMatchObject(cleanAudit)
+    })
+
     it('cancels a pending order on payment_intent.payment_failed and frees its units at once', async () => {
       const t = await build({ stock: 5 })
       const { holdId, orderId } = await pendingOrder(t, t.productId, 2)

@@ -27,6 +27,7 @@ const statusByEventType: Record<string, StripePayment['status'] | undefined> = {
 
 // Ids and keys are stored in columns of at most this many characters.
 const idLengthMax = 255
+const visibleAscii = /^[\x21-\x7E]{1,255}$/
 
 // Checks the Stripe-Signature header over the raw bytes with the official library (its
 // tolerance against our clock, so tests that move the clock sign accordingly), and refuses a
@@ -45,7 +46,7 @@ export function verifyStripeEvent(options: { rawBody: string; header: string | u
 
 export function translateStripeEvent(event: Stripe.Event): StripeTranslation {
   const idempotencyKey = typeof event.id === 'string' ? event.id : ''
-  if (!/^[\x21-\x7E]{1,255}$/.test(idempotencyKey)) {
+  if (!visibleAscii.test(idempotencyKey)) {
     throw new DomainError('validation_failed', { errors: [{ field: 'id', message: 'must be 1-255 visible ASCII characters' }], invalid_fields: ['id'] })
   }
   const eventType = String(event.type)
@@ -65,7 +66,9 @@ export function translateStripeEvent(event: Stripe.Event): StripeTranslation {
       orderId,
       holdId,
       status,
-      paymentId: typeof intent.id === 'string' ? intent.id.slice(0, idLengthMax) : idempotencyKey,
+      // Stripe's ids are visible ASCII; anything else (a NUL, which PostgreSQL refuses in text and
+      // which failed the whole batch with a 500) is not kept: the event id stands in.
+      paymentId: typeof intent.id === 'string' && visibleAscii.test(intent.id) ? intent.id : idempotencyKey,
       amountMinor: Number.isSafeInteger(amount) ? (amount as number) : null,
       currency: typeof intent.currency === 'string' ? intent.currency.toUpperCase() : null,
     },
