@@ -17,11 +17,12 @@ import { statusByCode } from '../../src/http/problem.js'
 import { sweepOnce } from '../../src/jobs/sweeper.js'
 import { openRuntime, type Runtime } from '../../src/runtime.js'
 import { bearer, buyerEnv, buyerToken } from '../helpers/buyer-tokens.js'
-import { Model, type Expected, type ModelSettings } from './model.js'
+import { Model, type Expected, type ModelSettings, type SaleWindow } from './model.js'
 import { SimRandom } from './random.js'
 
 export type Command =
-  | { kind: 'product'; stock: number; priceMinor: number; perBuyerLimit: number | null }
+  | { kind: 'product'; stock: number; priceMinor: number; perBuyerLimit: number | null; window: SaleWindow }
+  | { kind: 'window'; productId: number; window: SaleWindow }
   | { kind: 'addStock'; productId: number; delta: number }
   | { kind: 'hold'; productId: number; qty: number; key: string | null; buyer: string | null; copies: number }
   | { kind: 'getHold'; holdId: string }
@@ -224,10 +225,12 @@ class Simulation {
 
   private generate(): Command {
     const model = this.model
-    if (model.products.size === 0) return { kind: 'product', stock: this.random.int(4, 16), priceMinor: this.random.int(1, 5000), perBuyerLimit: this.perBuyerLimit() }
+    if (model.products.size === 0)
+      return { kind: 'product', stock: this.random.int(4, 16), priceMinor: this.random.int(1, 5000), perBuyerLimit: this.perBuyerLimit(), window: this.saleWindow() }
     const kind = this.random.weighted({
       product: model.products.size < productsMax ? 3 : 0,
       addStock: 3,
+      window: 2,
       hold: 24,
       getHold: 3,
       release: 8,
@@ -259,7 +262,7 @@ class Simulation {
   // The product a command works on, if the model knows one (restarts keep in-flight commands on
   // distinct products, so their outcomes do not depend on each other's order).
   private productOf(command: Command): number | undefined {
-    if (command.kind === 'addStock') return command.productId
+    if (command.kind === 'addStock' || command.kind === 'window') return command.productId
     if (command.kind === 'hold') return this.model.products.has(command.productId) ? command.productId : undefined
     const holdId =
       command.kind === 'order' || command.kind === 'release' || command.kind === 'getHold' || command.kind === 'getOrder'
@@ -281,6 +284,16 @@ class Simulation {
   }
 
   // null: an anonymous request.
+  // A third of the windows open later or have opened already, and end within minutes (the clock
+  // moves about 12 s a step, and is often moved to a window's edge exactly); the rest have none.
+  private saleWindow(): SaleWindow {
+    if (this.random.chance(0.67)) return { saleStartsAtMs: null, saleEndsAtMs: null }
+    const nowMs = this.model.nowMs
+    const saleStartsAtMs = this.random.chance(0.7) ? nowMs + this.random.int(-30_000, 120_000) : null
+    const saleEndsAtMs = this.random.chance(0.7) ? (saleStartsAtMs ?? nowMs) + this.random.int(30_000, 900_000) : null
+    return { saleStartsAtMs, saleEndsAtMs }
+  }
+
   private anyBuyer(): string | null {
     if (this.random.chance(0.15)) return null
     return `b${Math.floor(this.stats.ops / stepsPerNewBuyer) + this.random.int(0, buyersAtOnce - 1)}`
@@ -292,7 +305,10 @@ class Simulation {
     const productIds = [...model.products.keys()]
     switch (kind) {
       case 'product':
-        return { kind, stock: random.int(0, 16), priceMinor: random.int(1, 5000), perBuyerLimit: this.perBuyerLimit() }
+        return { kind, stock: random.int(0, 16), priceMinor: random.int(1, 5000), perBuyerLimit: this.perBuyerLimit(), window: this.saleWindow() }
+      case 'window':
+        // An admin moving a drop's window (or clearing it), which also keeps ended products selling.
+        return { kind, productId: random.pick(productIds), window: this.saleWindow() }
       case 'addStock':
         return { kind, productId: random.pick(productIds), delta: random.int(-4, 8) }
       case 'hold': {
@@ -356,6 +372,7 @@ class Simulation {
           // To an expiry instant exactly, or one millisecond before it: the boundary of SPEC §4.
           const instants = model.activeHolds().map((hold) => hold.expiresAtMs)
           for (const order of model.pendingOrders()) instants.push(order.expiresAtMs)
+          for (const product of model.products.values()) for (const edge of [product.saleStartsAtMs, product.saleEndsAtMs]) if (edge !== null) instants.push(edge)
           const future = instants.filter((instant) => instant > model.nowMs + 1)
           if (future.length > 0) return { kind, durationMs: random.pick(future) - model.nowMs - random.int(0, 1) }
         }
@@ -453,9 +470,9 @@ class Simulation {
           priceMinor: command.priceMinor,
           currency: 'USD',
           stock: command.stock,
-          drop: { perBuyerLimit: command.perBuyerLimit },
+          drop: { perBuyerLimit: command.perBuyerLimit, ...windowDates(command.window) },
         })
-        this.model.addProduct(created.id, command.stock, command.priceMinor, command.perBuyerLimit)
+        this.model.addProduct(created.id, command.stock, command.priceMinor, command.perBuyerLimit, command.window)
         return
       }
       case 'addStock': {
@@ -472,6 +489,17 @@ class Simulation {
           reply = { status: statusByCode[error.code], body: { code: error.code }, replayed: false }
         }
         compare('addStock', expected, reply)
+        return
+      }
+      case 'window': {
+        const expected = this.model.setWindow(command.productId, command.window)
+        const view = await this.live!.catalog.update(command.productId, { drop: windowDates(command.window) })
+        const reply = {
+          status: 200,
+          body: { sale_starts_at: view.drop.saleStartsAt?.toISOString() ?? null, sale_ends_at: view.drop.saleEndsAt?.toISOString() ?? null },
+          replayed: false,
+        }
+        compare('window', expected, reply)
         return
       }
       case 'advance':
@@ -541,6 +569,8 @@ class Simulation {
         sold: product.sold,
         available_stock: this.model.shownAvailable(product),
         per_buyer_limit: product.perBuyerLimit,
+        sale_starts_at: product.saleStartsAtMs === null ? null : new Date(product.saleStartsAtMs).toISOString(),
+        sale_ends_at: product.saleEndsAtMs === null ? null : new Date(product.saleEndsAtMs).toISOString(),
       }
       const actual = {
         stock: reply.body?.stock,
@@ -548,6 +578,8 @@ class Simulation {
         sold: reply.body?.sold,
         available_stock: reply.body?.available_stock,
         per_buyer_limit: reply.body?.per_buyer_limit,
+        sale_starts_at: reply.body?.sale_starts_at,
+        sale_ends_at: reply.body?.sale_ends_at,
       }
       if (reply.status !== 200 || JSON.stringify(actual) !== JSON.stringify(expected)) {
         throw new SimFailure(`product ${product.id}: service ${reply.status} ${JSON.stringify(actual)}, model ${JSON.stringify(expected)}`)
@@ -559,6 +591,13 @@ class Simulation {
     this.stats.audits += 1
     const report = await audit(this.live!.runtime.store, this.clock.now())
     if (!report.ok) throw new SimFailure(`audit: ${report.violations.map((violation) => `${violation.invariant} ${violation.message}`).join('; ')}`)
+  }
+}
+
+function windowDates(window: SaleWindow): { saleStartsAt: Date | null; saleEndsAt: Date | null } {
+  return {
+    saleStartsAt: window.saleStartsAtMs === null ? null : new Date(window.saleStartsAtMs),
+    saleEndsAt: window.saleEndsAtMs === null ? null : new Date(window.saleEndsAtMs),
   }
 }
 

@@ -25,6 +25,18 @@ export interface MProduct {
   sold: number
   // SPEC §8: units one buyer may have of this product at once; null: no limit.
   perBuyerLimit: number | null
+  // SPEC §8 sale window, each end optional.
+  saleStartsAtMs: number | null
+  saleEndsAtMs: number | null
+}
+
+export interface SaleWindow {
+  saleStartsAtMs: number | null
+  saleEndsAtMs: number | null
+}
+
+function isoOrNull(instantMs: number | null): string | null {
+  return instantMs === null ? null : new Date(instantMs).toISOString()
 }
 
 export interface MHold {
@@ -233,8 +245,24 @@ export class Model {
 
   // ---- products ----
 
-  addProduct(id: number, stock: number, priceMinor: number, perBuyerLimit: number | null): void {
-    this.products.set(id, { id, stock, priceMinor, currency: 'USD', reserved: 0, sold: 0, perBuyerLimit })
+  addProduct(id: number, stock: number, priceMinor: number, perBuyerLimit: number | null, window: SaleWindow): void {
+    this.products.set(id, { id, stock, priceMinor, currency: 'USD', reserved: 0, sold: 0, perBuyerLimit, ...window })
+  }
+
+  setWindow(productId: number, window: SaleWindow): Expected {
+    const product = this.products.get(productId)
+    if (!product) return { status: 404, code: 'product_not_found' }
+    Object.assign(product, window)
+    return { status: 200, body: { sale_starts_at: isoOrNull(window.saleStartsAtMs), sale_ends_at: isoOrNull(window.saleEndsAtMs) } }
+  }
+
+  // Why the window refuses every hold now (holds.ts saleWindowRefusal).
+  private windowRefusal(product: MProduct): Expected | undefined {
+    if (product.saleStartsAtMs !== null && this.nowMs < product.saleStartsAtMs) {
+      return { status: 409, code: 'sale_not_started', body: { sale_starts_at: isoOrNull(product.saleStartsAtMs) } }
+    }
+    if (product.saleEndsAtMs !== null && this.nowMs >= product.saleEndsAtMs) return { status: 410, code: 'sale_ended' }
+    return undefined
   }
 
   addStock(productId: number, delta: number): Expected {
@@ -260,6 +288,9 @@ export class Model {
     }
     const product = this.products.get(productId)
     if (!product) return { status: 404, code: 'product_not_found' }
+    // Outside the window nothing is reclaimed: the window refuses first (holds.ts).
+    const closed = this.windowRefusal(product)
+    if (closed) return closed
     const shownBefore = this.shownAvailable(product)
     // Lapsed rows are reclaimed before anyone is refused (holds.ts), only when short.
     if (qty > this.storedAvailable(product)) this.expireLapsed(product)

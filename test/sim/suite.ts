@@ -40,7 +40,8 @@ export function simulationSuite(engineName: EngineName): void {
             expect(stats.restarts).toBeGreaterThan(0)
             expect(stats.abandoned).toBeGreaterThan(0)
             for (const status of ['200', '201', '202', '401', '404', '409', '410', '422']) expect(stats.byStatus[status] ?? 0).toBeGreaterThan(0)
-            for (const code of ['buyer_limit_reached', 'buyer_token_required', 'insufficient_stock', 'idempotency_key_reused']) expect(stats.byCode[code] ?? 0).toBeGreaterThan(0)
+            for (const code of ['buyer_limit_reached', 'buyer_token_required', 'insufficient_stock', 'idempotency_key_reused', 'sale_not_started', 'sale_ended'])
+              expect(stats.byCode[code] ?? 0).toBeGreaterThan(0)
             expect(stats.recoveriesRefusedByLimit).toBeGreaterThan(0)
           }
           expect(stats.anomalies).toEqual([])
