@@ -257,5 +257,42 @@ for (const engine of testEngines()) {
       expect(badId.status).toBe(422)
       expect(badId.body.code).toBe('validation_failed')
     })
+
+    it('refuses a signed event without a PaymentIntent, or with an amount that is not whole minor units, with 422: never a 500, never paid unchecked', async () => {
+      const t = await build({ stock: 5 })
+      const { orderId } = await pendingOrder(t, t.productId, 1)
+      const withoutObject = [
+        null,
+        { id: 'evt_no_data', type: 'payment_intent.succeeded' },
+        { id: 'evt_data_empty', type: 'payment_intent.succeeded', data: {} },
+        { id: 'evt_data_null', type: 'payment_intent.succeeded', data: null },
+        { id: 'evt_object_null', type: 'payment_intent.payment_failed', data: { object: null } },
+      ]
+      for (const event of withoutObject) {
+        const reply = await sendStripe(t, event)
+        expect(reply.status, `${JSON.stringify(event)}: ${reply.text}`).toBe(422)
+        expect(reply.body.code).toBe('validation_failed')
+      }
+      const oddAmounts: Array<Record<string, unknown>> = [
+        { amount_received: priceMinor + 0.5 },
+        { amount_received: 'x' },
+        { amount_received: 1e300 },
+        { amount_received: -1 },
+        { amount: true, amount_received: null },
+        { amount: [priceMinor] },
+      ]
+      for (const [index, fields] of oddAmounts.entries()) {
+        const event = succeeded(`evt_odd_amount_${index}`, { orderId })
+        Object.assign(event.data.object, fields)
+        const reply = await sendStripe(t, event)
+        expect(reply.status, `${JSON.stringify(fields)}: ${reply.text}`).toBe(422)
+        expect(reply.body.code).toBe('validation_failed')
+      }
+      // Nothing of that was applied: the order is still pending, and the right amount pays it.
+      expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
+      const right = await sendStripe(t, succeeded('evt_right_amount', { orderId, amountMinor: priceMinor }))
+      expect(right.body).toMatchObject({ order_status: 'paid', outcome: 'paid' })
+      expect(await t.audit()).toMatchObject(cleanAudit)
+    })
   })
 }

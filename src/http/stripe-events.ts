@@ -45,15 +45,28 @@ export function verifyStripeEvent(options: { rawBody: string; header: string | u
 }
 
 export function translateStripeEvent(event: Stripe.Event): StripeTranslation {
-  const idempotencyKey = typeof event.id === 'string' ? event.id : ''
+  // A signed body may still be any JSON (null, an array): only an object with an id is an event.
+  const idempotencyKey = typeof event === 'object' && event !== null && typeof event.id === 'string' ? event.id : ''
   if (!visibleAscii.test(idempotencyKey)) {
     throw new DomainError('validation_failed', { errors: [{ field: 'id', message: 'must be 1-255 visible ASCII characters' }], invalid_fields: ['id'] })
   }
   const eventType = String(event.type)
   const status = statusByEventType[eventType]
   if (!status) return { kind: 'ignored', idempotencyKey, eventType, reason: 'event_type' }
-  const intent = event.data.object as Partial<Stripe.PaymentIntent>
-  const metadata = intent.metadata ?? {}
+  const object: unknown = (event.data as { object?: unknown } | null | undefined)?.object
+  if (typeof object !== 'object' || object === null || Array.isArray(object)) {
+    throw new DomainError('validation_failed', { errors: [{ field: 'data.object', message: 'must be the PaymentIntent' }], invalid_fields: ['data.object'] })
+  }
+  const intent = object as Partial<Stripe.PaymentIntent>
+  // An amount that is there but not whole minor units cannot match the order's: refused, never
+  // taken for no amount (which skips the check).
+  for (const field of ['amount', 'amount_received'] as const) {
+    const value: unknown = intent[field]
+    if (value !== undefined && value !== null && !(Number.isSafeInteger(value) && (value as number) >= 0)) {
+      throw new DomainError('validation_failed', { errors: [{ field: `data.object.${field}`, message: 'must be whole minor units' }], invalid_fields: [`data.object.${field}`] })
+    }
+  }
+  const metadata = typeof intent.metadata === 'object' && intent.metadata !== null ? intent.metadata : {}
   const orderId = textOrNull(metadata.order_id)
   const holdId = orderId === null ? textOrNull(metadata.hold_id) : null
   if (orderId === null && holdId === null) return { kind: 'ignored', idempotencyKey, eventType, reason: 'no_order_or_hold' }
@@ -69,7 +82,7 @@ export function translateStripeEvent(event: Stripe.Event): StripeTranslation {
       // Stripe's ids are visible ASCII; anything else (a NUL, which PostgreSQL refuses in text and
       // which failed the whole batch with a 500) is not kept: the event id stands in.
       paymentId: typeof intent.id === 'string' && visibleAscii.test(intent.id) ? intent.id : idempotencyKey,
-      amountMinor: Number.isSafeInteger(amount) ? (amount as number) : null,
+      amountMinor: amount ?? null,
       currency: typeof intent.currency === 'string' ? intent.currency.toUpperCase() : null,
     },
   }
