@@ -228,6 +228,20 @@ for (const engine of testEngines()) {
       expect((await product(t)).stock).toBe(100)
     })
 
+    it('adds stock up to 1,000,000,000 units in all and refuses a step past it with 422 naming add_stock (the servers answered 500)', async () => {
+      const t = await buildTestApp(engine.name)
+      for (let step = 0; step < 2; step++) expect((await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: 499_999_950 })).status).toBe(200)
+      expect((await product(t)).stock).toBe(1_000_000_000)
+      const past = await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: 1 })
+      expectProblem(past, 422, 'validation_failed')
+      expect(past.body.invalid_fields).toEqual(['add_stock'])
+      const far = await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: 1_000_000_000 })
+      expectProblem(far, 422, 'validation_failed')
+      expect((await product(t)).stock).toBe(1_000_000_000)
+      expect((await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: -1 })).status).toBe(200)
+      expect((await t.audit()).ok).toBe(true)
+    })
+
     it('answers a restock of a product that does not exist with 404 product_not_found', async () => {
       const t = await buildTestApp(engine.name)
       expectProblem(await t.admin('PATCH', '/api/admin/products/424242', { add_stock: 1 }), 404, 'product_not_found')

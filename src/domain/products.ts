@@ -114,6 +114,10 @@ export class ProductReader {
   }
 }
 
+// The most units a product may have on sale: what creating one allows, and what adding stock
+// may reach (the stock column is a 32-bit integer on PostgreSQL and MySQL).
+export const stockMax = 1_000_000_000
+
 export interface NewProductInput {
   name: string
   priceMinor: number
@@ -176,6 +180,14 @@ export class Catalog {
   }
 
   private changeStock(ledger: ProductLedger, addStock: number): void {
+    // Each step is within the schema's bounds, but several add up: past stockMax the servers'
+    // integer column refused the update with a 500 (SQLite took it).
+    if (ledger.stock + addStock > stockMax) {
+      throw new DomainError('validation_failed', {
+        errors: [{ field: 'add_stock', message: `stock would be ${ledger.stock + addStock}, above ${stockMax}` }],
+        invalid_fields: ['add_stock'],
+      })
+    }
     const committed = ledger.reserved + ledger.sold
     if (ledger.stock + addStock < committed) {
       throw new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })

@@ -1,6 +1,7 @@
 // Request and response schemas: the same objects validate requests and generate /openapi.json.
 import { Type, type Static } from '@sinclair/typebox'
 import { errorCodes } from '../../domain/errors.js'
+import { stockMax } from '../../domain/products.js'
 
 export const Problem = Type.Object(
   {
@@ -153,14 +154,14 @@ export const NewProductBody = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200, pattern: noNul }),
   price: Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })]),
   currency: Type.Optional(Type.String({ pattern: '^[A-Z]{3}$' })),
-  stock: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
+  stock: Type.Integer({ minimum: 0, maximum: stockMax }),
   ...dropSettingsFields,
 })
 export type NewProductBody = Static<typeof NewProductBody>
 
 // At least one field: the admin route names add_stock when none is given.
 export const StockBody = Type.Object({
-  add_stock: Type.Optional(Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 })),
+  add_stock: Type.Optional(Type.Integer({ minimum: -stockMax, maximum: stockMax })),
   ...dropSettingsFields,
 })
 export type StockBody = Static<typeof StockBody>
