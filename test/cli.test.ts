@@ -162,6 +162,12 @@ for (const engine of testEngines()) {
       // The secret may come from WEBHOOK_SECRET instead of --secret.
       const fromEnv = await runCli(['sign', '--body', rawBody, '--timestamp', String(timestampS)], { DATABASE_URL: t.databaseUrl, WEBHOOK_SECRET: secret })
       expect(fromEnv.stdout.trim()).toBe(header)
+      // A timestamp that is not whole unix seconds is misuse (exit 2), never a header with t=NaN.
+      for (const bad of ['abc', '1.5', '']) {
+        const refused = await runCli(['sign', '--body', rawBody, '--secret', secret, `--timestamp=${bad}`], { DATABASE_URL: t.databaseUrl })
+        expect(refused.code, bad).toBe(2)
+        expect(refused.stdout).toBe('')
+      }
 
       const headers = { 'content-type': 'application/json', 'webhook-signature': header, 'idempotency-key': 'evt-cli-1' }
       const accepted = await t.request('POST', '/api/payments/webhook', { rawBody, headers })

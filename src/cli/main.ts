@@ -67,7 +67,11 @@ export async function runCli(argv: string[]): Promise<number> {
           console.error('sign needs --body and a secret (--secret or WEBHOOK_SECRET)')
           return 2
         }
-        const timestampS = values.timestamp ? Number(values.timestamp) : Math.floor(Date.now() / 1000)
+        if (values.timestamp !== undefined && !/^\d{1,12}$/.test(values.timestamp)) {
+          console.error(`sign --timestamp takes whole unix seconds, got "${values.timestamp}"`)
+          return 2
+        }
+        const timestampS = values.timestamp !== undefined ? Number(values.timestamp) : Math.floor(Date.now() / 1000)
         console.log(signPayload(secret, timestampS, values.body))
         return 0
       }
