@@ -421,7 +421,11 @@ for (const engine of testEngines()) {
 
         expect(late.status).toBe(200)
         expect(late.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'expired', outcome: 'refund_required' }))
-        expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired', paid_at: null, refund_required: true })
+        // The order names the payment to refund; a second refused one leaves it named.
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'expired', paid_at: null, refund_required: true, payment_id: 'pay_slow' })
+        const again = await webhook(t, { order_id: orderId, status: 'success', payment_id: 'pay_slower' }, 'evt-slower')
+        expect(again.body).toMatchObject({ outcome: 'refund_required' })
+        expect(await getOrder(t, orderId)).toMatchObject({ refund_required: true, payment_id: 'pay_slow' })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 3, available_stock: 0, reserved: 3, sold: 0 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })

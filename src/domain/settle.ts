@@ -209,9 +209,11 @@ export async function applyPaymentToOrder(ctx: SettleContext, stored: Order, eve
     outcome = 'recovered'
   } else {
     order.refundRequired = true
+    // The order names the (first) payment that needs refunding; the log names each one.
+    order.paymentId ??= event.paymentId
     outcome = 'refund_required'
   }
-  if (order.status !== fromStatus || order.refundRequired !== stored.refundRequired) {
+  if (order.status !== fromStatus || order.refundRequired !== stored.refundRequired || order.paymentId !== stored.paymentId) {
     const updated = await ctx.tx.updateOrder(order, fromStatus, now)
     assert(updated, 'an order read under the product lock keeps its status until commit')
   }
@@ -236,7 +238,7 @@ function finish(ctx: SettleContext, event: PaymentEvent, order: Order | null, ou
   }
   const logged = { key: event.idempotencyKey, orderId: body.orderId, holdId: event.holdId, productId: ctx.ledger.productId, outcome }
   if (outcome === 'duplicate' || outcome === 'ignored') ctx.events.push({ name: 'payment.duplicate', ...logged })
-  else if (outcome === 'refund_required') ctx.events.push({ name: 'payment.refund_required', ...logged, qty: order?.qty })
+  else if (outcome === 'refund_required') ctx.events.push({ name: 'payment.refund_required', ...logged, paymentId: event.paymentId, qty: order?.qty })
   else ctx.events.push({ name: 'payment.applied', ...logged })
   return { order, event: processed, body }
 }
