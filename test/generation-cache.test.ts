@@ -13,30 +13,37 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ kind: fc.constant('delete' as const), key: fc.integer({ min: 0, max: 40 }) }),
 )
 
+// Runs the ops on the cache beside a model (the last value set for each key, or none after a
+// delete), checking every answer and the bound after every op.
+function checkAgainstModel(cache: GenerationCache<number, number>, ops: readonly Op[], weightMax: number, weigh: (value: number) => number): void {
+  const last = new Map<number, number>()
+  for (const op of ops) {
+    if (op.kind === 'set') {
+      cache.set(op.key, op.value)
+      last.set(op.key, op.value)
+      // What was just set stays, unless it outweighs a generation (never kept).
+      expect(cache.get(op.key)).toBe(weigh(op.value) <= Math.floor(weightMax / 2) ? op.value : undefined)
+    } else if (op.kind === 'delete') {
+      cache.delete(op.key)
+      last.delete(op.key)
+      expect(cache.get(op.key)).toBeUndefined()
+    } else {
+      const value = cache.get(op.key)
+      // Forgetting is allowed; answering something other than the last value is not.
+      if (value !== undefined) expect(value).toBe(last.get(op.key))
+      if (value !== undefined) expect(cache.get(op.key)).toBe(value)
+    }
+    expect(cache.keptWeight()).toBeLessThanOrEqual(weightMax)
+  }
+}
+
 describe('GenerationCache', () => {
   it('stays within its bound and answers only the last value set for a key', () => {
     fc.assert(
       fc.property(fc.integer({ min: 2, max: 12 }), fc.array(opArbitrary, { maxLength: 300 }), (entriesMax, ops) => {
         const cache = new GenerationCache<number, number>(entriesMax)
-        // The model: the last value set for each key, or none after a delete.
-        const last = new Map<number, number>()
-        for (const op of ops) {
-          if (op.kind === 'set') {
-            cache.set(op.key, op.value)
-            last.set(op.key, op.value)
-            expect(cache.get(op.key)).toBe(op.value)
-          } else if (op.kind === 'delete') {
-            cache.delete(op.key)
-            last.delete(op.key)
-            expect(cache.get(op.key)).toBeUndefined()
-          } else {
-            const value = cache.get(op.key)
-            // Forgetting is allowed; answering something other than the last value is not.
-            if (value !== undefined) expect(value).toBe(last.get(op.key))
-            if (value !== undefined) expect(cache.get(op.key)).toBe(value)
-          }
-          expect(cache.size).toBeLessThanOrEqual(entriesMax)
-        }
+        checkAgainstModel(cache, ops, entriesMax, () => 1)
+        expect(cache.size).toBeLessThanOrEqual(entriesMax)
       }),
       { numRuns: 500 },
     )
@@ -47,23 +54,7 @@ describe('GenerationCache', () => {
       fc.property(fc.integer({ min: 2, max: 400 }), fc.array(opArbitrary, { maxLength: 300 }), (weightMax, ops) => {
         // A value's weight is its size, as for a statement's text.
         const weigh = (value: number): number => (Math.abs(value) % 97) + 1
-        const cache = new GenerationCache<number, number>(weightMax, weigh)
-        const last = new Map<number, number>()
-        for (const op of ops) {
-          if (op.kind === 'set') {
-            cache.set(op.key, op.value)
-            last.set(op.key, op.value)
-            expect(cache.get(op.key)).toBe(weigh(op.value) <= Math.floor(weightMax / 2) ? op.value : undefined)
-          } else if (op.kind === 'delete') {
-            cache.delete(op.key)
-            last.delete(op.key)
-            expect(cache.get(op.key)).toBeUndefined()
-          } else {
-            const value = cache.get(op.key)
-            if (value !== undefined) expect(value).toBe(last.get(op.key))
-          }
-          expect(cache.keptWeight()).toBeLessThanOrEqual(weightMax)
-        }
+        checkAgainstModel(new GenerationCache<number, number>(weightMax, weigh), ops, weightMax, weigh)
       }),
       { numRuns: 500 },
     )
