@@ -129,14 +129,14 @@ for (const engine of testEngines()) {
         { reserved: 7, sold: 3, stock: 11 },
         { reserved: -2, sold: 1, stock: 0 },
       ]) {
-        expect(await hot.applyProductDelta(db, viaHot, delta, updatedAt)).toBe(1)
+        await hot.applyProductDelta(db, viaHot, delta, updatedAt, false)
         await productDeltaQuery(db, viaOrdinary, delta, updatedAt).execute()
       }
       const rows = await db.selectFrom('products').selectAll().where('id', 'in', [viaHot, viaOrdinary]).orderBy('id').execute()
       expect({ ...rows[0]!, id: 0 }).toEqual({ ...rows[1]!, id: 0 })
       expect(toProduct(rows[0]!)).toMatchObject({ id: viaHot, reserved: 5, sold: 4, stock: 111 })
       expect(Number(rows[0]!.updated_at)).toBe(updatedAt.getTime())
-      expect(await hot.applyProductDelta(db, 999_999, { reserved: 1, sold: 0, stock: 0 }, updatedAt)).toBe(0)
+      await expect(hot.applyProductDelta(db, 999_999, { reserved: 1, sold: 0, stock: 0 }, updatedAt, false)).rejects.toThrow(/1 row expected to change, 0 did/)
     })
 
     it('insertHolds stores the same rows as the ordinary VALUES insert, for batches of one and of several', async () => {
@@ -146,6 +146,7 @@ for (const engine of testEngines()) {
         await hot.insertHolds(
           db,
           batch.map((each) => ({ ...each, id: `hot-${each.id}` })),
+          false,
         )
         await insertHoldsQuery(
           db,
@@ -175,7 +176,7 @@ for (const engine of testEngines()) {
       for (const round of [0, 1]) {
         for (let size = 1; size <= 120; size++) {
           const batch = Array.from({ length: size }, (_, index) => hold(`r${round}-${size}-${index}`, productId, 1, nowMs + minuteMs))
-          await bounded.insertHolds(db, batch)
+          await bounded.insertHolds(db, batch, false)
           inserted += size
           peakBytes = Math.max(peakBytes, bounded.keptBytes())
         }

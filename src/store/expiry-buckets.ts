@@ -10,6 +10,7 @@
 // one upsert (holds of one batch share their expiry, so a hold batch adds one bucket row). The
 // audit recomputes the buckets from the rows (expiryBucketDrift).
 import { sql, type Kysely } from 'kysely'
+import { deferredWrite } from './write-behind.js'
 import type { Engine } from './engines/engine.js'
 import type { Database } from './schema.js'
 
@@ -60,17 +61,24 @@ export class ExpiryBook {
   // buckets that emptied are deleted, so the table only ever holds buckets with live units and
   // what a read sums stays small. (One upsert cannot do both: the table's CHECK judges the row an
   // upsert proposes, a negative quantity, before it finds the conflict.)
-  async flush(db: Db, engine: Engine): Promise<void> {
+  // `defer`: the arriving upserts wait to be merged with the transaction's other writes
+  // (write-behind.ts); the leaving part checks what it changed and runs at once.
+  async flush(db: Db, engine: Engine, defer = false): Promise<void> {
     const entries = [...this.deltas.values()].filter((entry) => entry.qty !== 0)
     this.deltas.clear()
     const arriving = entries.filter((entry) => entry.qty > 0)
     for (let start = 0; start < arriving.length; start += entriesPerStatementMax) {
       const chunk = arriving.slice(start, start + entriesPerStatementMax)
       const insert = db.insertInto('expiry_buckets').values(chunk.map((entry) => ({ product_id: entry.productId, bucket: entry.bucket, qty: entry.qty })))
-      if (engine.upsertStyle === 'on_conflict') {
-        await insert.onConflict((conflict) => conflict.columns(['product_id', 'bucket']).doUpdateSet({ qty: sql<number>`expiry_buckets.qty + excluded.qty` })).execute()
+      const upsert =
+        engine.upsertStyle === 'on_conflict'
+          ? insert.onConflict((conflict) => conflict.columns(['product_id', 'bucket']).doUpdateSet({ qty: sql<number>`expiry_buckets.qty + excluded.qty` }))
+          : insert.onDuplicateKeyUpdate({ qty: sql<number>`qty + values(qty)` })
+      if (defer) {
+        const { sql: text, parameters } = upsert.compile()
+        await db.executeQuery(deferredWrite({ sql: text, parameters, what: 'the expiry buckets', table: 'expiry_buckets', insertsOnly: false }))
       } else {
-        await insert.onDuplicateKeyUpdate({ qty: sql<number>`qty + values(qty)` }).execute()
+        await upsert.execute()
       }
     }
     const leavingByProduct = new Map<number, Array<{ bucket: number; qty: number }>>()

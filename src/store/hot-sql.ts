@@ -12,6 +12,7 @@ import { keyColumns, keysQuery, keyValues, toIdempotencyRecord } from './idempot
 import { holdColumns, holdValues, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
 import type { Database, IdempotencyKeysTable, ProductsTable } from './schema.js'
 import type { StatementShape } from './statement-shape.js'
+import { deferredWrite, type DeferredWrite } from './write-behind.js'
 
 type Db = Kysely<Database>
 
@@ -96,21 +97,28 @@ export class HotSql {
     return row ? toProduct(row) : undefined
   }
 
-  // Returns how many product rows changed (1, or 0 for no such product).
-  async applyProductDelta(db: Db, productId: number, delta: ProductCountsDelta, updatedAt: Date): Promise<number> {
+  // Throws if the product row did not change (it is locked, so it cannot vanish: a bug). With
+  // `defer`, the update waits to be merged with the transaction's next writes (write-behind.ts).
+  async applyProductDelta(db: Db, productId: number, delta: ProductCountsDelta, updatedAt: Date, defer: boolean): Promise<void> {
     const text = this.text(
       'applyProductDelta',
       () => [-11, -12, -13, -14, -15, -16, -17, -18],
       () => productDeltaQuery(db, -18, { reserved: -11, sold: -12, stock: -13, waitingQty: -14, waitingTickets: -15, joined: -16 }, new Date(-17)).compile(),
     )
     const parameters = [delta.reserved, delta.sold, delta.stock, delta.waitingQty ?? 0, delta.waitingTickets ?? 0, delta.joined ?? 0, updatedAt.getTime(), productId]
+    const what = `the counts of product ${productId}`
+    if (defer) {
+      await db.executeQuery(deferredWrite({ sql: text, parameters, what, table: 'products', insertsOnly: false, expectedRows: 1 }))
+      return
+    }
     const result = await db.executeQuery(CompiledQuery.raw(text, parameters))
-    return Number(result.numAffectedRows ?? 0)
+    const changed = Number(result.numAffectedRows ?? 0)
+    if (changed !== 1) throw new Error(`${what}: 1 row expected to change, ${changed} did (the product vanished under its lock)`)
   }
 
-  async insertHolds(db: Db, holds: readonly Hold[]): Promise<void> {
+  async insertHolds(db: Db, holds: readonly Hold[], defer: boolean): Promise<void> {
     if (holds.length === 0) return
-    await this.insertRows(db, 'holds', holdColumns, holds.map(holdValues))
+    await this.insertRows(db, 'holds', holdColumns, holds.map(holdValues), defer ? { what: 'the insert of holds' } : undefined)
   }
 
   // Every row of a keyed batch's keys (one text per key count).
@@ -150,20 +158,37 @@ export class HotSql {
   }
 
   // A plain multi-row insert: a key another transaction wrote first fails it (unique violation).
-  async insertIdempotencyKeys(db: Db, scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
+  // `defer`: it waits to be merged with the transaction's next writes, and the statement that
+  // sends it fails with the violation instead (mapped by defer.mapError).
+  async insertIdempotencyKeys(
+    db: Db,
+    scope: IdempotencyScope,
+    answers: readonly IdempotencyAnswer[],
+    now: Date,
+    expiresAt: Date,
+    defer?: Pick<DeferredWrite, 'what' | 'mapError'>,
+  ): Promise<void> {
     if (answers.length === 0) return
     await this.insertRows(
       db,
       'idempotency_keys',
       keyColumns,
       answers.map((answer) => keyValues(scope, answer, now, expiresAt)),
+      defer,
     )
   }
 
   // One multi-row insert whose text is compiled once per row count, or once where the engine
   // sends one array per column.
-  private async insertRows(db: Db, table: 'holds' | 'idempotency_keys', columns: readonly ArrayColumn[], rows: ReadonlyArray<Record<string, unknown>>): Promise<void> {
+  private async insertRows(
+    db: Db,
+    table: 'holds' | 'idempotency_keys',
+    columns: readonly ArrayColumn[],
+    rows: ReadonlyArray<Record<string, unknown>>,
+    defer: Pick<DeferredWrite, 'what' | 'mapError'> | undefined,
+  ): Promise<void> {
     if (rows.length === 0) return
+    const run = (sql: string, parameters: unknown[]) => db.executeQuery(defer ? deferredWrite({ ...defer, sql, parameters, table, insertsOnly: true }) : CompiledQuery.raw(sql, parameters))
     const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
     if (columnArraysSql) {
       const text = this.text(
@@ -171,11 +196,9 @@ export class HotSql {
         () => [],
         () => CompiledQuery.raw(columnArraysSql(table, columns), []),
       )
-      await db.executeQuery(
-        CompiledQuery.raw(
-          text,
-          columns.map((column) => rows.map((row) => row[column.name])),
-        ),
+      await run(
+        text,
+        columns.map((column) => rows.map((row) => row[column.name])),
       )
       return
     }
@@ -192,7 +215,7 @@ export class HotSql {
     const parameters: unknown[] = new Array(rows.length * columns.length)
     let index = 0
     for (const row of rows) for (const column of columns) parameters[index++] = row[column.name]
-    await db.executeQuery(CompiledQuery.raw(text, parameters))
+    await run(text, parameters)
   }
 
   // For statements whose parameters are the caller's arguments (the sentinels, in the order

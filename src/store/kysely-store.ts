@@ -32,6 +32,7 @@ import { toSnapshot } from './rows.js'
 import type { Database } from './schema.js'
 import { earliestLapsed, oldestLapsedByProduct, type OldestLapsed } from './sweeper-lag.js'
 import { findTicket, lineAudit, productsWithLineWork, ticketsAhead } from './waitlist-sql.js'
+import { commitQuery, rollbackQuery, writeBehindDialect } from './write-behind.js'
 
 export { engines } from './engines/index.js'
 
@@ -66,11 +67,14 @@ export class KyselyStore implements Store {
     this.engine = options.engine
     this.capabilities = engines[options.engine]
     this.hotSql = new HotSql(this.capabilities)
-    const dialect = this.capabilities.createDialect(options.databaseUrl, {
-      poolSizeMax: options.poolSizeMax ?? 16,
-      lockWaitMs: options.lockWaitMs ?? 5_000,
-      onConnectionError: (error) => this.noteUnavailable(error),
-    })
+    const dialect = writeBehindDialect(
+      this.capabilities.createDialect(options.databaseUrl, {
+        poolSizeMax: options.poolSizeMax ?? 16,
+        lockWaitMs: options.lockWaitMs ?? 5_000,
+        onConnectionError: (error) => this.noteUnavailable(error),
+      }),
+      this.capabilities,
+    )
     const { onQuery } = options
     this.db = new Kysely<Database>(onQuery ? { dialect, log: (event) => onQuery(event.query.sql, event.query.parameters) } : { dialect })
   }
@@ -104,10 +108,11 @@ export class KyselyStore implements Store {
             const tx = new KyselyTx(connection, this.capabilities, this.hotSql)
             const result = await fn(tx)
             await tx.finish()
-            await sql`commit`.execute(connection)
+            // Sends the writes still waiting (write-behind.ts) first, with the commit where it can.
+            await connection.executeQuery(commitQuery)
             return result
           } catch (error) {
-            await sql`rollback`.execute(connection).catch(() => undefined)
+            await connection.executeQuery(rollbackQuery).catch(() => undefined)
             throw error
           }
         })

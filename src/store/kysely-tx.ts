@@ -57,15 +57,21 @@ export class KyselyTx implements StoreTx {
   // Every change of a live row is noted here as it is made; written once, before commit (finish).
   private readonly expiryBook = new ExpiryBook()
 
+  // Where the engine merges writes (write-behind.ts), the writes a batch makes last wait on the
+  // connection and go with the next statement's round trip or the commit's.
+  private readonly defer: boolean
+
   constructor(
     private readonly db: Db,
     private readonly engine: Engine,
     private readonly hotSql: HotSql,
-  ) {}
+  ) {
+    this.defer = engine.writeMerging !== undefined
+  }
 
   // Called by the transaction runner after the work and before commit.
   async finish(): Promise<void> {
-    await this.expiryBook.flush(this.db, this.engine)
+    await this.expiryBook.flush(this.db, this.engine, this.defer)
   }
 
   async lockProduct(productId: number): Promise<Product | undefined> {
@@ -73,8 +79,7 @@ export class KyselyTx implements StoreTx {
   }
 
   async applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void> {
-    const changed = await this.hotSql.applyProductDelta(this.db, productId, delta, new Date())
-    if (changed !== 1) throw new Error(`product ${productId} vanished under its lock`)
+    await this.hotSql.applyProductDelta(this.db, productId, delta, new Date(), this.defer)
   }
 
   async insertProduct(product: NewProduct): Promise<number> {
@@ -129,7 +134,7 @@ export class KyselyTx implements StoreTx {
   }
 
   async insertHolds(holds: readonly Hold[]): Promise<void> {
-    await this.hotSql.insertHolds(this.db, holds)
+    await this.hotSql.insertHolds(this.db, holds, this.defer)
     for (const hold of holds) if (hold.status === liveStatus.holds) this.expiryBook.note(hold.productId, hold.expiresAt.getTime(), hold.qty)
   }
 
@@ -299,9 +304,13 @@ export class KyselyTx implements StoreTx {
   }
 
   insertIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
+    const conflictOf = (error: unknown): unknown => (this.engine.isUniqueViolation(error) ? new StoredKeyConflict(scope) : error)
+    // Deferred, the violation fails whichever statement sends the merged writes; those writes
+    // are all new rows but for the counts, so it is this insert's unless a minted id collided,
+    // and running the batch again (StoredKeyConflict) is right either way.
+    if (this.defer) return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt, { what: 'the insert of idempotency keys', mapError: conflictOf })
     return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt).catch((error: unknown) => {
-      if (this.engine.isUniqueViolation(error)) throw new StoredKeyConflict(scope)
-      throw error
+      throw conflictOf(error)
     })
   }
 

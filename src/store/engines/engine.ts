@@ -1,5 +1,5 @@
 // What differs between engines, asked as capabilities; shared code never tests a name.
-import type { Dialect } from 'kysely'
+import type { Dialect, QueryResult } from 'kysely'
 
 export type EngineName = 'sqlite' | 'postgres' | 'mysql'
 
@@ -7,6 +7,28 @@ export type EngineName = 'sqlite' | 'postgres' | 'mysql'
 export interface ArrayColumn {
   readonly name: string
   readonly type: 'varchar' | 'integer' | 'bigint'
+}
+
+// A write that waits to be merged with the transaction's next ones (store/write-behind.ts).
+export interface MergedWrite {
+  readonly sql: string
+  readonly parameters: readonly unknown[]
+  // Set when the rows it changes are checked: the merged statement must then report them.
+  readonly expectedRows?: number
+}
+
+// How an engine sends several writes of a transaction as one statement.
+export interface WriteMerging {
+  // The text running `writes` in order, whose parameters are theirs one after another; with
+  // `commit`, it also commits the transaction (only where commitJoins).
+  mergedSql(writes: readonly MergedWrite[], commit: boolean): string
+  // The rows each write changed, from the merged statement's result (where expectedRows is set).
+  rowsChanged(result: QueryResult<unknown>, writes: readonly MergedWrite[]): number[]
+  // Whether the commit may ride along. Then a write whose expectedRows is not met must fail in
+  // the server, before the commit runs: the merged text checks it there, and isGuardFailure
+  // tells that failure apart.
+  readonly commitJoins: boolean
+  isGuardFailure?(error: unknown): boolean
 }
 
 export interface Engine {
@@ -43,6 +65,9 @@ export interface Engine {
   // The most parameters one statement may carry. A batch whose largest statement needs more
   // fails at run time, so start-up refuses batch sizes that cannot fit (statement-limits.ts).
   readonly statementParametersMax: number
+  // Several writes sent as one statement, a round trip less each (store/write-behind.ts).
+  // Undefined where a statement costs no round trip (SQLite runs in the process).
+  readonly writeMerging?: WriteMerging
   readonly beginSql: string
   // SQL type of an auto-increment primary key, and whether it needs the AUTOINCREMENT keyword
   // (PostgreSQL's serial types do not; SQLite needs exactly "integer" to alias the rowid).

@@ -1,5 +1,6 @@
 import { CompiledQuery, MysqlDialect } from 'kysely'
 import { createPool } from 'mysql2'
+import { assert } from '../../domain/assert.js'
 import { errorNumber, isConnectionError, type Engine } from './engine.js'
 
 export const mysqlEngine: Engine = {
@@ -12,6 +13,37 @@ export const mysqlEngine: Engine = {
   // queries (mysql2 inlines the values), which only max_allowed_packet bounds; the prepared
   // limit keeps every accepted batch size valid should the driver move to prepared statements.
   statementParametersMax: 65_535,
+  // Statements separated by semicolons in one text (the pool allows multiple statements): the
+  // server runs them in order and stops at the first that fails, so a commit that rides along
+  // runs only if every write before it succeeded. A write whose row count is checked is followed
+  // by a guard that fails (1242, a scalar subquery of two rows) when ROW_COUNT() differs; the
+  // pool's FOUND_ROWS flag (mysql2's default) makes it count the rows matched, as affectedRows does.
+  writeMerging: {
+    commitJoins: true,
+    mergedSql: (writes, commit) => {
+      const statements: string[] = []
+      for (const write of writes) {
+        statements.push(write.sql)
+        if (write.expectedRows !== undefined) {
+          assert(Number.isSafeInteger(write.expectedRows) && write.expectedRows >= 0, 'a row count is a whole number')
+          statements.push(`select (select 1 union all select 1 from dual where row_count() <> ${write.expectedRows}) as rows_guard`)
+        }
+      }
+      if (commit) statements.push('commit')
+      return statements.join(';\n')
+    },
+    rowsChanged: (result, writes) => {
+      const results = result.rows as Array<{ affectedRows?: number }>
+      let next = 0
+      return writes.map((write) => {
+        const header = results[next++]
+        // Skips the guard's result set.
+        if (write.expectedRows !== undefined) next++
+        return Number(header?.affectedRows ?? 0)
+      })
+    },
+    isGuardFailure: (error) => errorNumber(error) === 1242,
+  },
   beginSql: 'start transaction',
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigint' : 'integer', keyword: true }),
   // utf8mb4_bin pads: it ignores trailing spaces. Ids the service mints and idempotency keys
@@ -42,6 +74,9 @@ export const mysqlEngine: Engine = {
       bigNumberStrings: false,
       charset: 'utf8mb4_bin',
       timezone: 'Z',
+      // For merged writes (writeMerging above). mysql2 escapes every value into the text itself,
+      // and every statement of the store passes its values as parameters, never as text.
+      multipleStatements: true,
     })
     // mysql2 drops a broken pooled connection itself; a listener still keeps any 'error' the
     // pool re-emits from ending the process (SPEC I7).

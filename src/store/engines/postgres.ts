@@ -1,6 +1,7 @@
 import { PostgresDialect, type PostgresPool } from 'kysely'
 import pg from 'pg'
-import { errorCode, isConnectionError, type Engine } from './engine.js'
+import { assert } from '../../domain/assert.js'
+import { errorCode, isConnectionError, type Engine, type MergedWrite, type WriteMerging } from './engine.js'
 
 const int8Oid = 20
 const numericOid = 1700
@@ -28,6 +29,7 @@ export const postgresEngine: Engine = {
   rowsByKeyArraySql: (table, fixedColumn, arrayColumn) =>
     `select t.* from unnest($2::${arrayColumn.type}[]) as u(v) cross join lateral ` + `(select * from ${table} where ${fixedColumn} = $1 and ${arrayColumn.name} = u.v offset 0) as t`,
   perElementSql: (arrayParameter, arrayType, inner) => `select t.* from unnest($${arrayParameter}::${arrayType}[]) as u(v) cross join lateral (${inner} offset 0) as t`,
+  writeMerging: postgresWriteMerging(),
   // READ COMMITTED with row locks: every transaction locks the product row first, so the
   // rows it reads afterwards are the latest committed ones.
   beginSql: 'begin',
@@ -93,4 +95,45 @@ function closingPool(pool: pg.Pool): PostgresPool {
       await pool.end()
     },
   }
+}
+
+// Writes merged into one statement of data-modifying CTEs: `with w0 as (insert ...), w1 as
+// (update ... returning 1) select (select count(*) from w1) as n1`. Every CTE runs once, in the
+// statement's snapshot, whether or not the final select reads it; the writes merged here touch
+// different rows (new rows, the product's counts, its expiry buckets), so none depends on seeing
+// another. Each write's placeholders are renumbered past the ones before it.
+function postgresWriteMerging(): WriteMerging {
+  return {
+    commitJoins: false,
+    mergedSql(writes, commit) {
+      assert(!commit, 'PostgreSQL commits apart (one statement per extended-protocol query)')
+      let offset = 0
+      const parts: string[] = []
+      const counted: string[] = []
+      for (const [index, write] of writes.entries()) {
+        parts.push(`w${index} as (${renumbered(write, offset)}${write.expectedRows === undefined ? '' : ' returning 1'})`)
+        if (write.expectedRows !== undefined) counted.push(`(select count(*) from w${index}) as n${index}`)
+        offset += write.parameters.length
+      }
+      return `with ${parts.join(', ')} select ${counted.length > 0 ? counted.join(', ') : '1 as n'}`
+    },
+    rowsChanged(result, writes) {
+      const row = (result.rows[0] ?? {}) as Record<string, unknown>
+      return writes.map((write, index) => (write.expectedRows === undefined ? -1 : Number(row[`n${index}`])))
+    },
+  }
+}
+
+// The write's text with $1..$k as $(offset+1)..$(offset+k). Texts here are compiled statements
+// whose only `$` are placeholders (no string literals), and use each of their k parameters.
+function renumbered(write: MergedWrite, offset: number): string {
+  assert(!write.sql.includes("'"), 'a merged write has no string literal')
+  let highest = 0
+  const text = write.sql.replace(/\$(\d+)/g, (_, digits: string) => {
+    const number = Number(digits)
+    highest = Math.max(highest, number)
+    return `$${number + offset}`
+  })
+  assert(highest === write.parameters.length, 'a merged write uses each of its parameters')
+  return text
 }
