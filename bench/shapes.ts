@@ -115,7 +115,7 @@ async function main(): Promise<void> {
         ratios.keyed.push(got.keyed!.okPerS / got.plain!.okPerS)
         ratios.buyer.push(got.buyer!.okPerS / got.plain!.okPerS)
         log(
-          `  @${connections} round ${round + 1} (${order.join(', ')}): plain ${Math.round(got.plain!.okPerS)}/s, keyed ${Math.round(got.keyed!.okPerS)}/s (${ratios.keyed.at(-1)!.toFixed(2)}×), buyer ${Math.round(got.buyer!.okPerS)}/s (${ratios.buyer.at(-1)!.toFixed(2)}×)`,
+          `  @${connections} round ${round + 1} (${order.join(', ')}): plain ${Math.round(got.plain!.okPerS)}/s p99 ${got.plain!.latencyP99Ms} ms, keyed ${Math.round(got.keyed!.okPerS)}/s (${ratios.keyed.at(-1)!.toFixed(2)}×) p99 ${got.keyed!.latencyP99Ms} ms, buyer ${Math.round(got.buyer!.okPerS)}/s (${ratios.buyer.at(-1)!.toFixed(2)}×) p99 ${got.buyer!.latencyP99Ms} ms`,
         )
       }
       const row = (shape: Shape, label: string): string => {
