@@ -95,8 +95,10 @@ for (const engine of testEngines()) {
       const twenty = await batchOf(Array.from({ length: 20 }, (_, index) => `many-key-${index}`))
       const twentyAnswers = lastAnswers
       expect(twenty).toEqual(one)
-      // New keys are not read: the insert of the answers is the batch's one key statement.
+      // New keys are not read: the insert of the answers is the batch's one key statement, and
+      // it comes before the product lock (the answers a hold gets if granted are known before).
       expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['insertIdempotencyKeys'])
+      expect(twenty.indexOf('insertIdempotencyKeys')).toBeLessThan(twenty.indexOf('lockProduct'))
       // The same twenty keys again: the insert finds them stored, nothing of that attempt stays,
       // and the batch runs once more reading its keys first (one read): every one a replay.
       const before = transactions.length
@@ -162,7 +164,7 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
-    it('replays a stored key whose request would now be refused (sold out): its key read after judging, the batch run again reading first, nothing written', async () => {
+    it("replays a stored key whose request would now be refused (sold out): its key's insert fails before judging, the batch runs again reading first, and the refused request's key is deleted again", async () => {
       const t = await buildTestApp(engine.name, { stock: 2 })
       const { store, transactions } = countingStore(t.runtime.store)
       const holds = new Holds(store, t.clock, t.runtime.observer, settings)
@@ -176,12 +178,19 @@ for (const engine of testEngines()) {
       ])
       expect(retry).toEqual({ hold: first.hold, replayed: true })
       expect(other).toMatchObject({ code: 'insufficient_stock' })
-      // Judged unread, both refused, the refused keys read: one holds an answer, so nothing of
-      // that attempt stays (a replay changes nothing) and the batch runs again reading first.
-      expect(transactions.slice(before).map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))).toEqual([
-        ['readIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
+      // Both keys stored before judging: the retry's is taken, so that insert fails before the
+      // lock, nothing of the attempt stays, and the batch runs again reading first. Then the
+      // retry replays, the new request is refused, and its key (stored before judging) goes.
+      const calls = transactions.slice(before).map((tx) => tx.calls)
+      expect(calls.map((names) => names.filter((name) => name.includes('Idempotency')))).toEqual([
+        ['insertIdempotencyKeys'],
+        ['readIdempotencyKeys', 'insertIdempotencyKeys', 'deleteOwnIdempotencyKeys'],
       ])
+      // Nothing was judged in the first attempt (where writes wait to be merged, the insert
+      // reached the server just before the lock's statement and failed it).
+      expect(calls[0]).not.toContain('insertHolds')
+      const lockAt = calls[0]!.indexOf('lockProduct')
+      if (lockAt >= 0) expect(calls[0]!.indexOf('insertIdempotencyKeys')).toBeLessThan(lockAt)
       // The refused key was not used up.
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body).toMatchObject({ available_stock: 0, reserved: 2 })

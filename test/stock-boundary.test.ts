@@ -54,6 +54,40 @@ for (const engine of testEngines()) {
     }
 
     const processes = processCounts(engine.name)[1]!
+    // Hold batches store their keys before locking the product and delete those of refused
+    // requests (keyed-batches.ts): copies of one key racing in several processes must still end
+    // as one answer, with no deadlock and no 5xx but a 503 the client retries.
+    it(`40 keys for 30 units, each key sent by every one of ${processes} processes at once: each key one hold or one refusal, exactly 30 holds`, async () => {
+      const cluster = await startCluster(engine.name, { processes, stock: 30 })
+      const keys = times(40, (index) => `shared-key-${index}`)
+      const send = async (key: string, server: number) => {
+        for (let attempt = 1; ; attempt++) {
+          const reply = await request(cluster.servers[server]!.baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 }, headers: { 'idempotency-key': key } })
+          if (reply.status !== 503 || attempt === 5) return reply
+        }
+      }
+      // Every process gets every key, each in its own order, so batches overlap in many ways.
+      const sends = keys.flatMap((key, index) => times(processes, (server) => ({ key, server, order: (index * (server + 1) * 7919) % 997 })))
+      sends.sort((a, b) => a.order - b.order)
+      const replies = await Promise.all(sends.map(({ key, server }) => send(key, server).then((reply) => ({ key, reply }))))
+      const statuses = countBy(replies, ({ reply }) => reply.status)
+      console.log(`[shared keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(statuses)} tx.retry=${logEvents(cluster.servers, 'tx.retry').length} tx.busy=${logEvents(cluster.servers, 'tx.busy').length}`)
+      for (const { reply } of replies) if (reply.status !== 201) expectProblem(reply, 409, 'insufficient_stock')
+      let granted = 0
+      for (const key of keys) {
+        const answers = replies.filter((each) => each.key === key).map((each) => each.reply)
+        expect(new Set(answers.map((reply) => reply.status)).size, key).toBe(1)
+        if (answers[0]!.status !== 201) continue
+        granted++
+        expect(new Set(answers.map((reply) => reply.body.hold_id)).size, key).toBe(1)
+        expect(answers.filter((reply) => reply.headers.get('idempotent-replayed') !== 'true'), key).toHaveLength(1)
+      }
+      expect(granted).toBe(30)
+      expect(await rowCount(cluster, 'holds', cluster.productId)).toBe(30)
+      expect(await stockOf(cluster.servers[0]!.baseUrl, cluster.productId)).toEqual({ stock: 30, available_stock: 0, reserved: 30, sold: 0 })
+      expect(await cluster.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
     it(`mixed quantities over ${processes} processes: never oversold, refusals only when short`, async () => {
       const cluster = await startCluster(engine.name, { processes, stock: 50, env: { MAX_QTY_PER_HOLD: '5' } })
       const quantities = times(200, (index) => (index % 5) + 1)

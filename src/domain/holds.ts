@@ -116,7 +116,9 @@ export class Holds {
       // The buyer is part of the request's meaning: another buyer's same key and body is a reuse,
       // never a replay of someone else's hold. Anonymous requests keep their earlier fingerprint.
       fingerprint: (request) => fingerprintOf(request.buyerId ? ['holds', request.productId, request.qty, request.buyerId] : ['holds', request.productId, request.qty]),
-      serve: (ctx, requests) => this.serve(ctx, requests),
+      serve: (ctx, requests, anticipated) => this.serve(ctx, requests, anticipated),
+      // A granted hold's answer is known before judging: its id, units and times.
+      anticipate: (requests, now) => this.candidates(requests, now),
       encode: encodeHold,
       decode: reviveHold,
     }
@@ -176,19 +178,25 @@ export class Holds {
     await this.batches.drain()
   }
 
-  private async serve(ctx: SettleContext, requests: readonly HoldRequest[]): Promise<Array<Verdict<Hold>>> {
-    const { tx, ledger, now } = ctx
+  // The hold each request gets if it is granted.
+  private candidates(requests: readonly HoldRequest[], now: Date): Hold[] {
     const expiresAt = addMs(now, this.settings.holdTtlMs)
     const holdIds = newHoldIds(requests.length, now)
-    const candidates: Hold[] = requests.map((request, index) => ({
+    return requests.map((request, index) => ({
       id: holdIds[index]!,
-      productId: ledger.productId,
+      productId: request.productId,
       qty: request.qty,
       status: 'active',
       expiresAt,
       createdAt: now,
       buyerId: request.buyerId ?? null,
     }))
+  }
+
+  private async serve(ctx: SettleContext, requests: readonly HoldRequest[], anticipated?: readonly Hold[]): Promise<Array<Verdict<Hold>>> {
+    const { tx, ledger, now } = ctx
+    for (const request of requests) assert(request.productId === ledger.productId, 'a batch is one product')
+    const candidates = anticipated ?? this.candidates(requests, now)
     const { drop } = ledger.product
     const open = saleWindowRefusal(drop, now) === undefined
     const wantedQty = requests.reduce((sum, request) => sum + request.qty, 0)

@@ -6,7 +6,7 @@ import { emitAll, type DomainEvent, type Observer } from './events.js'
 import { ProductLedger } from './ledger.js'
 import { serveLine } from './line.js'
 import { reclaimBatchMax, type SettleContext } from './settle.js'
-import type { Store } from './store.js'
+import type { Store, StoreTx } from './store.js'
 
 export interface LockedProductOptions {
   // Names the use case in tx.retry logs and metrics.
@@ -18,9 +18,18 @@ export interface LockedProductOptions {
 }
 
 // Runs `work` under the product's row lock (StoreTx lock order: the product first). An unknown
-// product is refused with product_not_found before any work.
-export async function withLockedProduct<T>(store: Store, observer: Observer, options: LockedProductOptions, work: (ctx: SettleContext) => Promise<T>): Promise<T> {
+// product is refused with product_not_found before any work. `beforeLock` runs in the same
+// transaction before the lock is taken: a hold batch stores its idempotency keys there
+// (keyed-batches.ts), so the only locks taken before the product's are on new key rows.
+export async function withLockedProduct<T>(
+  store: Store,
+  observer: Observer,
+  options: LockedProductOptions,
+  work: (ctx: SettleContext) => Promise<T>,
+  beforeLock?: (tx: StoreTx) => Promise<void>,
+): Promise<T> {
   const { result, events } = await store.transaction({ label: options.label }, async (tx) => {
+    if (beforeLock) await beforeLock(tx)
     const product = await tx.lockProduct(options.productId)
     if (!product) throw new DomainError('product_not_found')
     const events: DomainEvent[] = []

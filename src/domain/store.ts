@@ -268,6 +268,9 @@ export interface StoreTx {
   readIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]>
   // Deletes the rows of these keys that have expired by `now`, in one statement.
   freeExpiredIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void>
+  // Deletes the rows of these keys, which this transaction inserted (the answers of requests it
+  // then refused), in one statement; every one of them must go.
+  deleteOwnIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void>
   // Stores the answers of a batch's keys, in one statement. A key already stored (by another
   // transaction, committed or committing while this one waits, or one this transaction did not
   // read) fails it with StoredKeyConflict: the caller rolls back and runs the batch again,

@@ -29,6 +29,8 @@ export const readKeysShape: StatementShape = {
   parameters: (engine: Engine) => (engine.rowsByKeyArraySql ? { fixed: 2, perRow: 0 } : { fixed: 1, perRow: 1 }),
 }
 export const freeKeysShape = inListShape('freeing expired idempotency keys', 2)
+// Beside the keys: the scope.
+export const deleteOwnKeysShape = inListShape("deleting the keys of a batch's refused requests", 1)
 // The sweeper deletes up to SWEEP_BATCH_MAX expired keys of a scope in one statement (kysely-store.ts).
 export const deleteExpiredKeysShape = inListShape('deleting expired idempotency keys', 3)
 
@@ -71,6 +73,10 @@ export function keysQuery(db: Kysely<Database>, scope: IdempotencyScope, keys: r
 }
 
 // Rare (a key reused after its TTL, before the sweeper deleted it), so built per call.
+export function deleteKeysQuery(db: Kysely<Database>, scope: IdempotencyScope, keys: readonly string[]) {
+  return db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', 'in', keys)
+}
+
 export async function freeExpiredKeys(db: Kysely<Database>, scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void> {
   if (keys.length === 0) return
   await db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', 'in', keys).where('expires_at', '<=', now.getTime()).execute()

@@ -24,7 +24,8 @@ import type { Engine } from './engines/engine.js'
 import { ExpiryBook } from './expiry-buckets.js'
 import type { HotSql } from './hot-sql.js'
 import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
-import { freeExpiredKeys } from './idempotency-keys.js'
+import { deleteKeysQuery, freeExpiredKeys } from './idempotency-keys.js'
+import { deferredWrite } from './write-behind.js'
 import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 import { closeWaiting, findTicket, insertTickets, moveTickets, waitingTicketsThatFit } from './waitlist-sql.js'
@@ -312,6 +313,19 @@ export class KyselyTx implements StoreTx {
     return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt).catch((error: unknown) => {
       throw conflictOf(error)
     })
+  }
+
+  async deleteOwnIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return
+    const what = `the ${keys.length} idempotency keys of refused requests`
+    const { sql: text, parameters } = deleteKeysQuery(this.db, scope, keys).compile()
+    if (this.defer) {
+      await this.db.executeQuery(deferredWrite({ sql: text, parameters, what, table: 'idempotency_keys', insertsOnly: false, expectedRows: keys.length }))
+      return
+    }
+    const result = await this.db.executeQuery(CompiledQuery.raw(text, [...parameters]))
+    const deleted = Number(result.numAffectedRows ?? 0)
+    if (deleted !== keys.length) throw new Error(`${what}: ${keys.length} rows expected to change, ${deleted} did`)
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {

@@ -5,14 +5,15 @@
 import type { EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { insertHoldsShape } from './hot-sql.js'
-import { deleteExpiredKeysShape, freeKeysShape, insertKeysShape, readKeysShape } from './idempotency-keys.js'
+import { deleteExpiredKeysShape, deleteOwnKeysShape, freeKeysShape, insertKeysShape, readKeysShape } from './idempotency-keys.js'
 import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from './kysely-tx.js'
 import { rowsThatFit, type StatementShape } from './statement-shape.js'
 
 export type BatchVariable = 'HOLD_BATCH_MAX' | 'ORDER_BATCH_MAX' | 'WEBHOOK_BATCH_MAX' | 'SWEEP_BATCH_MAX'
 
-// Holds and orders read, free (when expired) and store a batch's keys in one statement each.
-const keyStatements = [readKeysShape, freeKeysShape, insertKeysShape]
+// Holds and orders read, free (when expired) and store a batch's keys in one statement each;
+// holds, which store them before judging, delete those of refused requests in one.
+const keyStatements = [readKeysShape, freeKeysShape, insertKeysShape, deleteOwnKeysShape]
 
 export const batchStatements: Record<BatchVariable, readonly StatementShape[]> = {
   // A batch of holds is inserted by one statement; a limited product counts its buyers' units in one.
