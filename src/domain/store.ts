@@ -219,7 +219,8 @@ export interface LapsedRow {
 }
 
 // Every method runs inside one database transaction. Lock order, everywhere: the product row
-// first (lockProduct), then its holds, orders and payment events. Because every writer of a
+// first (lockProduct), then its holds, orders and payment events. The one exception: a hold
+// batch inserts its new idempotency key rows, sorted, before lockProduct (keyed-batches.ts). Because every writer of a
 // product's holds and orders holds that product's row lock, rows read after lockProduct are
 // stable until commit: no RETURNING or SKIP LOCKED is needed to know what an UPDATE changed.
 export interface StoreTx {
