@@ -71,7 +71,9 @@ for (const engine of testEngines()) {
       sends.sort((a, b) => a.order - b.order)
       const replies = await Promise.all(sends.map(({ key, server }) => send(key, server).then((reply) => ({ key, reply }))))
       const statuses = countBy(replies, ({ reply }) => reply.status)
-      console.log(`[shared keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(statuses)} tx.retry=${logEvents(cluster.servers, 'tx.retry').length} tx.busy=${logEvents(cluster.servers, 'tx.busy').length}`)
+      console.log(
+        `[shared keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(statuses)} tx.retry=${logEvents(cluster.servers, 'tx.retry').length} tx.busy=${logEvents(cluster.servers, 'tx.busy').length}`,
+      )
       for (const { reply } of replies) if (reply.status !== 201) expectProblem(reply, 409, 'insufficient_stock')
       let granted = 0
       for (const key of keys) {
@@ -80,7 +82,10 @@ for (const engine of testEngines()) {
         if (answers[0]!.status !== 201) continue
         granted++
         expect(new Set(answers.map((reply) => reply.body.hold_id)).size, key).toBe(1)
-        expect(answers.filter((reply) => reply.headers.get('idempotent-replayed') !== 'true'), key).toHaveLength(1)
+        expect(
+          answers.filter((reply) => reply.headers.get('idempotent-replayed') !== 'true'),
+          key,
+        ).toHaveLength(1)
       }
       expect(granted).toBe(30)
       expect(await rowCount(cluster, 'holds', cluster.productId)).toBe(30)

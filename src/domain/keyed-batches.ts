@@ -173,7 +173,13 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     assert(new Set(keys).size === keys.length, 'a key is in one request of a batch at most (InFlightKeys)')
     let readFirst = keys.length > 0 && this.keyReads.readFirst()
     // Fixed once for the batch, so every attempt stores and grants the same answers.
-    const anticipated = keys.length > 0 ? this.useCase.anticipate?.(batch.map((waiter) => waiter.request), now) : undefined
+    const anticipated =
+      keys.length > 0
+        ? this.useCase.anticipate?.(
+            batch.map((waiter) => waiter.request),
+            now,
+          )
+        : undefined
     let outcomes: Array<Outcome<A>> | undefined
     for (let attempt = 1; outcomes === undefined; attempt++) {
       try {

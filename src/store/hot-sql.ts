@@ -188,7 +188,8 @@ export class HotSql {
     defer: Pick<DeferredWrite, 'what' | 'mapError'> | undefined,
   ): Promise<void> {
     if (rows.length === 0) return
-    const run = (sql: string, parameters: unknown[]) => db.executeQuery(defer ? deferredWrite({ ...defer, sql, parameters, table, insertsOnly: true }) : CompiledQuery.raw(sql, parameters))
+    const run = (sql: string, parameters: unknown[]) =>
+      db.executeQuery(defer ? deferredWrite({ ...defer, sql, parameters, table, insertsOnly: true }) : CompiledQuery.raw(sql, parameters))
     const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
     if (columnArraysSql) {
       const text = this.text(

@@ -136,7 +136,8 @@ class WriteBehindConnection implements DatabaseConnection {
   async executeQuery<R>(query: CompiledQuery): Promise<QueryResult<R>> {
     const write = deferredWrites.get(query)
     if (write !== undefined) {
-      if (this.waiting.length >= deferredWritesMax || this.parametersOf(this.waiting) + write.parameters.length > this.parametersMax || this.touchesWaiting(write)) await this.send(false)
+      if (this.waiting.length >= deferredWritesMax || this.parametersOf(this.waiting) + write.parameters.length > this.parametersMax || this.touchesWaiting(write))
+        await this.send(false)
       this.waiting.push(write)
       return noRows
     }
