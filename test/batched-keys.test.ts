@@ -191,7 +191,8 @@ for (const engine of testEngines()) {
       expect(calls[0]).not.toContain('insertHolds')
       const lockAt = calls[0]!.indexOf('lockProduct')
       if (lockAt >= 0) expect(calls[0]!.indexOf('insertIdempotencyKeys')).toBeLessThan(lockAt)
-      // The refused key was not used up.
+      // The refused key was not used up: stored before judging, deleted again.
+      expect(await t.runtime.store.getIdempotencyRecord('holds', 'too-late')).toBeUndefined()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body).toMatchObject({ available_stock: 0, reserved: 2 })
       await holds.drain()

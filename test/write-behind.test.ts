@@ -203,6 +203,20 @@ for (const engine of testEngines()) {
       expect(await stored(productId)).toEqual({ holds: 0, keys: 0, reserved: 0, bucketQty: 0 })
     })
 
+    it('fails the commit when the delete of refused keys must remove 3 rows and finds 2, and keeps nothing of that transaction', async () => {
+      const productId = await newProduct(100)
+      await transaction(async (tx) => {
+        await tx.insertIdempotencyKeys('holds', [answer('kept-a'), answer('kept-b')], new Date(nowMs), new Date(nowMs + minuteMs))
+      })
+      await expect(
+        transaction(async (tx) => {
+          await tx.insertHolds([hold('with-delete-1', productId, 1)])
+          await tx.deleteOwnIdempotencyKeys('holds', ['kept-a', 'kept-b', 'never-stored'])
+        }),
+      ).rejects.toThrow(/idempotency keys of refused requests: 3 rows expected to change/)
+      expect(await stored(productId)).toEqual({ holds: 0, keys: 2, reserved: 0, bucketQty: 0 })
+    })
+
     it.runIf(merges)('never merges an update with another write of its table: two updates of one row both count', async () => {
       const productId = await newProduct(100)
       await transaction(async (tx) => {

@@ -217,7 +217,12 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   // decides the rate, and keyed holds went from 0.72-0.82x to 0.84-0.91x of keyless ones on
   // MariaDB and PostgreSQL (alternating bench:shapes runs). The keys are inserted in one order
   // (sorted), and every hold batch takes key rows before the product row, so two batches
-  // carrying the same keys wait on each other instead of deadlocking; orders keep theirs after.
+  // carrying the same new keys wait on each other instead of deadlocking; orders keep theirs
+  // after. One case can still deadlock: a batch reading first that frees an expired row of one
+  // of its keys (a key reused after its TTL) locks that key before the sorted insert, so it may
+  // cross a batch of another process inserting the same two keys. The database detects it and
+  // the store retries (tx.retry); it takes a key reused after its TTL arriving in two processes
+  // at once with another shared key.
   private async serveLocked(
     productId: number,
     batch: Array<Waiter<R, A>>,

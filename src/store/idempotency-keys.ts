@@ -72,11 +72,13 @@ export function keysQuery(db: Kysely<Database>, scope: IdempotencyScope, keys: r
   return db.selectFrom('idempotency_keys').selectAll().where('scope', '=', scope).where('idem_key', 'in', keys)
 }
 
-// Rare (a key reused after its TTL, before the sweeper deleted it), so built per call.
+// The keys a hold batch stored before judging, of the requests it then refused: only when a
+// keyed hold is refused, so built per call.
 export function deleteKeysQuery(db: Kysely<Database>, scope: IdempotencyScope, keys: readonly string[]) {
   return db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', 'in', keys)
 }
 
+// Rare (a key reused after its TTL, before the sweeper deleted it), so built per call.
 export async function freeExpiredKeys(db: Kysely<Database>, scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void> {
   if (keys.length === 0) return
   await db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', 'in', keys).where('expires_at', '<=', now.getTime()).execute()

@@ -93,11 +93,15 @@ class WriteBehindDriver implements Driver {
     return this.inner.beginTransaction(innerOf(connection), settings)
   }
 
+  // Kysely's own transactions (db.transaction(), the migrator) end here, not through
+  // commitQuery: none queues writes, and a commit must never leave one behind unsent.
   commitTransaction(connection: DatabaseConnection): Promise<void> {
+    assert(!(connection instanceof WriteBehindConnection) || !connection.hasWaiting(), 'a transaction with writes waiting ends with commitQuery')
     return this.inner.commitTransaction(innerOf(connection))
   }
 
   rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    if (connection instanceof WriteBehindConnection) connection.dropWaiting()
     return this.inner.rollbackTransaction(innerOf(connection))
   }
 
@@ -128,6 +132,10 @@ class WriteBehindConnection implements DatabaseConnection {
     private readonly parametersMax: number,
     private readonly texts: GenerationCache<string, string>,
   ) {}
+
+  hasWaiting(): boolean {
+    return this.waiting.length > 0
+  }
 
   dropWaiting(): void {
     this.waiting = []
@@ -188,7 +196,7 @@ class WriteBehindConnection implements DatabaseConnection {
       const guarded = writes.filter((write) => write.expectedRows !== undefined)
       if (guarded.length > 0 && this.merging.isGuardFailure?.(error)) {
         const expected = guarded.map((write) => `${write.what}: ${write.expectedRows} row${write.expectedRows === 1 ? '' : 's'} expected to change`).join('; ')
-        throw new Error(`${expected}; another number did (refused before the commit)`)
+        throw new Error(`${expected}; another number did (refused before the commit)`, { cause: error })
       }
       for (const write of writes) {
         const mapped = write.mapError ? write.mapError(error) : error
