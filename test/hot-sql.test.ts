@@ -10,7 +10,8 @@ import { HotSql, insertHoldsQuery, lockProductQuery, productDeltaQuery, snapshot
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { toHold, toProduct, toSnapshot } from '../src/store/rows.js'
 import type { Database } from '../src/store/schema.js'
-import { freshDatabase, testEngines, type FreshDatabase } from './helpers/engines.js'
+import { testEngines } from './helpers/engines.js'
+import { storeBeside, type StoreBeside } from './helpers/store-beside.js'
 
 const nowMs = 1_800_000_000_000
 const minuteMs = 60_000
@@ -21,28 +22,20 @@ function hold(id: string, productId: number, qty: number, expiresAtMs: number, s
 
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: hot statements`, () => {
-    let database: FreshDatabase
+    let beside: StoreBeside
     let store: KyselyStore
     let db: Kysely<Database>
     let hot: HotSql
 
     beforeEach(async () => {
-      database = await freshDatabase(engine.name)
-      store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer: { emit: () => undefined }, txAttemptsMax: 3, poolSizeMax: 2 })
-      await store.migrate()
-      db = new Kysely<Database>({ dialect: engines[engine.name].createDialect(database.url, { poolSizeMax: 2, lockWaitMs: 5_000, onConnectionError: () => undefined }) })
+      beside = await storeBeside(engine.name, { poolSizeMax: 2, createdAt: new Date(nowMs) })
+      ;({ store, db } = beside)
       hot = new HotSql(engines[engine.name])
     })
 
-    afterEach(async () => {
-      await db.destroy()
-      await store.close()
-      await database.drop()
-    })
+    afterEach(() => beside.close())
 
-    async function newProduct(stock: number): Promise<number> {
-      return store.transaction({ label: 'test' }, (tx) => tx.insertProduct({ name: 'P', priceMinor: 1250, currency: 'USD', stock, createdAt: new Date(nowMs) }))
-    }
+    const newProduct = (stock: number): Promise<number> => beside.newProduct(stock)
 
     it('productSnapshot counts the same lapsed units as the ordinary snapshot query, for each product and for none', async () => {
       const first = await newProduct(100)

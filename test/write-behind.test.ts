@@ -14,7 +14,8 @@ import { KyselyStore } from '../src/store/kysely-store.js'
 import { KyselyTx } from '../src/store/kysely-tx.js'
 import type { Database } from '../src/store/schema.js'
 import { commitQuery, deferredWritesMax, rollbackQuery, writeBehindDialect } from '../src/store/write-behind.js'
-import { freshDatabase, testEngines, type FreshDatabase } from './helpers/engines.js'
+import { testEngines } from './helpers/engines.js'
+import { storeBeside, type StoreBeside } from './helpers/store-beside.js'
 
 const nowMs = 1_800_000_000_000
 const minuteMs = 60_000
@@ -63,30 +64,21 @@ for (const engine of testEngines()) {
   const merges = capabilities.writeMerging !== undefined
 
   describe.skipIf(!engine.available)(`${engine.name}: write-behind`, () => {
-    let database: FreshDatabase
+    let beside: StoreBeside
     let store: KyselyStore
     let db: Kysely<Database>
     let sent: string[]
 
     beforeEach(async () => {
-      database = await freshDatabase(engine.name)
-      store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer: { emit: () => undefined }, txAttemptsMax: 3, poolSizeMax: 2 })
-      await store.migrate()
       sent = []
       // One connection: a rollback's leftovers would show in the next transaction.
-      const dialect = capabilities.createDialect(database.url, { poolSizeMax: 1, lockWaitMs: 5_000, onConnectionError: () => undefined })
-      db = new Kysely<Database>({ dialect: writeBehindDialect(countingDialect(dialect, sent), capabilities) })
+      beside = await storeBeside(engine.name, { poolSizeMax: 1, createdAt: new Date(nowMs), wrapDialect: (dialect) => writeBehindDialect(countingDialect(dialect, sent), capabilities) })
+      ;({ store, db } = beside)
     })
 
-    afterEach(async () => {
-      await db.destroy()
-      await store.close()
-      await database.drop()
-    })
+    afterEach(() => beside.close())
 
-    async function newProduct(stock: number): Promise<number> {
-      return store.transaction({ label: 'test' }, (tx) => tx.insertProduct({ name: 'P', priceMinor: 1250, currency: 'USD', stock, createdAt: new Date(nowMs) }))
-    }
+    const newProduct = (stock: number): Promise<number> => beside.newProduct(stock)
 
     // A transaction as the store's runner makes one, on the counting connection; `sent` is
     // cleared once it has begun, so it lists what the work and the end sent.

@@ -10,7 +10,7 @@
 // one upsert (holds of one batch share their expiry, so a hold batch adds one bucket row). The
 // audit recomputes the buckets from the rows (expiryBucketDrift).
 import { sql, type Kysely } from 'kysely'
-import { deferredWrite } from './write-behind.js'
+import { runWrite } from './write-behind.js'
 import type { Engine } from './engines/engine.js'
 import type { Database } from './schema.js'
 
@@ -74,12 +74,8 @@ export class ExpiryBook {
         engine.upsertStyle === 'on_conflict'
           ? insert.onConflict((conflict) => conflict.columns(['product_id', 'bucket']).doUpdateSet({ qty: sql<number>`expiry_buckets.qty + excluded.qty` }))
           : insert.onDuplicateKeyUpdate({ qty: sql<number>`qty + values(qty)` })
-      if (defer) {
-        const { sql: text, parameters } = upsert.compile()
-        await db.executeQuery(deferredWrite({ sql: text, parameters, what: 'the expiry buckets', table: 'expiry_buckets', insertsOnly: false }))
-      } else {
-        await upsert.execute()
-      }
+      const { sql: text, parameters } = upsert.compile()
+      await runWrite(db, { sql: text, parameters, what: 'the expiry buckets', table: 'expiry_buckets', insertsOnly: false }, defer)
     }
     const leavingByProduct = new Map<number, Array<{ bucket: number; qty: number }>>()
     for (const entry of entries) {

@@ -12,7 +12,10 @@ import { keyColumns, keysQuery, keyValues, toIdempotencyRecord } from './idempot
 import { holdColumns, holdValues, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
 import type { Database, IdempotencyKeysTable, ProductsTable } from './schema.js'
 import type { StatementShape } from './statement-shape.js'
-import { deferredWrite, type DeferredWrite } from './write-behind.js'
+import { runWrite, type DeferredWrite } from './write-behind.js'
+
+// How a multi-row insert is written: at once or (defer) merged with the transaction's next writes.
+type InsertWrite = Pick<DeferredWrite, 'what' | 'mapError'> & { defer: boolean }
 
 type Db = Kysely<Database>
 
@@ -106,19 +109,12 @@ export class HotSql {
       () => productDeltaQuery(db, -18, { reserved: -11, sold: -12, stock: -13, waitingQty: -14, waitingTickets: -15, joined: -16 }, new Date(-17)).compile(),
     )
     const parameters = [delta.reserved, delta.sold, delta.stock, delta.waitingQty ?? 0, delta.waitingTickets ?? 0, delta.joined ?? 0, updatedAt.getTime(), productId]
-    const what = `the counts of product ${productId}`
-    if (defer) {
-      await db.executeQuery(deferredWrite({ sql: text, parameters, what, table: 'products', insertsOnly: false, expectedRows: 1 }))
-      return
-    }
-    const result = await db.executeQuery(CompiledQuery.raw(text, parameters))
-    const changed = Number(result.numAffectedRows ?? 0)
-    if (changed !== 1) throw new Error(`${what}: 1 row expected to change, ${changed} did (the product vanished under its lock)`)
+    await runWrite(db, { sql: text, parameters, what: `the counts of product ${productId}`, table: 'products', insertsOnly: false, expectedRows: 1 }, defer)
   }
 
   async insertHolds(db: Db, holds: readonly Hold[], defer: boolean): Promise<void> {
     if (holds.length === 0) return
-    await this.insertRows(db, 'holds', holdColumns, holds.map(holdValues), defer ? { what: 'the insert of holds' } : undefined)
+    await this.insertRows(db, 'holds', holdColumns, holds.map(holdValues), { what: 'the insert of holds', defer })
   }
 
   // Every row of a keyed batch's keys (one text per key count).
@@ -157,16 +153,16 @@ export class HotSql {
     return new Map(rows.map((row) => [row.buyer_id, Number(row.units)]))
   }
 
-  // A plain multi-row insert: a key another transaction wrote first fails it (unique violation).
-  // `defer`: it waits to be merged with the transaction's next writes, and the statement that
-  // sends it fails with the violation instead (mapped by defer.mapError).
+  // A plain multi-row insert: a key another transaction wrote first fails it (unique violation,
+  // turned into the caller's error by `write.mapError`). With `write.defer` it waits to be merged
+  // with the transaction's next writes, and the statement that sends it fails instead.
   async insertIdempotencyKeys(
     db: Db,
     scope: IdempotencyScope,
     answers: readonly IdempotencyAnswer[],
     now: Date,
     expiresAt: Date,
-    defer?: Pick<DeferredWrite, 'what' | 'mapError'>,
+    write: InsertWrite = { what: 'the insert of idempotency keys', defer: false },
   ): Promise<void> {
     if (answers.length === 0) return
     await this.insertRows(
@@ -174,7 +170,7 @@ export class HotSql {
       'idempotency_keys',
       keyColumns,
       answers.map((answer) => keyValues(scope, answer, now, expiresAt)),
-      defer,
+      write,
     )
   }
 
@@ -185,11 +181,11 @@ export class HotSql {
     table: 'holds' | 'idempotency_keys',
     columns: readonly ArrayColumn[],
     rows: ReadonlyArray<Record<string, unknown>>,
-    defer: Pick<DeferredWrite, 'what' | 'mapError'> | undefined,
+    write: InsertWrite,
   ): Promise<void> {
     if (rows.length === 0) return
-    const run = (sql: string, parameters: unknown[]) =>
-      db.executeQuery(defer ? deferredWrite({ ...defer, sql, parameters, table, insertsOnly: true }) : CompiledQuery.raw(sql, parameters))
+    const { defer, ...named } = write
+    const run = (sql: string, parameters: unknown[]) => runWrite(db, { ...named, sql, parameters, table, insertsOnly: true }, defer)
     const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
     if (columnArraysSql) {
       const text = this.text(

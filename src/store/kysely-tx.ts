@@ -25,7 +25,7 @@ import { ExpiryBook } from './expiry-buckets.js'
 import type { HotSql } from './hot-sql.js'
 import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
 import { deleteKeysQuery, freeExpiredKeys } from './idempotency-keys.js'
-import { deferredWrite } from './write-behind.js'
+import { runWrite } from './write-behind.js'
 import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 import { closeWaiting, findTicket, insertTickets, moveTickets, waitingTicketsThatFit } from './waitlist-sql.js'
@@ -305,27 +305,18 @@ export class KyselyTx implements StoreTx {
   }
 
   insertIdempotencyKeys(scope: IdempotencyScope, answers: readonly IdempotencyAnswer[], now: Date, expiresAt: Date): Promise<void> {
-    const conflictOf = (error: unknown): unknown => (this.engine.isUniqueViolation(error) ? new StoredKeyConflict(scope) : error)
     // Deferred, the violation fails whichever statement sends the merged writes; those writes
     // are all new rows but for the counts, so it is this insert's unless a minted id collided,
     // and running the batch again (StoredKeyConflict) is right either way.
-    if (this.defer) return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt, { what: 'the insert of idempotency keys', mapError: conflictOf })
-    return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt).catch((error: unknown) => {
-      throw conflictOf(error)
-    })
+    const mapError = (error: unknown): unknown => (this.engine.isUniqueViolation(error) ? new StoredKeyConflict(scope) : error)
+    return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt, { what: 'the insert of idempotency keys', mapError, defer: this.defer })
   }
 
   async deleteOwnIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void> {
     if (keys.length === 0) return
-    const what = `the ${keys.length} idempotency keys of refused requests`
     const { sql: text, parameters } = deleteKeysQuery(this.db, scope, keys).compile()
-    if (this.defer) {
-      await this.db.executeQuery(deferredWrite({ sql: text, parameters, what, table: 'idempotency_keys', insertsOnly: false, expectedRows: keys.length }))
-      return
-    }
-    const result = await this.db.executeQuery(CompiledQuery.raw(text, [...parameters]))
-    const deleted = Number(result.numAffectedRows ?? 0)
-    if (deleted !== keys.length) throw new Error(`${what}: ${keys.length} rows expected to change, ${deleted} did`)
+    const what = `the ${keys.length} idempotency keys of refused requests`
+    await runWrite(this.db, { sql: text, parameters, what, table: 'idempotency_keys', insertsOnly: false, expectedRows: keys.length }, this.defer)
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {

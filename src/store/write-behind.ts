@@ -10,10 +10,10 @@
 // Order is kept: any other statement on the connection first sends what waits, so a read always
 // sees the writes before it, and a failing write fails the statement that sent it (the commit at
 // the latest), which the transaction runner rolls back. A rollback drops what waits.
-import { CompiledQuery, type DatabaseConnection, type Dialect, type Driver, type QueryResult, type TransactionSettings } from 'kysely'
+import { CompiledQuery, type DatabaseConnection, type Kysely, type Dialect, type Driver, type QueryResult, type TransactionSettings } from 'kysely'
 import { assert } from '../domain/assert.js'
-import { GenerationCache } from '../domain/generation-cache.js'
 import type { Engine, MergedWrite, WriteMerging } from './engines/engine.js'
+import type { Database } from './schema.js'
 
 export interface DeferredWrite extends MergedWrite {
   // What the statement writes, for the error when `expectedRows` is not met.
@@ -35,18 +35,42 @@ export interface DeferredWrite extends MergedWrite {
 // Writes of one transaction merged at most: past it, they are sent before the next is taken.
 // A batch makes four (holds, keys, counts, buckets) and more only for many expiry buckets.
 export const deferredWritesMax = 16
-// The merged texts kept (one per sequence of statement texts seen): the same few every batch.
-export const mergedTextCacheBytesMax = 4 * 1024 * 1024
 
 const deferredWrites = new WeakMap<CompiledQuery, DeferredWrite>()
 const transactionEnds = new WeakMap<CompiledQuery, 'commit' | 'rollback'>()
 
 // A write that may wait on the connection: run it with executeQuery, which answers at once with
 // no rows. Only inside a transaction (kysely-tx.ts), whose commit or next statement sends it.
-export function deferredWrite(write: DeferredWrite): CompiledQuery {
+function deferredWrite(write: DeferredWrite): CompiledQuery {
   const query = CompiledQuery.raw(write.sql, [...write.parameters])
   deferredWrites.set(query, write)
   return query
+}
+
+// Runs a write at once, or with `defer` leaves it waiting on the transaction's write-behind
+// connection; either way its row count is checked and its error mapped alike.
+export async function runWrite(db: Kysely<Database>, write: DeferredWrite, defer: boolean): Promise<void> {
+  if (defer) {
+    await db.executeQuery(deferredWrite(write))
+    return
+  }
+  let changed: number
+  try {
+    const result = await db.executeQuery(CompiledQuery.raw(write.sql, [...write.parameters]))
+    changed = Number(result.numAffectedRows ?? 0)
+  } catch (error) {
+    throw write.mapError ? write.mapError(error) : error
+  }
+  checkRowsChanged(write, changed)
+}
+
+function checkRowsChanged(write: DeferredWrite, changed: number | undefined): void {
+  if (write.expectedRows === undefined || changed === write.expectedRows) return
+  throw new Error(`${write.what}: ${rowsText(write.expectedRows)} expected to change, ${changed} did`)
+}
+
+function rowsText(count: number): string {
+  return `${count} row${count === 1 ? '' : 's'}`
 }
 
 // The transaction runner ends every transaction with one of these: a commit sends what waits
@@ -64,12 +88,11 @@ function endQuery(end: 'commit' | 'rollback'): CompiledQuery {
 export function writeBehindDialect(dialect: Dialect, engine: Engine): Dialect {
   const merging = engine.writeMerging
   if (!merging) return dialect
-  const texts = new GenerationCache<string, string>(mergedTextCacheBytesMax, (text) => text.length)
   return {
     createAdapter: () => dialect.createAdapter(),
     createQueryCompiler: () => dialect.createQueryCompiler(),
     createIntrospector: (db) => dialect.createIntrospector(db),
-    createDriver: () => new WriteBehindDriver(dialect.createDriver(), merging, engine.statementParametersMax, texts),
+    createDriver: () => new WriteBehindDriver(dialect.createDriver(), merging, engine.statementParametersMax),
   }
 }
 
@@ -78,7 +101,6 @@ class WriteBehindDriver implements Driver {
     private readonly inner: Driver,
     private readonly merging: WriteMerging,
     private readonly parametersMax: number,
-    private readonly texts: GenerationCache<string, string>,
   ) {}
 
   init(): Promise<void> {
@@ -86,7 +108,7 @@ class WriteBehindDriver implements Driver {
   }
 
   async acquireConnection(): Promise<DatabaseConnection> {
-    return new WriteBehindConnection(await this.inner.acquireConnection(), this.merging, this.parametersMax, this.texts)
+    return new WriteBehindConnection(await this.inner.acquireConnection(), this.merging, this.parametersMax)
   }
 
   beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
@@ -130,7 +152,6 @@ class WriteBehindConnection implements DatabaseConnection {
     readonly inner: DatabaseConnection,
     private readonly merging: WriteMerging,
     private readonly parametersMax: number,
-    private readonly texts: GenerationCache<string, string>,
   ) {}
 
   hasWaiting(): boolean {
@@ -186,7 +207,7 @@ class WriteBehindConnection implements DatabaseConnection {
         const result = await this.inner.executeQuery(CompiledQuery.raw(writes[0]!.sql, [...writes[0]!.parameters]))
         affected = [Number(result.numAffectedRows ?? 0)]
       } else {
-        const text = this.mergedText(writes, commit)
+        const text = this.merging.mergedSql(writes, commit)
         const parameters: unknown[] = []
         for (const write of writes) for (const parameter of write.parameters) parameters.push(parameter)
         const result = await this.inner.executeQuery(CompiledQuery.raw(text, parameters))
@@ -195,7 +216,7 @@ class WriteBehindConnection implements DatabaseConnection {
     } catch (error) {
       const guarded = writes.filter((write) => write.expectedRows !== undefined)
       if (guarded.length > 0 && this.merging.isGuardFailure?.(error)) {
-        const expected = guarded.map((write) => `${write.what}: ${write.expectedRows} row${write.expectedRows === 1 ? '' : 's'} expected to change`).join('; ')
+        const expected = guarded.map((write) => `${write.what}: ${rowsText(write.expectedRows!)} expected to change`).join('; ')
         throw new Error(`${expected}; another number did (refused before the commit)`, { cause: error })
       }
       for (const write of writes) {
@@ -204,22 +225,7 @@ class WriteBehindConnection implements DatabaseConnection {
       }
       throw error
     }
-    for (const [index, write] of writes.entries()) {
-      if (write.expectedRows !== undefined && affected[index] !== write.expectedRows) {
-        throw new Error(`${write.what}: ${write.expectedRows} row${write.expectedRows === 1 ? '' : 's'} expected to change, ${affected[index]} did`)
-      }
-    }
+    for (const [index, write] of writes.entries()) checkRowsChanged(write, affected[index])
     return commit
-  }
-
-  private mergedText(writes: readonly DeferredWrite[], commit: boolean): string {
-    let key = commit ? 'commit' : ''
-    for (const write of writes) key += `\u0000${write.expectedRows ?? ''}\u0000${write.sql}`
-    let text = this.texts.get(key)
-    if (text === undefined) {
-      text = this.merging.mergedSql(writes, commit)
-      this.texts.set(key, text)
-    }
-    return text
   }
 }

@@ -1,6 +1,7 @@
 import { PostgresDialect, type PostgresPool } from 'kysely'
 import pg from 'pg'
 import { assert } from '../../domain/assert.js'
+import { GenerationCache } from '../../domain/generation-cache.js'
 import { errorCode, isConnectionError, type Engine, type MergedWrite, type WriteMerging } from './engine.js'
 
 const int8Oid = 20
@@ -14,6 +15,9 @@ const types = {
     return pg.types.getTypeParser(oid, format)
   },
 }
+
+// The merged texts of write-behind kept per process (postgresWriteMerging below).
+export const mergedTextCacheBytesMax = 4 * 1024 * 1024
 
 export const postgresEngine: Engine = {
   name: 'postgres',
@@ -101,27 +105,42 @@ function closingPool(pool: pg.Pool): PostgresPool {
 // (update ... returning 1) select (select count(*) from w1) as n1`. Every CTE runs once, in the
 // statement's snapshot, whether or not the final select reads it; the writes merged here touch
 // different rows (new rows, the product's counts, its expiry buckets), so none depends on seeing
-// another. Each write's placeholders are renumbered past the ones before it.
+// another. Each write's placeholders are renumbered past the ones before it; the merged texts
+// are kept (mergedTextCacheBytesMax), one per sequence of write texts seen (the same few every
+// batch), so that is done once per sequence.
 function postgresWriteMerging(): WriteMerging {
+  // Keys and texts are about the same length: both are weighed.
+  const texts = new GenerationCache<string, string>(mergedTextCacheBytesMax, (text) => 2 * text.length)
   return {
     commitJoins: false,
     mergedSql(writes, commit) {
       assert(!commit, 'PostgreSQL commits apart (one statement per extended-protocol query)')
-      let offset = 0
-      const parts: string[] = []
-      const counted: string[] = []
-      for (const [index, write] of writes.entries()) {
-        parts.push(`w${index} as (${renumbered(write, offset)}${write.expectedRows === undefined ? '' : ' returning 1'})`)
-        if (write.expectedRows !== undefined) counted.push(`(select count(*) from w${index}) as n${index}`)
-        offset += write.parameters.length
+      let key = ''
+      for (const write of writes) key += `\u0000${write.expectedRows ?? ''}\u0000${write.sql}`
+      let text = texts.get(key)
+      if (text === undefined) {
+        text = mergedCtes(writes)
+        texts.set(key, text)
       }
-      return `with ${parts.join(', ')} select ${counted.length > 0 ? counted.join(', ') : '1 as n'}`
+      return text
     },
     rowsChanged(result, writes) {
       const row = (result.rows[0] ?? {}) as Record<string, unknown>
       return writes.map((write, index) => (write.expectedRows === undefined ? -1 : Number(row[`n${index}`])))
     },
   }
+}
+
+function mergedCtes(writes: readonly MergedWrite[]): string {
+  let offset = 0
+  const parts: string[] = []
+  const counted: string[] = []
+  for (const [index, write] of writes.entries()) {
+    parts.push(`w${index} as (${renumbered(write, offset)}${write.expectedRows === undefined ? '' : ' returning 1'})`)
+    if (write.expectedRows !== undefined) counted.push(`(select count(*) from w${index}) as n${index}`)
+    offset += write.parameters.length
+  }
+  return `with ${parts.join(', ')} select ${counted.length > 0 ? counted.join(', ') : '1 as n'}`
 }
 
 // The write's text with $1..$k as $(offset+1)..$(offset+k). Texts here are compiled statements
