@@ -218,11 +218,11 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   // MariaDB and PostgreSQL (alternating bench:shapes runs). The keys are inserted in one order
   // (sorted), and every hold batch takes key rows before the product row, so two batches
   // carrying the same new keys wait on each other instead of deadlocking; orders keep theirs
-  // after. One case can still deadlock: a batch reading first that frees an expired row of one
-  // of its keys (a key reused after its TTL) locks that key before the sorted insert, so it may
-  // cross a batch of another process inserting the same two keys. The database detects it and
-  // the store retries (tx.retry); it takes a key reused after its TTL arriving in two processes
-  // at once with another shared key.
+  // after. Such a batch takes no other key row: reading first, it reads its keys and frees the
+  // expired rows among them (keys reused after their TTL) in a transaction of its own before
+  // the batch's. Freed inside, that delete locked a key out of the sorted order, and two
+  // processes' batches carrying a reused key and another shared key deadlocked (40P01 on
+  // PostgreSQL, about a second lost to detection before the retry).
   private async serveLocked(
     productId: number,
     batch: Array<Waiter<R, A>>,
@@ -250,10 +250,11 @@ export class KeyedBatches<R extends KeyedRequest, A> {
       // Only live answers tell of retries coming in; a key reused after its TTL does not.
       if (losers.size > 0) this.keyReads.storedKeysMet()
     }
+    // Between this read and the batch, another process may store one of the keys: the batch's
+    // insert then fails, and it runs again reading first (serveBatch).
+    if (anticipated && readFirst) await this.store.transaction({ label: `${useCase.label}.keys` }, readStoredKeys)
     const beforeLock = anticipated
       ? async (tx: StoreTx): Promise<void> => {
-          losers = new Map()
-          if (readFirst) await readStoredKeys(tx)
           const answers: IdempotencyAnswer[] = []
           for (const [index, waiter] of batch.entries()) {
             const key = waiter.request.idempotencyKey
