@@ -1,8 +1,9 @@
-// The service under test, as `npm start` runs it: `node dist/main.js` in a child process of its
+// The service under test, as `npm start` runs it: `node <its flags> dist/main.js` in a child process of its
 // own process group (WORKERS=N forks N workers inside it), on a free loopback port. Whatever
 // happens to the bench, the group is killed on exit, so no server outlives it.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { request } from 'node:http'
 import { freePort } from '../dev/free-port.js'
 
@@ -49,10 +50,22 @@ function installExitHook(): void {
   process.on('exit', killAllServers)
 }
 
+// The node flags of package.json's start script (`node <flags> dist/main.js`), so the bench runs
+// the server with the heap settings `npm start` gives it.
+export function startScriptNodeFlags(packageJsonPath = fileURLToPath(new URL('../package.json', import.meta.url))): string[] {
+  const start = (JSON.parse(readFileSync(packageJsonPath, 'utf8')) as { scripts?: Record<string, string> }).scripts?.start ?? ''
+  const match = /(?:^|&&\s*)node((?:\s+--[\w-]+(?:=\S+)?)*)\s+dist\/main\.js\s*$/.exec(start)
+  if (!match) throw new Error(`package.json's start script does not end in "node [--flags] dist/main.js": ${start}`)
+  return match[1]!
+    .trim()
+    .split(/\s+/)
+    .filter((flag) => flag !== '')
+}
+
 export async function startServer(options: ServerOptions): Promise<ServerProcess> {
   installExitHook()
   const port = await freePort()
-  const child = spawn(process.execPath, [...options.nodeFlags, 'dist/main.js'], {
+  const child = spawn(process.execPath, [...startScriptNodeFlags(), ...options.nodeFlags, 'dist/main.js'], {
     env: { ...process.env, ...options.env, DATABASE_URL: options.databaseUrl, WORKERS: String(options.workers), PORT: String(port), HOST: '127.0.0.1' },
     stdio: ['ignore', 'pipe', 'pipe'],
     // Its own process group: one kill(-pid) reaches the primary and every worker.
