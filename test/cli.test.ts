@@ -9,8 +9,8 @@ import { runCli } from './helpers/lifecycle.js'
 
 interface AuditOutput {
   ok: boolean
-  checkedProducts: number
-  violations: Array<{ invariant: string; productId?: number; message: string }>
+  checked_products: number
+  violations: Array<{ invariant: string; product_id?: number; message: string }>
 }
 
 // Each command line exits 2 with stderr matching (a pattern) or containing (a string) what it names.
@@ -40,7 +40,7 @@ for (const engine of testEngines()) {
       ])
       const audited = await runCli(['audit'], env)
       expect(audited.code).toBe(0)
-      expect(JSON.parse(audited.stdout)).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+      expect(JSON.parse(audited.stdout)).toEqual({ ok: true, checked_products: 1, violations: [] })
     })
 
     it('a database migrated with SEED_STOCK=0 has no product until seed creates product 1 with SEED_STOCK units, once', async () => {
@@ -65,7 +65,7 @@ for (const engine of testEngines()) {
 
       const clean = await runCli(['audit'], env)
       expect(clean.code).toBe(0)
-      expect(JSON.parse(clean.stdout)).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+      expect(JSON.parse(clean.stdout)).toEqual({ ok: true, checked_products: 1, violations: [] })
 
       // reserved 3 of stock 10 passes the CHECK (reserved + sold <= stock) but not I2 (2 held).
       await rawQuery(engine.name, t.databaseUrl, `update products set reserved = reserved + 1 where id = ${t.productId}`)
@@ -73,7 +73,7 @@ for (const engine of testEngines()) {
       expect(corrupted.code).toBe(1)
       const report = JSON.parse(corrupted.stdout) as AuditOutput
       expect(report.ok).toBe(false)
-      expect(report.violations).toEqual([expect.objectContaining({ invariant: 'I2', productId: t.productId })])
+      expect(report.violations).toEqual([expect.objectContaining({ invariant: 'I2', product_id: t.productId })])
 
       await rawQuery(engine.name, t.databaseUrl, `update products set reserved = reserved - 1 where id = ${t.productId}`)
       expect((await runCli(['audit'], env)).code).toBe(0)
@@ -102,7 +102,7 @@ for (const engine of testEngines()) {
       await rawQuery(engine.name, t.databaseUrl, `update products set sold = 1 where id = ${t.productId}`)
       const oversold = await runCli(['audit'], env)
       expect(oversold.code).toBe(1)
-      expect((JSON.parse(oversold.stdout) as AuditOutput).violations).toEqual([expect.objectContaining({ invariant: 'I3', productId: t.productId })])
+      expect((JSON.parse(oversold.stdout) as AuditOutput).violations).toEqual([expect.objectContaining({ invariant: 'I3', product_id: t.productId })])
 
       await rawQuery(engine.name, t.databaseUrl, `update products set sold = 0 where id = ${t.productId}`)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })

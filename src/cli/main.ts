@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig, loadDotEnv } from '../config.js'
 import { audit } from '../domain/audit.js'
 import { sweepOnce } from '../jobs/sweeper.js'
+import { presentAudit } from '../http/present.js'
 import { signPayload } from '../http/signature.js'
 import { openRuntime, seedIfEmpty } from '../runtime.js'
 import { parseRaceArgs, raceUsage, RaceUsageError, runRace } from './race.js'
@@ -45,7 +46,7 @@ export async function runCli(argv: string[]): Promise<number> {
       case 'audit':
         return await withRuntime(async (runtime) => {
           const report = await audit(runtime.store)
-          console.log(JSON.stringify(report, null, 2))
+          console.log(JSON.stringify(presentAudit(report), null, 2))
           return report.ok ? 0 : 1
         })
       case 'sweep': {

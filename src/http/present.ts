@@ -1,4 +1,5 @@
 // Domain objects to JSON (snake_case, money as decimal strings, instants as ISO 8601 UTC).
+import type { AuditReport } from '../domain/audit.js'
 import { IsoTextMemo } from '../domain/clock.js'
 import { formatAmount } from '../domain/money.js'
 import type { PaymentAnswerBody } from '../domain/payments.js'
@@ -80,5 +81,14 @@ export function presentPayment(body: PaymentAnswerBody) {
     order_id: body.orderId,
     order_status: body.orderStatus,
     outcome: body.outcome,
+  }
+}
+
+// GET /admin/audit and `flash-sale audit` print the same report.
+export function presentAudit(report: AuditReport) {
+  return {
+    ok: report.ok,
+    checked_products: report.checkedProducts,
+    violations: report.violations.map((violation) => ({ invariant: violation.invariant, product_id: violation.productId, message: violation.message })),
   }
 }

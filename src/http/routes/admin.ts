@@ -7,7 +7,7 @@ import { DomainError } from '../../domain/errors.js'
 import { parseProductId } from '../../domain/ids.js'
 import { isSupportedCurrency, parseAmountMinor } from '../../domain/money.js'
 import type { DropChanges } from '../../domain/products.js'
-import { presentProduct } from '../present.js'
+import { presentAudit, presentProduct } from '../present.js'
 import type { Services } from '../../domain/services.js'
 import type { Store } from '../../domain/store.js'
 import { AuditView, NewProductBody, ProductParams, ProductView, StockBody, problemResponses } from '../schemas/index.js'
@@ -128,12 +128,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   )
 
   app.get('/audit', { schema: { tags: ['admin'], security, response: { 200: AuditView, ...problemResponses([401]) } } }, async () => {
-    const report = await audit(store, clock.now())
-    return {
-      ok: report.ok,
-      checked_products: report.checkedProducts,
-      violations: report.violations.map((violation) => ({ invariant: violation.invariant, product_id: violation.productId, message: violation.message })),
-    }
+    return presentAudit(await audit(store, clock.now()))
   })
 
   // Inside this scope, so the bearer-token hook above guards it too.
