@@ -1,6 +1,7 @@
 // The only reader of process.env. Every variable is checked once at start-up, converted to the
 // units the code uses (seconds -> ...Ms) and frozen; a bad value stops start-up naming it.
 import { existsSync } from 'node:fs'
+import { qtyPerHoldMax } from './domain/products.js'
 import type { EngineName } from './store/engines/engine.js'
 import { batchLimit, type BatchVariable } from './store/statement-limits.js'
 
@@ -129,7 +130,7 @@ export function loadConfig(env: Env = process.env): Config {
     redisUrl,
     holdTtlMs: Math.round(positiveNumber(env, 'HOLD_TTL_SECONDS', 120, 86_400) * 1000),
     orderTtlMs: Math.round(positiveNumber(env, 'ORDER_TTL_SECONDS', 900, 7 * 86_400) * 1000),
-    maxQtyPerHold: integer(env, 'MAX_QTY_PER_HOLD', 10, 1, 1_000_000),
+    maxQtyPerHold: integer(env, 'MAX_QTY_PER_HOLD', 10, 1, qtyPerHoldMax),
     sweepIntervalMs: integer(env, 'SWEEP_INTERVAL_MS', 1000, 10, 3_600_000),
     sweepBatchMax: batchSize(env, 'SWEEP_BATCH_MAX', engine, 500, 100_000),
     idempotencyTtlMs: Math.round(positiveNumber(env, 'IDEMPOTENCY_TTL_HOURS', 24, 24 * 365) * 3_600_000),

@@ -2,6 +2,8 @@
 // ADMIN_TOKEN is unset) without touching public routes, and that product creation, restocking
 // and the audit endpoint keep money and stock exact, over real HTTP on each engine.
 import { describe, expect, it } from 'vitest'
+import { formatAmount } from '../src/domain/money.js'
+import { priceMinorMax, qtyPerHoldMax } from '../src/domain/products.js'
 import { buildTestApp, testAdminToken, type TestApp } from './helpers/app.js'
 import { rawQuery, testEngines } from './helpers/engines.js'
 import { expectProblem, outcomeOf, rawJson } from './helpers/problem-checks.js'
@@ -124,6 +126,26 @@ for (const engine of testEngines()) {
       expect(order.body).toMatchObject({ amount: '37.02', currency: 'USD', qty: 3 })
       const soldOut = await t.request('POST', '/api/holds', { body: { product_id: created.body.id, qty: 1 } })
       expectProblem(soldOut, 409, 'insufficient_stock')
+      expect((await t.audit()).ok).toBe(true)
+    })
+
+    it(`takes prices up to ${priceMinorMax} minor units, whose total at MAX_QTY_PER_HOLD = ${qtyPerHoldMax} is exact, and refuses one minor unit more with 422`, async () => {
+      const t = await buildTestApp(engine.name, { env: { MAX_QTY_PER_HOLD: String(qtyPerHoldMax) } })
+      const highest = formatAmount(priceMinorMax, 'USD')
+      const tooHigh = await t.admin('POST', '/api/admin/products', { name: 'Too dear', price: formatAmount(priceMinorMax + 1, 'USD'), stock: 1 })
+      expectProblem(tooHigh, 422, 'validation_failed')
+      expect(tooHigh.body.invalid_fields).toEqual(['price'])
+      const created = await t.admin('POST', '/api/admin/products', { name: 'Dearest', price: highest, stock: qtyPerHoldMax })
+      expect(created.status).toBe(201)
+      expect(created.body.price).toBe(highest)
+      const hold = await t.request('POST', '/api/holds', { body: { product_id: created.body.id, qty: qtyPerHoldMax } })
+      expect(hold.status).toBe(201)
+      const order = await t.request('POST', '/api/orders', { body: { hold_id: hold.body.hold_id } })
+      expect(order.status).toBe(201)
+      // Computed in BigInt here: the service's total is exact to the last minor unit.
+      const totalMinor = BigInt(priceMinorMax) * BigInt(qtyPerHoldMax)
+      expect(order.body.amount).toBe(`${totalMinor / 100n}.${String(totalMinor % 100n).padStart(2, '0')}`)
+      expect(await productCount(t)).toBe(2)
       expect((await t.audit()).ok).toBe(true)
     })
 

@@ -118,6 +118,11 @@ export class ProductReader {
 // may reach (the stock column is a 32-bit integer on PostgreSQL and MySQL).
 export const stockMax = 1_000_000_000
 
+// MAX_QTY_PER_HOLD's ceiling, and the highest price whose total for that many units is still an
+// exact integer in JavaScript (an order's amount is price × qty): 9,007,199,254 minor units.
+export const qtyPerHoldMax = 1_000_000
+export const priceMinorMax = Math.floor(Number.MAX_SAFE_INTEGER / qtyPerHoldMax)
+
 export interface NewProductInput {
   name: string
   priceMinor: number

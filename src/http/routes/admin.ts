@@ -5,8 +5,8 @@ import { audit } from '../../domain/audit.js'
 import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
 import { parseProductId } from '../../domain/ids.js'
-import { isSupportedCurrency, parseAmountMinor } from '../../domain/money.js'
-import type { DropChanges } from '../../domain/products.js'
+import { formatAmount, isSupportedCurrency, parseAmountMinor } from '../../domain/money.js'
+import { priceMinorMax, type DropChanges } from '../../domain/products.js'
 import { presentAudit, presentProduct } from '../present.js'
 import type { Services } from '../../domain/services.js'
 import type { Store } from '../../domain/store.js'
@@ -101,6 +101,12 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
       if (priceMinor === undefined) {
         throw new DomainError('validation_failed', {
           errors: [{ field: 'price', message: `must be a non-negative amount with at most the decimals of ${currency}` }],
+          invalid_fields: ['price'],
+        })
+      }
+      if (priceMinor > priceMinorMax) {
+        throw new DomainError('validation_failed', {
+          errors: [{ field: 'price', message: `must be at most ${formatAmount(priceMinorMax, currency)} ${currency}, so that an order's total stays exact` }],
           invalid_fields: ['price'],
         })
       }
