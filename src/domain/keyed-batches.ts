@@ -102,6 +102,17 @@ class KeyReadPolicy {
   }
 }
 
+// A hold batch reading first met expired rows of its keys (keys reused after their TTL).
+class ExpiredKeysMet extends Error {
+  constructor(readonly keys: readonly string[]) {
+    super(`${keys.length} expired idempotency keys to free first`)
+  }
+}
+
+// How many times a batch frees expired key rows before it runs (each time, only rows that
+// expired by the batch's instant; a row stored since is live, so once is the rule).
+const expiredKeyFreesMax = 2
+
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
   // Keys of this use case's scope only, so a key is tracked as it is.
@@ -181,10 +192,26 @@ export class KeyedBatches<R extends KeyedRequest, A> {
           )
         : undefined
     let outcomes: Array<Outcome<A>> | undefined
+    let expiredFreesLeft = expiredKeyFreesMax
     for (let attempt = 1; outcomes === undefined; attempt++) {
       try {
         outcomes = await this.serveLocked(productId, batch, keys, readFirst, now, anticipated)
-      } catch (error) {
+      } catch (caught) {
+        let error = caught
+        // Keys reused after their TTL: their expired rows go in a short transaction holding no
+        // other lock, and the batch runs again (reading first, so it sees what is there now).
+        if (error instanceof ExpiredKeysMet && expiredFreesLeft > 0) {
+          expiredFreesLeft--
+          const { scope, label } = this.useCase
+          const expiredKeys = error.keys
+          try {
+            await this.store.transaction({ label: `${label}.keys` }, (tx) => tx.freeExpiredIdempotencyKeys(scope, expiredKeys, now))
+            attempt--
+            continue
+          } catch (freeError) {
+            error = freeError
+          }
+        }
         // A key of the batch was stored already: nothing was written; run it again reading the
         // keys first, which finds that answer and replays it.
         if (error instanceof StoredKeyConflict && attempt < storedKeyAttemptsMax) {
@@ -193,7 +220,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         }
         // The batch did not commit: every request in it fails alike and none was answered yet.
         let failure = error
-        if (error instanceof StoredKeyConflict) {
+        if (error instanceof StoredKeyConflict || error instanceof ExpiredKeysMet) {
           // Raced by other processes storing its keys every time: as the store does when its
           // retries of a transient conflict run out.
           this.observer.emit({ name: 'tx.busy', label: this.useCase.label, attempts: attempt })
@@ -218,11 +245,14 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   // MariaDB and PostgreSQL (alternating bench:shapes runs). The keys are inserted in one order
   // (sorted), and every hold batch takes key rows before the product row, so two batches
   // carrying the same new keys wait on each other instead of deadlocking; orders keep theirs
-  // after. Such a batch takes no other key row: reading first, it reads its keys and frees the
-  // expired rows among them (keys reused after their TTL) in a transaction of its own before
-  // the batch's. Freed inside, that delete locked a key out of the sorted order, and two
-  // processes' batches carrying a reused key and another shared key deadlocked (40P01 on
-  // PostgreSQL, about a second lost to detection before the retry).
+  // after. Such a batch takes no other key row: reading first, a batch that finds expired rows
+  // of its keys (keys reused after their TTL) stops, frees them in a transaction of its own and
+  // runs again (serveBatch). Freed inside the batch's transaction, a key was locked out of the
+  // sorted order, and two processes' batches carrying a reused key and another shared key could
+  // deadlock (40P01 on PostgreSQL, about a second lost to detection before the retry). The read
+  // itself stays in the batch's transaction: read in one of its own, the keys stored by other
+  // processes in between failed the batch's insert often enough, with a burst of reused keys
+  // sent to three processes, to use up its attempts (503 busy).
   private async serveLocked(
     productId: number,
     batch: Array<Waiter<R, A>>,
@@ -238,6 +268,9 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     const readStoredKeys = async (tx: StoreTx): Promise<void> => {
       const stored = await tx.readIdempotencyKeys(useCase.scope, keys)
       const expired = stored.filter((record) => record.expiresAt.getTime() <= now.getTime())
+      // Before the product lock, a hold batch takes key rows only by its sorted insert: the
+      // expired rows are freed in a transaction of their own, and the batch runs again.
+      if (expired.length > 0 && anticipated) throw new ExpiredKeysMet(expired.map((record) => record.key))
       // The insert must not meet an expired row of a key it now uses.
       if (expired.length > 0) {
         await tx.freeExpiredIdempotencyKeys(
@@ -250,11 +283,10 @@ export class KeyedBatches<R extends KeyedRequest, A> {
       // Only live answers tell of retries coming in; a key reused after its TTL does not.
       if (losers.size > 0) this.keyReads.storedKeysMet()
     }
-    // Between this read and the batch, another process may store one of the keys: the batch's
-    // insert then fails, and it runs again reading first (serveBatch).
-    if (anticipated && readFirst) await this.store.transaction({ label: `${useCase.label}.keys` }, readStoredKeys)
     const beforeLock = anticipated
       ? async (tx: StoreTx): Promise<void> => {
+          losers = new Map()
+          if (readFirst) await readStoredKeys(tx)
           const answers: IdempotencyAnswer[] = []
           for (const [index, waiter] of batch.entries()) {
             const key = waiter.request.idempotencyKey
