@@ -100,7 +100,7 @@ for (const engine of testEngines()) {
     // did not provoke the deadlock the separate transaction removes in runs of the older code:
     // that takes two batches meeting in one precise order; batched-keys.test.ts checks the
     // statement order instead.)
-    it(`keys reused after their TTL, sent with new keys to every one of ${processes} processes, one of them reading first: one new hold per key, replayed by the others, no deadlock`, async () => {
+    it(`keys reused after their TTL, sent with new keys to every one of ${processes} processes, one of them reading first: one new hold per key, replayed by the others`, async () => {
       // About 1.8 s: long enough for the first holds to be stored, short enough to wait out;
       // the sweeper would delete the expired keys before they are reused, so it stays idle.
       const idempotencyTtlMs = 1_800
@@ -122,7 +122,11 @@ for (const engine of testEngines()) {
       console.log(
         `[reused keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(countBy(replies, ({ reply }) => reply.status))} tx.retry=${retries.length}`,
       )
-      expect(retries.filter((line) => /deadlock/i.test(JSON.stringify(line)))).toEqual([])
+      // On MySQL/MariaDB three inserts of one new key can still deadlock when the first inserter
+      // rolls back (InnoDB's duplicate-key locks: the two waiters both hold a shared lock and both
+      // want the exclusive one); that is retried and not about lock order, so only PostgreSQL is
+      // held to none. SQLite has one writer at a time.
+      if (engine.name === 'postgres') expect(retries.filter((line) => /deadlock/i.test(JSON.stringify(line)))).toEqual([])
       for (const key of [...reused, ...fresh]) {
         const answers = replies.filter((each) => each.key === key).map((each) => each.reply)
         expect(
