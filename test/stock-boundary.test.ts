@@ -122,10 +122,10 @@ for (const engine of testEngines()) {
       console.log(
         `[reused keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(countBy(replies, ({ reply }) => reply.status))} tx.retry=${retries.length}`,
       )
-      // On MySQL/MariaDB three inserts of one new key can still deadlock when the first inserter
-      // rolls back (InnoDB's duplicate-key locks: the two waiters both hold a shared lock and both
-      // want the exclusive one); that is retried and not about lock order, so only PostgreSQL is
-      // held to none. SQLite has one writer at a time.
+      // On MySQL/MariaDB two inserts of a key that meet its deleted, not yet purged row (just
+      // freed) can deadlock: each takes InnoDB's shared lock on it, then both want the exclusive
+      // one. Detected at once and retried, and not about lock order, so only PostgreSQL is held
+      // to none. SQLite has one writer at a time.
       if (engine.name === 'postgres') expect(retries.filter((line) => /deadlock/i.test(JSON.stringify(line)))).toEqual([])
       for (const key of [...reused, ...fresh]) {
         const answers = replies.filter((each) => each.key === key).map((each) => each.reply)
