@@ -185,7 +185,9 @@ for (const engine of testEngines()) {
           `[retries] postgres 3 processes lock_timeout=5ms: holds ${JSON.stringify(holdCounts)}, orders ${JSON.stringify(orderCounts)}, tx.retry=${retries.length} tx.busy=${logEvents(servers, 'tx.busy').length} wall_ms=${wallMs}`,
         )
         expect(retries.length).toBeGreaterThan(0)
-        const reasons = [...new Set(retries.map((line) => String(line.reason)))]
+        // A start-up migration retried because another test's schema was dropped while the
+        // migrator read the catalogue (kysely-store.ts) is not what this test is about.
+        const reasons = [...new Set(retries.filter((line) => line.label !== 'migrate').map((line) => String(line.reason)))]
         console.log(`[retries] reasons: ${reasons.join(' | ')}`)
         // Lock timeouts above all; under load a deadlock or serialization failure between the
         // sweeper and a batch may be among them, retried the same way.
