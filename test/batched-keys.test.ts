@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
 import type { DomainEvent } from '../src/domain/events.js'
 import { Holds, judgeHolds, type HoldAnswer, type HoldRequest } from '../src/domain/holds.js'
-import { readFirstBatchesAfterStoredKey } from '../src/domain/keyed-batches.js'
+import { expiredKeyFreesMax, readFirstBatchesAfterStoredKey } from '../src/domain/keyed-batches.js'
 import { Payments } from '../src/domain/payments.js'
 import { ProductLedger } from '../src/domain/ledger.js'
 import type { Hold, Store, StoreTx } from '../src/domain/store.js'
@@ -250,6 +250,52 @@ for (const engine of testEngines()) {
       await holds.drain()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(8)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it(`frees the expired rows of its keys ${expiredKeyFreesMax} times at most, then answers 503 busy with tx.busy: nothing written, the client may retry`, async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      await new Holds(t.runtime.store, t.clock, t.runtime.observer, settings).create({ productId: t.productId, qty: 2, idempotencyKey: 'expires-again' })
+      t.clock.advanceMs(settings.idempotencyTtlMs)
+      // Frees that free nothing: as if, after each, a process whose clock runs behind stored the
+      // key again with an answer already expired at this batch's instant.
+      const frees: string[] = []
+      const stubborn = new Proxy(t.runtime.store, {
+        get(target, property, receiver) {
+          if (property !== 'transaction') return Reflect.get(target, property, receiver)
+          return (options: { label: string }, fn: (tx: StoreTx) => Promise<unknown>) =>
+            target.transaction(options, (tx) =>
+              fn(
+                new Proxy(tx, {
+                  get(txTarget, name, txReceiver) {
+                    if (name !== 'freeExpiredIdempotencyKeys') return Reflect.get(txTarget, name, txReceiver)
+                    return (_scope: string, keys: readonly string[]) => {
+                      frees.push(`${options.label}: ${keys.join(',')}`)
+                      return Promise.resolve()
+                    }
+                  },
+                }),
+              ),
+            )
+        },
+      })
+      const events: DomainEvent[] = []
+      const holds = new Holds(stubborn, t.clock, { emit: (event) => void events.push(event) }, settings)
+      const refused = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'expires-again' }).catch((error: unknown) => error)
+      expect(refused).toBeInstanceOf(DomainError)
+      expect((refused as DomainError).code).toBe('busy')
+      expect(frees).toEqual(Array.from({ length: expiredKeyFreesMax }, () => 'holds.create.keys: expires-again'))
+      // The insert that met the expired row, then the reads that met it: the frees do not count
+      // as attempts, so the batch ends at its second.
+      expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 2 })
+      await holds.drain()
+      // The first hold lapsed with the hour that passed (not swept yet: still reserved), and
+      // the refused batch held nothing.
+      const product = await t.request('GET', `/api/products/${t.productId}`)
+      expect(product.body).toMatchObject({ available_stock: 10, reserved: 2 })
+      // With frees that free, the client's retry is served as a new request.
+      const retry = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'expires-again' })
+      expect(retry.replayed).toBe(false)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 

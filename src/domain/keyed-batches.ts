@@ -111,7 +111,7 @@ class ExpiredKeysMet extends Error {
 
 // How many times a batch frees expired key rows before it runs (each time, only rows that
 // expired by the batch's instant; a row stored since is live, so once is the rule).
-const expiredKeyFreesMax = 2
+export const expiredKeyFreesMax = 2
 
 export class KeyedBatches<R extends KeyedRequest, A> {
   private readonly batches: ProductBatches<Waiter<R, A>>
