@@ -140,6 +140,26 @@ for (const engine of testEngines()) {
           expect.soft(catalogueViolation(reply), label).toBeUndefined()
         }
       }
+      // Past the longest id the router matches, every route ending in an id still answers its
+      // resource's not-found, as its handler does for an id of routable length.
+      for (const length of [1024, 1025, 5000]) {
+        const id = 'x'.repeat(length)
+        for (const [method, path, notFound] of [
+          ['GET', `/api/holds/${id}`, 'hold_not_found'],
+          ['DELETE', `/api/holds/${id}`, 'hold_not_found'],
+          ['GET', `/api/orders/${id}?x=1`, 'order_not_found'],
+          ['GET', `/api/waitlist/${id}`, 'ticket_not_found'],
+          ['DELETE', `/api/waitlist/${id}`, 'ticket_not_found'],
+          ['GET', `/api/products/${'9'.repeat(length)}`, 'product_not_found'],
+        ] as const) {
+          const reply = await t.request(method, path)
+          expect
+            .soft({ label: `${method} ${path.split('/')[2]} id of ${length} chars`, ...outcomeOf(reply) })
+            .toEqual({ label: `${method} ${path.split('/')[2]} id of ${length} chars`, status: 404, code: notFound })
+        }
+      }
+      // Nothing else is taken for an id.
+      expect(outcomeOf(await t.request('GET', `/api/holds/${'x'.repeat(2000)}/more`))).toEqual({ status: 404, code: 'not_found' })
     })
 
     it('answers a path with broken percent-encoding with a problem, never a framework error body', async () => {

@@ -15,7 +15,7 @@ import type { Store } from '../domain/store.js'
 import { localMetricsSource, type MetricsSource } from '../observability/cluster-metrics.js'
 import type { Metrics } from '../observability/metrics.js'
 import { requestLogContext } from '../observability/observer.js'
-import { errorHandler, sendProblem } from './problem.js'
+import { errorHandler, idCharsRoutedMax, sendProblem } from './problem.js'
 import { adminRoutes } from './routes/admin.js'
 import { dashboardRoutes } from './routes/dashboard.js'
 import { stripeRoutes } from './routes/stripe.js'
@@ -59,7 +59,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // answered with Connection: close below), rather than given Fastify's bare 503.
     return503OnClosing: false,
     // Long enough that an over-long id reaches its route and is answered hold_not_found (etc.).
-    routerOptions: { maxParamLength: 1024 },
+    routerOptions: { maxParamLength: idCharsRoutedMax },
     // URL errors found before routing (bad percent-encoding, an over-long id) are problems too.
     frameworkErrors: (error, request, reply) => errorHandler(error, request, reply),
     ajv: {

@@ -95,6 +95,26 @@ export function fieldErrors(error: FastifyError): FieldError[] {
   })
 }
 
+// The longest id a route is matched with. A longer one matches no route, and names no stored
+// row either (ids are far shorter): it is answered as that resource's not-found (overlongIdCode).
+export const idCharsRoutedMax = 1024
+
+// The public routes ending in an id, with the code their handlers answer for an unknown one.
+const overlongIdRoutes: ReadonlyArray<[RegExp, ErrorCode]> = [
+  [/^\/api\/holds\/[^/]+$/, 'hold_not_found'],
+  [/^\/api\/orders\/[^/]+$/, 'order_not_found'],
+  [/^\/api\/waitlist\/[^/]+$/, 'ticket_not_found'],
+  [/^\/api\/products\/[^/]+(\/waitlist)?$/, 'product_not_found'],
+]
+
+// What an unknown id of that route is answered, for a URL whose id was too long to be routed.
+function overlongIdCode(url: string): ErrorCode | undefined {
+  const path = url.split('?', 1)[0]!
+  const id = path.split('/')[3]
+  if (id === undefined || id.length <= idCharsRoutedMax) return undefined
+  return overlongIdRoutes.find(([pattern]) => pattern.test(path))?.[1]
+}
+
 const frameworkCodes: Record<string, ErrorCode> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'bad_request',
@@ -102,8 +122,6 @@ const frameworkCodes: Record<string, ErrorCode> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: 'malformed_json',
   FST_ERR_CTP_INVALID_JSON_BODY: 'malformed_json',
   FST_ERR_BAD_URL: 'bad_request',
-  // An id longer than any id we issue names nothing.
-  FST_ERR_MAX_PARAM_LENGTH: 'not_found',
 }
 
 export function errorHandler(error: FastifyError | DomainError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply {
@@ -117,6 +135,8 @@ export function errorHandler(error: FastifyError | DomainError | Error, request:
     const errors = fieldErrors(fastifyError)
     return sendProblem(reply, 'validation_failed', { errors, invalid_fields: [...new Set(errors.map((entry) => entry.field))] })
   }
+  // An id longer than any id we issue names nothing.
+  if (fastifyError.code === 'FST_ERR_MAX_PARAM_LENGTH') return sendProblem(reply, overlongIdCode(request.url) ?? 'not_found')
   const mapped = fastifyError.code ? frameworkCodes[fastifyError.code] : undefined
   if (mapped) return sendProblem(reply, mapped)
   if (!(error instanceof AssertionError) && typeof fastifyError.statusCode === 'number' && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
