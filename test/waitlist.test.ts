@@ -260,6 +260,96 @@ for (const engine of testEngines()) {
       await expectCleanAudit(t.baseUrl)
     })
 
+    it('serves the line by the settings a product change sets: units added with an end already passed close the line, none are admitted', async () => {
+      const t = await buildTestApp(engine.name, { env: buyerEnv })
+      const product = await createDropProduct(t.baseUrl, 1)
+      expect((await holdAs(t.baseUrl, {}, product.id, 1)).status).toBe(201)
+      const ticket = await joined(t.baseUrl, product.id, 1)
+      const endedAt = isoAt(serverNowMs(t))
+      t.clock.advanceMs(1)
+      const changed = await patchProduct(t.baseUrl, product.id, { sale_ends_at: endedAt, add_stock: 1 })
+      expect(changed.status, changed.text).toBe(200)
+      expect(changed.body).toMatchObject({ sale_status: 'ended', available_stock: 1, reserved: 1 })
+      expect(await ticketOf(t.baseUrl, ticket.ticket_id)).toMatchObject({ status: 'closed', hold_id: null })
+      expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([expect.objectContaining({ reason: 'sale_ended', tickets: 1 })])
+      await expectCleanAudit(t.baseUrl)
+    })
+
+    it('judges again, when they are admitted, the tickets taken before per_buyer_limit changed: over the new limit (or without a buyer once there is one) they close, within it they are admitted; audit clean', async () => {
+      const t = await buildTestApp(engine.name, { env: buyerEnv })
+      const alice = await asBuyer('alice')
+      const bob = await asBuyer('bob')
+      const carol = await asBuyer('carol')
+      const erin = await asBuyer('erin')
+      const frank = await asBuyer('frank')
+      const product = await createDropProduct(t.baseUrl, 4, { per_buyer_limit: 4 })
+      const bobHold = await holdAs(t.baseUrl, bob, product.id, 4)
+      expect(bobHold.status, bobHold.text).toBe(201)
+      const a = await joined(t.baseUrl, product.id, 3, alice)
+      const c = await joined(t.baseUrl, product.id, 1, carol)
+      const e1 = await joined(t.baseUrl, product.id, 2, erin)
+      const e2 = await joined(t.baseUrl, product.id, 1, erin)
+      // Nothing is admitted or closed by the change itself; the audit has nothing to say.
+      t.clock.advanceMs(1)
+      expect((await patchProduct(t.baseUrl, product.id, { per_buyer_limit: 2 })).status).toBe(200)
+      t.clock.advanceMs(1)
+      // Judged against the limit of 2 when it is taken, like a hold.
+      const f = await joined(t.baseUrl, product.id, 2, frank)
+      expect(
+        await statuses(
+          t.baseUrl,
+          [a, c, e1, e2, f].map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['waiting', 'waiting', 'waiting', 'waiting', 'waiting'])
+      await expectCleanAudit(t.baseUrl)
+      // Bob's 4 units free: in line order alice's 3 are over 2 (closed), carol's 1 fits, erin's
+      // first ticket makes 3 of her units over 2 (closed; her second then counts 1), frank's 2 fit.
+      expect((await request(t.baseUrl, 'DELETE', `/api/holds/${bobHold.body.hold_id}`)).status).toBe(200)
+      expect(
+        await statuses(
+          t.baseUrl,
+          [a, c, e1, e2, f].map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['closed', 'admitted', 'closed', 'admitted', 'admitted'])
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 0, reserved: 4 })
+      const admittedHolds = await Promise.all(
+        [c, e2, f].map(async (ticket) => (await request(t.baseUrl, 'GET', `/api/holds/${(await ticketOf(t.baseUrl, ticket.ticket_id)).hold_id}`)).body),
+      )
+      expect(admittedHolds.map((hold) => [hold.buyer_id, hold.qty, hold.status])).toEqual([
+        ['carol', 1, 'active'],
+        ['erin', 1, 'active'],
+        ['frank', 2, 'active'],
+      ])
+      expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([
+        expect.objectContaining({ productId: product.id, qty: 5, tickets: 2, reason: 'buyer_limit_reached' }),
+      ])
+      // Alice was not admitted, so the closed ticket does not count: she may still buy 2.
+      expect((await patchProduct(t.baseUrl, product.id, { add_stock: 2 })).status).toBe(200)
+      expect((await holdAs(t.baseUrl, alice, product.id, 2)).status).toBe(201)
+      await expectCleanAudit(t.baseUrl)
+
+      // A line taken where there was no limit: once one is set, a ticket without a buyer is not
+      // admitted (a hold without one is refused), and one with a buyer is judged by it.
+      const open = await createDropProduct(t.baseUrl, 1)
+      const held = await holdAs(t.baseUrl, {}, open.id, 1)
+      const anonymous = await joined(t.baseUrl, open.id, 1)
+      const carolsTwo = await joined(t.baseUrl, open.id, 2, carol)
+      const carolsOne = await joined(t.baseUrl, open.id, 1, carol)
+      t.clock.advanceMs(1)
+      expect((await patchProduct(t.baseUrl, open.id, { per_buyer_limit: 2, add_stock: 2 })).status).toBe(200)
+      // The 2 units added in the same change: the anonymous ticket closes; carol's 2 come next
+      // with 3 of her units counted, over 2: closed; her 1 is then within 2: admitted.
+      expect(
+        await statuses(
+          t.baseUrl,
+          [anonymous, carolsTwo, carolsOne].map((ticket) => ticket.ticket_id),
+        ),
+      ).toEqual(['closed', 'closed', 'admitted'])
+      expect((await request(t.baseUrl, 'DELETE', `/api/holds/${held.body.hold_id}`)).status).toBe(200)
+      expect(await productOf(t.baseUrl, open.id)).toMatchObject({ available_stock: 2, reserved: 1 })
+      await expectCleanAudit(t.baseUrl)
+    })
+
     it('leaves the line (200, again 200), refuses to leave once admitted (409), replays a keyed join, and refuses bad input with stable codes', async () => {
       const t = await buildTestApp(engine.name, { stock: 1 })
       const [holdId] = await heldOut(t, t.productId, [1])

@@ -197,7 +197,7 @@ export class Holds {
     const { tx, ledger, now } = ctx
     for (const request of requests) assert(request.productId === ledger.productId, 'a batch is one product')
     const candidates = anticipated ?? this.candidates(requests, now)
-    const { drop } = ledger.product
+    const { drop } = ledger
     const open = saleWindowRefusal(drop, now) === undefined
     const wantedQty = requests.reduce((sum, request) => sum + request.qty, 0)
     // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up to

@@ -1,5 +1,5 @@
 import { assert } from './assert.js'
-import type { Product, StoreTx } from './store.js'
+import type { DropSettings, Product, StoreTx } from './store.js'
 
 // The locked product row's counts during one transaction. Every change is checked against
 // I1 as it is made, and written once at the end with one UPDATE (flush), so a batch of many
@@ -12,7 +12,20 @@ export class ProductLedger {
   private waitingTicketsDelta = 0
   private joinedDelta = 0
 
+  // Drop settings changed in this transaction (an admin's change): the line it serves is judged
+  // by them, not by the row as it was locked.
+  private changedDrop: DropSettings | undefined
+
   constructor(readonly product: Product) {}
+
+  get drop(): DropSettings {
+    return this.changedDrop ?? this.product.drop
+  }
+
+  // The caller writes them (setDropSettings); the ledger only answers them from now on.
+  changeDrop(drop: DropSettings): void {
+    this.changedDrop = drop
+  }
 
   get productId(): number {
     return this.product.id

@@ -65,27 +65,48 @@ export async function serveLine(ctx: LineContext): Promise<Ticket[]> {
 
 async function admitOrClose(ctx: LineContext): Promise<Ticket[]> {
   const { tx, ledger, now, events } = ctx
-  const phase = linePhase(ledger.product.drop, now)
+  const phase = linePhase(ledger.drop, now)
   if (phase === 'before_start') return []
   if (phase === 'ended' || soldOutForGood(ledger)) {
     await closeLine(ctx, phase === 'ended' ? 'sale_ended' : 'sold_out')
     return []
   }
   const admitted: Ticket[] = []
+  const overLimit: Ticket[] = []
+  const limitJudge = new LimitJudge(ctx)
   let afterRank = -1
-  while (ledger.waitingTickets > 0 && ledger.available() > 0 && admitted.length < admissionsPerTransactionMax) {
+  while (ledger.waitingTickets > 0 && ledger.available() > 0 && admitted.length + overLimit.length < admissionsPerTransactionMax) {
     const free = ledger.available()
     // Each admission takes at least one unit, so more than `free` fitting tickets cannot be used.
-    const limit = Math.min(free, lineReadMax, admissionsPerTransactionMax - admitted.length)
+    const limit = Math.min(free, lineReadMax, admissionsPerTransactionMax - admitted.length - overLimit.length)
     const candidates = await tx.waitingTicketsThatFit(ledger.productId, free, afterRank, limit)
+    const withinLimit = await limitJudge.judge(candidates)
     for (const ticket of candidates) {
       if (ticket.qty > ledger.available()) continue
       ledger.leaveLine(ticket.qty)
+      if (!withinLimit(ticket)) {
+        overLimit.push(ticket)
+        continue
+      }
       ledger.reserve(ticket.qty)
       admitted.push(ticket)
     }
     if (candidates.length < limit) break
     afterRank = candidates[candidates.length - 1]!.lineRank
+  }
+  for (let start = 0; start < overLimit.length; start += admissionRowsMax) {
+    const chunk = overLimit.slice(start, start + admissionRowsMax)
+    const moved = await tx.setTicketsStatus(
+      chunk.map((ticket) => ticket.id),
+      'waiting',
+      'closed',
+      now,
+    )
+    assert(moved === chunk.length, 'waiting tickets read under the product lock are still waiting')
+  }
+  if (overLimit.length > 0) {
+    const qty = overLimit.reduce((sum, ticket) => sum + ticket.qty, 0)
+    events.push({ name: 'waitlist.closed', productId: ledger.productId, qty, tickets: overLimit.length, reason: 'buyer_limit_reached' })
   }
   if (admitted.length === 0) return []
   for (let start = 0; start < admitted.length; start += admissionRowsMax) {
@@ -111,6 +132,40 @@ async function admitOrClose(ctx: LineContext): Promise<Ticket[]> {
     events.push({ name: 'hold.created', holdId: ticket.holdId, productId: ticket.productId, qty: ticket.qty, source: 'waitlist' })
   }
   return admitted
+}
+
+// Whether tickets may still become holds under the product's per_buyer_limit. A ticket was
+// judged against the limit in force when it was taken, and every later grant counted it, so
+// only tickets taken before the limit last changed (lowered, or set where there was none) are
+// judged again, as a hold would be now: a buyer at all, and the buyer's units (holds, orders and
+// waiting tickets, this one included) within the limit. Admitted past a lowered limit, a ticket
+// granted units the shop no longer sells to one buyer (I8; found by a black-box probe). Such a
+// ticket is closed, not passed over: waiting, it would keep its units from everyone else.
+class LimitJudge {
+  // Each buyer's units as read, less the tickets judged over the limit since (their closing is
+  // written after the line is read, so a later read would still count them).
+  private readonly unitsOf = new Map<string, number>()
+
+  constructor(private readonly ctx: LineContext) {}
+
+  async judge(candidates: readonly Ticket[]): Promise<(ticket: Ticket) => boolean> {
+    const { perBuyerLimit, perBuyerLimitSetAt } = this.ctx.ledger.drop
+    if (perBuyerLimit === null) return () => true
+    const judgedBefore = (ticket: Ticket): boolean => perBuyerLimitSetAt === null || ticket.createdAt.getTime() <= perBuyerLimitSetAt.getTime()
+    const unread = [...new Set(candidates.filter(judgedBefore).flatMap((ticket) => (ticket.buyerId === null || this.unitsOf.has(ticket.buyerId) ? [] : [ticket.buyerId])))]
+    if (unread.length > 0) {
+      const read = await this.ctx.tx.buyerUnits(this.ctx.ledger.productId, unread, this.ctx.now)
+      for (const buyerId of unread) this.unitsOf.set(buyerId, read.get(buyerId) ?? 0)
+    }
+    return (ticket) => {
+      if (!judgedBefore(ticket)) return true
+      if (ticket.buyerId === null) return false
+      const units = this.unitsOf.get(ticket.buyerId)!
+      if (units <= perBuyerLimit) return true
+      this.unitsOf.set(ticket.buyerId, units - ticket.qty)
+      return false
+    }
+  }
 }
 
 async function closeLine(ctx: LineContext, reason: 'sale_ended' | 'sold_out'): Promise<void> {

@@ -160,10 +160,13 @@ export class Catalog {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
     await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now }, async ({ tx, ledger }) => {
-      const current = ledger.product.drop
+      const current = ledger.drop
       const next = applyDropChanges(current, changes.drop ?? {}, now)
       if (changes.addStock !== undefined) this.changeStock(ledger, changes.addStock)
-      if (JSON.stringify(next) !== JSON.stringify(current)) await tx.setDropSettings(productId, next, now)
+      if (JSON.stringify(next) !== JSON.stringify(current)) {
+        await tx.setDropSettings(productId, next, now)
+        ledger.changeDrop(next)
+      }
     })
     return this.viewAfterCommit(productId, now)
   }

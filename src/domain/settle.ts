@@ -97,7 +97,7 @@ interface HoldLike {
 // Judged after ensureAvailable: its reclaim settles payments waiting on lapsed holds, which may
 // recover units for this same buyer (counted first, a buyer with a limit of 3 ended with 4).
 async function fitsBuyerLimit(ctx: SettleContext, buyerId: string | null, qty: number): Promise<boolean> {
-  const limit = ctx.ledger.product.drop.perBuyerLimit
+  const limit = ctx.ledger.drop.perBuyerLimit
   if (limit === null || buyerId === null) return true
   const units = (await ctx.tx.buyerUnits(ctx.ledger.productId, [buyerId], ctx.now)).get(buyerId) ?? 0
   return units + qty <= limit

@@ -172,7 +172,7 @@ export class Waitlist {
 
   private async serve(ctx: SettleContext, requests: readonly JoinRequest[]): Promise<Array<Verdict<TicketView>>> {
     const { tx, ledger, now } = ctx
-    const { drop } = ledger.product
+    const { drop } = ledger
     const ticketIds = newTicketIds(requests.length, now)
     const holdIds = newHoldIds(requests.length, now)
     const candidates: Ticket[] = requests.map((request, index) => ({
