@@ -50,6 +50,7 @@ try {
   console.log(`  answers by status: ${JSON.stringify(stats.byStatus)}`)
   console.log(`  refusals by code: ${JSON.stringify(stats.byCode)}`)
   console.log(`  late payments refused a recovery by the buyer's limit: ${stats.recoveriesRefusedByLimit}`)
+  console.log(`  waitlist tickets admitted: ${stats.admissions}; closed at admission by a per_buyer_limit changed since they were taken: ${stats.closedByLimit}`)
   if (stats.anomalies.length > 0) console.log(`  anomalies (${stats.anomalies.length}), first: ${stats.anomalies[0]}`)
 } catch (error) {
   exitCode = 1

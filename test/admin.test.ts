@@ -239,6 +239,29 @@ for (const engine of testEngines()) {
       expect((await t.audit()).ok).toBe(true)
     })
 
+    it('withdraws units of holds and orders past their expiry (expiring them first, as readers already show them free), and a refused withdrawal still keeps that expiry and nothing else', async () => {
+      const t = await buildTestApp(engine.name, { stock: 10 })
+      const lapsing = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 5 } })
+      expect(lapsing.status).toBe(201)
+      const ordered = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 2 } })
+      expect((await t.request('POST', '/api/orders', { body: { hold_id: ordered.body.hold_id } })).status).toBe(201)
+      // Past the hold's expiry, before the order's and before any sweep.
+      t.clock.advanceMs(Date.parse(lapsing.body.expires_at) - t.clock.now().getTime())
+      expect(await product(t)).toMatchObject({ stock: 10, reserved: 7, available_stock: 8 })
+      // One unit more than readers see free: refused, naming what is committed once expired...
+      const tooMuch = await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: -9, sale_ends_at: '2099-01-01T00:00:00Z' })
+      expectProblem(tooMuch, 409, 'stock_below_committed')
+      expect(tooMuch.body).toMatchObject({ stock: 10, committed: 2, available_stock: 8 })
+      // ...the lapsed hold stays expired (as a sweep would leave it), and the rest is unchanged.
+      expect(await product(t)).toMatchObject({ stock: 10, reserved: 2, available_stock: 8, sale_ends_at: null })
+      expect((await t.request('GET', `/api/holds/${lapsing.body.hold_id}`)).body.status).toBe('expired')
+      // Exactly what readers see free: withdrawn.
+      const all = await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: -8 })
+      expect(all.status, all.text).toBe(200)
+      expect(all.body).toMatchObject({ stock: 2, reserved: 2, available_stock: 0 })
+      expect((await t.audit()).ok).toBe(true)
+    })
+
     it('refuses an add_stock that is not a JSON integer with 422, leaving stock alone', async () => {
       const t = await buildTestApp(engine.name)
       for (const body of [{ add_stock: '5' }, { add_stock: 1.5 }, { add_stock: null }, { add_stock: true }, { add_stock: 1e10 }, { add_stock: [5] }, {}]) {

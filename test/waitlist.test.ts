@@ -260,6 +260,29 @@ for (const engine of testEngines()) {
       await expectCleanAudit(t.baseUrl)
     })
 
+    it('keeps a ticket closed once the sale ended, even if no write closed it before the end is moved later; leaving it then answers closed', async () => {
+      const t = await buildTestApp(engine.name, { env: { ...buyerEnv, SWEEP_INTERVAL_MS: '3600000' } })
+      const endsAt = isoAt(serverNowMs(t) + 60_000)
+      const product = await createDropProduct(t.baseUrl, 1, { sale_ends_at: endsAt })
+      const held = await holdAs(t.baseUrl, {}, product.id, 1)
+      expect(held.status).toBe(201)
+      const a = await joined(t.baseUrl, product.id, 1)
+      const b = await joined(t.baseUrl, product.id, 1)
+      advanceTo(t, endsAt)
+      // Nothing has written the end yet: both are shown closed.
+      expect(await statuses(t.baseUrl, [a.ticket_id, b.ticket_id])).toEqual(['closed', 'closed'])
+      expect((await request(t.baseUrl, 'DELETE', `/api/waitlist/${b.ticket_id}`)).body).toMatchObject({ status: 'closed' })
+      const reopened = await patchProduct(t.baseUrl, product.id, { sale_ends_at: isoAt(serverNowMs(t) + 3_600_000) })
+      expect(reopened.status).toBe(200)
+      expect(reopened.body).toMatchObject({ sale_status: 'open', available_stock: 0 })
+      expect(await statuses(t.baseUrl, [a.ticket_id, b.ticket_id])).toEqual(['closed', 'closed'])
+      // The unit freed goes to nobody in the old line: it is free for anyone.
+      expect((await request(t.baseUrl, 'DELETE', `/api/holds/${held.body.hold_id}`)).status).toBe(200)
+      expect(await statuses(t.baseUrl, [a.ticket_id, b.ticket_id])).toEqual(['closed', 'closed'])
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 1, reserved: 0 })
+      await expectCleanAudit(t.baseUrl)
+    })
+
     it('serves the line by the settings a product change sets: units added with an end already passed close the line, none are admitted', async () => {
       const t = await buildTestApp(engine.name, { env: buyerEnv })
       const product = await createDropProduct(t.baseUrl, 1)

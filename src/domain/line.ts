@@ -168,6 +168,13 @@ class LimitJudge {
   }
 }
 
+// Closes the line of a sale that has ended, if its tickets still wait (no transaction on the
+// product since the end). Called before a change of the settings: a ticket already shown
+// `closed` at the end must not wait again when the end is moved later.
+export async function closeEndedLine(ctx: LineContext): Promise<void> {
+  if (ctx.ledger.waitingTickets > 0 && linePhase(ctx.ledger.drop, ctx.now) === 'ended') await closeLine(ctx, 'sale_ended')
+}
+
 async function closeLine(ctx: LineContext, reason: 'sale_ended' | 'sold_out'): Promise<void> {
   const { tx, ledger, now, events } = ctx
   const closed = await tx.closeWaitingTickets(ledger.productId, now)

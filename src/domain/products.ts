@@ -5,8 +5,9 @@ import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { isProductId } from './ids.js'
 import type { Observer } from './events.js'
+import { closeEndedLine } from './line.js'
 import { withLockedProduct } from './locked-product.js'
-import type { ProductLedger } from './ledger.js'
+import { expireLapsed, type SettleContext } from './settle.js'
 import { noDropSettings, type DropSettings, type Product, type ProductSnapshot, type Store } from './store.js'
 
 export type SaleStatus = 'upcoming' | 'open' | 'ended' | 'sold_out'
@@ -159,15 +160,22 @@ export class Catalog {
   async update(productId: number, changes: ProductChanges): Promise<ProductView> {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
-    await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now }, async ({ tx, ledger }) => {
+    const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now }, async (ctx) => {
+      const { tx, ledger } = ctx
       const current = ledger.drop
       const next = applyDropChanges(current, changes.drop ?? {}, now)
-      if (changes.addStock !== undefined) this.changeStock(ledger, changes.addStock)
+      if (changes.addStock !== undefined) {
+        const refused = await this.changeStock(ctx, changes.addStock)
+        if (refused) return refused
+      }
       if (JSON.stringify(next) !== JSON.stringify(current)) {
+        await closeEndedLine(ctx)
         await tx.setDropSettings(productId, next, now)
         ledger.changeDrop(next)
       }
+      return undefined
     })
+    if (refusal) throw refusal
     return this.viewAfterCommit(productId, now)
   }
 
@@ -175,7 +183,8 @@ export class Catalog {
   async addStock(productId: number, addStock: number): Promise<ProductView> {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
-    await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, async ({ ledger }) => this.changeStock(ledger, addStock))
+    const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, (ctx) => this.changeStock(ctx, addStock))
+    if (refusal) throw refusal
     return this.viewAfterCommit(productId, now)
   }
 
@@ -187,7 +196,11 @@ export class Catalog {
     return viewOf(snapshot, now)
   }
 
-  private changeStock(ledger: ProductLedger, addStock: number): void {
+  // A withdrawal below what is committed is refused by the error returned, not thrown: the
+  // transaction still commits what the reclaim expired (it changes nothing readers see), so
+  // which rows are expired does not depend on whether the change was refused.
+  private async changeStock(ctx: SettleContext, addStock: number): Promise<DomainError | undefined> {
+    const { ledger } = ctx
     // Each step is within the schema's bounds, but several add up: past stockMax the servers'
     // integer column refused the update with a 500 (SQLite took it).
     if (ledger.stock + addStock > stockMax) {
@@ -196,10 +209,14 @@ export class Catalog {
         invalid_fields: ['add_stock'],
       })
     }
+    // Holds and orders past their expiry commit nothing (readers already show their units free):
+    // they are expired before a withdrawal is refused, as before a hold is.
+    if (ledger.stock + addStock < ledger.reserved + ledger.sold) await expireLapsed(ctx, ctx.reclaimBatchMax)
     const committed = ledger.reserved + ledger.sold
     if (ledger.stock + addStock < committed) {
-      throw new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })
+      return new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })
     }
     ledger.addStock(addStock)
+    return undefined
   }
 }

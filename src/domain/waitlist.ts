@@ -144,6 +144,8 @@ export class Waitlist {
       assert(stored !== undefined, 'tickets are never deleted')
       if (stored.status === 'admitted') throw new DomainError('ticket_admitted', { hold_id: stored.holdId })
       if (stored.status !== 'waiting') return stored
+      // Shown closed from the end on (viewOf); this transaction's serveLine writes it so.
+      if (linePhase(ledger.drop, now) === 'ended') return { ...stored, status: 'closed' as const, endedAt: now }
       const moved = await tx.setTicketsStatus([ticketId], 'waiting', 'left', now)
       assert(moved === 1, 'a waiting ticket read under the product lock can leave')
       ledger.leaveLine(stored.qty)

@@ -244,9 +244,12 @@ export class KyselyStore implements Store {
       .having(sql`sum(u.qty)`, '>', sql.ref('p.per_buyer_limit'))
       .orderBy('u.product_id')
       .execute()
-    // Units granted before the limit last changed were judged by the limit then in force.
+    // Units granted before the limit last changed were judged by the limit then in force. A grant
+    // in the very millisecond of the change is taken as before it: one after it was judged by
+    // the new limit, so only one before it can be over it (the simulation met this: a limit set
+    // in the millisecond a buyer's ticket was admitted was reported as I8).
     return rows
-      .filter((row) => Number(row.last_granted_at) >= Number(row.per_buyer_limit_set_at ?? 0))
+      .filter((row) => Number(row.last_granted_at) > Number(row.per_buyer_limit_set_at ?? 0))
       .map((row) => ({ productId: Number(row.product_id), buyerId: String(row.buyer_id), units: Number(row.units), perBuyerLimit: Number(row.per_buyer_limit) }))
   }
 

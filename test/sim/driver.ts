@@ -33,6 +33,10 @@ export type Command =
   | { kind: 'advance'; durationMs: number }
   | { kind: 'sweep' }
   | { kind: 'restart'; inFlight: Command[]; ticks: number }
+  | { kind: 'limit'; productId: number; perBuyerLimit: number | null }
+  | { kind: 'join'; productId: number; qty: number; buyer: string | null }
+  | { kind: 'getTicket'; ticketId: string }
+  | { kind: 'leave'; ticketId: string }
 
 interface WebhookRequest {
   key: string
@@ -67,6 +71,10 @@ export interface SimStats {
   byCode: Record<string, number>
   // Late payments refused a recovery by the buyer's limit (from the model).
   recoveriesRefusedByLimit: number
+  // Waitlist tickets admitted (each checked in the service), and closed at admission by a
+  // per_buyer_limit changed since they were taken (from the model).
+  admissions: number
+  closedByLimit: number
   anomalies: string[]
   elapsedMs: number
 }
@@ -122,7 +130,21 @@ export async function runSimulation(options: SimOptions): Promise<SimStats> {
 }
 
 class Simulation {
-  readonly stats: SimStats = { ops: 0, restarts: 0, abandoned: 0, sweeps: 0, audits: 0, byKind: {}, byStatus: {}, byCode: {}, recoveriesRefusedByLimit: 0, anomalies: [], elapsedMs: 0 }
+  readonly stats: SimStats = {
+    ops: 0,
+    restarts: 0,
+    abandoned: 0,
+    sweeps: 0,
+    audits: 0,
+    byKind: {},
+    byStatus: {},
+    byCode: {},
+    recoveriesRefusedByLimit: 0,
+    admissions: 0,
+    closedByLimit: 0,
+    anomalies: [],
+    elapsedMs: 0,
+  }
   private readonly random: SimRandom
   private readonly clock: ManualClock
   private readonly config: Config
@@ -134,6 +156,9 @@ class Simulation {
   private readonly recentOrders: Array<Extract<Command, { kind: 'order' }>> = []
   private readonly recentWebhooks: WebhookRequest[] = []
   private readonly tokens = new Map<string, string>()
+  // Products ever given a sale window, and products a line ever formed on (kept apart).
+  private readonly windowed = new Set<number>()
+  private readonly lined = new Set<number>()
 
   constructor(private readonly options: SimOptions) {
     this.random = new SimRandom(options.seed)
@@ -167,6 +192,7 @@ class Simulation {
       if (this.log.length > 40) this.log.shift()
       try {
         await this.execute(command, false)
+        await this.learnAdmissions()
         const full = step % auditEvery === 0 || command.kind === 'restart' || command.kind === 'sweep'
         // Every product on audit steps and after the clock moves; otherwise the one the command worked on.
         const touched = this.productOf(command)
@@ -192,6 +218,8 @@ class Simulation {
     if (problems.length > 0) throw new SimFailure(`model broke its own invariants: ${problems.join('; ')}`)
     this.stats.anomalies = this.model.anomalies
     this.stats.recoveriesRefusedByLimit = this.model.recoveriesRefusedByLimit
+    this.stats.admissions = this.model.admissions
+    this.stats.closedByLimit = this.model.closedByLimit
     this.stats.elapsedMs = performance.now() - startedMs
   }
 
@@ -225,8 +253,15 @@ class Simulation {
 
   private generate(): Command {
     const model = this.model
+    // The first product has no sale window, so a line can form on it (lineProductIds).
     if (model.products.size === 0)
-      return { kind: 'product', stock: this.random.int(4, 16), priceMinor: this.random.int(1, 5000), perBuyerLimit: this.perBuyerLimit(), window: this.saleWindow() }
+      return {
+        kind: 'product',
+        stock: this.random.int(4, 16),
+        priceMinor: this.random.int(1, 5000),
+        perBuyerLimit: this.perBuyerLimit(),
+        window: { saleStartsAtMs: null, saleEndsAtMs: null },
+      }
     const kind = this.random.weighted({
       product: model.products.size < productsMax ? 3 : 0,
       addStock: 3,
@@ -240,6 +275,10 @@ class Simulation {
       advance: 16,
       sweep: 3,
       restart: 1,
+      limit: 1,
+      join: this.lineProductIds().length > 0 ? 8 : 0,
+      getTicket: model.ticketIds.length > 0 ? 2 : 0,
+      leave: model.ticketIds.length > 0 ? 2 : 0,
     })
     switch (kind) {
       case 'restart': {
@@ -262,7 +301,9 @@ class Simulation {
   // The product a command works on, if the model knows one (restarts keep in-flight commands on
   // distinct products, so their outcomes do not depend on each other's order).
   private productOf(command: Command): number | undefined {
-    if (command.kind === 'addStock' || command.kind === 'window') return command.productId
+    if (command.kind === 'addStock' || command.kind === 'window' || command.kind === 'limit') return command.productId
+    if (command.kind === 'join') return this.model.products.has(command.productId) ? command.productId : undefined
+    if (command.kind === 'getTicket' || command.kind === 'leave') return this.model.tickets.get(command.ticketId)?.productId
     if (command.kind === 'hold') return this.model.products.has(command.productId) ? command.productId : undefined
     const holdId =
       command.kind === 'order' || command.kind === 'release' || command.kind === 'getHold' || command.kind === 'getOrder'
@@ -276,6 +317,19 @@ class Simulation {
   private webhookHoldId(request: WebhookRequest): string | undefined {
     if (request.holdId !== null) return request.holdId
     return request.orderId === null ? undefined : this.model.orderById(request.orderId)?.holdId
+  }
+
+  // Products a line may form on: never given a sale window, so the line is first come, first
+  // served and no window edge passes with work for it (the model serves lines only in the
+  // transactions it mirrors; a pre-sale draw is random).
+  private lineProductIds(): number[] {
+    return [...this.model.products.values()].filter((product) => !this.windowed.has(product.id)).map((product) => product.id)
+  }
+
+  private anyTicketId(): string {
+    const ids = this.model.ticketIds
+    if (ids.length === 0 || this.random.chance(0.03)) return 'tkt_unknown000000000000000'
+    return ids[Math.max(0, ids.length - 1 - this.random.int(0, Math.min(ids.length - 1, 20)))]!
   }
 
   // Half the products limit units per buyer, to a few units: holds of 1-3 meet it soon.
@@ -306,9 +360,24 @@ class Simulation {
     switch (kind) {
       case 'product':
         return { kind, stock: random.int(0, 16), priceMinor: random.int(1, 5000), perBuyerLimit: this.perBuyerLimit(), window: this.saleWindow() }
-      case 'window':
-        // An admin moving a drop's window (or clearing it), which also keeps ended products selling.
-        return { kind, productId: random.pick(productIds), window: this.saleWindow() }
+      case 'window': {
+        // An admin moving a drop's window (or clearing it), which also keeps ended products
+        // selling; never on a product a line formed on, nor on the first (kept for a line).
+        const noLine = productIds.filter((productId) => !this.lined.has(productId) && productId !== productIds[0])
+        if (noLine.length === 0) return { kind: 'sweep' }
+        return { kind, productId: random.pick(noLine), window: this.saleWindow() }
+      }
+      case 'limit':
+        // Raised, lowered (below what some buyers have), set or cleared mid-sale.
+        return { kind, productId: random.pick(productIds), perBuyerLimit: this.perBuyerLimit() }
+      case 'join': {
+        const productId = random.chance(0.03) ? 999_999 : random.pick(this.lineProductIds())
+        const qty = random.chance(0.03) ? random.pick([0, 11]) : random.int(1, 3)
+        return { kind, productId, qty, buyer: this.anyBuyer() }
+      }
+      case 'getTicket':
+      case 'leave':
+        return { kind, ticketId: this.anyTicketId() }
       case 'addStock':
         return { kind, productId: random.pick(productIds), delta: random.int(-4, 8) }
       case 'hold': {
@@ -427,6 +496,14 @@ class Simulation {
         return this.inject('POST', '/api/orders', { hold_id: command.holdId }, command.key === null ? {} : { 'idempotency-key': command.key })
       case 'getOrder':
         return this.inject('GET', `/api/orders/${this.model.orders.get(command.holdId)!.id}`)
+      case 'join': {
+        const headers = command.buyer === null ? {} : bearer(await this.tokenOf(command.buyer))
+        return this.inject('POST', `/api/products/${command.productId}/waitlist`, { qty: command.qty }, headers)
+      }
+      case 'getTicket':
+        return this.inject('GET', `/api/waitlist/${command.ticketId}`)
+      case 'leave':
+        return this.inject('DELETE', `/api/waitlist/${command.ticketId}`)
       case 'webhook': {
         const { request } = command
         const body: Record<string, unknown> = { status: request.status, payment_id: request.paymentId }
@@ -455,6 +532,12 @@ class Simulation {
         return model.getOrder(model.orders.get(command.holdId)!)
       case 'webhook':
         return model.webhook(command.request)
+      case 'join':
+        return model.join(command.productId, command.qty, command.buyer)
+      case 'getTicket':
+        return model.getTicket(command.ticketId)
+      case 'leave':
+        return model.leave(command.ticketId)
       default:
         throw new Error(`${command.kind} is not a request`)
     }
@@ -473,6 +556,13 @@ class Simulation {
           drop: { perBuyerLimit: command.perBuyerLimit, ...windowDates(command.window) },
         })
         this.model.addProduct(created.id, command.stock, command.priceMinor, command.perBuyerLimit, command.window)
+        if (command.window.saleStartsAtMs !== null || command.window.saleEndsAtMs !== null) this.windowed.add(created.id)
+        return
+      }
+      case 'limit': {
+        const expected = this.model.setLimit(command.productId, command.perBuyerLimit)
+        const view = await this.live!.catalog.update(command.productId, { drop: { perBuyerLimit: command.perBuyerLimit } })
+        compare('limit', expected, { status: 200, body: { per_buyer_limit: view.drop.perBuyerLimit }, replayed: false })
         return
       }
       case 'addStock': {
@@ -492,6 +582,7 @@ class Simulation {
         return
       }
       case 'window': {
+        this.windowed.add(command.productId)
         const expected = this.model.setWindow(command.productId, command.window)
         const view = await this.live!.catalog.update(command.productId, { drop: windowDates(command.window) })
         const reply = {
@@ -518,7 +609,11 @@ class Simulation {
         return this.restart(command)
       default: {
         const copies = 'copies' in command ? command.copies : 1
+        const productId = this.productOf(command)
+        if (command.kind === 'join' && productId !== undefined) this.lined.add(productId)
         const expected = this.predict(command)
+        // The request's transaction serves the product's line last (a no-op unless it freed units).
+        if (command.kind === 'hold' || command.kind === 'release' || command.kind === 'order' || command.kind === 'webhook') this.model.serveLineOf(productId)
         if (retry) delete expected.replayed
         if (copies === 1) {
           const reply = await this.request(command)
@@ -567,7 +662,7 @@ class Simulation {
         stock: product.stock,
         reserved: product.reserved,
         sold: product.sold,
-        available_stock: this.model.shownAvailable(product),
+        available_stock: this.model.shownToHolds(product),
         per_buyer_limit: product.perBuyerLimit,
         sale_starts_at: product.saleStartsAtMs === null ? null : new Date(product.saleStartsAtMs).toISOString(),
         sale_ends_at: product.saleEndsAtMs === null ? null : new Date(product.saleEndsAtMs).toISOString(),
@@ -582,8 +677,22 @@ class Simulation {
         sale_ends_at: reply.body?.sale_ends_at,
       }
       if (reply.status !== 200 || JSON.stringify(actual) !== JSON.stringify(expected)) {
-        throw new SimFailure(`product ${product.id}: service ${reply.status} ${JSON.stringify(actual)}, model ${JSON.stringify(expected)}`)
+        throw new SimFailure(
+          `product ${product.id}: service ${reply.status} ${JSON.stringify(actual)}, model ${JSON.stringify(expected)} (waiting ${product.waitingQty} in ${product.waitingTickets}, shown free ${this.model.shownAvailable(product)}; service ${JSON.stringify(reply.body)})`,
+        )
       }
+    }
+  }
+
+  // Tickets the model admitted in the last step: each must be admitted in the service too, with
+  // the hold the model expects (its id is learned here).
+  private async learnAdmissions(): Promise<void> {
+    const admitted = this.model.unlearnedAdmissions.splice(0)
+    for (const ticket of admitted) {
+      const reply = await this.inject('GET', `/api/waitlist/${ticket.id}`)
+      const hold = ticket.hold!
+      compare('admitted ticket', { status: 200, body: { status: 'admitted', qty: ticket.qty, buyer_id: ticket.buyer, expires_at: new Date(hold.expiresAtMs).toISOString() } }, reply)
+      this.model.learnAdmission(ticket, reply.body.hold_id)
     }
   }
 

@@ -28,6 +28,30 @@ export interface MProduct {
   // SPEC §8 sale window, each end optional.
   saleStartsAtMs: number | null
   saleEndsAtMs: number | null
+  // When per_buyer_limit last changed (the service's per_buyer_limit_set_at): tickets taken up
+  // to then are judged again when the line reaches them.
+  limitSetAtMs: number | null
+  // The line's counts as the product row keeps them.
+  waitingQty: number
+  waitingTickets: number
+}
+
+export type TicketStatus = 'waiting' | 'admitted' | 'closed' | 'left'
+
+// A waitlist ticket. The driver joins only products without a sale window, so the line is first
+// come, first served (a pre-sale draw is random) and every change to it happens in a
+// transaction the model mirrors (no window edge passes unserved).
+export interface MTicket {
+  id: string
+  productId: number
+  qty: number
+  buyer: string | null
+  status: TicketStatus
+  // Join order over the run: line order within a product.
+  seq: number
+  createdAtMs: number
+  // Once admitted: its hold (whose id the driver learns from GET /api/waitlist/:id).
+  hold: MHold | null
 }
 
 export interface SaleWindow {
@@ -120,6 +144,15 @@ export class Model {
   // Hold ids in creation order (the generator draws from the recent end).
   readonly holdIds: string[] = []
   readonly namedOrders: MOrder[] = []
+  readonly tickets = new Map<string, MTicket>()
+  readonly ticketIds: string[] = []
+  // Waiting tickets by product, in line order (pruned as they are read).
+  private readonly lines = new Map<number, MTicket[]>()
+  private ticketSeq = 0
+  // Admitted tickets whose hold id the driver has not read yet.
+  readonly unlearnedAdmissions: MTicket[] = []
+  admissions = 0
+  closedByLimit = 0
   // Answers the model had to accept from the service because no rule decides them
   // (counted, reported; see anomaly in the driver).
   anomalies: string[] = []
@@ -176,6 +209,16 @@ export class Model {
     return product.stock - product.reserved - product.sold
   }
 
+  // What a direct hold may take: waiting tickets come first (SPEC §8).
+  availableToHolds(product: MProduct): number {
+    return Math.max(0, this.storedAvailable(product) - product.waitingQty)
+  }
+
+  // GET's available_stock: what readers see free, less the waiting tickets' units.
+  shownToHolds(product: MProduct): number {
+    return Math.max(0, this.shownAvailable(product) - product.waitingQty)
+  }
+
   // What GET /api/products shows: lapsed rows no longer count, swept or not (SPEC §4), except a
   // lapsed hold with a success waiting on it, whose units that late payment will buy.
   shownAvailable(product: MProduct): number {
@@ -201,6 +244,7 @@ export class Model {
   // or not), and paid orders.
   buyerUnits(productId: number, buyer: string): number {
     let units = this.paidUnits.get(`${productId}\u0000${buyer}`) ?? 0
+    for (const ticket of this.waitingTickets(productId)) if (ticket.buyer === buyer) units += ticket.qty
     for (const hold of this.activeHolds()) if (hold.productId === productId && hold.buyer === buyer && !this.lapsed(hold)) units += hold.qty
     for (const order of this.pendingOrders()) if (order.productId === productId && order.buyer === buyer && !this.lapsed(order)) units += order.qty
     return units
@@ -236,6 +280,11 @@ export class Model {
         sold = 0
         for (const order of this.orders.values()) if (order.productId === product.id && order.status === 'paid') sold += order.qty
       }
+      const line = this.waitingTickets(product.id)
+      const waitingQty = line.reduce((sum, ticket) => sum + ticket.qty, 0)
+      if (waitingQty !== product.waitingQty || line.length !== product.waitingTickets) {
+        problems.push(`model product ${product.id}: waiting ${product.waitingQty} units in ${product.waitingTickets} tickets (rows ${waitingQty} in ${line.length})`)
+      }
       if (reserved !== product.reserved || sold !== product.sold || this.storedAvailable(product) < 0) {
         problems.push(`model product ${product.id}: reserved ${product.reserved} (rows ${reserved}), sold ${product.sold} (rows ${sold}), stock ${product.stock}`)
       }
@@ -246,13 +295,39 @@ export class Model {
   // ---- products ----
 
   addProduct(id: number, stock: number, priceMinor: number, perBuyerLimit: number | null, window: SaleWindow): void {
-    this.products.set(id, { id, stock, priceMinor, currency: 'USD', reserved: 0, sold: 0, perBuyerLimit, ...window })
+    this.products.set(id, {
+      id,
+      stock,
+      priceMinor,
+      currency: 'USD',
+      reserved: 0,
+      sold: 0,
+      perBuyerLimit,
+      ...window,
+      limitSetAtMs: perBuyerLimit === null ? null : this.nowMs,
+      waitingQty: 0,
+      waitingTickets: 0,
+    })
+  }
+
+  setLimit(productId: number, perBuyerLimit: number | null): Expected {
+    const product = this.products.get(productId)
+    if (!product) return { status: 404, code: 'product_not_found' }
+    if (perBuyerLimit !== product.perBuyerLimit) {
+      product.perBuyerLimit = perBuyerLimit
+      product.limitSetAtMs = perBuyerLimit === null ? null : this.nowMs
+    }
+    this.serveLine(product)
+    return { status: 200, body: { per_buyer_limit: perBuyerLimit } }
   }
 
   setWindow(productId: number, window: SaleWindow): Expected {
     const product = this.products.get(productId)
     if (!product) return { status: 404, code: 'product_not_found' }
+    // A line still waiting at an end already passed is closed before the window moves.
+    if (this.linePhase(product) === 'ended') this.serveLine(product)
     Object.assign(product, window)
+    this.serveLine(product)
     return { status: 200, body: { sale_starts_at: isoOrNull(window.saleStartsAtMs), sale_ends_at: isoOrNull(window.saleEndsAtMs) } }
   }
 
@@ -268,8 +343,14 @@ export class Model {
   addStock(productId: number, delta: number): Expected {
     const product = this.products.get(productId)
     if (!product) return { status: 404, code: 'product_not_found' }
-    if (product.stock + delta < product.reserved + product.sold) return { status: 409, code: 'stock_below_committed' }
+    // Lapsed rows are expired before a withdrawal is refused (products.ts changeStock).
+    if (product.stock + delta < product.reserved + product.sold) this.expireLapsed(product)
+    if (product.stock + delta < product.reserved + product.sold) {
+      this.serveLine(product)
+      return { status: 409, code: 'stock_below_committed' }
+    }
     product.stock += delta
+    this.serveLine(product)
     return { status: 200, body: { stock: product.stock } }
   }
 
@@ -288,34 +369,45 @@ export class Model {
     }
     const product = this.products.get(productId)
     if (!product) return { status: 404, code: 'product_not_found' }
+    // The batch's transaction serves the line last, whatever it answered (locked-product.ts).
+    const expected = this.holdLocked(product, qty, key, buyer, fingerprint)
+    this.serveLine(product)
+    return expected
+  }
+
+  private holdLocked(product: MProduct, qty: number, key: string | null, buyer: string | null, fingerprint: string): Expected {
+    const productId = product.id
     // Outside the window nothing is reclaimed: the window refuses first (holds.ts).
     const closed = this.windowRefusal(product)
     if (closed) return closed
-    const shownBefore = this.shownAvailable(product)
+    const shownBefore = this.shownToHolds(product)
     // Lapsed rows are reclaimed before anyone is refused (holds.ts), only when short.
-    if (qty > this.storedAvailable(product)) this.expireLapsed(product)
+    if (qty > this.availableToHolds(product)) this.expireLapsed(product)
     // Refusals in the service's order: buyer token, per-buyer limit, stock (holds.ts).
     if (product.perBuyerLimit !== null) {
       if (buyer === null) return { status: 401, code: 'buyer_token_required' }
       const units = this.buyerUnits(productId, buyer)
       if (units + qty > product.perBuyerLimit) return { status: 409, code: 'buyer_limit_reached', body: { per_buyer_limit: product.perBuyerLimit, buyer_units: units } }
     }
-    const available = this.storedAvailable(product)
+    const available = this.availableToHolds(product)
     if (qty > available) {
       if (qty <= shownBefore) this.anomalies.push(`hold of ${qty} refused (available_stock ${available}) on product ${productId} whose GET showed ${shownBefore}`)
       return { status: 409, code: 'insufficient_stock', body: { available_stock: available } }
     }
     product.reserved += qty
     const expiresAtMs = this.nowMs + this.settings.holdTtlMs
+    // Counted at once (the line served in this transaction judges its buyer's units with it);
+    // named by the answer.
+    const hold: MHold = { id: '', productId, qty, status: 'active', expiresAtMs, buyer }
+    this.activeSet.add(hold)
     return {
       status: 201,
       replayed: false,
       body: { product_id: productId, qty, status: 'active', expires_at: new Date(expiresAtMs).toISOString(), buyer_id: buyer },
       learn: (answer: { hold_id: string }) => {
-        const hold: MHold = { id: answer.hold_id, productId, qty, status: 'active', expiresAtMs, buyer }
+        hold.id = answer.hold_id
         this.holds.set(hold.id, hold)
         this.holdIds.push(hold.id)
-        this.activeSet.add(hold)
         if (key !== null) this.holdKeys.set(key, { fingerprint, answerId: answer.hold_id, expiresAtMs: this.nowMs + this.settings.idempotencyTtlMs })
       },
     }
@@ -337,7 +429,151 @@ export class Model {
     hold.status = 'released'
     product.reserved -= hold.qty
     this.settleWaiting(product, [hold])
+    this.serveLine(product)
     return { status: 200, body: { hold_id: holdId, status: 'released' } }
+  }
+
+  // ---- the waitlist (SPEC §8) ----
+
+  waitingTickets(productId: number): MTicket[] {
+    const line = (this.lines.get(productId) ?? []).filter((ticket) => ticket.status === 'waiting')
+    this.lines.set(productId, line)
+    return line
+  }
+
+  private linePhase(product: MProduct): 'before_start' | 'open' | 'ended' {
+    if (product.saleEndsAtMs !== null && this.nowMs >= product.saleEndsAtMs) return 'ended'
+    if (product.saleStartsAtMs !== null && this.nowMs < product.saleStartsAtMs) return 'before_start'
+    return 'open'
+  }
+
+  // Whether the per_buyer_limit lets this ticket become a hold now: tickets taken up to the
+  // limit's last change are judged again, as a hold would be (line.ts LimitJudge).
+  private ticketWithinLimit(product: MProduct, ticket: MTicket): boolean {
+    if (product.perBuyerLimit === null) return true
+    if (product.limitSetAtMs !== null && ticket.createdAtMs > product.limitSetAtMs) return true
+    if (ticket.buyer === null) return false
+    return this.buyerUnits(product.id, ticket.buyer) <= product.perBuyerLimit
+  }
+
+  // Run at the end of every transaction on the product (locked-product.ts): admits every
+  // waiting ticket that fits, in line order; closes the line once the sale ended or sold out
+  // for good.
+  serveLine(product: MProduct): void {
+    const line = this.waitingTickets(product.id)
+    if (line.length === 0) return
+    const phase = this.linePhase(product)
+    if (phase === 'before_start') return
+    if (phase === 'ended' || (this.storedAvailable(product) <= 0 && product.reserved <= 0)) {
+      for (const ticket of line) ticket.status = 'closed'
+      product.waitingQty = 0
+      product.waitingTickets = 0
+      return
+    }
+    for (const ticket of line) {
+      const free = this.storedAvailable(product)
+      if (free <= 0) break
+      if (ticket.qty > free) continue
+      const within = this.ticketWithinLimit(product, ticket)
+      product.waitingQty -= ticket.qty
+      product.waitingTickets -= 1
+      if (!within) {
+        ticket.status = 'closed'
+        this.closedByLimit += 1
+        continue
+      }
+      ticket.status = 'admitted'
+      product.reserved += ticket.qty
+      const hold: MHold = { id: '', productId: product.id, qty: ticket.qty, status: 'active', expiresAtMs: this.nowMs + this.settings.holdTtlMs, buyer: ticket.buyer }
+      ticket.hold = hold
+      this.activeSet.add(hold)
+      this.unlearnedAdmissions.push(ticket)
+      this.admissions += 1
+    }
+  }
+
+  // Serves the line of the product a request worked on (its transaction's last step).
+  serveLineOf(productId: number | undefined): void {
+    const product = productId === undefined ? undefined : this.products.get(productId)
+    if (product) this.serveLine(product)
+  }
+
+  // The driver read the admitted ticket's hold id.
+  learnAdmission(ticket: MTicket, holdId: string): void {
+    const hold = ticket.hold!
+    hold.id = holdId
+    this.holds.set(holdId, hold)
+    this.holdIds.push(holdId)
+  }
+
+  private ticketBody(ticket: MTicket): Record<string, unknown> {
+    const phase = this.linePhase(this.products.get(ticket.productId)!)
+    const status = ticket.status === 'waiting' && phase === 'ended' ? 'closed' : ticket.status
+    const position = status === 'waiting' ? this.waitingTickets(ticket.productId).indexOf(ticket) + 1 : null
+    return {
+      product_id: ticket.productId,
+      qty: ticket.qty,
+      status,
+      position,
+      buyer_id: ticket.buyer,
+      ...(ticket.hold === null ? { hold_id: null, expires_at: null } : { hold_id: ticket.hold.id || undefined, expires_at: new Date(ticket.hold.expiresAtMs).toISOString() }),
+    }
+  }
+
+  join(productId: number, qty: number, buyer: string | null): Expected {
+    if (!Number.isInteger(qty) || qty < 1 || qty > this.settings.maxQtyPerHold) return { status: 422, code: 'validation_failed' }
+    const product = this.products.get(productId)
+    if (!product) return { status: 404, code: 'product_not_found' }
+    const expected = this.joinLocked(product, qty, buyer)
+    this.serveLine(product)
+    if (expected.status !== 201) return expected
+    const ticket = (expected as Expected & { ticket: MTicket }).ticket
+    return { status: 201, body: { ...this.ticketBody(ticket), hold_id: undefined }, learn: expected.learn }
+  }
+
+  private joinLocked(product: MProduct, qty: number, buyer: string | null): Expected & { ticket?: MTicket } {
+    if (this.linePhase(product) === 'ended') return { status: 410, code: 'sale_ended' }
+    if (product.perBuyerLimit !== null) {
+      if (buyer === null) return { status: 401, code: 'buyer_token_required' }
+      const units = this.buyerUnits(product.id, buyer)
+      if (units + qty > product.perBuyerLimit) return { status: 409, code: 'buyer_limit_reached', body: { per_buyer_limit: product.perBuyerLimit, buyer_units: units } }
+    }
+    this.ticketSeq += 1
+    const ticket: MTicket = { id: '', productId: product.id, qty, buyer, status: 'waiting', seq: this.ticketSeq, createdAtMs: this.nowMs, hold: null }
+    const line = this.waitingTickets(product.id)
+    line.push(ticket)
+    product.waitingQty += qty
+    product.waitingTickets += 1
+    return {
+      status: 201,
+      ticket,
+      learn: (answer: { ticket_id: string }) => {
+        ticket.id = answer.ticket_id
+        this.tickets.set(ticket.id, ticket)
+        this.ticketIds.push(ticket.id)
+      },
+    }
+  }
+
+  getTicket(ticketId: string): Expected {
+    const ticket = this.tickets.get(ticketId)
+    if (!ticket) return { status: 404, code: 'ticket_not_found' }
+    return { status: 200, body: this.ticketBody(ticket) }
+  }
+
+  leave(ticketId: string): Expected {
+    const ticket = this.tickets.get(ticketId)
+    if (!ticket) return { status: 404, code: 'ticket_not_found' }
+    const product = this.products.get(ticket.productId)!
+    // Refused inside the transaction: it rolls back.
+    if (ticket.status === 'admitted') return { status: 409, code: 'ticket_admitted' }
+    if (ticket.status === 'waiting') {
+      ticket.status = 'left'
+      product.waitingQty -= ticket.qty
+      product.waitingTickets -= 1
+    }
+    this.serveLine(product)
+    return { status: 200, body: { status: ticket.status, position: null } }
   }
 
   // ---- orders ----
@@ -464,7 +700,10 @@ export class Model {
   // A sweep pass: every product's lapsed rows (the driver keeps them under SWEEP_BATCH_MAX).
   sweep(): number {
     let expired = 0
-    for (const product of this.products.values()) expired += this.expireLapsed(product)
+    for (const product of this.products.values()) {
+      expired += this.expireLapsed(product)
+      this.serveLine(product)
+    }
     return expired
   }
 

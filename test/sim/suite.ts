@@ -32,7 +32,8 @@ export function simulationSuite(engineName: EngineName): void {
           const stats = await runSimulation({ engine: engineName, databaseUrl: database.url, seed, ops, auditEvery })
           console.log(
             `simulation on ${engineName}: ${stats.ops} ops in ${(stats.elapsedMs / 1000).toFixed(1)} s (${(stats.ops / (stats.elapsedMs / 1000)).toFixed(0)} ops/s), ` +
-              `${stats.restarts} restarts, ${stats.abandoned} requests abandoned, ${stats.sweeps} sweeps, ${stats.audits} audits; answers ${JSON.stringify(stats.byStatus)}`,
+              `${stats.restarts} restarts, ${stats.abandoned} requests abandoned, ${stats.sweeps} sweeps, ${stats.audits} audits, ` +
+              `${stats.admissions} tickets admitted, ${stats.closedByLimit} closed by a changed limit; answers ${JSON.stringify(stats.byStatus)}`,
           )
           expect(stats.ops).toBe(ops)
           // The run must have exercised what it claims to.
@@ -43,6 +44,8 @@ export function simulationSuite(engineName: EngineName): void {
             for (const code of ['buyer_limit_reached', 'buyer_token_required', 'insufficient_stock', 'idempotency_key_reused', 'sale_not_started', 'sale_ended'])
               expect(stats.byCode[code] ?? 0).toBeGreaterThan(0)
             expect(stats.recoveriesRefusedByLimit).toBeGreaterThan(0)
+            expect(stats.admissions).toBeGreaterThan(0)
+            expect(stats.byCode.ticket_admitted ?? 0).toBeGreaterThan(0)
           }
           expect(stats.anomalies).toEqual([])
         } finally {
