@@ -275,7 +275,7 @@ class Simulation {
       advance: 16,
       sweep: 3,
       restart: 1,
-      limit: 1,
+      limit: 3,
       join: this.lineProductIds().length > 0 ? 8 : 0,
       getTicket: model.ticketIds.length > 0 ? 2 : 0,
       leave: model.ticketIds.length > 0 ? 2 : 0,
