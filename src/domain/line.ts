@@ -94,32 +94,13 @@ async function admitOrClose(ctx: LineContext): Promise<Ticket[]> {
     if (candidates.length < limit) break
     afterRank = candidates[candidates.length - 1]!.lineRank
   }
-  for (let start = 0; start < overLimit.length; start += admissionRowsMax) {
-    const chunk = overLimit.slice(start, start + admissionRowsMax)
-    const moved = await tx.setTicketsStatus(
-      chunk.map((ticket) => ticket.id),
-      'waiting',
-      'closed',
-      now,
-    )
-    assert(moved === chunk.length, 'waiting tickets read under the product lock are still waiting')
-  }
+  await moveWaiting(ctx, overLimit, 'closed')
   if (overLimit.length > 0) {
     const qty = overLimit.reduce((sum, ticket) => sum + ticket.qty, 0)
     events.push({ name: 'waitlist.closed', productId: ledger.productId, qty, tickets: overLimit.length, reason: 'buyer_limit_reached' })
   }
   if (admitted.length === 0) return []
-  for (let start = 0; start < admitted.length; start += admissionRowsMax) {
-    const chunk = admitted.slice(start, start + admissionRowsMax)
-    const moved = await tx.setTicketsStatus(
-      chunk.map((ticket) => ticket.id),
-      'waiting',
-      'admitted',
-      now,
-    )
-    assert(moved === chunk.length, 'waiting tickets read under the product lock are still waiting')
-    await tx.insertHolds(chunk.map((ticket) => holdOfTicket(ticket, now)))
-  }
+  await moveWaiting(ctx, admitted, 'admitted')
   for (const ticket of admitted) {
     events.push({
       name: 'waitlist.admitted',
@@ -132,6 +113,23 @@ async function admitOrClose(ctx: LineContext): Promise<Ticket[]> {
     events.push({ name: 'hold.created', holdId: ticket.holdId, productId: ticket.productId, qty: ticket.qty, source: 'waitlist' })
   }
   return admitted
+}
+
+// Moves waiting tickets read under the product lock, a statement per admissionRowsMax of them;
+// admitted ones become their holds.
+async function moveWaiting(ctx: LineContext, tickets: readonly Ticket[], to: 'admitted' | 'closed'): Promise<void> {
+  const { tx, now } = ctx
+  for (let start = 0; start < tickets.length; start += admissionRowsMax) {
+    const chunk = tickets.slice(start, start + admissionRowsMax)
+    const moved = await tx.setTicketsStatus(
+      chunk.map((ticket) => ticket.id),
+      'waiting',
+      to,
+      now,
+    )
+    assert(moved === chunk.length, 'waiting tickets read under the product lock are still waiting')
+    if (to === 'admitted') await tx.insertHolds(chunk.map((ticket) => holdOfTicket(ticket, now)))
+  }
 }
 
 // Whether tickets may still become holds under the product's per_buyer_limit. A ticket was
