@@ -154,7 +154,8 @@ export class Catalog {
     return this.viewAfterCommit(productId, now)
   }
 
-  // Stock and drop settings in one transaction: all of it applies, or (a refusal) none of it.
+  // Stock and drop settings in one transaction: all of it applies, or (a refusal) none of it but
+  // the expiry of lapsed rows a withdrawal needed (changeStock).
   // Lowering per_buyer_limit below what a buyer already has is allowed: their units stay, and
   // more is refused until they are below the new limit.
   async update(productId: number, changes: ProductChanges): Promise<ProductView> {

@@ -369,14 +369,6 @@ export class Model {
     }
     const product = this.products.get(productId)
     if (!product) return { status: 404, code: 'product_not_found' }
-    // The batch's transaction serves the line last, whatever it answered (locked-product.ts).
-    const expected = this.holdLocked(product, qty, key, buyer, fingerprint)
-    this.serveLine(product)
-    return expected
-  }
-
-  private holdLocked(product: MProduct, qty: number, key: string | null, buyer: string | null, fingerprint: string): Expected {
-    const productId = product.id
     // Outside the window nothing is reclaimed: the window refuses first (holds.ts).
     const closed = this.windowRefusal(product)
     if (closed) return closed
@@ -429,7 +421,6 @@ export class Model {
     hold.status = 'released'
     product.reserved -= hold.qty
     this.settleWaiting(product, [hold])
-    this.serveLine(product)
     return { status: 200, body: { hold_id: holdId, status: 'released' } }
   }
 
