@@ -373,6 +373,31 @@ for (const engine of testEngines()) {
       await expectCleanAudit(t.baseUrl)
     })
 
+    it('serves the line with what a hold reclaims before judging the hold: a ticket over a lowered limit closes and no longer keeps its units from it', async () => {
+      const t = await buildTestApp(engine.name, { env: { ...buyerEnv, HOLD_TTL_SECONDS: '60' } })
+      const [bob, carol, dave, eve] = await Promise.all(['bob', 'carol', 'dave', 'eve'].map((name) => asBuyer(name)))
+      const product = await createDropProduct(t.baseUrl, 4, { per_buyer_limit: 4 })
+      expect((await holdAs(t.baseUrl, carol, product.id, 2)).status).toBe(201)
+      t.clock.advanceMs(30_000)
+      expect((await holdAs(t.baseUrl, dave, product.id, 1)).status).toBe(201)
+      const bobs = await joined(t.baseUrl, product.id, 3, bob)
+      expect(bobs.status).toBe('waiting')
+      t.clock.advanceMs(1)
+      expect((await patchProduct(t.baseUrl, product.id, { per_buyer_limit: 2 })).status).toBe(200)
+      // Carol's hold lapses, not yet swept: Eve's hold reclaims its 2 units, which with the free
+      // one fit Bob's 3, taken before the limit fell to 2: closed. Eve's unit is then free.
+      t.clock.advanceMs(30_000)
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 0, reserved: 3 })
+      const eves = await holdAs(t.baseUrl, eve, product.id, 1)
+      expect(eves.status, eves.text).toBe(201)
+      expect(await ticketOf(t.baseUrl, bobs.ticket_id)).toMatchObject({ status: 'closed', hold_id: null })
+      expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([
+        expect.objectContaining({ productId: product.id, qty: 3, tickets: 1, reason: 'buyer_limit_reached' }),
+      ])
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 2, reserved: 2 })
+      await expectCleanAudit(t.baseUrl)
+    })
+
     it('leaves the line (200, again 200), refuses to leave once admitted (409), replays a keyed join, and refuses bad input with stable codes', async () => {
       const t = await buildTestApp(engine.name, { stock: 1 })
       const [holdId] = await heldOut(t, t.productId, [1])

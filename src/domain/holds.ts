@@ -9,6 +9,7 @@ import { fingerprintOf } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
 import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } from './keyed-batches.js'
 import type { ProductLedger } from './ledger.js'
+import { serveLine } from './line.js'
 import { withLockedProduct } from './locked-product.js'
 import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
 import { effectiveStatus } from './status.js'
@@ -201,8 +202,16 @@ export class Holds {
     const open = saleWindowRefusal(drop, now) === undefined
     const wantedQty = requests.reduce((sum, request) => sum + request.qty, 0)
     // Reclaim this product's lapsed holds before refusing anyone: the sweeper may lag by up to
-    // SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep.
-    if (open && wantedQty > ledger.availableToHolds()) await expireLapsed(ctx, ctx.reclaimBatchMax)
+    // SWEEP_INTERVAL_MS, and no buyer should be refused units only expired holds keep. What the
+    // reclaim frees goes to the line first (SPEC §8), served here rather than only after the
+    // judging: a waiting ticket the line then closes (its buyer past a per_buyer_limit lowered
+    // since it was taken) no longer keeps its units from this batch. Served after, it refused a
+    // hold and freed the units in the same transaction, and a retry got them (the simulation,
+    // a keyed hold sent three times at once: 409 insufficient_stock, then 201).
+    if (open && wantedQty > ledger.availableToHolds()) {
+      await expireLapsed(ctx, ctx.reclaimBatchMax)
+      await serveLine(ctx)
+    }
     // One grouped count for the batch's buyers, read after the product lock (and after the
     // reclaim, which may settle late payments): exact across processes, whatever the batch size.
     const buyerIds = drop.perBuyerLimit === null || !open ? [] : [...new Set(requests.flatMap((request) => (request.buyerId ? [request.buyerId] : [])))]

@@ -373,8 +373,12 @@ export class Model {
     const closed = this.windowRefusal(product)
     if (closed) return closed
     const shownBefore = this.shownToHolds(product)
-    // Lapsed rows are reclaimed before anyone is refused (holds.ts), only when short.
-    if (qty > this.availableToHolds(product)) this.expireLapsed(product)
+    // Lapsed rows are reclaimed before anyone is refused (holds.ts), only when short, and the
+    // line is served with what they free before the hold is judged.
+    if (qty > this.availableToHolds(product)) {
+      this.expireLapsed(product)
+      this.serveLine(product)
+    }
     // Refusals in the service's order: buyer token, per-buyer limit, stock (holds.ts).
     if (product.perBuyerLimit !== null) {
       if (buyer === null) return { status: 401, code: 'buyer_token_required' }
