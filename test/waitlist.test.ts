@@ -375,7 +375,10 @@ for (const engine of testEngines()) {
 
     it('serves the line with what a hold reclaims before judging the hold: a ticket over a lowered limit closes and no longer keeps its units from it', async () => {
       const t = await buildTestApp(engine.name, { env: { ...buyerEnv, HOLD_TTL_SECONDS: '60' } })
-      const [bob, carol, dave, eve] = await Promise.all(['bob', 'carol', 'dave', 'eve'].map((name) => asBuyer(name)))
+      const bob = await asBuyer('bob')
+      const carol = await asBuyer('carol')
+      const dave = await asBuyer('dave')
+      const eve = await asBuyer('eve')
       const product = await createDropProduct(t.baseUrl, 4, { per_buyer_limit: 4 })
       expect((await holdAs(t.baseUrl, carol, product.id, 2)).status).toBe(201)
       t.clock.advanceMs(30_000)
