@@ -151,7 +151,10 @@ for (const engine of testEngines()) {
         const stillKept = await postHold(t, body, 'hold-key-ttl')
         expect(stillKept.status).toBe(201)
         expect(isReplay(stillKept)).toBe(true)
-        expect(stillKept.body.hold_id).toBe(first.body.hold_id)
+        // The stored answer, not recomputed: the hold lapsed long ago (its TTL is 120 s), and the
+        // replay still says what the first answer said, `active` included.
+        expect(stillKept.body).toEqual(first.body)
+        expect((await t.request('GET', `/api/holds/${first.body.hold_id}`)).body.status).toBe('expired')
 
         t.clock.advanceMs(2000)
         const afterTtl = await postHold(t, body, 'hold-key-ttl')
@@ -193,6 +196,12 @@ for (const engine of testEngines()) {
         expect(unkeyed.body).toMatchObject({ code: 'hold_already_used', order_id: first.body.order_id })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 10, available_stock: 5, reserved: 5, sold: 0 })
         expect(await t.audit()).toMatchObject(cleanAudit)
+        // Past the order's TTL (900 s) the replay still answers the stored `pending`, not `expired`.
+        t.clock.advanceMs(901_000)
+        const late = await postOrder(t, { hold_id: firstHoldId }, 'order-key-1')
+        expect(isReplay(late)).toBe(true)
+        expect(late.body).toEqual(first.body)
+        expect((await getOrder(t, first.body.order_id)).status).toBe('expired')
       })
 
       it('makes one order from 20 concurrent duplicates with one key: 20 × 201 with one order_id, 19 replayed', async () => {

@@ -29,12 +29,15 @@ export function presentProduct(product: ProductView) {
 const shownExpiresAt = new IsoTextMemo()
 const shownCreatedAt = new IsoTextMemo()
 
-export function presentHold(hold: Hold, now: Date) {
+// `replayed`: the answer is a stored one (an Idempotency-Key replay), shown with the status it
+// was stored with, not the one its times give now (README › Idempotency keys): a hold stored
+// active and since converted is not shown `expired` once its expires_at passes.
+export function presentHold(hold: Hold, now: Date, replayed = false) {
   return {
     hold_id: hold.id,
     product_id: hold.productId,
     qty: hold.qty,
-    status: effectiveStatus(hold, now),
+    status: replayed ? hold.status : effectiveStatus(hold, now),
     expires_at: shownExpiresAt.of(hold.expiresAt),
     created_at: shownCreatedAt.of(hold.createdAt),
     buyer_id: hold.buyerId,
@@ -56,7 +59,8 @@ export function presentTicket(view: TicketView) {
   }
 }
 
-export function presentOrder(order: Order, now: Date) {
+// `replayed` as for presentHold: the stored status, not the one the order's times give now.
+export function presentOrder(order: Order, now: Date, replayed = false) {
   return {
     order_id: order.id,
     hold_id: order.holdId,
@@ -64,7 +68,7 @@ export function presentOrder(order: Order, now: Date) {
     qty: order.qty,
     amount: formatAmount(order.amountMinor, order.currency),
     currency: order.currency,
-    status: effectiveOrderStatus(order, now),
+    status: replayed ? order.status : effectiveOrderStatus(order, now),
     created_at: order.createdAt.toISOString(),
     expires_at: order.expiresAt.toISOString(),
     paid_at: order.paidAt?.toISOString() ?? null,

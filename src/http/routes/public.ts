@@ -88,7 +88,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   app.post('/api/holds', keyedCreate('holds', config.rateLimitHoldPerMin, holdBodySchema, HoldView), async (request, reply) => {
     const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
     markReplay(reply, metrics, 'holds', answer.replayed)
-    return reply.code(201).send(presentHold(answer.hold, clock.now()))
+    return reply.code(201).send(presentHold(answer.hold, clock.now(), answer.replayed))
   })
 
   // The bench's ceiling: everything POST /api/holds does before the domain (content type, JSON,
@@ -114,7 +114,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
     const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
     markReplay(reply, metrics, 'orders', answer.replayed)
-    return reply.code(201).send(presentOrder(answer.order, clock.now()))
+    return reply.code(201).send(presentOrder(answer.order, clock.now(), answer.replayed))
   })
 
   app.get('/api/orders/:id', readById('orders', OrderView), async (request) => presentOrder(await services.orders.get(request.params.id), clock.now()))
