@@ -7,6 +7,8 @@ import { rawQuery, testEngines } from './helpers/engines.js'
 import { countBy, request, times } from './helpers/http.js'
 import { stopGracefully } from './helpers/bursts.js'
 import { eventsNamed, metricValue, pollUntil } from './helpers/lifecycle.js'
+import { patchProduct } from './helpers/drops.js'
+import { reclaimBatchMax, reclaimRoundsMax } from '../src/domain/settle.js'
 import { logEvents, startCluster } from './helpers/servers.js'
 
 async function hold(t: TestApp, productId: number, qty: number) {
@@ -177,6 +179,46 @@ for (const engine of testEngines()) {
       expect(new Set(expired.map((event) => event.holdId))).toEqual(new Set(holds.map((held) => held.hold_id)))
       expect(await product(t, t.productId)).toMatchObject({ available_stock: 0, reserved: 20 })
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it(`a request short of units reclaims lapsed rows in rounds of ${reclaimBatchMax}, at most ${reclaimRoundsMax} rounds: a hold, a withdrawal and a hold behind a line get what GET shows free`, async () => {
+      const rowsMax = reclaimBatchMax * reclaimRoundsMax
+      const t = await buildTestApp(engine.name, { stock: rowsMax + 100, env: { MAX_QTY_PER_HOLD: String(rowsMax + 1) } })
+      // Lapsed holds of one unit each, never swept: more rows than one request may expire.
+      const lapseHolds = async (productId: number, count: number): Promise<void> => {
+        let last = ''
+        for (let made = 0; made < count; made += 100) last = (await Promise.all(times(Math.min(100, count - made), () => hold(t, productId, 1)))).at(-1)!.expires_at
+        advanceTo(t, last)
+      }
+      await lapseHolds(t.productId, rowsMax + 100)
+      expect(await product(t, t.productId)).toMatchObject({ available_stock: rowsMax + 100 })
+      // All the rows it may expire free rowsMax units, one short: refused, with what it freed.
+      const short = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: rowsMax + 1 } })
+      expect({ status: short.status, body: short.body }).toMatchObject({ status: 409, body: { code: 'insufficient_stock', available_stock: rowsMax } })
+      expect(eventsNamed(t.events, 'hold.expired')).toHaveLength(rowsMax)
+      const retried = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: rowsMax + 1 } })
+      expect(retried.status, retried.text).toBe(201)
+      expect(eventsNamed(t.events, 'hold.expired')).toHaveLength(rowsMax + 100)
+
+      // A withdrawal needing two rounds: 300 lapsed rows, 250 units withdrawn.
+      const withdrawn = await t.createProduct(300)
+      await lapseHolds(withdrawn, 300)
+      const patched = await patchProduct(t.baseUrl, withdrawn, { add_stock: -250 })
+      expect(patched.status, patched.text).toBe(200)
+      expect(patched.body).toMatchObject({ stock: 50, available_stock: 50, reserved: 0 })
+
+      // Behind a line: the line's 240 units come first, so a hold of 10 needs all 250 rows.
+      const lined = await t.createProduct(250)
+      await Promise.all(times(250, () => hold(t, lined, 1)))
+      const tickets = await Promise.all(times(24, () => t.request('POST', `/api/products/${lined}/waitlist`, { body: { qty: 10 } })))
+      expect(tickets.map((ticket) => ticket.body.status)).toEqual(times(24, () => 'waiting'))
+      t.clock.advanceMs(t.config.holdTtlMs)
+      expect(await product(t, lined)).toMatchObject({ available_stock: 10 })
+      const behind = await t.request('POST', '/api/holds', { body: { product_id: lined, qty: 10 } })
+      expect(behind.status, behind.text).toBe(201)
+      expect(eventsNamed(t.events, 'waitlist.admitted').map((event) => event.productId)).toEqual(times(24, () => lined))
+      expect(await product(t, lined)).toMatchObject({ available_stock: 0, reserved: 250 })
+      expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
     })
 
     it('a sweep pass expires at most SWEEP_BATCH_MAX rows, holds and orders together, and later passes finish the rest', async () => {

@@ -11,7 +11,7 @@ import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } 
 import type { ProductLedger } from './ledger.js'
 import { serveLine } from './line.js'
 import { withLockedProduct } from './locked-product.js'
-import { expireLapsed, settleWaitingPayments, type SettleContext } from './settle.js'
+import { reclaimWhileShort, settleWaitingPayments, type SettleContext } from './settle.js'
 import { effectiveStatus } from './status.js'
 import type { DropSettings, Hold, Store } from './store.js'
 
@@ -209,7 +209,7 @@ export class Holds {
     // hold and freed the units in the same transaction, and a retry got them (the simulation,
     // a keyed hold sent three times at once: 409 insufficient_stock, then 201).
     if (open && wantedQty > ledger.availableToHolds()) {
-      await expireLapsed(ctx, ctx.reclaimBatchMax)
+      await reclaimWhileShort(ctx, () => wantedQty > ledger.availableToHolds())
       await serveLine(ctx)
     }
     // One grouped count for the batch's buyers, read after the product lock (and after the

@@ -7,7 +7,7 @@ import { isProductId } from './ids.js'
 import type { Observer } from './events.js'
 import { closeEndedLine } from './line.js'
 import { withLockedProduct } from './locked-product.js'
-import { expireLapsed, type SettleContext } from './settle.js'
+import { reclaimWhileShort, type SettleContext } from './settle.js'
 import { noDropSettings, type DropSettings, type Product, type ProductSnapshot, type Store } from './store.js'
 
 export type SaleStatus = 'upcoming' | 'open' | 'ended' | 'sold_out'
@@ -212,7 +212,7 @@ export class Catalog {
     }
     // Holds and orders past their expiry commit nothing (readers already show their units free):
     // they are expired before a withdrawal is refused, as before a hold is.
-    if (ledger.stock + addStock < ledger.reserved + ledger.sold) await expireLapsed(ctx, ctx.reclaimBatchMax)
+    await reclaimWhileShort(ctx, () => ledger.stock + addStock < ledger.reserved + ledger.sold)
     const committed = ledger.reserved + ledger.sold
     if (ledger.stock + addStock < committed) {
       return new DomainError('stock_below_committed', { stock: ledger.stock, committed, available_stock: ledger.stock - committed })
