@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { buildTestApp } from './helpers/app.js'
 import { rawQuery, testDatabase, testEngines } from './helpers/engines.js'
 import { runCli } from './helpers/lifecycle.js'
+import { runToExit } from './helpers/servers.js'
 
 interface AuditOutput {
   ok: boolean
@@ -193,6 +194,10 @@ for (const engine of testEngines()) {
         { args: ['sign', '--body', '{}'], env: { WEBHOOK_SECRET: '' }, stderr: /secret/ },
       ]
       await expectMisuse(cases.map((misuse) => ({ ...misuse, env: { ...env, ...misuse.env } })))
+      // The server's entry is not the command line: with a command it exits 2 instead of serving.
+      const served = await runToExit(['dist/main.js', 'sweep', '--once'], { ...process.env, LOG_LEVEL: 'warn', ...env, PORT: '0' })
+      expect(served.code).toBe(2)
+      expect(served.stderr).toMatch(/npx flash-sale <command>/)
     })
 
     it('a bad configuration variable exits 2 naming it, for every command that opens the database', async () => {
