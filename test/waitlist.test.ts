@@ -32,7 +32,7 @@ import {
 import { testEngines } from './helpers/engines.js'
 import { request, times, type Reply } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
-import { admissionsPerTransactionMax } from '../src/domain/line.js'
+import { admissionsPerTransactionMax, limitClosesPerChangeMax } from '../src/domain/line.js'
 import { logEvents, serverFor, startCluster } from './helpers/servers.js'
 
 // Joins sent at once where a test needs thousands of tickets.
@@ -197,6 +197,27 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
     })
 
+    it(`closes at most ${limitClosesPerChangeMax} tickets in the transaction that sets per_buyer_limit; the rest close when the line reaches them`, async () => {
+      const t = await buildTestApp(engine.name, { stock: 1, env: buyerEnv })
+      const [holdId] = await heldOut(t, t.productId, [1])
+      const ticketsCount = limitClosesPerChangeMax + 52
+      const joins: Reply[] = []
+      for (let from = 0; from < ticketsCount; from += joinWaveSize) {
+        joins.push(...(await Promise.all(times(Math.min(joinWaveSize, ticketsCount - from), () => join(t.baseUrl, t.productId, 1)))))
+      }
+      expect(joins.every((reply) => reply.status === 201 && reply.body.status === 'waiting')).toBe(true)
+      const closedCount = () => t.events.filter((event) => event.name === 'waitlist.closed').reduce((sum, event) => sum + Number(event.tickets), 0)
+      // Anonymous tickets: none could become a hold once there is a limit.
+      expect((await patchProduct(t.baseUrl, t.productId, { per_buyer_limit: 1 })).status).toBe(200)
+      expect(closedCount()).toBe(limitClosesPerChangeMax)
+      expect(await statuses(t.baseUrl, [joins[0]!.body.ticket_id, joins.at(-1)!.body.ticket_id])).toEqual(['closed', 'waiting'])
+      // The released unit brings the line to the rest: each is judged by the limit and closed.
+      expect((await request(t.baseUrl, 'DELETE', `/api/holds/${holdId}`)).status).toBe(200)
+      expect(closedCount()).toBe(ticketsCount)
+      expect(await productOf(t.baseUrl, t.productId)).toMatchObject({ available_stock: 1, reserved: 0 })
+      expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
+    })
+
     it('pre-sale tickets wait for the start, are admitted by the sweeper alone within one pass, in a random order (statistical), before later tickets', async () => {
       const t = await buildTestApp(engine.name)
       const startsAt = isoAt(serverNowMs(t) + 60_000)
@@ -312,7 +333,9 @@ for (const engine of testEngines()) {
       const c = await joined(t.baseUrl, product.id, 1, carol)
       const e1 = await joined(t.baseUrl, product.id, 2, erin)
       const e2 = await joined(t.baseUrl, product.id, 1, erin)
-      // Nothing is admitted or closed by the change itself; the audit has nothing to say.
+      // The change closes at once what no hold could be granted for under it: alice's 3 units are
+      // over 2 by themselves. The rest are within 2 by their own qty and wait, to be judged when
+      // the line reaches them (a buyer's other units may lapse meanwhile).
       t.clock.advanceMs(1)
       expect((await patchProduct(t.baseUrl, product.id, { per_buyer_limit: 2 })).status).toBe(200)
       t.clock.advanceMs(1)
@@ -323,10 +346,13 @@ for (const engine of testEngines()) {
           t.baseUrl,
           [a, c, e1, e2, f].map((ticket) => ticket.ticket_id),
         ),
-      ).toEqual(['waiting', 'waiting', 'waiting', 'waiting', 'waiting'])
+      ).toEqual(['closed', 'waiting', 'waiting', 'waiting', 'waiting'])
+      expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([
+        expect.objectContaining({ productId: product.id, qty: 3, tickets: 1, reason: 'buyer_limit_reached' }),
+      ])
       await expectCleanAudit(t.baseUrl)
-      // Bob's 4 units free: in line order alice's 3 are over 2 (closed), carol's 1 fits, erin's
-      // first ticket makes 3 of her units over 2 (closed; her second then counts 1), frank's 2 fit.
+      // Bob's 4 units free: in line order carol's 1 fits, erin's first ticket makes 3 of her
+      // units over 2 (closed; her second then counts 1), frank's 2 fit.
       expect((await request(t.baseUrl, 'DELETE', `/api/holds/${bobHold.body.hold_id}`)).status).toBe(200)
       expect(
         await statuses(
@@ -344,7 +370,8 @@ for (const engine of testEngines()) {
         ['frank', 2, 'active'],
       ])
       expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([
-        expect.objectContaining({ productId: product.id, qty: 5, tickets: 2, reason: 'buyer_limit_reached' }),
+        expect.objectContaining({ productId: product.id, qty: 3, tickets: 1, reason: 'buyer_limit_reached' }),
+        expect.objectContaining({ productId: product.id, qty: 2, tickets: 1, reason: 'buyer_limit_reached' }),
       ])
       // Alice was not admitted, so the closed ticket does not count: she may still buy 2.
       expect((await patchProduct(t.baseUrl, product.id, { add_stock: 2 })).status).toBe(200)
@@ -360,8 +387,9 @@ for (const engine of testEngines()) {
       const carolsOne = await joined(t.baseUrl, open.id, 1, carol)
       t.clock.advanceMs(1)
       expect((await patchProduct(t.baseUrl, open.id, { per_buyer_limit: 2, add_stock: 2 })).status).toBe(200)
-      // The 2 units added in the same change: the anonymous ticket closes; carol's 2 come next
-      // with 3 of her units counted, over 2: closed; her 1 is then within 2: admitted.
+      // The change closes the anonymous ticket at once; with the 2 units added in the same change
+      // carol's 2 come next with 3 of her units counted, over 2: closed; her 1 is then within 2:
+      // admitted.
       expect(
         await statuses(
           t.baseUrl,
@@ -373,31 +401,54 @@ for (const engine of testEngines()) {
       await expectCleanAudit(t.baseUrl)
     })
 
-    it('serves the line with what a hold reclaims before judging the hold: a ticket over a lowered limit closes and no longer keeps its units from it', async () => {
+    it('closes, when per_buyer_limit is set or lowered, the waiting tickets no hold could be granted for under it (bigger than the limit, or without a buyer), so they keep no units from direct holds', async () => {
+      const t = await buildTestApp(engine.name, { env: buyerEnv })
+      const al = await asBuyer('al')
+      const bo = await asBuyer('bo')
+      const product = await createDropProduct(t.baseUrl, 3)
+      expect((await holdAs(t.baseUrl, bo, product.id, 2)).status).toBe(201)
+      // Neither fits the one free unit: both wait, and direct holds see none of it.
+      const als = await joined(t.baseUrl, product.id, 3, al)
+      const anonymous = await joined(t.baseUrl, product.id, 2)
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 0 })
+      expectProblemCode(await holdAs(t.baseUrl, bo, product.id, 1), 409, 'insufficient_stock')
+      t.clock.advanceMs(1)
+      expect((await patchProduct(t.baseUrl, product.id, { per_buyer_limit: 2 })).status).toBe(200)
+      expect(await statuses(t.baseUrl, [als.ticket_id, anonymous.ticket_id])).toEqual(['closed', 'closed'])
+      expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([
+        expect.objectContaining({ productId: product.id, qty: 5, tickets: 2, reason: 'buyer_limit_reached' }),
+      ])
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 1, reserved: 2 })
+      expect((await holdAs(t.baseUrl, al, product.id, 1)).status).toBe(201)
+      await expectCleanAudit(t.baseUrl)
+    })
+
+    it('serves the line with what a hold reclaims before judging the hold: a ticket its buyer is now over the limit with closes and no longer keeps its units from it', async () => {
       const t = await buildTestApp(engine.name, { env: { ...buyerEnv, HOLD_TTL_SECONDS: '60' } })
       const bob = await asBuyer('bob')
       const carol = await asBuyer('carol')
-      const dave = await asBuyer('dave')
       const eve = await asBuyer('eve')
       const product = await createDropProduct(t.baseUrl, 4, { per_buyer_limit: 4 })
       expect((await holdAs(t.baseUrl, carol, product.id, 2)).status).toBe(201)
       t.clock.advanceMs(30_000)
-      expect((await holdAs(t.baseUrl, dave, product.id, 1)).status).toBe(201)
-      const bobs = await joined(t.baseUrl, product.id, 3, bob)
+      expect((await holdAs(t.baseUrl, bob, product.id, 1)).status).toBe(201)
+      const bobs = await joined(t.baseUrl, product.id, 2, bob)
       expect(bobs.status).toBe('waiting')
       t.clock.advanceMs(1)
+      // Within 2 by its own qty, so it waits; with Bob's hold he would have 3.
       expect((await patchProduct(t.baseUrl, product.id, { per_buyer_limit: 2 })).status).toBe(200)
-      // Carol's hold lapses, not yet swept: Eve's hold reclaims its 2 units, which with the free
-      // one fit Bob's 3, taken before the limit fell to 2: closed. Eve's unit is then free.
+      expect(await ticketOf(t.baseUrl, bobs.ticket_id)).toMatchObject({ status: 'waiting' })
+      // Carol's hold lapses, not yet swept: Eve's hold of 2 reclaims its units, which with the
+      // free one fit Bob's ticket, judged then: over 2, closed. Eve's 2 units are then free.
       t.clock.advanceMs(30_000)
-      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 0, reserved: 3 })
-      const eves = await holdAs(t.baseUrl, eve, product.id, 1)
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 1, reserved: 3 })
+      const eves = await holdAs(t.baseUrl, eve, product.id, 2)
       expect(eves.status, eves.text).toBe(201)
       expect(await ticketOf(t.baseUrl, bobs.ticket_id)).toMatchObject({ status: 'closed', hold_id: null })
       expect(t.events.filter((event) => event.name === 'waitlist.closed')).toEqual([
-        expect.objectContaining({ productId: product.id, qty: 3, tickets: 1, reason: 'buyer_limit_reached' }),
+        expect.objectContaining({ productId: product.id, qty: 2, tickets: 1, reason: 'buyer_limit_reached' }),
       ])
-      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 2, reserved: 2 })
+      expect(await productOf(t.baseUrl, product.id)).toMatchObject({ available_stock: 1, reserved: 3 })
       await expectCleanAudit(t.baseUrl)
     })
 

@@ -166,6 +166,34 @@ class LimitJudge {
   }
 }
 
+// Tickets a change of per_buyer_limit closes in its transaction at most; any beyond are closed
+// when the line reaches them (LimitJudge), as before this pass existed.
+export const limitClosesPerChangeMax = admissionsPerTransactionMax
+
+// When per_buyer_limit is set or changed: closes the waiting tickets no hold could be granted for
+// under it (no buyer, or more units than the limit), in line order. Left waiting until the line
+// reached them, those too big for the free units were passed over and kept their units from
+// every direct hold meanwhile (the fourth probe). A ticket within the limit by its own qty is
+// still judged when reached: its buyer's other units may have lapsed by then.
+export async function closeTicketsOverLimit(ctx: LineContext, perBuyerLimit: number): Promise<void> {
+  const { tx, ledger, events } = ctx
+  if (ledger.waitingTickets === 0) return
+  const closing: Ticket[] = []
+  let afterRank = -1
+  while (closing.length < limitClosesPerChangeMax) {
+    const limit = Math.min(lineReadMax, limitClosesPerChangeMax - closing.length)
+    const page = await tx.waitingTicketsOverLimit(ledger.productId, perBuyerLimit, afterRank, limit)
+    closing.push(...page)
+    if (page.length < limit) break
+    afterRank = page[page.length - 1]!.lineRank
+  }
+  if (closing.length === 0) return
+  await moveWaiting(ctx, closing, 'closed')
+  for (const ticket of closing) ledger.leaveLine(ticket.qty)
+  const qty = closing.reduce((sum, ticket) => sum + ticket.qty, 0)
+  events.push({ name: 'waitlist.closed', productId: ledger.productId, qty, tickets: closing.length, reason: 'buyer_limit_reached' })
+}
+
 // Closes the line of a sale that has ended, if its tickets still wait (no transaction on the
 // product since the end). Called before a change of the settings: a ticket already shown
 // `closed` at the end must not wait again when the end is moved later.

@@ -5,7 +5,7 @@ import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { isProductId } from './ids.js'
 import type { Observer } from './events.js'
-import { closeEndedLine } from './line.js'
+import { closeEndedLine, closeTicketsOverLimit } from './line.js'
 import { withLockedProduct } from './locked-product.js'
 import { reclaimWhileShort, type SettleContext } from './settle.js'
 import { noDropSettings, type DropSettings, type Product, type ProductSnapshot, type Store } from './store.js'
@@ -173,6 +173,7 @@ export class Catalog {
         await closeEndedLine(ctx)
         await tx.setDropSettings(productId, next, now)
         ledger.changeDrop(next)
+        if (next.perBuyerLimit !== null && next.perBuyerLimit !== current.perBuyerLimit) await closeTicketsOverLimit(ctx, next.perBuyerLimit)
       }
       return undefined
     })

@@ -252,6 +252,8 @@ export interface StoreTx {
   getTicket(ticketId: string): Promise<Ticket | undefined>
   // Waiting tickets of the product with qty <= qtyMax, in line order after `afterRank`.
   waitingTicketsThatFit(productId: number, qtyMax: number, afterRank: number, limit: number): Promise<Ticket[]>
+  // Waiting tickets of the product with no buyer or qty > perBuyerLimit, in line order after `afterRank`.
+  waitingTicketsOverLimit(productId: number, perBuyerLimit: number, afterRank: number, limit: number): Promise<Ticket[]>
   // Compare-and-set; returns how many moved.
   setTicketsStatus(ticketIds: readonly string[], from: TicketStatus, to: TicketStatus, now: Date): Promise<number>
   // Every waiting ticket of the product becomes closed; returns how many.

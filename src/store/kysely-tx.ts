@@ -28,7 +28,7 @@ import { deleteKeysQuery, freeExpiredKeys } from './idempotency-keys.js'
 import { runWrite } from './write-behind.js'
 import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
-import { closeWaiting, findTicket, insertTickets, moveTickets, waitingTicketsThatFit } from './waitlist-sql.js'
+import { closeWaiting, findTicket, insertTickets, moveTickets, waitingTicketsOverLimit, waitingTicketsThatFit } from './waitlist-sql.js'
 import { inListShape, type StatementShape } from './statement-shape.js'
 
 type Db = Kysely<Database>
@@ -253,6 +253,10 @@ export class KyselyTx implements StoreTx {
 
   waitingTicketsThatFit(productId: number, qtyMax: number, afterRank: number, limit: number): Promise<Ticket[]> {
     return waitingTicketsThatFit(this.db, productId, qtyMax, afterRank, limit)
+  }
+
+  waitingTicketsOverLimit(productId: number, perBuyerLimit: number, afterRank: number, limit: number): Promise<Ticket[]> {
+    return waitingTicketsOverLimit(this.db, productId, perBuyerLimit, afterRank, limit)
   }
 
   setTicketsStatus(ticketIds: readonly string[], from: TicketStatus, to: TicketStatus, now: Date): Promise<number> {

@@ -40,6 +40,23 @@ export async function waitingTicketsThatFit(db: Db, productId: number, qtyMax: n
   return rows.map(toTicket)
 }
 
+// Waiting tickets no hold could be granted for under this per_buyer_limit (no buyer, or more
+// units than the limit), in line order after `afterRank`. An admin's change reads them: the line
+// index narrows to the product's waiting tickets and the rest is a filter.
+export async function waitingTicketsOverLimit(db: Db, productId: number, perBuyerLimit: number, afterRank: number, limit: number): Promise<Ticket[]> {
+  const rows = await db
+    .selectFrom('waitlist_tickets')
+    .selectAll()
+    .where('product_id', '=', productId)
+    .where('status', '=', 'waiting')
+    .where('line_rank', '>', afterRank)
+    .where((eb) => eb.or([eb('buyer_id', 'is', null), eb('qty', '>', perBuyerLimit)]))
+    .orderBy('line_rank')
+    .limit(limit)
+    .execute()
+  return rows.map(toTicket)
+}
+
 export async function moveTickets(db: Db, ticketIds: readonly string[], from: TicketStatus, to: TicketStatus, now: Date): Promise<number> {
   if (ticketIds.length === 0) return 0
   const result = await db

@@ -316,6 +316,17 @@ export class Model {
     if (perBuyerLimit !== product.perBuyerLimit) {
       product.perBuyerLimit = perBuyerLimit
       product.limitSetAtMs = perBuyerLimit === null ? null : this.nowMs
+      // The change closes the waiting tickets no hold could be granted for under it: no buyer,
+      // or more units than the limit (line.ts closeTicketsOverLimit).
+      if (perBuyerLimit !== null) {
+        for (const ticket of this.waitingTickets(productId)) {
+          if (ticket.buyer !== null && ticket.qty <= perBuyerLimit) continue
+          ticket.status = 'closed'
+          product.waitingQty -= ticket.qty
+          product.waitingTickets -= 1
+          this.closedByLimit += 1
+        }
+      }
     }
     this.serveLine(product)
     return { status: 200, body: { per_buyer_limit: perBuyerLimit } }
