@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util'
 import type { EngineName } from '../src/config.js'
 import { scratchDatabase } from '../test/sim/databases.js'
-import { runSimulation, type SimStats } from '../test/sim/driver.js'
+import { coverageGaps, runSimulation, type SimStats } from '../test/sim/driver.js'
 
 const { values } = parseArgs({
   options: {
@@ -50,8 +50,17 @@ try {
   console.log(`  answers by status: ${JSON.stringify(stats.byStatus)}`)
   console.log(`  refusals by code: ${JSON.stringify(stats.byCode)}`)
   console.log(`  late payments refused a recovery by the buyer's limit: ${stats.recoveriesRefusedByLimit}`)
-  console.log(`  waitlist tickets admitted: ${stats.admissions}; closed at admission by a per_buyer_limit changed since they were taken: ${stats.closedByLimit}`)
-  if (stats.anomalies.length > 0) console.log(`  anomalies (${stats.anomalies.length}), first: ${stats.anomalies[0]}`)
+  console.log(`  waitlist tickets admitted: ${stats.admissions}; closed by a per_buyer_limit changed since they were taken (at the change, or when reached): ${stats.closedByLimit}`)
+  if (stats.anomalies.length > 0) {
+    exitCode = 1
+    console.error(`ANOMALIES (the test fails on these): ${stats.anomalies.length}, first: ${stats.anomalies[0]}`)
+  }
+  // What the test would refuse: a seed CI could run must exercise everything it claims to.
+  const gaps = coverageGaps(stats)
+  if (gaps.length > 0) {
+    exitCode = 1
+    console.error(`COVERAGE GAPS (the test fails on these): ${gaps.join('; ')}`)
+  }
 } catch (error) {
   exitCode = 1
   console.error(error instanceof Error ? (error.stack ?? error.message) : error)
