@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest'
 import { buildTestApp, testWebhookSecret, type TestApp, type TestAppOptions } from './helpers/app.js'
 import { accepted, cleanAudit, getOrder, holdOf, isReplay, orderOf, pendingOrder, processed, serverTimestampS, stockOf, webhook, webhookEnv } from './helpers/checkout.js'
 import { stopGracefully } from './helpers/bursts.js'
-import { testEngines } from './helpers/engines.js'
+import { rawQuery, testEngines } from './helpers/engines.js'
+import { fingerprintOf } from '../src/domain/idempotency.js'
 import { countBy, request, signedWebhook, times, type Reply } from './helpers/http.js'
 import { logEvents, processCounts, serverFor, startCluster } from './helpers/servers.js'
 
@@ -133,6 +134,36 @@ for (const engine of testEngines()) {
         expect(replay.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
         expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid', payment_id: 'pay_1' })
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 4, reserved: 0, sold: 1 })
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('replays a retry that writes the same amount otherwise ("10.00", "10", "10.0", 10), refuses another amount 422, and still replays an event stored with the amount text as sent (before amounts were canonical)', async () => {
+        const t = await build({ stock: 5, priceMinor: 1000 })
+        const { orderId } = await pendingOrder(t, t.productId, 1)
+        const amount = '10.00'
+        expect(await getOrder(t, orderId)).toMatchObject({ amount })
+        const body = { order_id: orderId, status: 'success', payment_id: 'pay_1', amount }
+        const first = await webhook(t, body, 'evt-amount')
+        expect(first.status, first.text).toBe(200)
+        for (const written of ['10', '10.0', 10, 10.0, '010.00']) {
+          const retried = await webhook(t, { ...body, amount: written }, 'evt-amount')
+          expect({ written, status: retried.status, replayed: isReplay(retried) }).toEqual({ written, status: 200, replayed: true })
+          expect(retried.text).toBe(first.text)
+        }
+        const other = await webhook(t, { ...body, amount: '10.01' }, 'evt-amount')
+        expect(other.status).toBe(422)
+        expect(other.body.code).toBe('idempotency_key_reused')
+
+        // An event stored by the earlier code kept the amount's text as sent in its fingerprint.
+        const second = await pendingOrder(t, t.productId, 1)
+        const legacyBody = { order_id: second.orderId, status: 'success', payment_id: 'pay_2', amount }
+        expect((await webhook(t, legacyBody, 'evt-legacy')).status).toBe(200)
+        const legacyFingerprint = fingerprintOf(['payments', second.orderId, null, 'success', 'pay_2', amount])
+        await rawQuery(t.engine, t.databaseUrl, `update payment_events set fingerprint = '${legacyFingerprint}' where idem_key = 'evt-legacy'`)
+        const legacyReplay = await webhook(t, legacyBody, 'evt-legacy')
+        expect({ status: legacyReplay.status, replayed: isReplay(legacyReplay) }).toEqual({ status: 200, replayed: true })
+        expect((await webhook(t, { ...legacyBody, amount: '10.01' }, 'evt-legacy')).body.code).toBe('idempotency_key_reused')
+        expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 

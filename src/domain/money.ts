@@ -30,6 +30,18 @@ export function parseAmountMinor(value: string | number, currency: string): numb
   return Number.isSafeInteger(minor) ? minor : undefined
 }
 
+// An amount's meaning, not its text, for a webhook's fingerprint: "10", "10.0", "10.00" and the
+// JSON number 10.00 are one amount, so a retry that writes it otherwise still replays. Text that
+// is not a plain decimal is kept as sent (such an amount is refused 422 and never stored).
+export function canonicalAmountText(amount: string | number): string {
+  const text = typeof amount === 'number' ? (Number.isFinite(amount) ? String(amount) : '') : amount
+  const match = /^(\d+)(?:\.(\d+))?$/.exec(text)
+  if (!match) return String(amount)
+  const whole = match[1]!.replace(/^0+(?=\d)/, '')
+  const fraction = (match[2] ?? '').replace(/0+$/, '')
+  return fraction === '' ? whole : `${whole}.${fraction}`
+}
+
 export function formatAmount(amountMinor: number, currency: string): string {
   const decimals = currencyDecimals(currency)
   if (decimals === 0) return String(amountMinor)

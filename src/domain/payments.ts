@@ -6,10 +6,10 @@ import { ProductBatches, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { emitAll, type DomainEvent, type Observer } from './events.js'
-import { assertSameFingerprint, fingerprintOf } from './idempotency.js'
+import { fingerprintOf } from './idempotency.js'
 import { isResourceId } from './ids.js'
 import { withLockedProduct } from './locked-product.js'
-import { parseAmountMinor } from './money.js'
+import { canonicalAmountText, parseAmountMinor } from './money.js'
 import { applyPaymentToHold, expireHolds, type PaymentAnswerBody, type SettleContext } from './settle.js'
 import type { PaymentEvent, PaymentStatus, Store } from './store.js'
 
@@ -40,9 +40,24 @@ export interface PaymentAnswer {
 // Each outcome carries its own events, emitted in its request's context.
 type Outcome = { ok: true; answer: PaymentAnswer; events: DomainEvent[] } | { ok: false; error: DomainError } | { ok: 'replay'; event: PaymentEvent }
 
+// A webhook's fingerprint as stored with a new event, and the one events stored before amounts
+// were canonical have for the same request, when it differs.
+interface WebhookFingerprint {
+  stored: string
+  legacy: string | null
+}
+
+function isSameWebhook(storedFingerprint: string, fingerprint: WebhookFingerprint): boolean {
+  return storedFingerprint === fingerprint.stored || storedFingerprint === fingerprint.legacy
+}
+
+function assertSameWebhook(storedFingerprint: string, fingerprint: WebhookFingerprint): void {
+  if (!isSameWebhook(storedFingerprint, fingerprint)) throw new DomainError('idempotency_key_reused')
+}
+
 interface Waiter {
   request: PaymentRequest
-  fingerprint: string
+  fingerprint: WebhookFingerprint
   resolve: (outcome: Outcome) => void
   reject: (error: unknown) => void
 }
@@ -60,16 +75,23 @@ export class Payments {
   }
 
   async receive(request: PaymentRequest): Promise<PaymentAnswer> {
-    const fingerprint = fingerprintOf([
-      'payments',
-      request.orderId,
-      request.orderId === null ? request.holdId : null,
-      request.status,
-      request.paymentId,
-      request.amount === null ? null : String(request.amount),
-      // Only when stated, so the generic webhook's stored fingerprints stay what they were.
-      ...(request.currency ? [request.currency] : []),
-    ])
+    const fingerprintWith = (amountText: string | null): string =>
+      fingerprintOf([
+        'payments',
+        request.orderId,
+        request.orderId === null ? request.holdId : null,
+        request.status,
+        request.paymentId,
+        amountText,
+        // Only when stated, so the generic webhook's stored fingerprints stay what they were.
+        ...(request.currency ? [request.currency] : []),
+      ])
+    // The amount's canonical text: a retry writing "10.00" as "10" was refused 422 (the fifth
+    // probe). Events stored before fingerprinted the text as sent, and payment keys are kept for
+    // good, so that fingerprint is still accepted for them (never stored for a new event).
+    const canonical = request.amount === null ? null : canonicalAmountText(request.amount)
+    const asSent = request.amount === null ? null : String(request.amount)
+    const fingerprint: WebhookFingerprint = { stored: fingerprintWith(canonical), legacy: asSent === canonical ? null : fingerprintWith(asSent) }
     // The order or hold names the product whose lock (and batch) the webhook needs. A stored
     // event for the key is read in the batch, with every other key of the batch at once.
     const productId = await this.productOf(request).catch((error: unknown) => this.refuse(request, fingerprint, error))
@@ -86,10 +108,10 @@ export class Payments {
   }
 
   // A webhook naming no known order or hold is still a replay (or a 422) when its key is stored.
-  private async refuse(request: PaymentRequest, fingerprint: string, error: unknown): Promise<never> {
+  private async refuse(request: PaymentRequest, fingerprint: WebhookFingerprint, error: unknown): Promise<never> {
     if (!(error instanceof DomainError) || (error.code !== 'order_not_found' && error.code !== 'hold_not_found')) throw error
     const stored = await this.store.getPaymentEvent(request.idempotencyKey)
-    if (stored) assertSameFingerprint(stored.fingerprint, fingerprint)
+    if (stored) assertSameWebhook(stored.fingerprint, fingerprint)
     throw error
   }
 
@@ -113,7 +135,7 @@ export class Payments {
           }
           try {
             // Each webhook's events are its own, emitted in its request's context.
-            const received = await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint)
+            const received = await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint.stored)
             known.set(received.event.idempotencyKey, received.event)
             created.push(received.event)
             results.push(received.outcome)
@@ -147,7 +169,7 @@ export class Payments {
     // Only a replay settles (another fingerprint is refused 422 and changes nothing).
     const replayed = batch.flatMap(({ request, fingerprint }) => {
       const event = known.get(request.idempotencyKey)
-      return event && event.state === 'waiting' && event.holdId !== null && event.fingerprint === fingerprint ? [event] : []
+      return event && event.state === 'waiting' && event.holdId !== null && isSameWebhook(event.fingerprint, fingerprint) ? [event] : []
     })
     if (replayed.length === 0) return known
     const holds = await tx.getHolds([...new Set(replayed.map((event) => event.holdId!))])
@@ -226,8 +248,8 @@ export class Payments {
     return hold.productId
   }
 
-  private replay(event: PaymentEvent, fingerprint: string): PaymentAnswer {
-    assertSameFingerprint(event.fingerprint, fingerprint)
+  private replay(event: PaymentEvent, fingerprint: WebhookFingerprint): PaymentAnswer {
+    assertSameWebhook(event.fingerprint, fingerprint)
     this.observer.emit({ name: 'payment.duplicate', key: event.idempotencyKey, holdId: event.holdId, replayed: true })
     if (event.state === 'waiting') {
       const body: PaymentAnswerBody = { state: 'accepted', holdId: event.holdId, orderId: null, orderStatus: null, outcome: null }
