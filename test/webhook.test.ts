@@ -167,6 +167,24 @@ for (const engine of testEngines()) {
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
 
+      it('refuses a body naming an order and another hold (422 naming hold_id), storing nothing; the order and its own hold together are accepted', async () => {
+        const t = await build({ stock: 5 })
+        const { holdId, orderId } = await pendingOrder(t, t.productId, 1)
+        const otherHoldId = await holdOf(t, await t.createProduct(3), 1)
+        const mismatched = await webhook(t, { order_id: orderId, hold_id: otherHoldId, status: 'success' }, 'evt-pair')
+        expect({ status: mismatched.status, code: mismatched.body.code, invalid: mismatched.body.invalid_fields }).toEqual({
+          status: 422,
+          code: 'validation_failed',
+          invalid: ['hold_id'],
+        })
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
+        // Not stored: the same key then carries the right pair.
+        const matched = await webhook(t, { order_id: orderId, hold_id: holdId, status: 'success' }, 'evt-pair')
+        expect(matched.status, matched.text).toBe(200)
+        expect(matched.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
       it('records a different key for an already-paid order as a duplicate (or ignored failure) with no second sale', async () => {
         const t = await build({ stock: 5 })
         const { holdId, orderId } = await pendingOrder(t, t.productId, 2)

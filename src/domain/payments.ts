@@ -240,6 +240,11 @@ export class Payments {
     if (request.orderId !== null) {
       const order = isResourceId(request.orderId) ? await this.store.getOrder(request.orderId) : undefined
       if (!order) throw new DomainError('order_not_found')
+      // Both named: they must agree. A hold of another product was ignored and the order paid
+      // (the fifth probe); the sender meant one of two payments and cannot be told which.
+      if (request.holdId !== null && request.holdId !== order.holdId) {
+        throw new DomainError('validation_failed', { errors: [{ field: 'hold_id', message: 'names another hold than the order was made from' }], invalid_fields: ['hold_id'] })
+      }
       return order.productId
     }
     const holdId = request.holdId ?? ''
