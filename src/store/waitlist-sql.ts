@@ -26,17 +26,14 @@ export async function findTicket(db: Db, ticketId: string): Promise<Ticket | und
   return row ? toTicket(row) : undefined
 }
 
+// The product's waiting tickets after `afterRank` (the line index); callers add their filter,
+// then line order and a limit.
+function waitingAfter(db: Db, productId: number, afterRank: number) {
+  return db.selectFrom('waitlist_tickets').selectAll().where('product_id', '=', productId).where('status', '=', 'waiting').where('line_rank', '>', afterRank)
+}
+
 export async function waitingTicketsThatFit(db: Db, productId: number, qtyMax: number, afterRank: number, limit: number): Promise<Ticket[]> {
-  const rows = await db
-    .selectFrom('waitlist_tickets')
-    .selectAll()
-    .where('product_id', '=', productId)
-    .where('status', '=', 'waiting')
-    .where('line_rank', '>', afterRank)
-    .where('qty', '<=', qtyMax)
-    .orderBy('line_rank')
-    .limit(limit)
-    .execute()
+  const rows = await waitingAfter(db, productId, afterRank).where('qty', '<=', qtyMax).orderBy('line_rank').limit(limit).execute()
   return rows.map(toTicket)
 }
 
@@ -44,12 +41,7 @@ export async function waitingTicketsThatFit(db: Db, productId: number, qtyMax: n
 // units than the limit), in line order after `afterRank`. An admin's change reads them: the line
 // index narrows to the product's waiting tickets and the rest is a filter.
 export async function waitingTicketsOverLimit(db: Db, productId: number, perBuyerLimit: number, afterRank: number, limit: number): Promise<Ticket[]> {
-  const rows = await db
-    .selectFrom('waitlist_tickets')
-    .selectAll()
-    .where('product_id', '=', productId)
-    .where('status', '=', 'waiting')
-    .where('line_rank', '>', afterRank)
+  const rows = await waitingAfter(db, productId, afterRank)
     .where((eb) => eb.or([eb('buyer_id', 'is', null), eb('qty', '>', perBuyerLimit)]))
     .orderBy('line_rank')
     .limit(limit)
