@@ -258,7 +258,7 @@ for (const engine of testEngines()) {
       expect(badId.body.code).toBe('validation_failed')
     })
 
-    it('refuses a signed event without a PaymentIntent, or with an amount that is not whole minor units, with 422: never a 500, never paid unchecked', async () => {
+    it('refuses a signed event without a PaymentIntent, with an amount that is not whole minor units, or a success with no amount, with 422: never a 500, never paid unchecked', async () => {
       const t = await build({ stock: 5 })
       const { orderId } = await pendingOrder(t, t.productId, 1)
       const withoutObject = [
@@ -280,6 +280,9 @@ for (const engine of testEngines()) {
         { amount_received: -1 },
         { amount: true, amount_received: null },
         { amount: [priceMinor] },
+        // A success stating no amount at all.
+        { amount: null, amount_received: null },
+        { amount: undefined, amount_received: undefined },
       ]
       for (const [index, fields] of oddAmounts.entries()) {
         const event = succeeded(`evt_odd_amount_${index}`, { orderId })

@@ -72,6 +72,14 @@ export function translateStripeEvent(event: Stripe.Event): StripeTranslation {
   if (orderId === null && holdId === null) return { kind: 'ignored', idempotencyKey, eventType, reason: 'no_order_or_hold' }
   // A success is judged on what was received; a failure names what was attempted.
   const amount = status === 'success' ? (intent.amount_received ?? intent.amount) : intent.amount
+  // Stripe always states the amounts; a success stating none would be paid unchecked (the fifth
+  // probe: both null answered 200 paid).
+  if (status === 'success' && (amount === undefined || amount === null)) {
+    throw new DomainError('validation_failed', {
+      errors: [{ field: 'data.object.amount_received', message: 'a succeeded PaymentIntent states the amount received' }],
+      invalid_fields: ['data.object.amount_received'],
+    })
+  }
   return {
     kind: 'payment',
     payment: {
