@@ -194,6 +194,8 @@ for (const engine of testEngines()) {
         '2030-13-01T00:00:00Z',
         '2030-02-30T00:00:00Z',
         '2030-01-01T25:00:00Z',
+        // Year 10000 in UTC: shown +010000-…, not an ISO 8601 instant the answers can carry.
+        '9999-12-31T23:59:59.999-01:00',
         '2030-01-01',
         '2030-01-01T10:00:00',
         1_893_456_000_000,
@@ -215,7 +217,8 @@ for (const engine of testEngines()) {
         expect.soft(reply.body?.invalid_fields ?? [], label).toContain(field)
       }
       expect(await checkedProducts(t)).toBe(1)
-      // The smallest valid window: 1 ms long.
+      // The last instant that can be shown, and the smallest valid window: 1 ms long.
+      await createDropProduct(t.baseUrl, 1, { sale_ends_at: '9999-12-31T23:59:59.999Z' })
       await createDropProduct(t.baseUrl, 1, { sale_starts_at: '2030-01-01T10:00:00.000Z', sale_ends_at: '2030-01-01T10:00:00.001Z' })
     })
 

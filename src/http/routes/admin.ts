@@ -26,7 +26,8 @@ export interface AdminRoutesOptions {
 // ISO 8601 with a zone (Z or +hh:mm), seconds optional, up to milliseconds: kept to the ms.
 const instantPattern = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?(Z|[+-](\d{2}):(\d{2}))$/
 
-// The instant a string names, or undefined when it names none (no zone, 30 February, 25:00).
+// The instant a string names, or undefined when it names none (no zone, 30 February, 25:00) or
+// one past year 9999 in UTC.
 export function parseInstant(text: string): Date | undefined {
   const match = instantPattern.exec(text)
   if (!match) return undefined
@@ -45,7 +46,12 @@ export function parseInstant(text: string): Date | undefined {
     wall.getUTCHours() === hour &&
     wall.getUTCMinutes() === minute &&
     wall.getUTCSeconds() === second
-  return roundTrips ? new Date(wall.getTime() - offsetMin * 60_000) : undefined
+  if (!roundTrips) return undefined
+  const instant = new Date(wall.getTime() - offsetMin * 60_000)
+  // Shown in UTC with a four-digit year: 9999-12-31T23:59:59.999-01:00 is in year 10000, which
+  // toISOString writes +010000-…; it was saved and then failed the answer's schema (500 after
+  // the write, on every later PATCH too; the sixth probe).
+  return instant.getUTCFullYear() <= 9999 ? instant : undefined
 }
 
 interface DropFields {
