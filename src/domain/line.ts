@@ -94,11 +94,7 @@ async function admitOrClose(ctx: LineContext): Promise<Ticket[]> {
     if (candidates.length < limit) break
     afterRank = candidates[candidates.length - 1]!.lineRank
   }
-  await moveWaiting(ctx, overLimit, 'closed')
-  if (overLimit.length > 0) {
-    const qty = overLimit.reduce((sum, ticket) => sum + ticket.qty, 0)
-    events.push({ name: 'waitlist.closed', productId: ledger.productId, qty, tickets: overLimit.length, reason: 'buyer_limit_reached' })
-  }
+  await closeOverLimit(ctx, overLimit)
   if (admitted.length === 0) return []
   await moveWaiting(ctx, admitted, 'admitted')
   for (const ticket of admitted) {
@@ -176,7 +172,7 @@ export const limitClosesPerChangeMax = admissionsPerTransactionMax
 // every direct hold meanwhile (the fourth probe). A ticket within the limit by its own qty is
 // still judged when reached: its buyer's other units may have lapsed by then.
 export async function closeTicketsOverLimit(ctx: LineContext, perBuyerLimit: number): Promise<void> {
-  const { tx, ledger, events } = ctx
+  const { tx, ledger } = ctx
   if (ledger.waitingTickets === 0) return
   const closing: Ticket[] = []
   let afterRank = -1
@@ -187,11 +183,17 @@ export async function closeTicketsOverLimit(ctx: LineContext, perBuyerLimit: num
     if (page.length < limit) break
     afterRank = page[page.length - 1]!.lineRank
   }
-  if (closing.length === 0) return
-  await moveWaiting(ctx, closing, 'closed')
   for (const ticket of closing) ledger.leaveLine(ticket.qty)
-  const qty = closing.reduce((sum, ticket) => sum + ticket.qty, 0)
-  events.push({ name: 'waitlist.closed', productId: ledger.productId, qty, tickets: closing.length, reason: 'buyer_limit_reached' })
+  await closeOverLimit(ctx, closing)
+}
+
+// Closes waiting tickets the per_buyer_limit refuses (the ledger already counts them out of the
+// line), with one waitlist.closed event for them all.
+async function closeOverLimit(ctx: LineContext, tickets: readonly Ticket[]): Promise<void> {
+  if (tickets.length === 0) return
+  await moveWaiting(ctx, tickets, 'closed')
+  const qty = tickets.reduce((sum, ticket) => sum + ticket.qty, 0)
+  ctx.events.push({ name: 'waitlist.closed', productId: ctx.ledger.productId, qty, tickets: tickets.length, reason: 'buyer_limit_reached' })
 }
 
 // Closes the line of a sale that has ended, if its tickets still wait (no transaction on the
