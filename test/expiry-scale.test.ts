@@ -116,7 +116,7 @@ for (const engine of testEngines()) {
       expect(ratio).toBeLessThanOrEqual(1.25)
 
       // One pass serves every product: the small one is done at once, the big one takes its share.
-      const first = await sweepOnce(t.runtime.store, t.runtime.observer, t.clock.now(), t.config.sweepBatchMax)
+      const first = await sweepOnce(t.runtime.store, t.runtime.observer, t.clock, t.config.sweepBatchMax)
       expect(first.expiredCount).toBe(t.config.sweepBatchMax)
       expect((await t.runtime.store.oldestLapsedByProduct(t.clock.now(), 10)).find((lag) => lag.productId === smallProductId)?.oldestLapsedAt).toBeNull()
 

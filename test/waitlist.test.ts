@@ -33,6 +33,8 @@ import { testEngines } from './helpers/engines.js'
 import { request, times, type Reply } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
 import { admissionsPerTransactionMax, limitClosesPerChangeMax } from '../src/domain/line.js'
+import type { Clock } from '../src/domain/clock.js'
+import { sweepOnce } from '../src/jobs/sweeper.js'
 import { logEvents, serverFor, startCluster } from './helpers/servers.js'
 
 // Joins sent at once where a test needs thousands of tickets.
@@ -255,6 +257,52 @@ for (const engine of testEngines()) {
       )
       expect(waitingPositions.sort((a, b) => a - b)).toEqual(times(40, (index) => index + 1))
       expect((await ticketOf(t.baseUrl, late.ticket_id)).position).toBe(41)
+      expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
+    })
+
+    it('serves a drop behind more lines than SWEEP_BATCH_MAX whose tickets do not fit: only lines the sweeper can move are visited, and the draw happens at the start', async () => {
+      const t = await buildTestApp(engine.name, { env: { SWEEP_BATCH_MAX: '3' } })
+      // Three older products whose one waiting ticket wants more units than they have.
+      const stuck: string[] = []
+      for (let index = 0; index < 3; index++) {
+        const product = await createDropProduct(t.baseUrl, 2)
+        const ticket = await joined(t.baseUrl, product.id, 5)
+        expect(ticket.status).toBe('waiting')
+        stuck.push(ticket.ticket_id)
+      }
+      const startsAt = isoAt(serverNowMs(t) + 60_000)
+      const drop = await createDropProduct(t.baseUrl, 3, { sale_starts_at: startsAt })
+      const presale = await joined(t.baseUrl, drop.id, 1)
+      advanceTo(t, startsAt)
+      // No request touches the drop: the sweeper alone draws. Before, the three stuck lines filled
+      // the pass (ordered by id, at most SWEEP_BATCH_MAX) on every pass, and the ticket waited.
+      const pass = await t.sweep()
+      expect(pass.linesServed).toBe(1)
+      expect((await ticketOf(t.baseUrl, presale.ticket_id)).status).toBe('admitted')
+      expect(await statuses(t.baseUrl, stuck)).toEqual(['waiting', 'waiting', 'waiting'])
+      expect((await t.sweep()).linesServed).toBe(0)
+      expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
+    })
+
+    it('reads the clock for each transaction of a sweeper pass: a line the pass reaches after the sale ended is closed, not admitted with the instant the pass began', async () => {
+      const t = await buildTestApp(engine.name)
+      const startsAt = isoAt(serverNowMs(t) + 60_000)
+      const endsAt = isoAt(serverNowMs(t) + 61_500)
+      const drop = await createDropProduct(t.baseUrl, 3, { sale_starts_at: startsAt, sale_ends_at: endsAt })
+      const presale = await joined(t.baseUrl, drop.id, 1)
+      advanceTo(t, startsAt)
+      // A pass that takes time: every reading of this clock is a second after the one before.
+      const slowPass: Clock = {
+        now: () => {
+          const instant = t.clock.now()
+          t.clock.advanceMs(1_000)
+          return instant
+        },
+      }
+      await sweepOnce(t.runtime.store, t.runtime.observer, slowPass, t.config.sweepBatchMax)
+      expect(serverNowMs(t)).toBeGreaterThan(Date.parse(endsAt))
+      expect((await ticketOf(t.baseUrl, presale.ticket_id)).status).toBe('closed')
+      expect(await productOf(t.baseUrl, drop.id)).toMatchObject({ sale_status: 'ended', reserved: 0 })
       expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
     })
 

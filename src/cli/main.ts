@@ -56,7 +56,7 @@ export async function runCli(argv: string[]): Promise<number> {
           return 2
         }
         return await withRuntime(async (runtime) => {
-          const result = await sweepOnce(runtime.store, runtime.observer, runtime.clock.now(), runtime.config.sweepBatchMax)
+          const result = await sweepOnce(runtime.store, runtime.observer, runtime.clock, runtime.config.sweepBatchMax)
           console.log(JSON.stringify(result))
           return 0
         })

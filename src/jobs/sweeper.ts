@@ -20,15 +20,20 @@ export interface SweepResult {
 // with a huge backlog does not starve the others. In rounds: each product still owing rows gets
 // an equal share of what the pass has left (one transaction each, so every transaction is bounded
 // by batchMax rows); a product that used less than its share is done, the rest come round again.
-export async function sweepOnce(store: Store, observer: Observer, now: Date, batchMax: number): Promise<SweepResult> {
+//
+// Every transaction reads the clock when it starts, not once for the pass: a pass over hundreds
+// of products takes seconds, and a line served at the pass's start instant stamped its admissions
+// seconds in the past (a hold lapsing before its buyer could see it) and could admit a ticket
+// after the sale's end (a black-box probe, on PostgreSQL with 450 products to visit).
+export async function sweepOnce(store: Store, observer: Observer, clock: Clock, batchMax: number): Promise<SweepResult> {
   let expiredCount = 0
-  let owing = await store.productsWithLapsedRows(now, batchMax)
+  let owing = await store.productsWithLapsedRows(clock.now(), batchMax)
   while (owing.length > 0 && expiredCount < batchMax) {
     const again: number[] = []
     for (const [index, productId] of owing.entries()) {
       const shareMax = Math.ceil((batchMax - expiredCount) / (owing.length - index))
       if (shareMax <= 0) break
-      const expired = await withLockedProduct(store, observer, { label: 'sweep', productId, now, reclaimMax: shareMax }, (ctx) => expireLapsed(ctx, shareMax))
+      const expired = await withLockedProduct(store, observer, { label: 'sweep', productId, now: clock.now(), reclaimMax: shareMax }, (ctx) => expireLapsed(ctx, shareMax))
       expiredCount += expired
       if (expired >= shareMax) again.push(productId)
       // better-sqlite3 answers synchronously: without a turn of the event loop between
@@ -40,9 +45,12 @@ export async function sweepOnce(store: Store, observer: Observer, now: Date, bat
   assert(expiredCount <= batchMax, 'a sweep pass stays within its batch')
   // Lines no request touches: the pre-sale draw at the start, units freed while tickets did not
   // fit, a sale that ended. Locking the product is enough: withLockedProduct serves the line.
-  const lineProductIds = await store.productsWithLineWork(now, batchMax)
-  for (const productId of lineProductIds) await withLockedProduct(store, observer, { label: 'sweep.line', productId, now }, async () => undefined)
-  const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(now, batchMax)
+  const lineProductIds = await store.productsWithLineWork(clock.now(), batchMax)
+  for (const productId of lineProductIds) {
+    await withLockedProduct(store, observer, { label: 'sweep.line', productId, now: clock.now() }, async () => undefined)
+    await setImmediate()
+  }
+  const idempotencyKeysDeleted = await store.deleteExpiredIdempotencyKeys(clock.now(), batchMax)
   return { expiredCount, idempotencyKeysDeleted, linesServed: lineProductIds.length }
 }
 
@@ -54,7 +62,7 @@ export async function sweepUntilCaughtUp(
 ): Promise<number> {
   let passCount = 0
   for (;;) {
-    const result = await sweepOnce(options.store, options.observer, options.clock.now(), options.batchMax)
+    const result = await sweepOnce(options.store, options.observer, options.clock, options.batchMax)
     passCount += 1
     onPass?.(result)
     const full = result.expiredCount >= options.batchMax || result.idempotencyKeysDeleted >= options.batchMax

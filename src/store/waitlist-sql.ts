@@ -92,23 +92,40 @@ export async function ticketsAhead(db: Db, ticket: Ticket, byJoinOrder: boolean)
   return Number(row.n)
 }
 
-// Products with waiting tickets whose sale has ended, or is open with units free: the sweeper
-// closes the first and admits into the second (the draw at the start needs no request).
+// Products whose line the sweeper can move: the sale has ended, or it has started and sold out for
+// good (it closes the line), or a waiting ticket fits in the free units (it admits; the draw at
+// the start needs no request). A line whose every ticket is bigger than the free units is not
+// work: matched, it was locked on every pass for nothing, and `limit` such products (ordered by
+// id) kept every newer product's line from being served at all (a black-box probe: a drop's
+// pre-sale ticket still waiting after the start, 3 units free, behind 500 stuck lines). The
+// ticket that fits is found through waitlist_fit_idx, one short range per product.
 export async function productsWithLineWork(db: Db, now: Date, limit: number): Promise<number[]> {
   const nowMs = now.getTime()
   const rows = await db
-    .selectFrom('products')
-    .select('id')
-    .where('waiting_tickets', '>', 0)
+    .selectFrom('products as p')
+    .select('p.id')
+    .where('p.waiting_tickets', '>', 0)
     .where((eb) =>
       eb.or([
-        eb('sale_ends_at', '<=', nowMs),
-        eb.and([eb.or([eb('sale_starts_at', 'is', null), eb('sale_starts_at', '<=', nowMs)]), eb(eb('stock', '-', eb('reserved', '+', eb.ref('sold'))), '>', 0)]),
-        // Sold out for good: the line is closed.
-        eb.and([eb('reserved', '=', 0), eb('stock', '<=', eb.ref('sold'))]),
+        eb('p.sale_ends_at', '<=', nowMs),
+        eb.and([
+          eb.or([eb('p.sale_starts_at', 'is', null), eb('p.sale_starts_at', '<=', nowMs)]),
+          eb.or([
+            // Sold out for good (closed only once the sale has started, as serveLine does).
+            eb.and([eb('p.reserved', '=', 0), eb('p.stock', '<=', eb.ref('p.sold'))]),
+            eb.exists(
+              eb
+                .selectFrom('waitlist_tickets as t')
+                .select('t.id')
+                .whereRef('t.product_id', '=', 'p.id')
+                .where('t.status', '=', 'waiting')
+                .where('t.qty', '<=', eb('p.stock', '-', eb('p.reserved', '+', eb.ref('p.sold')))),
+            ),
+          ]),
+        ]),
       ]),
     )
-    .orderBy('id')
+    .orderBy('p.id')
     .limit(limit)
     .execute()
   return rows.map((row) => Number(row.id))

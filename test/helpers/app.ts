@@ -103,7 +103,7 @@ export async function buildTestApp(engine: EngineName, options: TestAppOptions =
     request: (method, path, requestOptions) => request(baseUrl, method, path, requestOptions),
     admin: (method, path, body) => request(baseUrl, method, path, { body, headers: { authorization: `Bearer ${testAdminToken}` } }),
     audit: () => audit(runtime.store),
-    sweep: () => sweepOnce(runtime.store, runtime.observer, clock.now(), config.sweepBatchMax),
+    sweep: () => sweepOnce(runtime.store, runtime.observer, clock, config.sweepBatchMax),
     createProduct,
   }
 }

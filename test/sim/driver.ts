@@ -622,7 +622,7 @@ class Simulation {
         this.stats.sweeps += 1
         if (this.model.lapsedCount() > this.config.sweepBatchMax) throw new SimFailure('more lapsed rows than one sweep pass takes: lower the generator limits')
         const expectedCount = this.model.sweep()
-        const result = await sweepOnce(this.live!.runtime.store, this.live!.runtime.observer, this.clock.now(), this.config.sweepBatchMax)
+        const result = await sweepOnce(this.live!.runtime.store, this.live!.runtime.observer, this.clock, this.config.sweepBatchMax)
         if (result.expiredCount !== expectedCount) throw new SimFailure(`sweep expired ${result.expiredCount} rows, model expected ${expectedCount}`)
         return
       }

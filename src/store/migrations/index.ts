@@ -301,6 +301,17 @@ function exactBuyerIds(engine: Engine): Migration {
   }
 }
 
+// The sweeper looks for a waiting ticket that fits a product's free units (productsWithLineWork):
+// with this index, the smallest waiting ticket of a product is one short range away, however long
+// its line of bigger tickets.
+function waitlistFitIndex(): Migration {
+  return {
+    async up(db: Kysely<unknown>) {
+      await db.schema.createIndex('waitlist_fit_idx').on('waitlist_tickets').columns(['product_id', 'status', 'qty']).execute()
+    },
+  }
+}
+
 export function migrationProvider(engine: Engine, seed?: SeedProduct): MigrationProvider {
   return {
     getMigrations: async () => ({
@@ -312,6 +323,7 @@ export function migrationProvider(engine: Engine, seed?: SeedProduct): Migration
       '0006_buyer_status_indexes': buyerStatusIndexes(engine),
       '0007_buyer_first_indexes': buyerFirstIndexes(engine),
       '0008_exact_buyer_ids': exactBuyerIds(engine),
+      '0009_waitlist_fit_index': waitlistFitIndex(),
     }),
   }
 }
