@@ -4,7 +4,7 @@ import { Writable } from 'node:stream'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { DomainError } from '../src/domain/errors.js'
-import { buildTestApp } from './helpers/app.js'
+import { buildTestApp, testAdminToken } from './helpers/app.js'
 import { testDatabase, testEngines } from './helpers/engines.js'
 import { KyselyStore } from '../src/store/kysely-store.js'
 import { metricValue } from './helpers/lifecycle.js'
@@ -35,6 +35,29 @@ for (const engine of testEngines()) {
         expect(Number(reply.headers.get('retry-after'))).toBeGreaterThan(0)
       }
       expect((await t.request('GET', '/ready')).status).toBe(503)
+    })
+
+    it('answers every read route, the audit, the dashboard and the waitlist routes with 503 once the database is gone, never 500', async () => {
+      const t = await buildTestApp(engine.name, { stock: 1 })
+      const hold = await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 } })
+      expect(hold.status, hold.text).toBe(201)
+      const ticket = await t.request('POST', `/api/products/${t.productId}/waitlist`, { body: { qty: 1 } })
+      expect(ticket.status, ticket.text).toBe(201)
+      await t.runtime.store.close()
+      const admin = { authorization: `Bearer ${testAdminToken}` }
+      const calls: Array<[string, string, Record<string, string>?]> = [
+        ['GET', `/api/holds/${hold.body.hold_id}`],
+        ['GET', `/api/orders/ord_not_there`],
+        ['GET', `/api/waitlist/${ticket.body.ticket_id}`],
+        ['DELETE', `/api/waitlist/${ticket.body.ticket_id}`],
+        ['GET', '/api/admin/audit', admin],
+        ['GET', '/api/admin/dashboard', admin],
+      ]
+      for (const [method, path, headers] of calls) {
+        const reply = await t.request(method, path, { headers })
+        expect([method, path, reply.status, reply.body?.code]).toEqual([method, path, 503, 'busy'])
+        expect(Number(reply.headers.get('retry-after'))).toBeGreaterThan(0)
+      }
     })
 
     it('a transaction whose connection the pool closes between two statements fails busy (503), not with a raw driver error (500)', async () => {

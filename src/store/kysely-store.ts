@@ -138,7 +138,9 @@ export class KyselyStore implements Store {
     }
   }
 
-  // Reads that fail because the database is gone answer 503 busy (retry later), not 500.
+  // Reads that fail because the database is gone answer 503 busy (retry later), not 500. Every
+  // statement outside a transaction goes through here (a black-box probe found the audit, the
+  // dashboard and the ticket routes answering 500 while the database was down).
   private async read<T>(query: () => Promise<T>): Promise<T> {
     try {
       return await query()
@@ -166,7 +168,7 @@ export class KyselyStore implements Store {
   }
 
   async allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]> {
-    const rows = await snapshotQuery(this.db, now).orderBy('p.id').limit(limit).execute()
+    const rows = await this.read(() => snapshotQuery(this.db, now).orderBy('p.id').limit(limit).execute())
     return rows.map(toSnapshot)
   }
 
@@ -189,34 +191,36 @@ export class KyselyStore implements Store {
   // indexes: a hot product's holds need no second index just for the sweeper.
   async productsWithLapsedRows(now: Date, limit: number): Promise<number[]> {
     const earliest = earliestLapsed(this.db, now.getTime())
-    const rows = await this.db
-      .selectFrom('products as p')
-      .select('p.id')
-      // The earliest lapsed expiry of each, as oldestLapsedByProduct reads it: one step into the
-      // lapsed index. As EXISTS, PostgreSQL with statistics planned each as a scan of the whole
-      // table once per product (8.9 ms a sweeper pass once caught up, growing with the tables).
-      .where((eb) => eb.or([eb(earliest.holds, 'is not', null), eb(earliest.orders, 'is not', null)]))
-      // Ascending product ids: sweepers lock products in one order.
-      .orderBy('p.id')
-      .limit(limit)
-      .execute()
+    const rows = await this.read(() =>
+      this.db
+        .selectFrom('products as p')
+        .select('p.id')
+        // The earliest lapsed expiry of each, as oldestLapsedByProduct reads it: one step into the
+        // lapsed index. As EXISTS, PostgreSQL with statistics planned each as a scan of the whole
+        // table once per product (8.9 ms a sweeper pass once caught up, growing with the tables).
+        .where((eb) => eb.or([eb(earliest.holds, 'is not', null), eb(earliest.orders, 'is not', null)]))
+        // Ascending product ids: sweepers lock products in one order.
+        .orderBy('p.id')
+        .limit(limit)
+        .execute(),
+    )
     return rows.map((row) => Number(row.id))
   }
 
   getTicket(ticketId: string): Promise<Ticket | undefined> {
-    return findTicket(this.db, ticketId)
+    return this.read(() => findTicket(this.db, ticketId))
   }
 
   ticketsAhead(ticket: Ticket, byJoinOrder: boolean): Promise<number> {
-    return ticketsAhead(this.db, ticket, byJoinOrder)
+    return this.read(() => ticketsAhead(this.db, ticket, byJoinOrder))
   }
 
   productsWithLineWork(now: Date, limit: number): Promise<number[]> {
-    return productsWithLineWork(this.db, now, limit)
+    return this.read(() => productsWithLineWork(this.db, now, limit))
   }
 
   oldestLapsedByProduct(now: Date, limit: number): Promise<OldestLapsed[]> {
-    return oldestLapsedByProduct(this.db, now, limit)
+    return this.read(() => oldestLapsedByProduct(this.db, now, limit))
   }
 
   // I8 from the rows: per limited product and buyer, the units SPEC §8 counts at `now`, with the
@@ -253,7 +257,11 @@ export class KyselyStore implements Store {
       .map((row) => ({ productId: Number(row.product_id), buyerId: String(row.buyer_id), units: Number(row.units), perBuyerLimit: Number(row.per_buyer_limit) }))
   }
 
-  async deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number> {
+  deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number> {
+    return this.read(() => this.deleteExpiredKeys(now, limit))
+  }
+
+  private async deleteExpiredKeys(now: Date, limit: number): Promise<number> {
     const expired = await this.db
       .selectFrom('idempotency_keys')
       .select(['scope', 'idem_key'])
@@ -275,7 +283,11 @@ export class KyselyStore implements Store {
     return deleted
   }
 
-  async auditFacts(now: Date = new Date()): Promise<AuditFacts> {
+  auditFacts(now: Date = new Date()): Promise<AuditFacts> {
+    return this.read(() => this.readAuditFacts(now))
+  }
+
+  private async readAuditFacts(now: Date): Promise<AuditFacts> {
     const products = await this.db
       .selectFrom('products as p')
       .select(['p.id', 'p.stock', 'p.reserved', 'p.sold'])
@@ -345,10 +357,12 @@ export class KyselyStore implements Store {
   }
 
   async countProducts(): Promise<number> {
-    const row = await this.db
-      .selectFrom('products')
-      .select(sql<number>`count(*)`.as('n'))
-      .executeTakeFirstOrThrow()
+    const row = await this.read(() =>
+      this.db
+        .selectFrom('products')
+        .select(sql<number>`count(*)`.as('n'))
+        .executeTakeFirstOrThrow(),
+    )
     return Number(row.n)
   }
 
