@@ -79,6 +79,8 @@ for (const engine of testEngines()) {
       const t = await build({ stock: 5 })
       const { orderId } = await pendingOrder(t, t.productId, 1)
       const event = succeeded('evt_sig', { orderId })
+      // 999 ms into the server's second: the tolerance is whole seconds either way.
+      t.clock.advanceMs(999 - (t.clock.now().getTime() % 1000))
       const nowS = serverTimestampS(t)
       const refused = [
         await sendStripe(t, event, { header: null }),
@@ -99,9 +101,11 @@ for (const engine of testEngines()) {
       })
       expect(tampered.status).toBe(401)
       expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
-      // Within the tolerance, either side of the server's clock, it is accepted.
-      expect((await sendStripe(t, event, { timestampS: nowS - 299 })).status).toBe(200)
+      // Within the tolerance, either side of the server's clock, it is accepted: exactly 300 s
+      // ahead, then (a replay) exactly 300 s behind.
+      expect((await sendStripe(t, event, { timestampS: nowS + 300 })).status).toBe(200)
       expect(await getOrder(t, orderId)).toMatchObject({ status: 'paid' })
+      expect((await sendStripe(t, event, { timestampS: nowS - 300 })).status).toBe(200)
       expect(await t.audit()).toMatchObject(cleanAudit)
     })
 
@@ -170,6 +174,25 @@ for (const engine of testEngines()) {
       // A refusal does not use up the event id: Stripe's retry of a corrected event is processed.
       const retried = await sendStripe(t, succeeded('evt_amount', { orderId }))
       expect(retried.body.order_status).toBe('paid')
+      expect(await t.audit()).toMatchObject(cleanAudit)
+    })
+
+    it('refuses a PaymentIntent naming an order and another hold with 422 naming hold_id, as the generic webhook does; naming the order and its own hold pays it', async () => {
+      const t = await build({ stock: 5 })
+      const { holdId, orderId } = await pendingOrder(t, t.productId, 1)
+      const otherHoldId = await holdOf(t, t.productId, 1)
+      for (const [eventId, namedHoldId] of [
+        ['evt_other_hold', otherHoldId],
+        ['evt_unknown_hold', 'hold_not_there'],
+      ] as const) {
+        const mismatched = await sendStripe(t, succeeded(eventId, { orderId, holdId: namedHoldId }))
+        expect(mismatched.status, mismatched.text).toBe(422)
+        expect(mismatched.body).toMatchObject({ code: 'validation_failed', invalid_fields: ['hold_id'] })
+      }
+      expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
+      const agreeing = await sendStripe(t, succeeded('evt_own_hold', { orderId, holdId }))
+      expect(agreeing.status, agreeing.text).toBe(200)
+      expect(agreeing.body.order_status).toBe('paid')
       expect(await t.audit()).toMatchObject(cleanAudit)
     })
 

@@ -624,6 +624,24 @@ for (const engine of testEngines()) {
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 3, reserved: 0, sold: 2 })
         expect(await t.audit()).toMatchObject(cleanAudit)
       })
+
+      it('accepts a timestamp exactly 300 s either way, whatever the fraction of the current second, and refuses 301 s', async () => {
+        const t = await build({ stock: 5 })
+        const orders = [await pendingOrder(t, t.productId, 1), await pendingOrder(t, t.productId, 1)]
+        // The server's clock 999 ms into its second: measured in milliseconds, 300 s in the past
+        // was 300.999 s away and refused, while 300 s ahead was accepted.
+        t.clock.advanceMs(999 - (t.clock.now().getTime() % 1000))
+        const nowS = serverTimestampS(t)
+        for (const offsetS of [-301, 301]) {
+          const refused = await webhook(t, { order_id: orders[0]!.orderId, status: 'success' }, `evt-off-${offsetS}`, { timestampS: nowS + offsetS })
+          expect(refused.status).toBe(401)
+        }
+        for (const [index, offsetS] of [-300, 300].entries()) {
+          const accepted = await webhook(t, { order_id: orders[index]!.orderId, status: 'success' }, `evt-edge-${offsetS}`, { timestampS: nowS + offsetS })
+          expect([offsetS, accepted.status]).toEqual([offsetS, 200])
+        }
+        expect(await t.audit()).toMatchObject(cleanAudit)
+      })
     })
 
     describe('amount and refusals', () => {
@@ -662,6 +680,16 @@ for (const engine of testEngines()) {
         expect(right.body).toEqual(processed({ hold_id: holdId, order_id: orderId, order_status: 'paid', outcome: 'paid' }))
         expect(await stockOf(t, t.productId)).toEqual({ stock: 5, available_stock: 4, reserved: 0, sold: 1 })
         expect(await t.audit()).toMatchObject(cleanAudit)
+      })
+
+      it('refuses an amount with more decimals than the currency has, or not a number, with 422 validation_failed naming amount in invalid_fields', async () => {
+        const t = await build({ stock: 5 })
+        const { orderId } = await pendingOrder(t, t.productId, 1)
+        for (const amount of ['99.990', '1e2', 'ten']) {
+          const refused = await webhook(t, { order_id: orderId, status: 'success', amount }, 'evt-amount-format')
+          expect([amount, refused.status, refused.body.code, refused.body.invalid_fields]).toEqual([amount, 422, 'validation_failed', ['amount']])
+        }
+        expect(await getOrder(t, orderId)).toMatchObject({ status: 'pending' })
       })
 
       it('refuses a differing amount on a payment before the order and stores nothing: the order is created pending', async () => {

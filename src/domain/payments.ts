@@ -212,7 +212,7 @@ export class Payments {
     if (request.amount !== null) {
       const amountMinor = parseAmountMinor(request.amount, product.currency)
       if (amountMinor === undefined) {
-        throw new DomainError('validation_failed', { errors: [{ field: 'amount', message: `must be a non-negative amount in ${product.currency}` }] })
+        throw new DomainError('validation_failed', { errors: [{ field: 'amount', message: `must be a non-negative amount in ${product.currency}` }], invalid_fields: ['amount'] })
       }
       if (amountMinor !== expectedMinor) throw new DomainError('amount_mismatch', { expected_amount_minor: expectedMinor })
       event.amountMinor = amountMinor

@@ -18,7 +18,10 @@ export function verifySignature(options: { secret: string; header: string | unde
     if (name === 'v1' && value && /^[0-9a-f]{64}$/i.test(value)) candidates.push(value.toLowerCase())
   }
   if (timestampS === undefined || candidates.length === 0) return false
-  if (Math.abs(options.now.getTime() - timestampS * 1000) > options.toleranceMs) return false
+  // In whole seconds, as the header states them (and as Stripe's library compares): in
+  // milliseconds, a timestamp exactly the tolerance in the past was always refused (now is a
+  // fraction of a second past its second) and one exactly in the future accepted.
+  if (Math.abs(Math.floor(options.now.getTime() / 1000) - timestampS) > Math.floor(options.toleranceMs / 1000)) return false
   const expected = Buffer.from(createHmac('sha256', options.secret).update(`${timestampS}.${options.rawBody}`).digest('hex'))
   let matched = false
   for (const candidate of candidates) {
