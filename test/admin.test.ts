@@ -56,6 +56,14 @@ for (const engine of testEngines()) {
       expect((await t.audit()).ok).toBe(true)
     })
 
+    it('reads the Bearer scheme in any case, as HTTP says of authentication schemes', async () => {
+      const t = await buildTestApp(engine.name)
+      for (const scheme of ['bearer', 'BEARER', 'bEaReR']) {
+        const reply = await t.request('GET', '/api/admin/audit', { headers: { authorization: `${scheme} ${testAdminToken}` } })
+        expect([scheme, reply.status]).toEqual([scheme, 200])
+      }
+    })
+
     it('checks the token before reading the body: an unauthenticated bad body is 401, not 400, 415 or 422', async () => {
       const t = await buildTestApp(engine.name)
       const malformed = await t.request('POST', '/api/admin/products', rawJson('{'))

@@ -88,7 +88,8 @@ function dropChangesOf(body: DropFields, config: Config): DropChanges {
 export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { config, services, store, clock, metricsSource }) => {
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization ?? ''
-    const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length) : ''
+    // The scheme is case-insensitive (RFC 9110 §11.1), as buyer tokens read it: `bearer <token>` was refused.
+    const token = /^bearer /i.test(header) ? header.slice('Bearer '.length) : ''
     // With ADMIN_TOKEN unset every admin request is refused: there is no default password.
     if (!config.adminToken || !constantTimeEqual(token, config.adminToken)) throw new DomainError('unauthorized')
   })
