@@ -64,7 +64,7 @@ async function analyze(engine: string, url: string): Promise<void> {
   }
   if (engine === 'mysql') {
     await withMysql(url, async (connection) => {
-      await connection.query('analyze table holds, orders, products')
+      await connection.query('analyze table holds, orders, products, waitlist_tickets')
     })
     return
   }
@@ -81,6 +81,8 @@ async function analyze(engine: string, url: string): Promise<void> {
 const buyerIndexOfHolds = 'holds_buyer_first_idx'
 
 const lineTickets = 3_200
+// Tickets of lines served before (admitted or closed), in the sweeper's plan test.
+const servedTickets = 30_000
 
 // The index a plan reads waitlist_tickets through.
 function ticketsIndexOf(engine: string, plan: string): string | undefined {
@@ -254,6 +256,59 @@ for (const engine of testEngines()) {
         const plan = await explain(engine.name, url, read!.text, read!.parameters)
         console.log(`${engine.name}: plan of the product snapshot\n${plan}`)
         expect(paymentHoldIndexOf(engine.name, plan)).toBe(primaryKeyOfHolds[engine.name])
+      } finally {
+        await store.close()
+      }
+    }, 120_000)
+
+    // The sweeper asks every pass which products have a line it can move: one where a waiting
+    // ticket fits in the free units. The ticket is looked for through waitlist_fit_idx, one short
+    // range per product, not by reading a long line of tickets too big for what is free.
+    it('finds the lines the sweeper can move through waitlist_fit_idx, with statistics, past a long line of tickets too big', async () => {
+      const database = await testDatabase(engine.name)
+      const captured: Array<{ text: string; parameters: readonly unknown[] }> = []
+      const observer = createObserver(pino({ level: 'silent' }), new Metrics())
+      const store = new KyselyStore({ databaseUrl: database.url, engine: engine.name, observer, txAttemptsMax: 3, onQuery: (text, parameters) => captured.push({ text, parameters }) })
+      try {
+        await store.migrate()
+        const clock = new ManualClock(new Date('2030-01-01T00:00:00.000Z'))
+        const now = clock.now()
+        const catalog = new Catalog(store, clock, observer)
+        const stuck = await catalog.create({ name: 'stuck line', priceMinor: 100, currency: 'USD', stock: 2 })
+        const moving = await catalog.create({ name: 'moving line', priceMinor: 100, currency: 'USD', stock: 2 })
+        const ticketOf = (productId: number, index: number, qty: number): Ticket => ({
+          id: `tkt_fit${String(productId)}_${String(index).padStart(8, '0')}`,
+          productId,
+          qty,
+          status: 'waiting',
+          lineRank: 1_000_000 + index,
+          joinSeq: index,
+          presale: false,
+          holdId: `hold_fit${String(productId)}_${String(index).padStart(8, '0')}`,
+          holdTtlMs: 600_000,
+          buyerId: null,
+          createdAt: now,
+          endedAt: null,
+        })
+        // Earlier drops' lines, served long ago, fill the table as they do in a shop's database.
+        const served = Array.from({ length: servedTickets }, (_, index) => ({ ...ticketOf(moving.id, index + 1, 1), status: index % 2 === 0 ? 'admitted' : 'closed' }) as Ticket)
+        const tickets = [...served, ...Array.from({ length: lineTickets }, (_, index) => ticketOf(stuck.id, index, 5)), ticketOf(moving.id, 0, 1)]
+        for (let start = 0; start < tickets.length; start += insertChunkRows) {
+          await store.transaction({ label: 'test.tickets' }, (tx) => tx.insertTickets(tickets.slice(start, start + insertChunkRows)))
+        }
+        // The products' line counters, as joins keep them.
+        await store.transaction({ label: 'test.counters' }, async (tx) => {
+          await tx.applyProductDelta(stuck.id, { reserved: 0, sold: 0, stock: 0, waitingTickets: lineTickets, waitingQty: 5 * lineTickets })
+          await tx.applyProductDelta(moving.id, { reserved: 0, sold: 0, stock: 0, waitingTickets: 1, waitingQty: 1 })
+        })
+        await analyze(engine.name, database.url)
+        captured.length = 0
+        expect(await store.productsWithLineWork(now, 10)).toEqual([moving.id])
+        const query = captured.find(({ text }) => /waitlist_tickets/.test(text))
+        expect(query, 'the statement was captured').toBeDefined()
+        const plan = await explain(engine.name, database.url, query!.text, query!.parameters)
+        console.log(`${engine.name}: plan of productsWithLineWork\n${plan}`)
+        expect(ticketsIndexOf(engine.name, plan)).toBe('waitlist_fit_idx')
       } finally {
         await store.close()
       }

@@ -262,10 +262,18 @@ for (const engine of testEngines()) {
 
     it('serves a drop behind more lines than SWEEP_BATCH_MAX whose tickets do not fit: only lines the sweeper can move are visited, and the draw happens at the start', async () => {
       const t = await buildTestApp(engine.name, { env: { SWEEP_BATCH_MAX: '3' } })
-      // Three older products whose one waiting ticket wants more units than they have.
+      // Three older products whose one waiting ticket wants more units than they have free (2);
+      // the last has sold 3 units, which the free units must not count.
       const stuck: string[] = []
       for (let index = 0; index < 3; index++) {
-        const product = await createDropProduct(t.baseUrl, 2)
+        const soldQty = index === 2 ? 3 : 0
+        const product = await createDropProduct(t.baseUrl, 2 + soldQty)
+        if (soldQty > 0) {
+          const [holdId] = await heldOut(t, product.id, [soldQty])
+          const order = await orderAs(t.baseUrl, {}, holdId!)
+          expect(order.status, order.text).toBe(201)
+          expect((await paymentOf(t.baseUrl, order.body.order_id, 'success', 'stuck-paid')).status).toBe(200)
+        }
         const ticket = await joined(t.baseUrl, product.id, 5)
         expect(ticket.status).toBe('waiting')
         stuck.push(ticket.ticket_id)

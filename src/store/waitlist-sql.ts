@@ -113,13 +113,17 @@ export async function productsWithLineWork(db: Db, now: Date, limit: number): Pr
           eb.or([
             // Sold out for good (closed only once the sale has started, as serveLine does).
             eb.and([eb('p.reserved', '=', 0), eb('p.stock', '<=', eb.ref('p.sold'))]),
-            eb.exists(
-              eb
-                .selectFrom('waitlist_tickets as t')
-                .select('t.id')
-                .whereRef('t.product_id', '=', 'p.id')
-                .where('t.status', '=', 'waiting')
-                .where('t.qty', '<=', eb('p.stock', '-', eb('p.reserved', '+', eb.ref('p.sold')))),
+            // The smallest waiting ticket, fitting in the free units: the first entry of the
+            // product's waiting range in waitlist_fit_idx, on every engine (a min() MariaDB read
+            // as the whole range). As EXISTS with a `qty <=` filter, with statistics, PostgreSQL
+            // planned a scan of the whole tickets table per product, expecting to meet a ticket
+            // that fits early; on a stuck line none does (test/store-plans.test.ts).
+            eb(
+              eb.selectFrom('waitlist_tickets as t').select('t.qty').whereRef('t.product_id', '=', 'p.id').where('t.status', '=', 'waiting').orderBy('t.qty').limit(1),
+              '<=',
+              // Kysely writes nested operations without parentheses: `stock - reserved + sold`
+              // was what the free units read as before, matching every line once units sold.
+              eb('p.stock', '-', eb.parens(eb('p.reserved', '+', eb.ref('p.sold')))),
             ),
           ]),
         ]),
