@@ -1,6 +1,7 @@
 // The only reader of process.env. Every variable is checked once at start-up, converted to the
 // units the code uses (seconds -> ...Ms) and frozen; a bad value stops start-up naming it.
 import { existsSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { qtyPerHoldMax } from './domain/products.js'
 import type { EngineName } from './store/engines/engine.js'
 import { batchLimit, type BatchVariable } from './store/statement-limits.js'
@@ -30,7 +31,7 @@ export interface Config {
   readonly logLevel: string
   readonly logFile: string | undefined
   readonly workers: number
-  readonly trustProxy: boolean | string
+  readonly trustProxy: boolean | number | string
   readonly rateLimitReadPerMin: number
   readonly rateLimitHoldPerMin: number
   readonly rateLimitOrderPerMin: number
@@ -74,14 +75,54 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
 }
 
 // TTLs accept fractions ("0.5") so tests and demos can use sub-second expiry without sleeping long.
-function positiveNumber(env: Env, name: string, fallback: number, max: number): number {
+// Returned in milliseconds, at least 1: HOLD_TTL_SECONDS=0.0001 passed as positive and rounded to
+// 0 ms, and every hold was created expired (the seventh probe).
+function durationMs(env: Env, name: string, fallback: number, max: number, msPerUnit: number): number {
   const raw = read(env, name)
-  if (raw === undefined) return fallback
+  if (raw === undefined) return Math.round(fallback * msPerUnit)
   const value = Number(raw)
   if (!/^\d+(\.\d+)?$/.test(raw) || !(value > 0) || value > max) {
     throw new ConfigError(`${name} must be a positive number up to ${max}, got "${raw}"`)
   }
-  return value
+  const ms = Math.round(value * msPerUnit)
+  if (ms < 1) throw new ConfigError(`${name} must be at least one millisecond (${1 / msPerUnit}), got "${raw}"`)
+  return ms
+}
+
+// A URL's password is never printed (configuration errors go to stderr and to logs).
+function withoutPassword(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@/]*@/i, '$1***@')
+}
+
+// Proxy-addr's forms: `true`/`false`, a hop count, or addresses, CIDR ranges and its three names.
+// Anything else stopped the process with a stack trace from the library (TRUST_PROXY=yes), or,
+// like `1`, was taken as an address no proxy has (the seventh probe).
+function trustProxyOf(raw: string | undefined): boolean | number | string {
+  if (raw === undefined || raw === 'false') return false
+  if (raw === 'true') return true
+  if (/^\d+$/.test(raw)) {
+    const hops = Number(raw)
+    if (hops >= 1 && hops <= 64) return hops
+  }
+  const entries = raw.split(',').map((entry) => entry.trim())
+  const valid = (entry: string): boolean => {
+    if (['loopback', 'linklocal', 'uniquelocal'].includes(entry)) return true
+    const [address, prefix, ...rest] = entry.split('/')
+    const version = isIP(address ?? '')
+    if (version === 0 || rest.length > 0) return false
+    if (prefix === undefined) return true
+    return /^\d+$/.test(prefix) && Number(prefix) <= (version === 4 ? 32 : 128)
+  }
+  if (entries.length > 0 && entries.every(valid)) return raw
+  throw new ConfigError(`TRUST_PROXY must be true, false, a hop count (1-64), or proxy addresses or CIDR ranges (or loopback, linklocal, uniquelocal) separated by commas, got "${raw}"`)
+}
+
+// The address to listen on: an IP address, or localhost. A name that does not resolve stopped
+// the process with getaddrinfo's stack trace, never naming HOST (the seventh probe).
+function hostOf(raw: string | undefined): string {
+  if (raw === undefined) return '127.0.0.1'
+  if (raw === 'localhost' || isIP(raw) !== 0) return raw
+  throw new ConfigError(`HOST must be an IP address to listen on (or localhost), got "${raw}"`)
 }
 
 // A batch is written with multi-row statements; one statement takes a limited number of
@@ -103,7 +144,7 @@ function engineOf(databaseUrl: string): EngineName {
   if (databaseUrl.startsWith('sqlite:')) return 'sqlite'
   if (databaseUrl.startsWith('postgres://') || databaseUrl.startsWith('postgresql://')) return 'postgres'
   if (databaseUrl.startsWith('mysql://') || databaseUrl.startsWith('mariadb://')) return 'mysql'
-  throw new ConfigError(`DATABASE_URL must start with sqlite:, postgres:// or mysql://, got "${databaseUrl}"`)
+  throw new ConfigError(`DATABASE_URL must start with sqlite:, postgres:// or mysql://, got "${withoutPassword(databaseUrl)}"`)
 }
 
 export function loadConfig(env: Env = process.env): Config {
@@ -115,25 +156,24 @@ export function loadConfig(env: Env = process.env): Config {
   }
   const logLevel = read(env, 'LOG_LEVEL') ?? 'info'
   if (!logLevels.includes(logLevel)) throw new ConfigError(`LOG_LEVEL must be one of ${logLevels.join(', ')}, got "${logLevel}"`)
-  const trustProxyRaw = read(env, 'TRUST_PROXY')
-  const trustProxy = trustProxyRaw === undefined || trustProxyRaw === 'false' ? false : trustProxyRaw === 'true' ? true : trustProxyRaw
+  const trustProxy = trustProxyOf(read(env, 'TRUST_PROXY'))
   const redisUrl = read(env, 'REDIS_URL')
-  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError(`REDIS_URL must start with redis://, got "${redisUrl}"`)
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError(`REDIS_URL must start with redis://, got "${withoutPassword(redisUrl)}"`)
 
   const engine = engineOf(databaseUrl)
   const config: Config = {
     nodeEnv,
     port: integer(env, 'PORT', 8000, 0, 65_535),
-    host: read(env, 'HOST') ?? '127.0.0.1',
+    host: hostOf(read(env, 'HOST')),
     databaseUrl,
     engine,
     redisUrl,
-    holdTtlMs: Math.round(positiveNumber(env, 'HOLD_TTL_SECONDS', 120, 86_400) * 1000),
-    orderTtlMs: Math.round(positiveNumber(env, 'ORDER_TTL_SECONDS', 900, 7 * 86_400) * 1000),
+    holdTtlMs: durationMs(env, 'HOLD_TTL_SECONDS', 120, 86_400, 1000),
+    orderTtlMs: durationMs(env, 'ORDER_TTL_SECONDS', 900, 7 * 86_400, 1000),
     maxQtyPerHold: integer(env, 'MAX_QTY_PER_HOLD', 10, 1, qtyPerHoldMax),
     sweepIntervalMs: integer(env, 'SWEEP_INTERVAL_MS', 1000, 10, 3_600_000),
     sweepBatchMax: batchSize(env, 'SWEEP_BATCH_MAX', engine, 500, 100_000),
-    idempotencyTtlMs: Math.round(positiveNumber(env, 'IDEMPOTENCY_TTL_HOURS', 24, 24 * 365) * 3_600_000),
+    idempotencyTtlMs: durationMs(env, 'IDEMPOTENCY_TTL_HOURS', 24, 24 * 365, 3_600_000),
     webhookSecret,
     webhookToleranceMs: 300_000,
     stripeWebhookSecret: read(env, 'STRIPE_WEBHOOK_SECRET'),

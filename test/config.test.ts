@@ -1,7 +1,7 @@
 // Proves configuration is checked once at start (SPEC §7): loadConfig gives the documented
 // defaults, converts units, freezes the result and throws a ConfigError naming each bad
 // variable and the value seen, and the compiled server exits with status 2 naming it.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -148,6 +148,15 @@ describe('configuration', () => {
       ['RATE_LIMIT_HOLD_PER_MIN', 'ten'],
       ['RATE_LIMIT_ORDER_PER_MIN', '1.5'],
       ['BODY_BYTES_MAX', 'abc'],
+      ['HOLD_TTL_SECONDS', '0.0001'],
+      ['ORDER_TTL_SECONDS', '0.0004'],
+      ['IDEMPOTENCY_TTL_HOURS', '0.0000001'],
+      ['TRUST_PROXY', 'yes'],
+      ['TRUST_PROXY', '0'],
+      ['TRUST_PROXY', '10.0.0.1,proxy.internal'],
+      ['TRUST_PROXY', '10.0.0.0/33'],
+      ['HOST', 'not.a.host.invalid'],
+      ['HOST', '999.1.1.1'],
     ]
     for (const [name, value] of bad) {
       const error = configErrorOf({ [name]: value })
@@ -155,6 +164,25 @@ describe('configuration', () => {
       expect.soft(error, label).toBeInstanceOf(ConfigError)
       expect.soft(error?.message, label).toContain(name)
       expect.soft(error?.message, label).toContain(value)
+    }
+  })
+
+  it('takes TRUST_PROXY as true, false, a hop count, or addresses and ranges; HOST as an IP address or localhost', () => {
+    expect(loadConfig({ TRUST_PROXY: 'true' }).trustProxy).toBe(true)
+    expect(loadConfig({ TRUST_PROXY: 'false' }).trustProxy).toBe(false)
+    expect(loadConfig({ TRUST_PROXY: '2' }).trustProxy).toBe(2)
+    expect(loadConfig({ TRUST_PROXY: '10.0.0.1, 10.1.0.0/16,loopback,::1' }).trustProxy).toBe('10.0.0.1, 10.1.0.0/16,loopback,::1')
+    for (const host of ['0.0.0.0', '::', '::1', 'localhost', '192.168.1.20']) expect(loadConfig({ HOST: host }).host).toBe(host)
+    expect(loadConfig({ HOLD_TTL_SECONDS: '0.001' }).holdTtlMs).toBe(1)
+  })
+
+  it('never prints the password of a DATABASE_URL or REDIS_URL it refuses', () => {
+    const database = configErrorOf({ DATABASE_URL: 'pg://app:Sup3rS3cretPW@db.internal/shop' })
+    const redis = configErrorOf({ REDIS_URL: 'http://cache:An0therSecret@cache.internal:6379' })
+    for (const error of [database, redis]) {
+      expect(error).toBeInstanceOf(ConfigError)
+      expect(error?.message).toContain('***@')
+      expect(error?.message).not.toMatch(/Sup3rS3cretPW|An0therSecret/)
     }
   })
 
@@ -181,6 +209,15 @@ describe('configuration', () => {
         expect(stdout).not.toContain('server.listening')
       })
     }
+
+    it('exits with status 2 naming LOG_FILE when it cannot be opened, and creates no folder for it', async () => {
+      const missingFolder = join(tmpdir(), `flash-sale-no-such-folder-${process.pid}`)
+      const { code, stdout, stderr } = await runServer({ LOG_FILE: join(missingFolder, 'x.log') })
+      expect(code).toBe(2)
+      expect(stderr).toContain('LOG_FILE')
+      expect(stdout).not.toContain('server.listening')
+      expect(existsSync(missingFolder)).toBe(false)
+    })
 
     it('exits with status 2 naming WEBHOOK_SECRET when NODE_ENV=production has none', async () => {
       const { code, stderr } = await runServer({ NODE_ENV: 'production' })

@@ -43,6 +43,10 @@ export interface AppDeps {
 
 export type App = FastifyInstance & { services: Services }
 
+function trustHops(hops: number): (address: string, hop: number) => boolean {
+  return (_address, hop) => hop < hops
+}
+
 export async function buildApp(deps: AppDeps): Promise<App> {
   const { config, metrics } = deps
   const { store, clock } = deps
@@ -50,7 +54,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   const app = Fastify({
     loggerInstance: deps.logger,
     bodyLimit: config.bodyBytesMax,
-    trustProxy: config.trustProxy,
+    // A hop count trusts that many proxies in front (Fastify's number form, typed as a function).
+    trustProxy: typeof config.trustProxy === 'number' ? trustHops(config.trustProxy) : config.trustProxy,
     requestIdHeader: 'x-request-id',
     // Per-request access lines would cost more than a hold itself under a burst; the named
     // events and the latency histogram say what happened.
