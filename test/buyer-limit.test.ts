@@ -20,6 +20,8 @@
 //   (I8 holds for paid orders too).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
+import type { Clock } from '../src/domain/clock.js'
+import { Catalog } from '../src/domain/products.js'
 import { startSharedCluster, type SharedCluster } from './helpers/shared-cluster.js'
 import { asBuyer, buyerEnv } from './helpers/buyer-tokens.js'
 import {
@@ -244,6 +246,29 @@ for (const engine of testEngines()) {
       expectProblemCode(await holdAs(t.baseUrl, {}, 424_242, 1), 404, 'product_not_found')
       // qty above MAX_QTY_PER_HOLD is a bad request whatever the limit.
       expectProblemCode(await holdAs(t.baseUrl, {}, productId, 11), 422, 'validation_failed')
+    })
+
+    it('dates a lowered limit by the clock read under the product lock: a ticket granted while the change waited for the lock is judged again, and closed', async () => {
+      const t = await buildTestApp(engine.name, { env: buyerEnv })
+      const product = await createDropProduct(t.baseUrl, 3, { per_buyer_limit: 3 })
+      const x = await asBuyer('x', { nowMs: serverNowMs(t) })
+      const y = await asBuyer('y', { nowMs: serverNowMs(t) })
+      await granted(holdAs(t.baseUrl, x, product.id, 2))
+      const yHold = await granted(holdAs(t.baseUrl, y, product.id, 1))
+      const changeReadAtMs = serverNowMs(t)
+      t.clock.advanceMs(1_000)
+      // Granted under limit 3 while the change waits: x has 2 held and 1 waiting.
+      const ticket = await request(t.baseUrl, 'POST', `/api/products/${product.id}/waitlist`, { body: { qty: 1 }, headers: x })
+      expect(ticket.body).toMatchObject({ status: 'waiting' })
+      // The change read the clock before it waited for the lock (another process's batch held
+      // it); every later reading is now.
+      let reads = 0
+      const changeClock: Clock = { now: () => (reads++ === 0 ? new Date(changeReadAtMs) : t.clock.now()) }
+      await new Catalog(t.runtime.store, changeClock, t.runtime.observer).update(product.id, { drop: { perBuyerLimit: 2 } })
+      // y lets go: x is at the new limit with the units she holds, so her ticket closes.
+      expect((await request(t.baseUrl, 'DELETE', `/api/holds/${yHold.hold_id}`)).status).toBe(200)
+      expect((await request(t.baseUrl, 'GET', `/api/waitlist/${ticket.body.ticket_id}`)).body).toMatchObject({ status: 'closed' })
+      await expectCleanAudit(t.baseUrl)
     })
 
     it('counts units a buyer took before a limit was set, never anonymous ones, and judges new holds by the limit as patched', async () => {

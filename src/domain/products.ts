@@ -164,7 +164,14 @@ export class Catalog {
     const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now }, async (ctx) => {
       const { tx, ledger } = ctx
       const current = ledger.drop
-      const next = applyDropChanges(current, changes.drop ?? {}, now)
+      // A new per_buyer_limit takes effect at an instant read under the product lock: every hold
+      // and ticket granted before it read its instant before it took the lock, so before this one.
+      // Read before the lock, a join or hold another process granted under the old limit while
+      // this change waited could carry a later instant: the line then never judged that ticket
+      // again (admitted over the new limit) and the audit took such a hold for an I8 breach (the
+      // seventh probe, two processes on PostgreSQL, MariaDB and SQLite).
+      const changedAt = new Date(Math.max(now.getTime(), this.clock.now().getTime()))
+      const next = applyDropChanges(current, changes.drop ?? {}, changedAt)
       if (changes.addStock !== undefined) {
         const refused = await this.changeStock(ctx, changes.addStock)
         if (refused) return refused
