@@ -118,17 +118,16 @@ export async function serve(config: Config, options: { migrate: boolean }): Prom
   return { close, port }
 }
 
-export function installSignalHandlers(close: () => Promise<void>, logger: Pick<Logger, 'info' | 'error'>): void {
-  let signals = 0
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals += 1
-    if (signals > 1) {
-      logger.error({ event: 'server.forced_exit', signal }, 'second signal: exiting now')
-      process.exit(1)
-    }
-    logger.info({ event: 'server.draining', signal }, 'server.draining')
+// Drains on the first SIGTERM or SIGINT, or when `drain` is called (a worker told to by its
+// primary); a second signal exits at once. Returns `drain`.
+export function installSignalHandlers(close: () => Promise<void>, logger: Pick<Logger, 'info' | 'error'>): (reason: string) => void {
+  let draining = false
+  const drain = (reason: string): void => {
+    if (draining) return
+    draining = true
+    logger.info({ event: 'server.draining', signal: reason }, 'server.draining')
     setTimeout(() => {
-      logger.error({ event: 'server.forced_exit', signal }, 'drain took too long: exiting now')
+      logger.error({ event: 'server.forced_exit', signal: reason }, 'drain took too long: exiting now')
       process.exit(1)
     }, closeTimeoutMs).unref()
     close().then(
@@ -139,6 +138,16 @@ export function installSignalHandlers(close: () => Promise<void>, logger: Pick<L
       },
     )
   }
+  let signals = 0
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1
+    if (signals > 1) {
+      logger.error({ event: 'server.forced_exit', signal }, 'second signal: exiting now')
+      process.exit(1)
+    }
+    drain(signal)
+  }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
+  return drain
 }

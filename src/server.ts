@@ -2,15 +2,25 @@
 // (node:cluster); the primary migrates and seeds once before forking, so workers never race it.
 import cluster from 'node:cluster'
 import { ConfigError, loadConfig, loadDotEnv, type Config } from './config.js'
+import type { Logger } from 'pino'
 import { createLogger } from './observability/logger.js'
 import { startClusterMetricsPrimary } from './observability/cluster-metrics.js'
 import { installSignalHandlers, openRuntime, serve } from './runtime.js'
 
+// The primary tells its workers to drain with this message (server.ts, the only sender).
+const drainMessage = { type: 'flash-sale:drain' } as const
+
+function isDrainMessage(message: unknown): boolean {
+  return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === drainMessage.type
+}
+
 export async function startServer(): Promise<void> {
   loadDotEnv()
   let config: Config
+  let logger: Logger
   try {
     config = loadConfig()
+    logger = createLogger(config)
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`configuration error: ${error.message}`)
@@ -18,7 +28,6 @@ export async function startServer(): Promise<void> {
     }
     throw error
   }
-  const logger = createLogger(config)
   if (config.workers > 1 && cluster.isPrimary) {
     const runtime = openRuntime(config, { logger })
     await runtime.store.migrate()
@@ -27,14 +36,20 @@ export async function startServer(): Promise<void> {
     startClusterMetricsPrimary()
     for (let index = 0; index < config.workers; index++) cluster.fork()
     let stopping = false
-    cluster.on('exit', (worker, code, signal) => {
-      if (stopping) return
-      logger.error({ event: 'worker.exited', pid: worker.process.pid, code, signal }, 'worker exited; starting another')
-      cluster.fork()
-    })
-    installSignalHandlers(async () => {
+    let uncleanStops = 0
+    // Workers that have listened: one that exits before it does (its port taken, its address
+    // not this host's) would fail the same way again, and was restarted forever (the probe).
+    const listened = new Set<number>()
+    cluster.on('listening', (worker) => listened.add(worker.id))
+    const stopWorkers = async (): Promise<void> => {
       stopping = true
-      for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM')
+      // Told over IPC, not with a signal: Ctrl-C and systemd's default stop signal every process
+      // of the group at once, and a worker took the primary's SIGTERM after its own as a second
+      // signal, exiting mid-drain (in-flight requests unanswered; the seventh probe).
+      for (const worker of Object.values(cluster.workers ?? {})) {
+        if (worker?.isConnected()) worker.send(drainMessage)
+        else worker?.process.kill('SIGTERM')
+      }
       await new Promise<void>((resolve) => {
         const check = (): void => {
           if (Object.keys(cluster.workers ?? {}).length === 0) resolve()
@@ -42,13 +57,48 @@ export async function startServer(): Promise<void> {
         }
         check()
       })
+    }
+    cluster.on('exit', (worker, code, signal) => {
+      if (stopping) {
+        if (code !== 0) uncleanStops += 1
+        return
+      }
+      if (!listened.has(worker.id)) {
+        logger.error({ event: 'worker.start_failed', pid: worker.process.pid, code, signal }, 'a worker exited before it listened: stopping the service')
+        void stopWorkers().then(() => process.exit(1))
+        return
+      }
+      logger.error({ event: 'worker.exited', pid: worker.process.pid, code, signal }, 'worker exited; starting another')
+      cluster.fork()
+    })
+    installSignalHandlers(async () => {
+      await stopWorkers()
+      // The service stopped uncleanly if a worker did: the primary's exit status says so.
+      if (uncleanStops > 0) throw new Error(`${uncleanStops} of ${config.workers} workers did not drain cleanly`)
     }, logger)
     logger.info({ event: 'server.started', workers: config.workers, port: config.port, engine: config.engine }, 'server.started')
     return
   }
-  const { close, port } = await serve(config, { migrate: cluster.isPrimary })
-  installSignalHandlers(close, logger)
+  let served: Awaited<ReturnType<typeof serve>>
+  try {
+    served = await serve(config, { migrate: cluster.isPrimary })
+  } catch (error) {
+    // The port taken or the address not this host's: said in one line, exit 1 (a worker's exit
+    // before it listened stops the whole service, above).
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') {
+      logger.error({ event: 'server.listen_failed', host: config.host, port: config.port, code }, 'server.listen_failed')
+      console.error(`cannot listen on ${config.host}:${config.port}: ${code}`)
+      process.exit(1)
+    }
+    throw error
+  }
+  const { close, port } = served
+  const drain = installSignalHandlers(close, logger)
   if (cluster.isWorker) {
+    process.on('message', (message: unknown) => {
+      if (isDrainMessage(message)) drain('primary')
+    })
     // A worker whose primary died (killed, crashed) must not live on unsupervised: drain and exit.
     process.once('disconnect', () => {
       logger.warn({ event: 'worker.orphaned', pid: process.pid }, 'primary gone: draining')

@@ -2,6 +2,7 @@
 // defaults, converts units, freezes the result and throws a ConfigError naming each bad
 // variable and the value seen, and the compiled server exits with status 2 naming it.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -218,6 +219,25 @@ describe('configuration', () => {
       expect(stdout).not.toContain('server.listening')
       expect(existsSync(missingFolder)).toBe(false)
     })
+
+    // A worker that cannot listen would fail the same way again: the primary restarted it
+    // forever, logging server.started, and never exited.
+    for (const workers of ['1', '2']) {
+      it(`exits with status 1 saying so when its port is taken, WORKERS=${workers}`, async () => {
+        const taken = createServer()
+        await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+        try {
+          const port = (taken.address() as AddressInfo).port
+          const { code, stdout, stderr } = await runServer({ PORT: String(port), WORKERS: workers, LOG_LEVEL: 'info' })
+          expect(code).toBe(1)
+          expect(stderr).toContain(`cannot listen on 127.0.0.1:${port}: EADDRINUSE`)
+          expect(stdout).not.toContain('"event":"worker.exited"')
+          if (workers === '2') expect(stdout).toContain('"event":"worker.start_failed"')
+        } finally {
+          taken.close()
+        }
+      })
+    }
 
     it('exits with status 2 naming WEBHOOK_SECRET when NODE_ENV=production has none', async () => {
       const { code, stderr } = await runServer({ NODE_ENV: 'production' })

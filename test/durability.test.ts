@@ -194,7 +194,8 @@ interface Drain {
 
 // Fires `count` concurrent holds at `server` and sends SIGTERM as soon as the first is answered,
 // so the rest are in flight, queued in a hold batch, or not yet accepted when the drain starts.
-async function burstThenSigterm(cluster: Cluster, server: ServerProcess, count: number): Promise<Drain> {
+// `signal` stops the server once the burst is under way: SIGTERM to the server's process unless given.
+async function burstThenSigterm(cluster: Cluster, server: ServerProcess, count: number, signal: () => void = () => server.child.kill('SIGTERM')): Promise<Drain> {
   let signalled = false
   let acknowledgedAfterSignal = 0
   const tasks = times(count, () => () => attempt(server.baseUrl, 'POST', '/api/holds', { body: { product_id: cluster.productId, qty: 1 } }, drainTimeoutMs))
@@ -204,7 +205,7 @@ async function burstThenSigterm(cluster: Cluster, server: ServerProcess, count: 
       return
     }
     signalled = true
-    server.child.kill('SIGTERM')
+    signal()
   })
   return { outcomes, acknowledgedAfterSignal }
 }
@@ -289,6 +290,28 @@ for (const engine of testEngines()) {
       await expectDrained(cluster, drain, 100)
       // Last, so the checks above report even when the drain does not finish in time.
       expect(new Set(logEvents([server], 'server.closed').map((line) => line.pid))).toEqual(workerPids)
+      expect(exit).toEqual({ code: 0, signal: null })
+    })
+
+    // Ctrl-C in a terminal, and systemd's default stop, signal every process of the group at
+    // once. A worker took the primary's SIGTERM, after its own SIGINT, for a second signal and
+    // exited mid-drain (1 each, in-flight holds unanswered) while the primary exited 0.
+    it('WORKERS=2 stopped by SIGINT to every process at once (Ctrl-C) drains as one signal to the primary does: in-flight holds answered and committed, exit 0', async () => {
+      const cluster = await startCluster(engine.name, { processes: 0, stock: 1_000 })
+      const server = await cluster.start({ WORKERS: '2' })
+      await pollUntil(
+        () => logEvents([server], 'server.listening').length,
+        (count) => count >= 2,
+        { what: 'both workers listening' },
+      )
+      const workerPids = logEvents([server], 'server.listening').map((line) => line.pid!)
+      const drain = await burstThenSigterm(cluster, server, 150, () => {
+        for (const pid of [server.child.pid!, ...workerPids]) process.kill(pid, 'SIGINT')
+      })
+      const exit = await exitOf(server, drainTimeoutMs).catch((error: Error) => error.message)
+      await expectDrained(cluster, drain, 0)
+      expect(logEvents([server], 'server.forced_exit')).toEqual([])
+      expect(new Set(logEvents([server], 'server.closed').map((line) => line.pid))).toEqual(new Set(workerPids))
       expect(exit).toEqual({ code: 0, signal: null })
     })
 
