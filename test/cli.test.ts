@@ -2,6 +2,9 @@
 // keeps its contract: migrate and seed are repeatable, audit exits 0 on clean rows and 1 on a
 // corrupted one, sweep --once expires only lapsed rows, sign output verifies, misuse exits 2.
 import { createHmac } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { buildTestApp } from './helpers/app.js'
 import { rawQuery, testDatabase, testEngines } from './helpers/engines.js'
@@ -211,6 +214,17 @@ for (const engine of testEngines()) {
       await expectMisuse(cases.map(({ args, env, variable }) => ({ args, env: { DATABASE_URL: fresh.url, ...env }, stderr: variable })))
     })
 
+    it('audit and sweep on a database that was not migrated exit 3 with one line saying so, not 1 (a violation) with a stack trace', async () => {
+      const fresh = await testDatabase(engine.name)
+      for (const args of [['audit'], ['sweep', '--once']]) {
+        const result = await runCli(args, { DATABASE_URL: fresh.url })
+        expect({ args, code: result.code }).toEqual({ args, code: 3 })
+        expect(result.stderr).toContain(`flash-sale ${args[0]}:`)
+        expect(result.stderr).toContain('npx flash-sale migrate')
+        expect(result.stderr).not.toMatch(/\n\s+at /)
+      }
+    })
+
     it('an unknown flag on audit, migrate or seed exits 2 instead of running the command', async () => {
       const fresh = await testDatabase(engine.name)
       expect((await runCli(['migrate'], { DATABASE_URL: fresh.url })).code).toBe(0)
@@ -224,3 +238,22 @@ for (const engine of testEngines()) {
     })
   })
 }
+
+describe('cli without its database', () => {
+  it('audit on a SQLite path that does not exist exits 3 and creates no file', async () => {
+    const path = join(tmpdir(), `flash-sale-missing-${process.pid}.db`)
+    const result = await runCli(['audit'], { DATABASE_URL: `sqlite:${path}` })
+    expect(result.code).toBe(3)
+    expect(result.stderr).toContain(`no SQLite database at ${path}`)
+    expect(existsSync(path)).toBe(false)
+  })
+
+  it('audit against a server that is not there exits 3 with one line, for PostgreSQL and MySQL', async () => {
+    for (const url of ['postgres://postgres@127.0.0.1:1/test', 'mysql://root@127.0.0.1:1/test']) {
+      const result = await runCli(['audit'], { DATABASE_URL: url })
+      expect({ url, code: result.code }).toEqual({ url, code: 3 })
+      expect(result.stderr).toContain('flash-sale audit:')
+      expect(result.stderr).not.toMatch(/\n\s+at /)
+    }
+  })
+})

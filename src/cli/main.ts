@@ -1,5 +1,7 @@
 // npx flash-sale serve | migrate | seed | audit | sweep --once | sign
-// Exit status: 0 all well, 1 the audit found a violation (or a command failed), 2 misuse.
+// Exit status: 0 all well, 1 the audit found a violation, 2 misuse, 3 the command could not run
+// (the database unreachable, missing or not migrated): said in one line, never a stack trace.
+import { existsSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig, loadDotEnv } from '../config.js'
 import { audit } from '../domain/audit.js'
@@ -9,6 +11,7 @@ import { signPayload } from '../http/signature.js'
 import { openRuntime, seedIfEmpty } from '../runtime.js'
 import { parseRaceArgs, raceUsage, RaceUsageError, runRace } from './race.js'
 import { startServer } from '../server.js'
+import { sqlitePath } from '../store/engines/sqlite.js'
 
 const usage = `usage: flash-sale <command>
   serve                 start the HTTP server (migrates and seeds an empty database)
@@ -31,20 +34,20 @@ export async function runCli(argv: string[]): Promise<number> {
         await startServer()
         return 0
       case 'migrate':
-        return await withRuntime(async (runtime) => {
+        return await withRuntime({}, async (runtime) => {
           await runtime.store.migrate()
           console.log(`migrated ${runtime.config.engine} database`)
           return 0
         })
       case 'seed':
-        return await withRuntime(async (runtime) => {
+        return await withRuntime({}, async (runtime) => {
           await runtime.store.migrate()
           const seeded = await seedIfEmpty(runtime)
           console.log(seeded ? `seeded product 1 with ${runtime.config.seedStock} units` : 'database already has products; nothing seeded')
           return 0
         })
       case 'audit':
-        return await withRuntime(async (runtime) => {
+        return await withRuntime({ existingDatabase: true }, async (runtime) => {
           const report = await audit(runtime.store)
           console.log(JSON.stringify(presentAudit(report), null, 2))
           return report.ok ? 0 : 1
@@ -55,7 +58,7 @@ export async function runCli(argv: string[]): Promise<number> {
           console.error('sweep runs inside every server; use `sweep --once` for a single pass')
           return 2
         }
-        return await withRuntime(async (runtime) => {
+        return await withRuntime({ existingDatabase: true }, async (runtime) => {
           const result = await sweepOnce(runtime.store, runtime.observer, runtime.clock, runtime.config.sweepBatchMax)
           console.log(JSON.stringify(result))
           return 0
@@ -100,12 +103,29 @@ export async function runCli(argv: string[]): Promise<number> {
       console.error(`${error.message}\n${usage}`)
       return 2
     }
+    if (command === 'migrate' || command === 'seed' || command === 'audit' || command === 'sweep') {
+      // Not 1, which says the audit found a violation (the seventh probe: a database that was not
+      // migrated, or unreachable, printed a stack trace and exited 1).
+      const message = error instanceof Error ? error.message : String(error)
+      const notMigrated = error instanceof CommandCannotRun || /no such table|does not exist|doesn't exist/i.test(message)
+      console.error(`flash-sale ${command}: ${message.split('\n')[0]}${notMigrated ? ' (is the database migrated? npx flash-sale migrate)' : ''}`)
+      return 3
+    }
     throw error
   }
 }
 
-async function withRuntime(fn: (runtime: ReturnType<typeof openRuntime>) => Promise<number>): Promise<number> {
-  const runtime = openRuntime({ ...loadConfig(), logLevel: 'warn' })
+// A command refused before it opened the database (exit 3 like any failure to run).
+class CommandCannotRun extends Error {}
+
+async function withRuntime(options: { existingDatabase?: boolean }, fn: (runtime: ReturnType<typeof openRuntime>) => Promise<number>): Promise<number> {
+  const config = loadConfig()
+  // A mistyped SQLite path is not a new, empty database to audit (opening it would create one).
+  const path = config.engine === 'sqlite' ? sqlitePath(config.databaseUrl) : undefined
+  if (options.existingDatabase && path !== undefined && path !== ':memory:' && !existsSync(path)) {
+    throw new CommandCannotRun(`no SQLite database at ${path}`)
+  }
+  const runtime = openRuntime({ ...config, logLevel: 'warn' })
   try {
     return await fn(runtime)
   } finally {
