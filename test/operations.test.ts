@@ -2,6 +2,7 @@
 // limits (and 0 for off), health and readiness, Prometheus metrics that count what happened, and
 // an OpenAPI document and UI built from the validating schemas, over real HTTP on each engine.
 import { describe, expect, it } from 'vitest'
+import { dashboardProductsMax } from '../src/http/routes/admin-dashboard.js'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
 import { countBy, times } from './helpers/http.js'
@@ -237,6 +238,18 @@ for (const engine of testEngines()) {
         expect((await hold(t, 2)).status).toBe(201)
         expect(await gauges()).toEqual({ available: 5, reserved: 2, sold: 3 })
         expect((await t.audit()).ok).toBe(true)
+      })
+    })
+
+    describe('dashboard', () => {
+      it(`lists the newest ${dashboardProductsMax} products, newest first, when there are more: the drop going on now is never the one left out`, async () => {
+        const t = await buildTestApp(engine.name, { stock: 10 })
+        const created: number[] = [t.productId]
+        for (let index = 0; index < dashboardProductsMax; index++) created.push(await t.createProduct(5))
+        const dashboard = await t.admin('GET', '/api/admin/dashboard')
+        expect(dashboard.status, dashboard.text).toBe(200)
+        expect(dashboard.body.products_truncated).toBe(true)
+        expect(dashboard.body.products.map((product: { id: number }) => product.id)).toEqual(created.slice(1).reverse())
       })
     })
 

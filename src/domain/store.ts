@@ -296,6 +296,7 @@ export interface Store {
 
   // Reads outside any transaction: each sees everything committed before it started.
   productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined>
+  // The newest `limit` products, newest first.
   allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]>
   getHold(holdId: string): Promise<Hold | undefined>
   getOrder(orderId: string): Promise<Order | undefined>
@@ -303,13 +304,14 @@ export interface Store {
   // How many waiting tickets of its product are ahead of this one: in line order, or (before the
   // pre-sale draw, `byJoinOrder`) in join order among the pre-sale tickets.
   ticketsAhead(ticket: Ticket, byJoinOrder: boolean): Promise<number>
-  // Products whose line needs the sweeper: waiting tickets, and the sale ended or units free
-  // while it is open (the pre-sale draw at the start needs no request).
+  // Products whose line the sweeper can move: the sale ended or sold out for good (it closes), or
+  // a waiting ticket fits in the free units (the pre-sale draw at the start needs no request).
   productsWithLineWork(now: Date, limit: number): Promise<number[]>
   getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
   productsWithLapsedRows(now: Date, limit: number): Promise<number[]>
-  // Per product (ascending ids), the expiry of its oldest lapsed hold or order still unswept.
+  // Per product (the newest `limit`, newest first), the expiry of its oldest lapsed hold or order
+  // still unswept.
   oldestLapsedByProduct(now: Date, limit: number): Promise<Array<{ productId: number; oldestLapsedAt: Date | null }>>
   deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number>
   // `now` decides which holds and pending orders have lapsed (I8 counts unlapsed ones only).

@@ -168,7 +168,9 @@ export class KyselyStore implements Store {
   }
 
   async allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]> {
-    const rows = await this.read(() => snapshotQuery(this.db, now).orderBy('p.id').limit(limit).execute())
+    // The newest first: past `limit`, the products left out are the oldest, not the drop going
+    // on now (the dashboard and the per-product gauges showed the first 100 ever created).
+    const rows = await this.read(() => snapshotQuery(this.db, now).orderBy('p.id', 'desc').limit(limit).execute())
     return rows.map(toSnapshot)
   }
 

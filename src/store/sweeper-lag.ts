@@ -37,7 +37,8 @@ export async function oldestLapsedByProduct(db: Kysely<Database>, now: Date, lim
   const rows = await db
     .selectFrom('products as p')
     .select(['p.id', earliest.holds.as('hold_min'), earliest.orders.as('order_min')])
-    .orderBy('p.id')
+    // The newest first, as allProductSnapshots: the same products within the same limit.
+    .orderBy('p.id', 'desc')
     .limit(limit)
     .execute()
   return rows.map((row) => {
