@@ -1,6 +1,8 @@
 // Proves the operational surface works as SPEC §3 Operations, §6 and §7 describe: per-route rate
 // limits (and 0 for off), health and readiness, Prometheus metrics that count what happened, and
 // an OpenAPI document and UI built from the validating schemas, over real HTTP on each engine.
+import { Writable } from 'node:stream'
+import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { dashboardProductsMax } from '../src/http/routes/admin-dashboard.js'
 import { buildTestApp, type TestApp } from './helpers/app.js'
@@ -238,6 +240,31 @@ for (const engine of testEngines()) {
         expect((await hold(t, 2)).status).toBe(201)
         expect(await gauges()).toEqual({ available: 5, reserved: 2, sold: 3 })
         expect((await t.audit()).ok).toBe(true)
+      })
+    })
+
+    describe('request ids', () => {
+      it('names each request without an X-Request-Id by an id no other process or restart gives, and keeps one sent', async () => {
+        const lines: Array<Record<string, unknown>> = []
+        const sink = new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+            done()
+          },
+        })
+        // Two apps, as two workers (or a restart) are: Fastify's own ids were req-1, req-2, ...
+        // in each of them.
+        for (let app = 0; app < 2; app++) {
+          const t = await buildTestApp(engine.name, { stock: 10, logger: pino({ level: 'info' }, sink) })
+          expect((await hold(t, 1)).status).toBe(201)
+          expect((await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 }, headers: { 'x-request-id': 'client-chosen-1' } })).status).toBe(201)
+        }
+        const ids = lines.filter((line) => line.event === 'hold.created').map((line) => line.request_id)
+        expect(ids).toHaveLength(4)
+        expect(ids.filter((id) => id === 'client-chosen-1')).toHaveLength(2)
+        const generated = ids.filter((id) => id !== 'client-chosen-1')
+        expect(new Set(generated).size).toBe(2)
+        for (const id of generated) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-z]+$/)
       })
     })
 

@@ -1,4 +1,5 @@
 // Builds the Fastify app from its dependencies; never listens (main.ts and tests do that).
+import { randomBytes } from 'node:crypto'
 import fastifyRateLimit from '@fastify/rate-limit'
 import fastifySwagger from '@fastify/swagger'
 import fastifySwaggerUi from '@fastify/swagger-ui'
@@ -43,6 +44,15 @@ export interface AppDeps {
 
 export type App = FastifyInstance & { services: Services }
 
+// Request ids for requests that bring no X-Request-Id: a random prefix per process, then a
+// sequence. Fastify's own `req-1, req-2, ...` repeated in every worker and after every restart,
+// so one id named several requests in the logs (the seventh probe).
+export function requestIdSource(): () => string {
+  const prefix = randomBytes(4).toString('hex')
+  let sequence = 0
+  return () => `${prefix}-${(++sequence).toString(36)}`
+}
+
 function trustHops(hops: number): (address: string, hop: number) => boolean {
   return (_address, hop) => hop < hops
 }
@@ -57,6 +67,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // A hop count trusts that many proxies in front (Fastify's number form, typed as a function).
     trustProxy: typeof config.trustProxy === 'number' ? trustHops(config.trustProxy) : config.trustProxy,
     requestIdHeader: 'x-request-id',
+    genReqId: requestIdSource(),
     // Per-request access lines would cost more than a hold itself under a burst; the named
     // events and the latency histogram say what happened.
     logController: new LogController({ requestIdLogLabel: 'request_id', disableRequestLogging: true }),
