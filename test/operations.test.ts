@@ -312,6 +312,26 @@ for (const engine of testEngines()) {
         expect(literalsOf(problem.properties.code).sort()).toEqual([...clientErrorCodes].sort())
       })
 
+      it('documents errors as application/problem+json, as they are sent, with the statuses the outage and body checks give', async () => {
+        const t = await buildTestApp(engine.name)
+        const document = (await t.request('GET', '/openapi.json')).body
+        for (const [path, operations] of Object.entries(document.paths as Record<string, Record<string, { responses: Record<string, { content?: Record<string, unknown> }> }>>)) {
+          for (const [method, operation] of Object.entries(operations)) {
+            for (const [status, response] of Object.entries(operation.responses)) {
+              if (Number(status) >= 400 && response.content) expect.soft(Object.keys(response.content), `${method} ${path} ${status}`).toEqual(['application/problem+json'])
+            }
+          }
+        }
+        const statusesOf = (path: string, method: string) => Object.keys(document.paths[path][method].responses)
+        for (const path of ['/api/holds/{id}', '/api/orders/{id}']) expect(statusesOf(path, 'get')).toEqual(expect.arrayContaining(['400', '503']))
+        expect(statusesOf('/api/admin/products', 'post')).toEqual(expect.arrayContaining(['413', '503']))
+        expect(statusesOf('/api/admin/products/{id}', 'patch')).toEqual(expect.arrayContaining(['413', '503']))
+        expect(statusesOf('/api/admin/audit', 'get')).toContain('503')
+        // And as sent: a problem answer's media type.
+        const missing = await t.request('GET', '/api/holds/hold_missing')
+        expect(missing.headers.get('content-type')).toMatch(/^application\/problem\+json/)
+      })
+
       it('documents a request with the schema that validates it: MAX_QTY_PER_HOLD=7 shows as qty maximum 7', async () => {
         const t = await buildTestApp(engine.name, { env: { MAX_QTY_PER_HOLD: '7' } })
         const document = (await t.request('GET', '/openapi.json')).body

@@ -53,6 +53,20 @@ export function requestIdSource(): () => string {
   return () => `${prefix}-${(++sequence).toString(36)}`
 }
 
+// Errors are sent as application/problem+json (RFC 9457); the document said application/json.
+function problemsAsProblemJson<T extends { paths?: Record<string, unknown> }>(document: T): T {
+  for (const operations of Object.values(document.paths ?? {})) {
+    for (const operation of Object.values(operations as Record<string, { responses?: Record<string, { content?: Record<string, unknown> }> }>)) {
+      for (const [status, response] of Object.entries(operation.responses ?? {})) {
+        const content = response.content
+        if (Number(status) < 400 || !content?.['application/json']) continue
+        response.content = { 'application/problem+json': content['application/json'] }
+      }
+    }
+  }
+  return document
+}
+
 function trustHops(hops: number): (address: string, hop: number) => boolean {
   return (_address, hop) => hop < hops
 }
@@ -138,6 +152,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         },
       },
     },
+    transformObject: (documents) => ('openapiObject' in documents ? problemsAsProblemJson(documents.openapiObject) : documents.swaggerObject),
   })
   await app.register(fastifySwaggerUi, { routePrefix: '/docs' })
   app.addSchema(Problem)

@@ -69,7 +69,7 @@ export interface AdminDashboardOptions {
 }
 
 export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptions> = async (app, { store, clock, metricsSource }) => {
-  app.get('/dashboard', { schema: { tags: ['admin'], security: [{ bearer: [] }], response: { 200: DashboardView, ...problemResponses([401]) } } }, async (_request, reply) => {
+  app.get('/dashboard', { schema: { tags: ['admin'], security: [{ bearer: [] }], response: { 200: DashboardView, ...problemResponses([401, 503]) } } }, async (_request, reply) => {
     const now = clock.now()
     // One more than shown, to know whether the list was cut.
     const [snapshots, lapsed, collected] = await Promise.all([

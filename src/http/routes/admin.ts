@@ -98,7 +98,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
 
   app.post(
     '/products',
-    { schema: { tags: ['admin'], security, body: NewProductBody, response: { 201: ProductView, ...problemResponses([400, 401, 415, 422]) } } },
+    { schema: { tags: ['admin'], security, body: NewProductBody, response: { 201: ProductView, ...problemResponses([400, 401, 413, 415, 422, 503]) } } },
     async (request, reply) => {
       const { name, price, stock } = request.body
       const currency = request.body.currency ?? 'USD'
@@ -124,7 +124,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
 
   app.patch(
     '/products/:id',
-    { schema: { tags: ['admin'], security, params: ProductParams, body: StockBody, response: { 200: ProductView, ...problemResponses([400, 401, 404, 409, 415, 422]) } } },
+    { schema: { tags: ['admin'], security, params: ProductParams, body: StockBody, response: { 200: ProductView, ...problemResponses([400, 401, 404, 409, 413, 415, 422, 503]) } } },
     async (request) => {
       const productId = parseProductId(request.params.id)
       if (productId === undefined) throw new DomainError('product_not_found')
@@ -140,7 +140,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
     },
   )
 
-  app.get('/audit', { schema: { tags: ['admin'], security, response: { 200: AuditView, ...problemResponses([401]) } } }, async () => {
+  app.get('/audit', { schema: { tags: ['admin'], security, response: { 200: AuditView, ...problemResponses([401, 503]) } } }, async () => {
     return presentAudit(await audit(store, clock.now()))
   })
 

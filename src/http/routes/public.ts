@@ -61,13 +61,13 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   // GET of one hold or order by its id.
   const readById = <View extends TSchema>(tag: 'holds' | 'orders', view: View) => ({
     config: rateLimit(config.rateLimitReadPerMin),
-    schema: { tags: [tag], params: ResourceParams, response: { 200: view, ...problemResponses([404, 429]) } },
+    schema: { tags: [tag], params: ResourceParams, response: { 200: view, ...problemResponses([400, 404, 429, 503]) } },
   })
   app.get(
     '/api/products/:id',
     {
       config: rateLimit(config.rateLimitReadPerMin),
-      schema: { tags: ['products'], params: ProductParams, response: { 200: ProductView, ...problemResponses([404, 429, 503]) } },
+      schema: { tags: ['products'], params: ProductParams, response: { 200: ProductView, ...problemResponses([400, 404, 429, 503]) } },
     },
     async (request, reply) => {
       const productId = parseProductId(request.params.id)

@@ -59,13 +59,16 @@ export const waitlistRoutes: FastifyPluginAsyncTypebox<WaitlistRoutesOptions> = 
 
   app.get(
     '/api/waitlist/:id',
-    { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['waitlist'], params: ResourceParams, response: { 200: TicketView, ...problemResponses([404, 429, 503]) } } },
+    { config: rateLimit(config.rateLimitReadPerMin), schema: { tags: ['waitlist'], params: ResourceParams, response: { 200: TicketView, ...problemResponses([400, 404, 429, 503]) } } },
     async (request, reply) => answer(reply, await services.waitlist.get(request.params.id)),
   )
 
   app.delete(
     '/api/waitlist/:id',
-    { config: rateLimit(config.rateLimitHoldPerMin), schema: { tags: ['waitlist'], params: ResourceParams, response: { 200: TicketView, ...problemResponses([404, 409, 429, 503]) } } },
+    {
+      config: rateLimit(config.rateLimitHoldPerMin),
+      schema: { tags: ['waitlist'], params: ResourceParams, response: { 200: TicketView, ...problemResponses([400, 404, 409, 429, 503]) } },
+    },
     async (request, reply) => answer(reply, await services.waitlist.leave(request.params.id)),
   )
 }
