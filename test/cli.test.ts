@@ -51,11 +51,13 @@ for (const engine of testEngines()) {
       const fresh = await testDatabase(engine.name)
       expect((await runCli(['migrate'], { DATABASE_URL: fresh.url, SEED_STOCK: '0' })).code).toBe(0)
       expect(await rawQuery(engine.name, fresh.url, 'select id from products')).toEqual([])
+      // Seeding with SEED_STOCK=0 says why nothing was seeded (not that products exist).
+      expect((await runCli(['seed'], { DATABASE_URL: fresh.url, SEED_STOCK: '0' })).stdout).toContain('SEED_STOCK=0; nothing seeded')
       const env = { DATABASE_URL: fresh.url, SEED_STOCK: '7' }
       const seeded = await runCli(['seed'], env)
       expect(seeded.code).toBe(0)
       expect(seeded.stdout).toContain('seeded product 1 with 7 units')
-      expect((await runCli(['seed'], env)).stdout).toContain('nothing seeded')
+      expect((await runCli(['seed'], env)).stdout).toContain('the database already has products; nothing seeded')
       const products = (await rawQuery(engine.name, fresh.url, 'select id, stock from products')) as Array<Record<string, unknown>>
       expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock) }))).toEqual([{ id: 1, stock: 7 }])
       expect((await runCli(['audit'], env)).code).toBe(0)

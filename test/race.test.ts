@@ -49,6 +49,15 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
     })
 
+    it('says it could not check, not that units were oversold, when the audit refuses a wrong --admin-token (exit 1)', async () => {
+      const t = await buildTestApp(engine.name, { stock: 3 })
+      const result = await runCli(['race', '--url', `${t.baseUrl}/`, '--product', String(t.productId), '--buyers', '4', '--concurrency', '4', '--admin-token', 'not-the-token'], {})
+      expect(result.code, result.stdout + result.stderr).toBe(1)
+      expect(result.stdout).toContain('verdict: could not check')
+      expect(result.stdout).toContain('could not check: the audit answered 401 unauthorized')
+      expect(result.stdout).not.toContain('OVERSOLD')
+    })
+
     it('holds only, without a token: counts refusals and leaves the units reserved', async () => {
       const t = await buildTestApp(engine.name, { stock: 3 })
       const result = await runCli(['race', '--url', `${t.baseUrl}/`, '--product', String(t.productId), '--buyers', '12', '--concurrency', '12'], {})

@@ -43,7 +43,8 @@ export async function runCli(argv: string[]): Promise<number> {
         return await withRuntime({}, async (runtime) => {
           await runtime.store.migrate()
           const seeded = await seedIfEmpty(runtime)
-          console.log(seeded ? `seeded product 1 with ${runtime.config.seedStock} units` : 'database already has products; nothing seeded')
+          const why = runtime.config.seedStock === 0 ? 'SEED_STOCK=0' : 'the database already has products'
+          console.log(seeded ? `seeded product 1 with ${runtime.config.seedStock} units` : `${why}; nothing seeded`)
           return 0
         })
       case 'audit':

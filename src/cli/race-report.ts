@@ -112,9 +112,15 @@ export function auditFailure(body: any, out: (line: string) => void): string | u
 }
 
 // Prints the verdict; returns the exit status.
+// The failures that say a check could not run, not that it found something.
+export const uncheckedPrefix = 'could not check: '
+
 export function verdict(failures: readonly string[], before: Counts, tally: Tally, checkout: boolean, out: (line: string) => void): number {
   if (failures.length > 0) {
-    out('verdict: OVERSOLD or inconsistent')
+    // A check that could not run (the audit refused a wrong --admin-token, say) is not evidence
+    // of overselling: the verdict says which it is (exit 1 either way, as documented).
+    const unchecked = failures.every((failure) => failure.startsWith(uncheckedPrefix))
+    out(unchecked ? 'verdict: could not check (see below)' : 'verdict: OVERSOLD or inconsistent')
     for (const failure of failures) out(`  ${failure}`)
     return 1
   }

@@ -8,7 +8,20 @@
 import { createHmac, randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { signPayload } from '../http/signature.js'
-import { auditFailure, describeCounts, emptyTally, increment, oversellFailures, Progress, reportTally, verdict, type Counts, type Grant, type RaceIo } from './race-report.js'
+import {
+  auditFailure,
+  describeCounts,
+  emptyTally,
+  increment,
+  oversellFailures,
+  Progress,
+  reportTally,
+  uncheckedPrefix,
+  verdict,
+  type Counts,
+  type Grant,
+  type RaceIo,
+} from './race-report.js'
 
 // Every request and the whole run are bounded: a race cannot hammer a target forever.
 export const raceBuyersMax = 100_000
@@ -225,7 +238,7 @@ export async function runRace(options: RaceOptions, io: RaceIo): Promise<number>
   if (options.adminToken) {
     const report = await send('GET', '/api/admin/audit', undefined, { authorization: `Bearer ${options.adminToken}` })
     if ('error' in report || report.status !== 200) {
-      failures.push(`audit could not run: ${'error' in report ? report.error : `${report.status} ${problemCode(report.body) ?? ''}`}`)
+      failures.push(`${uncheckedPrefix}the audit answered ${'error' in report ? report.error : `${report.status} ${problemCode(report.body) ?? ''}`}`)
     } else {
       const failure = auditFailure(report.body, io.out)
       if (failure) failures.push(failure)
