@@ -141,10 +141,33 @@ function batchSize(env: Env, name: BatchVariable, engine: EngineName, fallback: 
 }
 
 function engineOf(databaseUrl: string): EngineName {
-  if (databaseUrl.startsWith('sqlite:')) return 'sqlite'
-  if (databaseUrl.startsWith('postgres://') || databaseUrl.startsWith('postgresql://')) return 'postgres'
-  if (databaseUrl.startsWith('mysql://') || databaseUrl.startsWith('mariadb://')) return 'mysql'
-  throw new ConfigError(`DATABASE_URL must start with sqlite:, postgres:// or mysql://, got "${withoutPassword(databaseUrl)}"`)
+  const engine = databaseUrl.startsWith('sqlite:')
+    ? 'sqlite'
+    : databaseUrl.startsWith('postgres://') || databaseUrl.startsWith('postgresql://')
+      ? 'postgres'
+      : databaseUrl.startsWith('mysql://') || databaseUrl.startsWith('mariadb://')
+        ? 'mysql'
+        : undefined
+  if (engine === undefined) throw new ConfigError(`DATABASE_URL must start with sqlite:, postgres:// or mysql://, got "${withoutPassword(databaseUrl)}"`)
+  // Checked here, so a bad one stops the start naming it: a URL the driver could not parse was a
+  // stack trace printing the password, and an empty SQLite path (or :memory:) was a database
+  // that lost every acknowledged write at exit (with WORKERS>1, one per process: 500s). The
+  // seventh probe.
+  if (engine === 'sqlite') {
+    const path = databaseUrl.replace(/^sqlite:(\/\/)?/, '')
+    if (path === '' || path === ':memory:') throw new ConfigError(`DATABASE_URL must name a SQLite file (the data must outlive the process), got "${databaseUrl}"`)
+    return engine
+  }
+  let url: URL
+  try {
+    url = new URL(databaseUrl)
+  } catch {
+    throw new ConfigError(`DATABASE_URL is not a URL the ${engine} driver can read, got "${withoutPassword(databaseUrl)}"`)
+  }
+  if (url.hostname === '') throw new ConfigError(`DATABASE_URL must name the server's host, got "${withoutPassword(databaseUrl)}"`)
+  if (engine === 'mysql' && url.pathname.replace(/^\//, '') === '')
+    throw new ConfigError(`DATABASE_URL must name the database (mysql://user@host/name), got "${withoutPassword(databaseUrl)}"`)
+  return engine
 }
 
 export function loadConfig(env: Env = process.env): Config {

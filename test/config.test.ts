@@ -142,6 +142,11 @@ describe('configuration', () => {
       ['DATABASE_URL', 'oracle://x'],
       ['DATABASE_URL', 'http://db'],
       ['DATABASE_URL', 'sqlite'],
+      ['DATABASE_URL', 'sqlite:'],
+      ['DATABASE_URL', 'sqlite::memory:'],
+      ['DATABASE_URL', 'postgres://u@127.0.0.1:abc/db'],
+      ['DATABASE_URL', 'postgres://u@/db'],
+      ['DATABASE_URL', 'mysql://root@127.0.0.1:3306'],
       ['REDIS_URL', 'http://cache:6379'],
       ['WORKERS', '0'],
       ['WORKERS', 'many'],
@@ -178,6 +183,9 @@ describe('configuration', () => {
   })
 
   it('never prints the password of a DATABASE_URL or REDIS_URL it refuses', () => {
+    const malformed = configErrorOf({ DATABASE_URL: 'mysql://u:Sup3rS3cretPW@[bad/db' })
+    expect(malformed?.message).toContain('DATABASE_URL')
+    expect(malformed?.message).not.toContain('Sup3rS3cretPW')
     const database = configErrorOf({ DATABASE_URL: 'pg://app:Sup3rS3cretPW@db.internal/shop' })
     const redis = configErrorOf({ REDIS_URL: 'http://cache:An0therSecret@cache.internal:6379' })
     for (const error of [database, redis]) {
