@@ -312,7 +312,7 @@ for (const engine of testEngines()) {
         expect(literalsOf(problem.properties.code).sort()).toEqual([...clientErrorCodes].sort())
       })
 
-      it('documents errors as application/problem+json, as they are sent, with the statuses the outage and body checks give', async () => {
+      it('documents errors as application/problem+json, as they are sent, with the statuses the outage and body checks give, and the Idempotency-Key header of keyed creates', async () => {
         const t = await buildTestApp(engine.name)
         const document = (await t.request('GET', '/openapi.json')).body
         for (const [path, operations] of Object.entries(document.paths as Record<string, Record<string, { responses: Record<string, { content?: Record<string, unknown> }> }>>)) {
@@ -327,6 +327,9 @@ for (const engine of testEngines()) {
         expect(statusesOf('/api/admin/products', 'post')).toEqual(expect.arrayContaining(['413', '503']))
         expect(statusesOf('/api/admin/products/{id}', 'patch')).toEqual(expect.arrayContaining(['413', '503']))
         expect(statusesOf('/api/admin/audit', 'get')).toContain('503')
+        for (const path of ['/api/holds', '/api/orders', '/api/products/{id}/waitlist']) {
+          expect(document.paths[path].post.parameters, path).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'Idempotency-Key', in: 'header' })]))
+        }
         // And as sent: a problem answer's media type.
         const missing = await t.request('GET', '/api/holds/hold_missing')
         expect(missing.headers.get('content-type')).toMatch(/^application\/problem\+json/)

@@ -53,10 +53,23 @@ export function requestIdSource(): () => string {
   return () => `${prefix}-${(++sequence).toString(36)}`
 }
 
-// Errors are sent as application/problem+json (RFC 9457); the document said application/json.
-function problemsAsProblemJson<T extends { paths?: Record<string, unknown> }>(document: T): T {
-  for (const operations of Object.values(document.paths ?? {})) {
-    for (const operation of Object.values(operations as Record<string, { responses?: Record<string, { content?: Record<string, unknown> }> }>)) {
+// The keyed creates read Idempotency-Key from the header without a header schema (validating one
+// would cost every hold a step): the document names it here.
+const keyedCreatePaths = ['/api/holds', '/api/orders', '/api/products/{id}/waitlist']
+const idempotencyKeyHeader = {
+  name: 'Idempotency-Key',
+  in: 'header',
+  required: false,
+  description: '1-255 visible ASCII characters: the same key replays the first answer (SPEC §3); also accepted as the body field idempotency_key',
+  schema: { type: 'string', minLength: 1, maxLength: 255 },
+}
+
+// What the generated document misses of the routes as they answer: errors are sent as
+// application/problem+json (RFC 9457; it said application/json), and the keyed creates' header.
+function documentAsSent<T extends { paths?: Record<string, unknown> }>(document: T): T {
+  for (const [path, operations] of Object.entries(document.paths ?? {})) {
+    for (const [method, operation] of Object.entries(operations as Record<string, { parameters?: unknown[]; responses?: Record<string, { content?: Record<string, unknown> }> }>)) {
+      if (method === 'post' && keyedCreatePaths.includes(path)) operation.parameters = [...(operation.parameters ?? []), idempotencyKeyHeader]
       for (const [status, response] of Object.entries(operation.responses ?? {})) {
         const content = response.content
         if (Number(status) < 400 || !content?.['application/json']) continue
@@ -152,7 +165,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         },
       },
     },
-    transformObject: (documents) => ('openapiObject' in documents ? problemsAsProblemJson(documents.openapiObject) : documents.swaggerObject),
+    transformObject: (documents) => ('openapiObject' in documents ? documentAsSent(documents.openapiObject) : documents.swaggerObject),
   })
   await app.register(fastifySwaggerUi, { routePrefix: '/docs' })
   app.addSchema(Problem)
