@@ -278,6 +278,18 @@ for (const engine of testEngines()) {
         expect(dashboard.body.products_truncated).toBe(true)
         expect(dashboard.body.products.map((product: { id: number }) => product.id)).toEqual(created.slice(1).reverse())
       })
+
+      it('gives the service-wide sweeper lag over every product, also one the dashboard does not list', async () => {
+        const t = await buildTestApp(engine.name, { stock: 10, env: { HOLD_TTL_SECONDS: '60' } })
+        expect((await hold(t, 1)).status).toBe(201)
+        for (let index = 0; index < dashboardProductsMax; index++) await t.createProduct(5)
+        // The hold lapsed 30 s ago and no sweep ran.
+        t.clock.advanceMs(90_000)
+        const dashboard = await t.admin('GET', '/api/admin/dashboard')
+        expect(dashboard.body.products.map((product: { id: number }) => product.id)).not.toContain(t.productId)
+        expect(dashboard.body.sweeper_lag_seconds).toBeCloseTo(30, 0)
+        expect(sample(await scrape(t), 'flash_sale_sweeper_lag_seconds')).toBeCloseTo(30, 0)
+      })
     })
 
     describe('OpenAPI', () => {

@@ -313,6 +313,8 @@ export interface Store {
   // Per product (the newest `limit`, newest first), the expiry of its oldest lapsed hold or order
   // still unswept.
   oldestLapsedByProduct(now: Date, limit: number): Promise<Array<{ productId: number; oldestLapsedAt: Date | null }>>
+  // The expiry of the oldest lapsed hold or order still unswept, of any product (null: none).
+  oldestLapsedOverall(now: Date): Promise<Date | null>
   deleteExpiredIdempotencyKeys(now: Date, limit: number): Promise<number>
   // `now` decides which holds and pending orders have lapsed (I8 counts unlapsed ones only).
   auditFacts(now?: Date): Promise<AuditFacts>

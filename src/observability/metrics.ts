@@ -94,7 +94,8 @@ export class Metrics {
       help: 'How long past its expiry the oldest lapsed hold or order still waits to be swept (0: none waits)',
       registers: [this.databaseRegistry],
       async collect() {
-        this.set(Math.max(0, ...(await readLags()).map((lag) => lag.lagS)))
+        const now = clock.now()
+        this.set(lagSeconds(now, await store.oldestLapsedOverall(now)))
       },
     })
     new Gauge({

@@ -30,7 +30,7 @@ import { migrationProvider, type SeedProduct } from './migrations/index.js'
 import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
 import { toSnapshot } from './rows.js'
 import type { Database } from './schema.js'
-import { earliestLapsed, oldestLapsedByProduct, type OldestLapsed } from './sweeper-lag.js'
+import { earliestLapsed, oldestLapsedByProduct, oldestLapsedOverall, type OldestLapsed } from './sweeper-lag.js'
 import { findTicket, lineAudit, productsWithLineWork, ticketsAhead } from './waitlist-sql.js'
 import { commitQuery, rollbackQuery, writeBehindDialect } from './write-behind.js'
 
@@ -223,6 +223,10 @@ export class KyselyStore implements Store {
 
   oldestLapsedByProduct(now: Date, limit: number): Promise<OldestLapsed[]> {
     return this.read(() => oldestLapsedByProduct(this.db, now, limit))
+  }
+
+  oldestLapsedOverall(now: Date): Promise<Date | null> {
+    return this.read(() => oldestLapsedOverall(this.db, now))
   }
 
   // I8 from the rows: per limited product and buyer, the units SPEC §8 counts at `now`, with the

@@ -47,3 +47,20 @@ export async function oldestLapsedByProduct(db: Kysely<Database>, now: Date, lim
     return { productId: Number(row.id), oldestLapsedAt: candidates.length > 0 ? new Date(Math.min(...candidates)) : null }
   })
 }
+
+// The service-wide figure: the oldest lapsed row of any product, however many products there are
+// (the max over a limited list of products missed the others: the dashboard's tile read 0 s
+// while product 105 waited; the eighth probe). Two index steps per product, as above.
+export async function oldestLapsedOverall(db: Kysely<Database>, now: Date): Promise<Date | null> {
+  const earliest = earliestLapsed(db, now.getTime())
+  const perProduct = db
+    .selectFrom('products as p')
+    .select([earliest.holds.as('hold_min'), earliest.orders.as('order_min')])
+    .as('l')
+  const row = await db
+    .selectFrom(perProduct)
+    .select([sql<number | string | null>`min(l.hold_min)`.as('hold_min'), sql<number | string | null>`min(l.order_min)`.as('order_min')])
+    .executeTakeFirst()
+  const candidates = [row?.hold_min, row?.order_min].filter((value) => value !== null && value !== undefined).map(Number)
+  return candidates.length > 0 ? new Date(Math.min(...candidates)) : null
+}

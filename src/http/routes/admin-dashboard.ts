@@ -72,9 +72,10 @@ export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptio
   app.get('/dashboard', { schema: { tags: ['admin'], security: [{ bearer: [] }], response: { 200: DashboardView, ...problemResponses([401, 503]) } } }, async (_request, reply) => {
     const now = clock.now()
     // One more than shown, to know whether the list was cut.
-    const [snapshots, lapsed, collected] = await Promise.all([
+    const [snapshots, lapsed, oldestLapsedAt, collected] = await Promise.all([
       store.allProductSnapshots(now, dashboardProductsMax + 1),
       store.oldestLapsedByProduct(now, dashboardProductsMax),
+      store.oldestLapsedOverall(now),
       metricsSource.collect(),
     ])
     const counters = new MetricIndex(collected.metrics)
@@ -98,7 +99,7 @@ export const adminDashboardRoutes: FastifyPluginAsyncTypebox<AdminDashboardOptio
       generated_at: now.toISOString(),
       generated_at_ms: now.getTime(),
       processes: collected.processes,
-      sweeper_lag_seconds: Math.max(0, ...lagByProduct.values()),
+      sweeper_lag_seconds: lagSeconds(now, oldestLapsedAt),
       totals: {
         holds_created: counters.sum('flash_sale_events_total', { event: 'hold.created' }),
         hold_refusals: counters.byLabel('flash_sale_holds_rejected_total', 'reason', {}),
