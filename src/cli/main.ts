@@ -108,7 +108,8 @@ export async function runCli(argv: string[]): Promise<number> {
       // Not 1, which says the audit found a violation (the seventh probe: a database that was not
       // migrated, or unreachable, printed a stack trace and exited 1).
       const message = error instanceof Error ? error.message : String(error)
-      const notMigrated = error instanceof CommandCannotRun || /no such table|does not exist|doesn't exist/i.test(message)
+      // A table missing, not a database (PostgreSQL's `database "x" does not exist` is no hint).
+      const notMigrated = error instanceof CommandCannotRun || /no such table|relation "[^"]*" does not exist|Table '[^']*' doesn't exist/i.test(message)
       console.error(`flash-sale ${command}: ${message.split('\n')[0]}${notMigrated ? ' (is the database migrated? npx flash-sale migrate)' : ''}`)
       return 3
     }
@@ -126,7 +127,9 @@ async function withRuntime(options: { existingDatabase?: boolean }, fn: (runtime
   if (options.existingDatabase && path !== undefined && path !== ':memory:' && !existsSync(path)) {
     throw new CommandCannotRun(`no SQLite database at ${path}`)
   }
-  const runtime = openRuntime({ ...config, logLevel: 'warn' })
+  // Errors only: a command's answer is its one line (tx.retry warnings while a server is
+  // unreachable came first).
+  const runtime = openRuntime({ ...config, logLevel: 'error' })
   try {
     return await fn(runtime)
   } finally {
