@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest'
 import { testWebhookSecret } from './helpers/app.js'
 import { attempt, exitOf, outcomeCounts, runBurst, sum, type Outcome } from './helpers/bursts.js'
 import { testEngines } from './helpers/engines.js'
+import type { EngineName } from '../src/config.js'
 import { countBy, request, signedWebhook, times } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
 import { expectProblem } from './helpers/problem-checks.js'
@@ -194,6 +195,18 @@ interface Drain {
 
 // Fires `count` concurrent holds at `server` and sends SIGTERM as soon as the first is answered,
 // so the rest are in flight, queued in a hold batch, or not yet accepted when the drain starts.
+// A server with WORKERS=2 on a fresh database, once both workers listen.
+async function twoWorkers(engine: EngineName): Promise<{ cluster: Cluster; server: ServerProcess }> {
+  const cluster = await startCluster(engine, { processes: 0, stock: 1_000 })
+  const server = await cluster.start({ WORKERS: '2' })
+  await pollUntil(
+    () => logEvents([server], 'server.listening').length,
+    (count) => count >= 2,
+    { what: 'both workers listening' },
+  )
+  return { cluster, server }
+}
+
 // `signal` stops the server once the burst is under way: SIGTERM to the server's process unless given.
 async function burstThenSigterm(cluster: Cluster, server: ServerProcess, count: number, signal: () => void = () => server.child.kill('SIGTERM')): Promise<Drain> {
   let signalled = false
@@ -260,13 +273,7 @@ for (const engine of testEngines()) {
     })
 
     it('WORKERS=2 runs two worker processes on one port and both serve holds; SIGTERM drains them: in-flight holds answered and committed, exit 0', async () => {
-      const cluster = await startCluster(engine.name, { processes: 0, stock: 1_000 })
-      const server = await cluster.start({ WORKERS: '2' })
-      await pollUntil(
-        () => logEvents([server], 'server.listening').length,
-        (count) => count >= 2,
-        { what: 'both workers listening' },
-      )
+      const { cluster, server } = await twoWorkers(engine.name)
       const listening = logEvents([server], 'server.listening')
       expect(logEvents([server], 'server.started')).toEqual([expect.objectContaining({ workers: 2, pid: server.child.pid })])
       expect(listening).toHaveLength(2)
@@ -297,13 +304,7 @@ for (const engine of testEngines()) {
     // once. A worker took the primary's SIGTERM, after its own SIGINT, for a second signal and
     // exited mid-drain (1 each, in-flight holds unanswered) while the primary exited 0.
     it('WORKERS=2 stopped by SIGINT to every process at once (Ctrl-C) drains as one signal to the primary does: in-flight holds answered and committed, exit 0', async () => {
-      const cluster = await startCluster(engine.name, { processes: 0, stock: 1_000 })
-      const server = await cluster.start({ WORKERS: '2' })
-      await pollUntil(
-        () => logEvents([server], 'server.listening').length,
-        (count) => count >= 2,
-        { what: 'both workers listening' },
-      )
+      const { cluster, server } = await twoWorkers(engine.name)
       const workerPids = logEvents([server], 'server.listening').map((line) => line.pid!)
       const drain = await burstThenSigterm(cluster, server, 150, () => {
         for (const pid of [server.child.pid!, ...workerPids]) process.kill(pid, 'SIGINT')
