@@ -95,7 +95,8 @@ export class Metrics {
       registers: [this.databaseRegistry],
       async collect() {
         const now = clock.now()
-        this.set(lagSeconds(now, await store.oldestLapsedOverall(now)))
+        // As the shared reads above: a database that cannot answer leaves the scrape whole.
+        this.set(lagSeconds(now, await store.oldestLapsedOverall(now).catch(() => null)))
       },
     })
     new Gauge({
