@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs'
 import { isIP } from 'node:net'
 import { qtyPerHoldMax } from './domain/products.js'
-import type { EngineName } from './store/engines/engine.js'
+import { sqlitePath, type EngineName } from './store/engines/engine.js'
 import { batchLimit, type BatchVariable } from './store/statement-limits.js'
 
 export type { EngineName } from './store/engines/engine.js'
@@ -154,7 +154,7 @@ function engineOf(databaseUrl: string): EngineName {
   // that lost every acknowledged write at exit (with WORKERS>1, one per process: 500s). The
   // seventh probe.
   if (engine === 'sqlite') {
-    const path = databaseUrl.replace(/^sqlite:(\/\/)?/, '')
+    const path = sqlitePath(databaseUrl)
     if (path === '' || path === ':memory:') throw new ConfigError(`DATABASE_URL must name a SQLite file (the data must outlive the process), got "${databaseUrl}"`)
     return engine
   }

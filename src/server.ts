@@ -59,11 +59,13 @@ export async function startServer(): Promise<void> {
       })
     }
     cluster.on('exit', (worker, code, signal) => {
+      // Forgotten once gone, so restarts never grow the set.
+      const hadListened = listened.delete(worker.id)
       if (stopping) {
         if (code !== 0) uncleanStops += 1
         return
       }
-      if (!listened.has(worker.id)) {
+      if (!hadListened) {
         logger.error({ event: 'worker.start_failed', pid: worker.process.pid, code, signal }, 'a worker exited before it listened: stopping the service')
         void stopWorkers().then(() => process.exit(1))
         return

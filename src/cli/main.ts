@@ -11,7 +11,7 @@ import { signPayload } from '../http/signature.js'
 import { openRuntime, seedIfEmpty } from '../runtime.js'
 import { parseRaceArgs, raceUsage, RaceUsageError, runRace } from './race.js'
 import { startServer } from '../server.js'
-import { sqlitePath } from '../store/engines/sqlite.js'
+import { sqlitePath } from '../store/engines/engine.js'
 
 const usage = `usage: flash-sale <command>
   serve                 start the HTTP server (migrates and seeds an empty database)

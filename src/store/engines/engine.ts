@@ -3,6 +3,11 @@ import type { Dialect, QueryResult } from 'kysely'
 
 export type EngineName = 'sqlite' | 'postgres' | 'mysql'
 
+// The file a sqlite: URL names (here, not in sqlite.ts, so reading it loads no driver).
+export function sqlitePath(databaseUrl: string): string {
+  return databaseUrl.replace(/^sqlite:(\/\/)?/, '')
+}
+
 // A column of a multi-row insert that sends one array per column, with its SQL type.
 export interface ArrayColumn {
   readonly name: string

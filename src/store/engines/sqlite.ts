@@ -3,11 +3,7 @@ import { dirname } from 'node:path'
 import BetterSqlite3 from 'better-sqlite3'
 import { SqliteDialect } from 'kysely'
 import { GenerationCache } from '../../domain/generation-cache.js'
-import { errorCode, isConnectionError, type Engine } from './engine.js'
-
-export function sqlitePath(databaseUrl: string): string {
-  return databaseUrl.replace(/^sqlite:(\/\/)?/, '')
-}
+import { errorCode, isConnectionError, sqlitePath, type Engine } from './engine.js'
 
 // Prepared statements kept per connection, by SQL text, and the longest text kept (see
 // cachePreparedStatements). A statement's memory grows with its parameters: the 512 key inserts
