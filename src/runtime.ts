@@ -39,7 +39,7 @@ export function openRuntime(config: Config, options: RuntimeOptions = {}): Runti
   const metrics = new Metrics()
   const logged = createObserver(logger, metrics)
   const { onEvent } = options
-  const observer: Observer = onEvent ? { emit: (event) => (onEvent(event), logged.emit(event)) } : logged
+  const observer: Observer = onEvent ? { emit: (event, log) => (onEvent(event), logged.emit(event, log)) } : logged
   const store = new KyselyStore({
     databaseUrl: config.databaseUrl,
     engine: config.engine,

@@ -266,6 +266,62 @@ for (const engine of testEngines()) {
         expect(new Set(generated).size).toBe(2)
         for (const id of generated) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-z]+$/)
       })
+
+      // The use cases pass the asking request's log along by hand (no AsyncLocalStorage): each
+      // event must still land on the line of the request that caused it, batched or not.
+      it('logs every event a request causes with that request id, and the events no request caused without one', async () => {
+        const lines: Array<Record<string, unknown>> = []
+        const sink = new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+            done()
+          },
+        })
+        const t = await buildTestApp(engine.name, { stock: 2, logger: pino({ level: 'info' }, sink) })
+        const send = (id: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+          t.request(method, path, { body, headers: { 'x-request-id': id, ...headers } })
+        const holdBody = { product_id: t.productId, qty: 1 }
+        const kept = await send('r-hold', 'POST', '/api/holds', holdBody, { 'idempotency-key': 'log-hold' })
+        expect(kept.status).toBe(201)
+        expect((await send('r-unknown', 'POST', '/api/holds', { product_id: 999_999, qty: 1 })).status).toBe(404)
+        const released = await send('r-hold-2', 'POST', '/api/holds', holdBody)
+        expect((await send('r-release', 'DELETE', `/api/holds/${released.body.hold_id}`)).status).toBe(200)
+        expect((await send('r-hold-3', 'POST', '/api/holds', holdBody)).status).toBe(201)
+        expect((await send('r-refused', 'POST', '/api/holds', holdBody)).status).toBe(409)
+        const joined = await send('r-join', 'POST', `/api/products/${t.productId}/waitlist`, { qty: 1 })
+        expect(joined.status).toBe(201)
+        expect((await send('r-leave', 'DELETE', `/api/waitlist/${joined.body.ticket_id}`)).status).toBe(200)
+        expect((await send('r-join-2', 'POST', `/api/products/${t.productId}/waitlist`, { qty: 1 })).status).toBe(201)
+        const order = await send('r-order', 'POST', '/api/orders', { hold_id: kept.body.hold_id })
+        expect(order.status).toBe(201)
+        const payment = { order_id: order.body.order_id, status: 'success' }
+        expect((await send('r-pay', 'POST', '/api/payments/webhook', payment, { 'idempotency-key': 'log-pay' })).status).toBe(200)
+        expect((await send('r-pay-again', 'POST', '/api/payments/webhook', payment, { 'idempotency-key': 'log-pay' })).status).toBe(200)
+        // A unit more: the admin's change admits the second ticket.
+        expect((await t.admin('PATCH', `/api/admin/products/${t.productId}`, { add_stock: 1 })).status).toBe(200)
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+        await t.sweep()
+
+        const idsOf = (event: string) => lines.filter((line) => line.event === event).map((line) => line.request_id)
+        expect(idsOf('hold.rejected')).toEqual(['r-unknown', 'r-refused'])
+        expect(idsOf('hold.released')).toEqual(['r-release'])
+        expect(idsOf('waitlist.joined')).toEqual(['r-join', 'r-join-2'])
+        expect(idsOf('waitlist.left')).toEqual(['r-leave'])
+        expect(idsOf('order.created')).toEqual(['r-order'])
+        expect(idsOf('payment.applied')).toEqual(['r-pay'])
+        expect(idsOf('payment.duplicate')).toEqual(['r-pay-again'])
+        // The admin's request: its id is the one Fastify gave it, not another request's.
+        const admitted = lines.filter((line) => line.event === 'waitlist.admitted')
+        expect(admitted).toHaveLength(1)
+        const adminId = admitted[0]!.request_id
+        expect(adminId).toMatch(/^[0-9a-f]{8}-[0-9a-z]+$/)
+        // Its admission is a hold made by that request.
+        expect(idsOf('hold.created')).toEqual(['r-hold', 'r-hold-2', 'r-hold-3', adminId])
+        // The sweeper's expiries belong to no request.
+        const expired = lines.filter((line) => line.event === 'hold.expired')
+        expect(expired.length).toBeGreaterThan(0)
+        for (const line of expired) expect(line.request_id).toBeUndefined()
+      })
     })
 
     describe('dashboard', () => {

@@ -4,7 +4,7 @@
 import { assert } from './assert.js'
 import { addMs, IsoTextMemo, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import type { Observer } from './events.js'
+import type { EventLog, Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds } from './ids.js'
 import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } from './keyed-batches.js'
@@ -126,10 +126,11 @@ export class Holds {
     this.batches = new KeyedBatches(store, clock, observer, useCase, settings)
   }
 
-  async create(request: HoldRequest): Promise<HoldAnswer> {
+  // `log`: the log of the request asking (its events are logged there), throughout the services.
+  async create(request: HoldRequest, log?: EventLog): Promise<HoldAnswer> {
     try {
       if (!isProductId(request.productId)) throw new DomainError('product_not_found')
-      const { answer, replayed } = await this.batches.submit(request.productId, request).catch((error: unknown) => {
+      const { answer, replayed } = await this.batches.submit(request.productId, request, log).catch((error: unknown) => {
         if (error instanceof DomainError) return this.batches.refuse(request, error)
         throw error
       })
@@ -137,7 +138,7 @@ export class Holds {
     } catch (error) {
       // Refusals decided in the batch carry their own event; an unknown product is found before.
       if (error instanceof DomainError && error.code === 'product_not_found') {
-        this.observer.emit({ name: 'hold.rejected', productId: request.productId, qty: request.qty, reason: error.code })
+        this.observer.emit({ name: 'hold.rejected', productId: request.productId, qty: request.qty, reason: error.code }, log)
       }
       throw error
     }
@@ -150,10 +151,10 @@ export class Holds {
   }
 
   // Releases an active hold early. Releasing a released hold again changes nothing (200).
-  async release(holdId: string): Promise<Hold> {
+  async release(holdId: string, log?: EventLog): Promise<Hold> {
     const known = await this.get(holdId)
     const now = this.clock.now()
-    return withLockedProduct(this.store, this.observer, { label: 'holds.release', productId: known.productId, now }, async (ctx) => {
+    return withLockedProduct(this.store, this.observer, { label: 'holds.release', productId: known.productId, now, log }, async (ctx) => {
       const { tx, ledger, events } = ctx
       const hold = await tx.getHold(holdId)
       assert(hold !== undefined, 'holds are never deleted')

@@ -10,7 +10,7 @@ import { assert } from './assert.js'
 import { ProductBatches, type QueueLimits } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import type { DomainEvent, EventName, Observer } from './events.js'
+import type { DomainEvent, EventLog, EventName, Observer } from './events.js'
 import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
 import { withLockedProduct } from './locked-product.js'
 import type { SettleContext } from './settle.js'
@@ -130,14 +130,14 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     this.batches = new ProductBatches(useCase.batchMax, limits, useCase.label, (productId, batch) => this.serveBatch(productId, batch))
   }
 
-  // `productId` names the lock (and the queue) the request needs.
-  async submit(productId: number, request: R): Promise<KeyedAnswer<A>> {
+  // `productId` names the lock (and the queue) the request needs; its events go to `log`.
+  async submit(productId: number, request: R, log?: EventLog): Promise<KeyedAnswer<A>> {
     const key = request.idempotencyKey
-    if (key === null) return this.enqueue(productId, request, null)
+    if (key === null) return this.enqueue(productId, request, null, log)
     const fingerprint = this.useCase.fingerprint(request)
     for (let wait = 0; wait <= duplicateWaitsMax; wait++) {
       const earlier = this.inFlight.runOf(key)
-      if (earlier === undefined) return this.inFlight.start(key, fingerprint, () => this.enqueue(productId, request, fingerprint))
+      if (earlier === undefined) return this.inFlight.start(key, fingerprint, () => this.enqueue(productId, request, fingerprint, log))
       const answered = await earlier.promise.catch(() => undefined)
       if (answered) {
         assertSameFingerprint(earlier.fingerprint, fingerprint)
@@ -161,13 +161,13 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     await this.batches.drain()
   }
 
-  private async enqueue(productId: number, request: R, fingerprint: string | null): Promise<KeyedAnswer<A>> {
+  private async enqueue(productId: number, request: R, fingerprint: string | null, log: EventLog | undefined): Promise<KeyedAnswer<A>> {
     const outcome = await new Promise<Outcome<A>>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
     if (outcome.ok === 'replay') {
       assert(fingerprint !== null, 'a replay is found for a keyed request only')
       return this.fromRecord(fingerprint, outcome.record)
     }
-    for (const event of outcome.events) this.observer.emit(event)
+    for (const event of outcome.events) this.observer.emit(event, log)
     if (outcome.ok) return { answer: outcome.answer, replayed: false }
     throw outcome.error
   }

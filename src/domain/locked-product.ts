@@ -2,7 +2,7 @@
 // work, serve the waitlist with what the work freed, flush the ledger (one UPDATE), commit, and only then emit the events the work collected
 // (a retried transaction runs the work again, so nothing may leave it before the commit).
 import { DomainError } from './errors.js'
-import { emitAll, type DomainEvent, type Observer } from './events.js'
+import { emitAll, type DomainEvent, type EventLog, type Observer } from './events.js'
 import { ProductLedger } from './ledger.js'
 import { serveLine } from './line.js'
 import { reclaimBatchMax, type SettleContext } from './settle.js'
@@ -15,6 +15,8 @@ export interface LockedProductOptions {
   now: Date
   // How many lapsed rows the work may expire on the way (the sweeper passes what is left of its pass).
   reclaimMax?: number
+  // The log of the request the work serves (its events and retries are logged there).
+  log?: EventLog
 }
 
 // Runs `work` under the product's row lock (StoreTx lock order: the product first). An unknown
@@ -28,7 +30,7 @@ export async function withLockedProduct<T>(
   work: (ctx: SettleContext) => Promise<T>,
   beforeLock?: (tx: StoreTx) => Promise<void>,
 ): Promise<T> {
-  const { result, events } = await store.transaction({ label: options.label }, async (tx) => {
+  const { result, events } = await store.transaction({ label: options.label, log: options.log }, async (tx) => {
     if (beforeLock) await beforeLock(tx)
     const product = await tx.lockProduct(options.productId)
     if (!product) throw new DomainError('product_not_found')
@@ -41,6 +43,6 @@ export async function withLockedProduct<T>(
     await ledger.flush(tx)
     return { result, events }
   })
-  emitAll(observer, events)
+  emitAll(observer, events, options.log)
   return result
 }

@@ -4,7 +4,7 @@
 import { assert } from './assert.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import type { DomainEvent, Observer } from './events.js'
+import type { DomainEvent, EventLog, Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isResourceId, newOrderId } from './ids.js'
 import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } from './keyed-batches.js'
@@ -83,12 +83,12 @@ export class Orders {
     return order
   }
 
-  async create(request: OrderRequest): Promise<OrderAnswer> {
+  async create(request: OrderRequest, log?: EventLog): Promise<OrderAnswer> {
     try {
       // The hold names the product whose lock (and batch) the order needs; it never changes.
       const known = isResourceId(request.holdId) ? await this.store.getHold(request.holdId) : undefined
       if (!known) throw new DomainError('hold_not_found')
-      const { answer, replayed } = await this.batches.submit(known.productId, request)
+      const { answer, replayed } = await this.batches.submit(known.productId, request, log)
       return { order: answer, replayed }
     } catch (error) {
       if (error instanceof DomainError) return this.batches.refuse(request, error).then(({ answer, replayed }) => ({ order: answer, replayed }))

@@ -5,7 +5,7 @@ import { assert } from './assert.js'
 import { ProductBatches, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import { emitAll, type DomainEvent, type Observer } from './events.js'
+import { emitAll, type DomainEvent, type EventLog, type Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isResourceId } from './ids.js'
 import { withLockedProduct } from './locked-product.js'
@@ -74,7 +74,7 @@ export class Payments {
     this.batches = new ProductBatches(settings.webhookBatchMax, settings, 'payments.receive', (productId, batch) => this.serveBatch(productId, batch))
   }
 
-  async receive(request: PaymentRequest): Promise<PaymentAnswer> {
+  async receive(request: PaymentRequest, log?: EventLog): Promise<PaymentAnswer> {
     const fingerprintWith = (amountText: string | null): string =>
       fingerprintOf([
         'payments',
@@ -96,9 +96,9 @@ export class Payments {
     // event for the key is read in the batch, with every other key of the batch at once.
     const productId = await this.productOf(request).catch((error: unknown) => this.refuse(request, fingerprint, error))
     const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
-    if (outcome.ok === 'replay') return this.replay(outcome.event, fingerprint)
+    if (outcome.ok === 'replay') return this.replay(outcome.event, fingerprint, log)
     if (outcome.ok === false) throw outcome.error
-    emitAll(this.observer, outcome.events)
+    emitAll(this.observer, outcome.events, log)
     return outcome.answer
   }
 
@@ -253,9 +253,9 @@ export class Payments {
     return hold.productId
   }
 
-  private replay(event: PaymentEvent, fingerprint: WebhookFingerprint): PaymentAnswer {
+  private replay(event: PaymentEvent, fingerprint: WebhookFingerprint, log: EventLog | undefined): PaymentAnswer {
     assertSameWebhook(event.fingerprint, fingerprint)
-    this.observer.emit({ name: 'payment.duplicate', key: event.idempotencyKey, holdId: event.holdId, replayed: true })
+    this.observer.emit({ name: 'payment.duplicate', key: event.idempotencyKey, holdId: event.holdId, replayed: true }, log)
     if (event.state === 'waiting') {
       const body: PaymentAnswerBody = { state: 'accepted', holdId: event.holdId, orderId: null, orderStatus: null, outcome: null }
       return { body, replayed: true }

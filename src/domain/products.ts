@@ -4,7 +4,7 @@ import { ProductQueues, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
 import { isProductId } from './ids.js'
-import type { Observer } from './events.js'
+import type { EventLog, Observer } from './events.js'
 import { closeEndedLine, closeTicketsOverLimit } from './line.js'
 import { withLockedProduct } from './locked-product.js'
 import { reclaimWhileShort, type SettleContext } from './settle.js'
@@ -158,10 +158,10 @@ export class Catalog {
   // the expiry of lapsed rows a withdrawal needed (changeStock).
   // Lowering per_buyer_limit below what a buyer already has is allowed: their units stay, and
   // more is refused until they are below the new limit.
-  async update(productId: number, changes: ProductChanges): Promise<ProductView> {
+  async update(productId: number, changes: ProductChanges, log?: EventLog): Promise<ProductView> {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
-    const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now }, async (ctx) => {
+    const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.update', productId, now, log }, async (ctx) => {
       const { tx, ledger } = ctx
       const current = ledger.drop
       // A new per_buyer_limit takes effect at an instant read under the product lock: every hold
@@ -189,10 +189,10 @@ export class Catalog {
   }
 
   // Adds (or, negative, withdraws) units; never below what holds, orders and sales commit.
-  async addStock(productId: number, addStock: number): Promise<ProductView> {
+  async addStock(productId: number, addStock: number, log?: EventLog): Promise<ProductView> {
     if (!isProductId(productId)) throw new DomainError('product_not_found')
     const now = this.clock.now()
-    const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now }, (ctx) => this.changeStock(ctx, addStock))
+    const refusal = await withLockedProduct(this.store, this.observer, { label: 'products.add_stock', productId, now, log }, (ctx) => this.changeStock(ctx, addStock))
     if (refusal) throw refusal
     return this.viewAfterCommit(productId, now)
   }

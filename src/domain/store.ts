@@ -1,5 +1,6 @@
 // What the use cases need from storage. store/kysely-store.ts implements it on every engine;
 // the domain never sees SQL, rows or engine names.
+import type { EventLog } from './events.js'
 
 export interface Product {
   id: number
@@ -285,6 +286,8 @@ export interface StoreTx {
 export interface TransactionOptions {
   // Names the use case in tx.retry logs and metrics.
   label: string
+  // Where its tx.retry and tx.busy lines go: the log of the one request it serves, if it serves one.
+  log?: EventLog
 }
 
 export interface Store {

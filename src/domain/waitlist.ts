@@ -5,7 +5,7 @@ import { randomInt } from 'node:crypto'
 import { assert } from './assert.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import type { Observer } from './events.js'
+import type { EventLog, Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isProductId, isResourceId, newHoldIds, newTicketIds } from './ids.js'
 import { KeyedBatches, type KeyedBatchLimits, type KeyedUseCase, type Verdict } from './keyed-batches.js'
@@ -118,9 +118,9 @@ export class Waitlist {
     this.batches = new KeyedBatches(store, clock, observer, useCase, settings)
   }
 
-  async join(request: JoinRequest): Promise<JoinAnswer> {
+  async join(request: JoinRequest, log?: EventLog): Promise<JoinAnswer> {
     if (!isProductId(request.productId)) throw new DomainError('product_not_found')
-    const { answer, replayed } = await this.batches.submit(request.productId, request).catch((error: unknown) => {
+    const { answer, replayed } = await this.batches.submit(request.productId, request, log).catch((error: unknown) => {
       if (error instanceof DomainError) return this.batches.refuse(request, error)
       throw error
     })
@@ -135,11 +135,11 @@ export class Waitlist {
 
   // Leaves the line. Leaving again, or a closed ticket, changes nothing (200); an admitted
   // ticket is a hold now (release that instead).
-  async leave(ticketId: string): Promise<TicketView> {
+  async leave(ticketId: string, log?: EventLog): Promise<TicketView> {
     const known = isResourceId(ticketId) ? await this.store.getTicket(ticketId) : undefined
     if (!known) throw new DomainError('ticket_not_found')
     const now = this.clock.now()
-    const ticket = await withLockedProduct(this.store, this.observer, { label: 'waitlist.leave', productId: known.productId, now }, async ({ tx, ledger, events }) => {
+    const ticket = await withLockedProduct(this.store, this.observer, { label: 'waitlist.leave', productId: known.productId, now, log }, async ({ tx, ledger, events }) => {
       const stored = await tx.getTicket(ticketId)
       assert(stored !== undefined, 'tickets are never deleted')
       if (stored.status === 'admitted') throw new DomainError('ticket_admitted', { hold_id: stored.holdId })

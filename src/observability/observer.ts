@@ -1,16 +1,12 @@
 // Logs and metrics for the named events (SPEC §6). Events are logged with the request that
-// caused them, found through AsyncLocalStorage, so the domain needs no logger argument.
-import { AsyncLocalStorage } from 'node:async_hooks'
+// caused them: the use cases pass its log along (EventLog, domain/events.ts); events no request
+// caused (the sweeper, a batch's retries, the CLI) go to the base logger.
 import type { BaseLogger } from 'pino'
 import type { Histogram } from 'prom-client'
-import type { DomainEvent, Observer } from '../domain/events.js'
+import type { DomainEvent, EventLog, Observer } from '../domain/events.js'
 import type { Metrics } from './metrics.js'
 
 export type EventLogger = Pick<BaseLogger, 'info' | 'warn'>
-
-// The logger of the request being served (http/ sets it per request); events emitted outside
-// any request (the sweeper, the CLI) go to the base logger.
-export const requestLogContext = new AsyncLocalStorage<EventLogger>()
 
 export function createObserver(baseLogger: EventLogger, metrics: Metrics): Observer {
   const batchSizes: Partial<Record<string, Histogram>> = {
@@ -20,9 +16,9 @@ export function createObserver(baseLogger: EventLogger, metrics: Metrics): Obser
     'waitlist.batch': metrics.waitlistBatchSize,
   }
   return {
-    emit(event: DomainEvent) {
+    emit(event: DomainEvent, requestLog?: EventLog) {
       const { name, ...details } = event
-      const log = requestLogContext.getStore() ?? baseLogger
+      const log = requestLog ?? baseLogger
       // Batch sizes are metrics only: a log line per batch would say nothing the answers do not.
       const batchSize = batchSizes[name]
       if (batchSize) {

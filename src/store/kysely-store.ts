@@ -126,13 +126,13 @@ export class KyselyStore implements Store {
           throw error
         }
         if (attempt >= txAttemptsMax) {
-          observer.emit({ name: 'tx.busy', label: options.label, attempts: attempt })
+          observer.emit({ name: 'tx.busy', label: options.label, attempts: attempt }, options.log)
           throw new DomainError('busy', { retry_after_s: 1 }, `gave up after ${attempt} attempts: ${String(error)}`)
         }
         // Full jitter on an exponential ceiling: racing retriers spread out instead of colliding again.
         const ceilingMs = Math.min(retryBackoffMsMax, retryBackoffMsMin * 2 ** attempt)
         const delayMs = Math.round(Math.random() * ceilingMs)
-        observer.emit({ name: 'tx.retry', label: options.label, attempt, delayMs, reason: errorText(error) })
+        observer.emit({ name: 'tx.retry', label: options.label, attempt, delayMs, reason: errorText(error) }, options.log)
         await sleep(delayMs)
       }
     }

@@ -136,7 +136,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
           invalid_fields: ['add_stock'],
         })
       }
-      return presentProduct(await services.catalog.update(productId, addStock === undefined ? { drop } : { addStock, drop }))
+      return presentProduct(await services.catalog.update(productId, addStock === undefined ? { drop } : { addStock, drop }, request.log))
     },
   )
 

@@ -13,7 +13,7 @@ import type { Services } from '../../domain/services.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { BuyerTokens } from '../buyer-token.js'
 import { verifySignature } from '../signature.js'
-import { waitlistRoutes } from './waitlist.js'
+import { waitlistRoutes, type BuyerHook } from './waitlist.js'
 import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
 
 export interface PublicRoutesOptions {
@@ -46,8 +46,15 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   // service takes no buyers and an Authorization header on public routes means nothing.
   app.decorateRequest('buyerId', null)
   const buyerTokens = config.buyerTokenSecret ? new BuyerTokens(config.buyerTokenSecret, clock) : undefined
-  const identifyBuyer = async (request: FastifyRequest): Promise<void> => {
-    request.buyerId = buyerTokens ? buyerTokens.buyerOf(request.headers.authorization) : null
+  // A callback hook, not an async one: no promise for every hold (app.ts says why).
+  const identifyBuyer: BuyerHook = (request, _reply, done) => {
+    try {
+      request.buyerId = buyerTokens ? buyerTokens.buyerOf(request.headers.authorization) : null
+    } catch (error) {
+      done(error as Error)
+      return
+    }
+    done()
   }
   await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
 
@@ -86,7 +93,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
 
   const holdBodySchema = holdBody(config.maxQtyPerHold)
   app.post('/api/holds', keyedCreate('holds', config.rateLimitHoldPerMin, holdBodySchema, HoldView), async (request, reply) => {
-    const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId))
+    const answer = await services.holds.create(holdRequestOf(request.body, request.headers, request.buyerId), request.log)
     markReplay(reply, metrics, 'holds', answer.replayed)
     return reply.code(201).send(presentHold(answer.hold, clock.now(), answer.replayed))
   })
@@ -105,14 +112,14 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   app.delete(
     '/api/holds/:id',
     { config: rateLimit(config.rateLimitHoldPerMin), schema: { tags: ['holds'], params: ResourceParams, response: { 200: HoldView, ...problemResponses([404, 409, 410, 429, 503]) } } },
-    async (request) => presentHold(await services.holds.release(request.params.id), clock.now()),
+    async (request) => presentHold(await services.holds.release(request.params.id, request.log), clock.now()),
   )
 
   // An order takes its hold's buyer whoever sends it (the hold id is the capability); a token
   // sent with it must still be valid.
   app.post('/api/orders', keyedCreate('orders', config.rateLimitOrderPerMin, OrderBody, OrderView), async (request, reply) => {
     const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
-    const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey })
+    const answer = await services.orders.create({ holdId: request.body.hold_id, idempotencyKey }, request.log)
     markReplay(reply, metrics, 'orders', answer.replayed)
     return reply.code(201).send(presentOrder(answer.order, clock.now(), answer.replayed))
   })
@@ -150,14 +157,17 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
       }
       const idempotencyKey = idempotencyKeyOf(request.headers, body.idempotency_key)
       if (idempotencyKey === null) throw new DomainError('idempotency_key_required')
-      const answer = await services.payments.receive({
-        idempotencyKey,
-        orderId: body.order_id ?? null,
-        holdId: body.hold_id ?? null,
-        status: body.status,
-        paymentId: body.payment_id ?? null,
-        amount: body.amount ?? null,
-      })
+      const answer = await services.payments.receive(
+        {
+          idempotencyKey,
+          orderId: body.order_id ?? null,
+          holdId: body.hold_id ?? null,
+          status: body.status,
+          paymentId: body.payment_id ?? null,
+          amount: body.amount ?? null,
+        },
+        request.log,
+      )
       markReplay(reply, metrics, 'payments', answer.replayed)
       return reply.code(answer.body.state === 'accepted' ? 202 : 200).send(presentPayment(answer.body))
     },

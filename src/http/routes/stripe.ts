@@ -65,7 +65,7 @@ export const stripeRoutes: FastifyPluginAsyncTypebox<StripeRoutesOptions> = asyn
       const translation = translateStripeEvent(event)
       if (translation.kind === 'ignored') {
         // Answered 200 so Stripe does not retry it; the log line and counter record it.
-        observer.emit({ name: 'payment.ignored', key: translation.idempotencyKey, eventType: translation.eventType, reason: translation.reason })
+        observer.emit({ name: 'payment.ignored', key: translation.idempotencyKey, eventType: translation.eventType, reason: translation.reason }, request.log)
         return reply.code(200).send({ status: 'ignored', event_id: translation.idempotencyKey, event_type: translation.eventType })
       }
       const { payment } = translation
@@ -77,15 +77,18 @@ export const stripeRoutes: FastifyPluginAsyncTypebox<StripeRoutesOptions> = asyn
           : payment.currency && isSupportedCurrency(payment.currency)
             ? formatAmount(payment.amountMinor, payment.currency)
             : String(payment.amountMinor)
-      const answer = await services.payments.receive({
-        idempotencyKey: payment.idempotencyKey,
-        orderId: payment.orderId,
-        holdId: payment.holdId,
-        status: payment.status,
-        paymentId: payment.paymentId,
-        amount,
-        currency: payment.currency,
-      })
+      const answer = await services.payments.receive(
+        {
+          idempotencyKey: payment.idempotencyKey,
+          orderId: payment.orderId,
+          holdId: payment.holdId,
+          status: payment.status,
+          paymentId: payment.paymentId,
+          amount,
+          currency: payment.currency,
+        },
+        request.log,
+      )
       if (answer.replayed) {
         reply.header('idempotent-replayed', 'true')
         metrics.replays.inc({ scope: 'payments' })

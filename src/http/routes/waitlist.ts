@@ -1,6 +1,6 @@
 // The waitlist (SPEC §8): take a place in line, see it, leave it.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { Config } from '../../config.js'
 import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
@@ -12,12 +12,15 @@ import { presentTicket } from '../present.js'
 import { ProductParams, ResourceParams, TicketView, problemResponses, waitlistBody } from '../schemas/index.js'
 import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
 
+// The buyer-token check of the routes that take buyers (public.ts): sets request.buyerId.
+export type BuyerHook = (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => void
+
 export interface WaitlistRoutesOptions {
   config: Config
   services: Services
   clock: Clock
   metrics: Metrics
-  identifyBuyer: (request: FastifyRequest) => Promise<void>
+  identifyBuyer: BuyerHook
 }
 
 // Seconds a waiting client should let pass before asking again: the sweeper serves the line
@@ -51,7 +54,7 @@ export const waitlistRoutes: FastifyPluginAsyncTypebox<WaitlistRoutesOptions> = 
       const productId = parseProductId(request.params.id)
       if (productId === undefined) throw new DomainError('product_not_found')
       const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
-      const joined = await services.waitlist.join({ productId, qty: request.body.qty, idempotencyKey, buyerId: request.buyerId })
+      const joined = await services.waitlist.join({ productId, qty: request.body.qty, idempotencyKey, buyerId: request.buyerId }, request.log)
       markReplay(reply, metrics, 'waitlist', joined.replayed)
       return reply.code(201).send(answer(reply, joined.view))
     },
@@ -69,6 +72,6 @@ export const waitlistRoutes: FastifyPluginAsyncTypebox<WaitlistRoutesOptions> = 
       config: rateLimit(config.rateLimitHoldPerMin),
       schema: { tags: ['waitlist'], params: ResourceParams, response: { 200: TicketView, ...problemResponses([400, 404, 409, 429, 503]) } },
     },
-    async (request, reply) => answer(reply, await services.waitlist.leave(request.params.id)),
+    async (request, reply) => answer(reply, await services.waitlist.leave(request.params.id, request.log)),
   )
 }
