@@ -74,6 +74,18 @@ async function hold(t: TestApp, qty: number, headers: Record<string, string> = {
   return t.request('POST', '/api/holds', { body: { product_id: t.productId, qty }, headers })
 }
 
+// An info-level logger whose JSON lines the test reads back.
+function capturedLog(): { lines: Array<Record<string, unknown>>; logger: pino.Logger } {
+  const lines: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+      done()
+    },
+  })
+  return { lines, logger: pino({ level: 'info' }, sink) }
+}
+
 for (const engine of testEngines()) {
   describe.skipIf(!engine.available)(`${engine.name}: operations`, () => {
     describe('rate limits', () => {
@@ -245,17 +257,11 @@ for (const engine of testEngines()) {
 
     describe('request ids', () => {
       it('names each request without an X-Request-Id by an id no other process or restart gives, and keeps one sent', async () => {
-        const lines: Array<Record<string, unknown>> = []
-        const sink = new Writable({
-          write(chunk: Buffer, _encoding, done) {
-            for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
-            done()
-          },
-        })
+        const { lines, logger } = capturedLog()
         // Two apps, as two workers (or a restart) are: Fastify's own ids were req-1, req-2, ...
         // in each of them.
         for (let app = 0; app < 2; app++) {
-          const t = await buildTestApp(engine.name, { stock: 10, logger: pino({ level: 'info' }, sink) })
+          const t = await buildTestApp(engine.name, { stock: 10, logger })
           expect((await hold(t, 1)).status).toBe(201)
           expect((await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 }, headers: { 'x-request-id': 'client-chosen-1' } })).status).toBe(201)
         }
@@ -270,14 +276,8 @@ for (const engine of testEngines()) {
       // The use cases pass the asking request's log along by hand (no AsyncLocalStorage): each
       // event must still land on the line of the request that caused it, batched or not.
       it('logs every event a request causes with that request id, and the events no request caused without one', async () => {
-        const lines: Array<Record<string, unknown>> = []
-        const sink = new Writable({
-          write(chunk: Buffer, _encoding, done) {
-            for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
-            done()
-          },
-        })
-        const t = await buildTestApp(engine.name, { stock: 2, logger: pino({ level: 'info' }, sink) })
+        const { lines, logger } = capturedLog()
+        const t = await buildTestApp(engine.name, { stock: 2, logger })
         const send = (id: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
           t.request(method, path, { body, headers: { 'x-request-id': id, ...headers } })
         const holdBody = { product_id: t.productId, qty: 1 }
