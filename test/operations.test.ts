@@ -322,6 +322,45 @@ for (const engine of testEngines()) {
         expect(expired.length).toBeGreaterThan(0)
         for (const line of expired) expect(line.request_id).toBeUndefined()
       })
+
+      // What a request's batch does beyond the request itself (the units it frees admit tickets,
+      // the lapsed holds it reclaims) was caused by that request when it was alone in the batch
+      // (the sixth probe of the twelfth session found these lines without an id).
+      it("logs what a request's batch does on the way (admissions, a sell-out, reclaimed holds) with that request id when it was alone", async () => {
+        const { lines, logger } = capturedLog()
+        const t = await buildTestApp(engine.name, { stock: 1, logger })
+        const send = (id: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+          t.request(method, path, { body, headers: { 'x-request-id': id, ...headers } })
+        const orderWithWaitingTicket = async (productId: number, prefix: string): Promise<string> => {
+          const held = await send(`${prefix}-hold`, 'POST', '/api/holds', { product_id: productId, qty: 1 })
+          const order = await send(`${prefix}-order`, 'POST', '/api/orders', { hold_id: held.body.hold_id })
+          expect(order.status).toBe(201)
+          const joined = await send(`${prefix}-join`, 'POST', `/api/products/${productId}/waitlist`, { qty: 1 })
+          expect(joined.body.status).toBe('waiting')
+          return order.body.order_id as string
+        }
+        const failed = await orderWithWaitingTicket(t.productId, 'a')
+        expect((await send('a-fail', 'POST', '/api/payments/webhook', { order_id: failed, status: 'failed' }, { 'idempotency-key': 'a-fail' })).status).toBe(200)
+        const soldOut = await t.createProduct(1)
+        const paid = await orderWithWaitingTicket(soldOut, 'b')
+        expect((await send('b-pay', 'POST', '/api/payments/webhook', { order_id: paid, status: 'success' }, { 'idempotency-key': 'b-pay' })).status).toBe(200)
+        const roomy = await t.createProduct(3)
+        expect((await send('c-join', 'POST', `/api/products/${roomy}/waitlist`, { qty: 1 })).body.status).toBe('admitted')
+        const lapsing = await t.createProduct(1)
+        expect((await send('d-hold', 'POST', '/api/holds', { product_id: lapsing, qty: 1 })).status).toBe(201)
+        t.clock.advanceMs(t.config.holdTtlMs + 1)
+        expect((await send('d-reclaim', 'POST', '/api/holds', { product_id: lapsing, qty: 1 })).status).toBe(201)
+
+        const idsOf = (productId: number, event: string) => lines.filter((line) => line.productId === productId && line.event === event).map((line) => line.request_id)
+        expect(idsOf(t.productId, 'order.cancelled')).toEqual(['a-fail'])
+        expect(idsOf(t.productId, 'waitlist.admitted')).toEqual(['a-fail'])
+        expect(idsOf(t.productId, 'hold.created')).toEqual(['a-hold', 'a-fail'])
+        expect(idsOf(soldOut, 'waitlist.closed')).toEqual(['b-pay'])
+        expect(idsOf(roomy, 'waitlist.admitted')).toEqual(['c-join'])
+        expect(idsOf(roomy, 'hold.created')).toEqual(['c-join'])
+        expect(idsOf(lapsing, 'hold.expired')).toEqual(['d-reclaim'])
+        expect(idsOf(lapsing, 'hold.created')).toEqual(['d-hold', 'd-reclaim'])
+      })
     })
 
     describe('dashboard', () => {

@@ -10,7 +10,7 @@ import { assert } from './assert.js'
 import { ProductBatches, type QueueLimits } from './batcher.js'
 import { addMs, type Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import type { DomainEvent, EventLog, EventName, Observer } from './events.js'
+import { batchLog, type DomainEvent, type EventLog, type EventName, type Observer } from './events.js'
 import { assertSameFingerprint, InFlightKeys } from './idempotency.js'
 import { withLockedProduct } from './locked-product.js'
 import type { SettleContext } from './settle.js'
@@ -66,6 +66,7 @@ interface Waiter<R, A> {
   request: R
   // The request's fingerprint, computed once when it arrives (null without a key).
   fingerprint: string | null
+  log: EventLog | undefined
   resolve: (outcome: Outcome<A>) => void
   reject: (error: unknown) => void
 }
@@ -162,7 +163,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   }
 
   private async enqueue(productId: number, request: R, fingerprint: string | null, log: EventLog | undefined): Promise<KeyedAnswer<A>> {
-    const outcome = await new Promise<Outcome<A>>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
+    const outcome = await new Promise<Outcome<A>>((resolve, reject) => this.batches.add(productId, { request, fingerprint, log, resolve, reject }))
     if (outcome.ok === 'replay') {
       assert(fingerprint !== null, 'a replay is found for a keyed request only')
       return this.fromRecord(fingerprint, outcome.record)
@@ -193,9 +194,10 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         : undefined
     let outcomes: Array<Outcome<A>> | undefined
     let expiredFreesLeft = expiredKeyFreesMax
+    const log = batchLog(batch.map((waiter) => waiter.log))
     for (let attempt = 1; outcomes === undefined; attempt++) {
       try {
-        outcomes = await this.serveLocked(productId, batch, keys, readFirst, now, anticipated)
+        outcomes = await this.serveLocked(productId, batch, keys, readFirst, now, anticipated, log)
       } catch (caught) {
         let error = caught
         // Keys reused after their TTL: their expired rows go in a short transaction holding no
@@ -205,7 +207,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
           const { scope, label } = this.useCase
           const expiredKeys = error.keys
           try {
-            await this.store.transaction({ label: `${label}.keys` }, (tx) => tx.freeExpiredIdempotencyKeys(scope, expiredKeys, now))
+            await this.store.transaction({ label: `${label}.keys`, log }, (tx) => tx.freeExpiredIdempotencyKeys(scope, expiredKeys, now))
             attempt--
             continue
           } catch (freeError) {
@@ -223,7 +225,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         if (error instanceof StoredKeyConflict || error instanceof ExpiredKeysMet) {
           // Raced by other processes storing its keys every time: as the store does when its
           // retries of a transient conflict run out.
-          this.observer.emit({ name: 'tx.busy', label: this.useCase.label, attempts: attempt })
+          this.observer.emit({ name: 'tx.busy', label: this.useCase.label, attempts: attempt }, log)
           failure = new DomainError('busy', { retry_after_s: 1 }, error.message)
         }
         for (const waiter of batch) waiter.reject(failure)
@@ -260,6 +262,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     readFirst: boolean,
     now: Date,
     anticipated: readonly A[] | undefined,
+    log: EventLog | undefined,
   ): Promise<Array<Outcome<A>>> {
     const { useCase } = this
     const expiresAt = addMs(now, useCase.idempotencyTtlMs)
@@ -301,7 +304,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     return withLockedProduct(
       this.store,
       this.observer,
-      { label: useCase.label, productId, now },
+      { label: useCase.label, productId, now, log },
       async (ctx) => {
         if (!anticipated) {
           losers = new Map()

@@ -5,7 +5,7 @@ import { assert } from './assert.js'
 import { ProductBatches, type QueueLimits } from './batcher.js'
 import type { Clock } from './clock.js'
 import { DomainError } from './errors.js'
-import { emitAll, type DomainEvent, type EventLog, type Observer } from './events.js'
+import { batchLog, emitAll, type DomainEvent, type EventLog, type Observer } from './events.js'
 import { fingerprintOf } from './idempotency.js'
 import { isResourceId } from './ids.js'
 import { withLockedProduct } from './locked-product.js'
@@ -58,6 +58,7 @@ function assertSameWebhook(storedFingerprint: string, fingerprint: WebhookFinger
 interface Waiter {
   request: PaymentRequest
   fingerprint: WebhookFingerprint
+  log: EventLog | undefined
   resolve: (outcome: Outcome) => void
   reject: (error: unknown) => void
 }
@@ -95,7 +96,7 @@ export class Payments {
     // The order or hold names the product whose lock (and batch) the webhook needs. A stored
     // event for the key is read in the batch, with every other key of the batch at once.
     const productId = await this.productOf(request).catch((error: unknown) => this.refuse(request, fingerprint, error))
-    const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(productId, { request, fingerprint, resolve, reject }))
+    const outcome = await new Promise<Outcome>((resolve, reject) => this.batches.add(productId, { request, fingerprint, log, resolve, reject }))
     if (outcome.ok === 'replay') return this.replay(outcome.event, fingerprint, log)
     if (outcome.ok === false) throw outcome.error
     emitAll(this.observer, outcome.events, log)
@@ -123,7 +124,7 @@ export class Payments {
     const now = this.clock.now()
     let outcomes: Outcome[]
     try {
-      outcomes = await withLockedProduct(this.store, this.observer, { label: 'payments.receive', productId, now }, async (ctx) => {
+      outcomes = await withLockedProduct(this.store, this.observer, { label: 'payments.receive', productId, now, log: batchLog(batch.map((waiter) => waiter.log)) }, async (ctx) => {
         const known = await this.storedEvents(ctx, batch)
         const created: PaymentEvent[] = []
         const results: Outcome[] = []
