@@ -6,6 +6,7 @@ import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { dashboardProductsMax } from '../src/http/routes/admin-dashboard.js'
 import { buildTestApp, type TestApp } from './helpers/app.js'
+import { asBuyer, buyerEnv } from './helpers/buyer-tokens.js'
 import { testEngines } from './helpers/engines.js'
 import { countBy, times } from './helpers/http.js'
 import { expectProblem } from './helpers/problem-checks.js'
@@ -103,6 +104,16 @@ for (const engine of testEngines()) {
         expect(product.status).toBe(200)
         expect(product.body.available_stock).toBe(97)
         expect(sample(await scrape(t), 'flash_sale_rate_limited_total', { route: '/api/holds' })).toBe(1)
+        expect((await t.audit()).ok).toBe(true)
+      })
+
+      it('counts holds with a forged buyer token against the limit too: 401 until it is used up, then 429', async () => {
+        const t = await buildTestApp(engine.name, { env: { RATE_LIMIT_HOLD_PER_MIN: '3', ...buyerEnv } })
+        const forged = { authorization: 'Bearer not-a-jwt' }
+        for (let index = 0; index < 3; index++)
+          expectProblem(await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 }, headers: forged }), 401, 'invalid_buyer_token')
+        expectProblem(await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 }, headers: forged }), 429, 'rate_limited')
+        expectProblem(await t.request('POST', '/api/holds', { body: { product_id: t.productId, qty: 1 }, headers: await asBuyer('alice') }), 429, 'rate_limited')
         expect((await t.audit()).ok).toBe(true)
       })
 

@@ -42,19 +42,23 @@ const serializedViews = new WeakMap<object, string>()
 
 export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = async (app, { config, services, clock, metrics }) => {
   // The buyer token is checked before anything else of the request (its body, its product, its
-  // idempotency key): a bad token is 401 whatever else is wrong. Without BUYER_TOKEN_SECRET the
-  // service takes no buyers and an Authorization header on public routes means nothing.
+  // idempotency key), only the rate limit comes first: a bad token is 401 whatever else is wrong.
+  // Without BUYER_TOKEN_SECRET the service takes no buyers and an Authorization header on public
+  // routes means nothing.
   app.decorateRequest('buyerId', null)
   const buyerTokens = config.buyerTokenSecret ? new BuyerTokens(config.buyerTokenSecret, clock) : undefined
-  // A callback hook, not an async one: no promise for every hold (app.ts says why).
-  const identifyBuyer: BuyerHook = (request, _reply, done) => {
+  // A callback hook, not an async one: no promise for every hold (app.ts says why). It runs
+  // once the rate limit let the request through, so a flood of forged tokens counts against its
+  // sender's allowance like any other request (checked first, it never did: the twelfth
+  // session's probe), and before the body is read.
+  const identifyBuyer: BuyerHook = (request, _reply, payload, done) => {
     try {
       request.buyerId = buyerTokens ? buyerTokens.buyerOf(request.headers.authorization) : null
     } catch (error) {
       done(error as Error)
       return
     }
-    done()
+    done(null, payload)
   }
   await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
 
@@ -62,7 +66,7 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   // 201 with the view, the same refusals; the generics keep body and reply typed per route.
   const keyedCreate = <Body extends TSchema, View extends TSchema>(tag: 'holds' | 'orders', perMin: number, body: Body, view: View) => ({
     config: rateLimit(perMin),
-    onRequest: identifyBuyer,
+    preParsing: identifyBuyer,
     schema: { tags: [tag], security: buyerSecurity, body, response: { 201: view, ...keyedCreateProblems } },
   })
   // GET of one hold or order by its id.

@@ -1,6 +1,6 @@
 // The waitlist (SPEC §8): take a place in line, see it, leave it.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { FastifyReply, FastifyRequest, RequestPayload } from 'fastify'
 import type { Config } from '../../config.js'
 import type { Clock } from '../../domain/clock.js'
 import { DomainError } from '../../domain/errors.js'
@@ -12,8 +12,9 @@ import { presentTicket } from '../present.js'
 import { ProductParams, ResourceParams, TicketView, problemResponses, waitlistBody } from '../schemas/index.js'
 import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
 
-// The buyer-token check of the routes that take buyers (public.ts): sets request.buyerId.
-export type BuyerHook = (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => void
+// The buyer-token check of the routes that take buyers (public.ts): sets request.buyerId. A
+// preParsing hook: after the rate limit (an onRequest hook), before the body is read.
+export type BuyerHook = (request: FastifyRequest, reply: FastifyReply, payload: RequestPayload, done: (error?: Error | null, payload?: RequestPayload) => void) => void
 
 export interface WaitlistRoutesOptions {
   config: Config
@@ -41,7 +42,7 @@ export const waitlistRoutes: FastifyPluginAsyncTypebox<WaitlistRoutesOptions> = 
     '/api/products/:id/waitlist',
     {
       config: rateLimit(config.rateLimitHoldPerMin),
-      onRequest: identifyBuyer,
+      preParsing: identifyBuyer,
       schema: {
         tags: ['waitlist'],
         security: buyerSecurity,
