@@ -231,8 +231,12 @@ for (const engine of testEngines()) {
         expect((await hold(t, 1)).status).toBe(409)
         expect((await hold(t, 1)).status).toBe(409)
         expect((await t.request('GET', `/api/products/${t.productId}`)).status).toBe(200)
+        // Refused before routing: a URL that cannot be decoded.
+        expect((await t.request('GET', '/api/holds/%zz')).status).toBe(400)
+        expect((await t.request('GET', '/api/holds/%zz')).status).toBe(400)
         const text = await scrape(t)
         const histogram = 'flash_sale_http_request_duration_seconds'
+        expect(sample(text, `${histogram}_count`, { method: 'GET', route: 'unmatched', status_code: '400' })).toBe(2)
         const created = { method: 'POST', route: '/api/holds', status_code: '201' }
         const refused = { method: 'POST', route: '/api/holds', status_code: '409' }
         const read = { method: 'GET', route: '/api/products/:id', status_code: '200' }
