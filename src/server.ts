@@ -6,12 +6,23 @@ import type { Logger } from 'pino'
 import { createLogger } from './observability/logger.js'
 import { startClusterMetricsPrimary } from './observability/cluster-metrics.js'
 import { installSignalHandlers, openRuntime, serve } from './runtime.js'
+import { MigrationFailed } from './store/kysely-store.js'
 
 // The primary tells its workers to drain with this message (server.ts, the only sender).
 const drainMessage = { type: 'flash-sale:drain' } as const
 
 function isDrainMessage(message: unknown): boolean {
   return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === drainMessage.type
+}
+
+// A database the server cannot migrate at start (unreachable, refused, a path it cannot open):
+// said in one line, exit 3, as the command line says a database command that cannot run. It
+// printed Node's stack trace and exited 1 (the twelfth session's probe). A supervisor restarts it.
+function cannotStart(error: MigrationFailed, logger: Logger): never {
+  const reason = error.message.split('\n')[0]!
+  logger.error({ event: 'server.start_failed', reason }, 'server.start_failed')
+  console.error(`cannot start: ${reason}`)
+  process.exit(3)
 }
 
 export async function startServer(): Promise<void> {
@@ -30,7 +41,10 @@ export async function startServer(): Promise<void> {
   }
   if (config.workers > 1 && cluster.isPrimary) {
     const runtime = openRuntime(config, { logger })
-    await runtime.store.migrate()
+    await runtime.store.migrate().catch((error: unknown) => {
+      if (error instanceof MigrationFailed) cannotStart(error, logger)
+      throw error
+    })
     await runtime.store.close()
     // Before the first fork, so no worker's request for the service's metrics goes unheard.
     startClusterMetricsPrimary()
@@ -85,6 +99,7 @@ export async function startServer(): Promise<void> {
   try {
     served = await serve(config, { migrate: cluster.isPrimary })
   } catch (error) {
+    if (error instanceof MigrationFailed) cannotStart(error, logger)
     // The port taken or the address not this host's: said in one line, exit 1 (a worker's exit
     // before it listened stops the whole service, above).
     const code = (error as NodeJS.ErrnoException).code

@@ -10,6 +10,7 @@ import { buildTestApp } from './helpers/app.js'
 import { rawQuery, testDatabase, testEngines } from './helpers/engines.js'
 import { runCli } from './helpers/lifecycle.js'
 import { runToExit } from './helpers/servers.js'
+import { freePort } from '../dev/free-port.js'
 
 interface AuditOutput {
   ok: boolean
@@ -45,6 +46,16 @@ for (const engine of testEngines()) {
       const audited = await runCli(['audit'], env)
       expect(audited.code).toBe(0)
       expect(JSON.parse(audited.stdout)).toEqual({ ok: true, checked_products: 1, violations: [] })
+    })
+
+    it('seed on a new database migrates it and says it seeded product 1; again, that nothing was seeded', async () => {
+      const fresh = await testDatabase(engine.name)
+      const env = { DATABASE_URL: fresh.url, SEED_STOCK: '5' }
+      const first = await runCli(['seed'], env)
+      expect({ code: first.code, stdout: first.stdout.trim(), stderr: first.stderr }).toEqual({ code: 0, stdout: 'seeded product 1 with 5 units', stderr: '' })
+      expect((await runCli(['seed'], env)).stdout.trim()).toBe('the database already has products; nothing seeded')
+      const products = (await rawQuery(engine.name, fresh.url, 'select id, stock from products')) as Array<Record<string, unknown>>
+      expect(products.map((row) => ({ id: Number(row.id), stock: Number(row.stock) }))).toEqual([{ id: 1, stock: 5 }])
     })
 
     it('a database migrated with SEED_STOCK=0 has no product until seed creates product 1 with SEED_STOCK units, once', async () => {
@@ -185,6 +196,30 @@ for (const engine of testEngines()) {
       expect(refused.status).toBe(401)
       expect(refused.body).toMatchObject({ code: 'invalid_signature' })
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('the server exits 3 with one line when it cannot migrate its database at start (unreachable or unopenable), with one process or several', async () => {
+      const nobodyPort = await freePort()
+      const unreachable: Record<string, string> = {
+        sqlite: 'sqlite:/proc/flash-sale-cannot-open.db',
+        postgres: `postgres://postgres:secret-pw@127.0.0.1:${nobodyPort}/test`,
+        mysql: `mysql://root:secret-pw@127.0.0.1:${nobodyPort}/test`,
+      }
+      for (const workers of ['1', '2']) {
+        const result = await runToExit(['dist/main.js'], { ...process.env, LOG_LEVEL: 'silent', DATABASE_URL: unreachable[engine.name]!, WORKERS: workers, PORT: '0' })
+        const lines = result.stderr.trim().split('\n')
+        expect({ workers, code: result.code, lines: lines.length }).toEqual({ workers, code: 3, lines: 1 })
+        expect(lines[0]).toMatch(/^cannot start: migration failed/)
+        expect(result.stderr).not.toContain('secret-pw')
+      }
+    })
+
+    it('--help, -h and help print the usage on stdout and exit 0', async () => {
+      for (const ask of ['--help', '-h', 'help']) {
+        const answer = await runCli([ask], {})
+        expect({ ask, code: answer.code, stderr: answer.stderr }).toEqual({ ask, code: 0, stderr: '' })
+        expect(answer.stdout).toMatch(/^usage: flash-sale <command>/)
+      }
     })
 
     it('misuse exits 2 with a message: no or unknown command, sweep without --once, an unknown sweep flag, sign without --body or secret', async () => {

@@ -41,8 +41,12 @@ export async function runCli(argv: string[]): Promise<number> {
         })
       case 'seed':
         return await withRuntime({}, async (runtime) => {
+          // On a new database the migration itself creates product 1 (0002_seed_product): that is
+          // this command seeding too, not "already has products" (the twelfth session's probe).
+          // Counted before migrating, an unmigrated database has none.
+          const productsBefore = await runtime.store.countProducts().catch(() => 0)
           await runtime.store.migrate()
-          const seeded = await seedIfEmpty(runtime)
+          const seeded = (await seedIfEmpty(runtime)) || (productsBefore === 0 && (await runtime.store.countProducts()) > 0)
           const why = runtime.config.seedStock === 0 ? 'SEED_STOCK=0' : 'the database already has products'
           console.log(seeded ? `seeded product 1 with ${runtime.config.seedStock} units` : `${why}; nothing seeded`)
           return 0
@@ -87,6 +91,12 @@ export async function runCli(argv: string[]): Promise<number> {
           progressIsTty: process.stderr.isTTY === true,
           writeProgress: (text) => process.stderr.write(text),
         })
+      // Asked for, the usage is an answer (stdout, 0), not a misuse (the twelfth session's probe).
+      case 'help':
+      case '--help':
+      case '-h':
+        console.log(usage)
+        return 0
       default:
         console.error(usage)
         return 2

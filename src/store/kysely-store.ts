@@ -56,6 +56,10 @@ const unavailableLogIntervalMs = 5_000
 
 type Db = Kysely<Database>
 
+// The database could not be brought to the latest schema (unreachable, refused, a file that
+// cannot be opened, a migration that failed): the server cannot start (server.ts).
+export class MigrationFailed extends Error {}
+
 export class KyselyStore implements Store {
   readonly engine: EngineName
   private readonly db: Db
@@ -91,7 +95,7 @@ export class KyselyStore implements Store {
       const failed = results?.find((result) => result.status === 'Error')
       if (!error && !failed) return
       if (attempt >= attemptsMax || failed) {
-        throw new Error(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)
+        throw new MigrationFailed(`migration failed${failed ? ` at ${failed.migrationName}` : ''}: ${String(error)}`)
       }
       this.options.observer.emit({ name: 'tx.retry', label: 'migrate', attempt, delayMs: 100 * attempt, reason: String(error).slice(0, 200) })
       await sleep(100 * attempt)
