@@ -46,6 +46,8 @@ export interface Config {
   readonly inFlightKeysMax: number
   readonly txAttemptsMax: number
   readonly sqliteLockWaitMs: number
+  // PostgreSQL and MySQL: how long a request waits for the database before 503 busy (0: for ever).
+  readonly dbTimeoutMs: number
   readonly bodyBytesMax: number
   readonly seedStock: number
   // Registers POST /bench/hold-ceiling (the bench's ceiling phase); off by default.
@@ -217,6 +219,7 @@ export function loadConfig(env: Env = process.env): Config {
     inFlightKeysMax: integer(env, 'IN_FLIGHT_KEYS_MAX', 100_000, 1, 10_000_000),
     txAttemptsMax: integer(env, 'TX_ATTEMPTS_MAX', 8, 1, 100),
     sqliteLockWaitMs: integer(env, 'SQLITE_LOCK_WAIT_MS', 5_000, 0, 60_000),
+    dbTimeoutMs: integer(env, 'DB_TIMEOUT_MS', 10_000, 0, 600_000),
     bodyBytesMax: integer(env, 'BODY_BYTES_MAX', 16_384, 256, 10_485_760),
     seedStock: integer(env, 'SEED_STOCK', 100, 0, 1_000_000_000),
     benchCeilingRoute: integer(env, 'BENCH_CEILING_ROUTE', 0, 0, 1) === 1,

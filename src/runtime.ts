@@ -46,6 +46,7 @@ export function openRuntime(config: Config, options: RuntimeOptions = {}): Runti
     observer,
     txAttemptsMax: config.txAttemptsMax,
     lockWaitMs: config.sqliteLockWaitMs,
+    ...(config.dbTimeoutMs > 0 ? { timeoutMs: config.dbTimeoutMs } : {}),
     seed: { ...seedProduct, stock: config.seedStock },
   })
   metrics.trackProducts(store, clock)

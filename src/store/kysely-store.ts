@@ -43,6 +43,10 @@ export interface StoreOptions {
   txAttemptsMax: number
   poolSizeMax?: number
   lockWaitMs?: number
+  // How long a transaction or a read may wait for a database server (a connection, its
+  // statements, the commit) before its request is answered 503 busy (DB_TIMEOUT_MS). Not on
+  // SQLite, whose driver blocks the event loop while it waits (SQLITE_LOCK_WAIT_MS bounds it).
+  timeoutMs?: number
   // Product 1 of a new database (see migrations/0002_seed_product).
   seed?: SeedProduct
   // Sees every statement run, with its parameters (tests count statements and explain them).
@@ -55,6 +59,13 @@ const retryBackoffMsMax = 200
 const unavailableLogIntervalMs = 5_000
 
 type Db = Kysely<Database>
+
+// A transaction whose request was answered 503 busy (KyselyStore.bounded) stops before it commits.
+class TransactionAbandoned extends Error {
+  constructor() {
+    super('abandoned: its request was answered 503 busy after DB_TIMEOUT_MS')
+  }
+}
 
 // The database could not be brought to the latest schema (unreachable, refused, a file that
 // cannot be opened, a migration that failed): the server cannot start (server.ts).
@@ -103,15 +114,29 @@ export class KyselyStore implements Store {
   }
 
   async transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    let abandoned = false
+    return this.bounded(
+      () => this.runTransaction(options, fn, () => abandoned),
+      () => (abandoned = true),
+    )
+  }
+
+  private async runTransaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>, abandoned: () => boolean): Promise<T> {
     const { txAttemptsMax, observer } = this.options
     for (let attempt = 1; ; attempt++) {
+      if (abandoned()) throw new TransactionAbandoned()
       try {
         return await this.db.connection().execute(async (connection) => {
+          // Given its connection only after its request was answered 503: it must not run.
+          if (abandoned()) throw new TransactionAbandoned()
           await sql.raw(this.capabilities.beginSql).execute(connection)
           try {
             const tx = new KyselyTx(connection, this.capabilities, this.hotSql)
             const result = await fn(tx)
             await tx.finish()
+            // Its request was answered 503 while a statement waited on a stalled server: rolled
+            // back, so a 503 means nothing was written unless the commit itself was on its way.
+            if (abandoned()) throw new TransactionAbandoned()
             // Sends the writes still waiting (write-behind.ts) first, with the commit where it can.
             await connection.executeQuery(commitQuery)
             return result
@@ -145,13 +170,42 @@ export class KyselyStore implements Store {
   // Reads that fail because the database is gone answer 503 busy (retry later), not 500. Every
   // statement outside a transaction goes through here (a black-box probe found the audit, the
   // dashboard and the ticket routes answering 500 while the database was down).
-  private async read<T>(query: () => Promise<T>): Promise<T> {
+  private async read<T>(query: () => Promise<T>, bounded = true): Promise<T> {
     try {
-      return await query()
+      return await (bounded ? this.bounded(query) : query())
     } catch (error) {
       if (this.capabilities.isUnavailable(error)) throw this.unavailable(error)
       throw error
     }
+  }
+
+  // A database server that stops answering but keeps its connections open (frozen, paused, a
+  // network dropping packets silently) held every request on a pooled connection for as long as
+  // it stalled, and /ready answered 200 after it (the twelfth session's second probe): no driver
+  // bounds a statement by itself here. Past `timeoutMs` the request is answered 503 busy; the
+  // work goes on in the background until the server answers or its connection breaks, and a
+  // transaction told so by `onTimeout` rolls back instead of committing.
+  private bounded<T>(work: () => Promise<T>, onTimeout?: () => void): Promise<T> {
+    const { timeoutMs } = this.options
+    if (timeoutMs === undefined || this.options.engine === 'sqlite') return work()
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        onTimeout?.()
+        const error = new Error(`no answer from the database in ${timeoutMs} ms`)
+        this.noteUnavailable(error)
+        reject(new DomainError('busy', { retry_after_s: 1 }, error.message))
+      }, timeoutMs)
+      work().then(
+        (value) => {
+          clearTimeout(timer)
+          resolve(value)
+        },
+        (error: unknown) => {
+          clearTimeout(timer)
+          reject(error)
+        },
+      )
+    })
   }
 
   private unavailable(error: unknown): DomainError {
@@ -294,7 +348,8 @@ export class KyselyStore implements Store {
   }
 
   auditFacts(now: Date = new Date()): Promise<AuditFacts> {
-    return this.read(() => this.readAuditFacts(now))
+    // Not bounded by DB_TIMEOUT_MS: it reads every row, and a large database takes its time.
+    return this.read(() => this.readAuditFacts(now), false)
   }
 
   private async readAuditFacts(now: Date): Promise<AuditFacts> {
@@ -377,7 +432,8 @@ export class KyselyStore implements Store {
   }
 
   async ping(): Promise<void> {
-    await sql`select 1`.execute(this.db)
+    // Bounded too: /ready must say 503 while the server stalls, not 200 once it is back.
+    await this.bounded(() => sql`select 1`.execute(this.db))
   }
 
   async close(): Promise<void> {

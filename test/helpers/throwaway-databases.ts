@@ -24,6 +24,10 @@ export interface ThrowawayServer {
   stop(mode: StopMode): Promise<void>
   start(): Promise<void>
   reachable(): Promise<boolean>
+  // SIGSTOP to every process of the server: it keeps its sockets open and answers nothing (a
+  // stalled server, a paused VM); thaw() sends SIGCONT. destroy() thaws first.
+  freeze(): void
+  thaw(): void
   // Stops and removes everything; safe to call twice.
   destroy(): Promise<void>
 }
@@ -132,10 +136,12 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
     if (!postmasterPid()) return
     await asPostgres(binDir, 'pg_ctl', ['-D', dataDir, '-m', mode, '-w', '-t', '60', 'stop'])
   }
+  const stalled = new Stalled()
   let destroyed = false
   const destroy = async (): Promise<void> => {
     if (destroyed) return
     destroyed = true
+    stalled.thaw()
     try {
       await stop('immediate')
     } catch {
@@ -160,7 +166,44 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
       () => true,
       () => false,
     )
-  return { engine: 'postgres', url, port, stop, start, destroy, reachable }
+  const freeze = (): void => {
+    const pid = postmasterPid()
+    if (pid) stalled.freeze([pid, ...childPids(pid)])
+  }
+  return { engine: 'postgres', url, port, stop, start, destroy, reachable, freeze, thaw: () => stalled.thaw() }
+}
+
+// The processes a freeze stopped, continued by thaw (and on the way out, so no stopped server
+// outlives a failed test unkillable by pg_ctl).
+class Stalled {
+  private pids: number[] = []
+
+  freeze(pids: number[]): void {
+    this.pids = pids
+    for (const pid of pids) process.kill(pid, 'SIGSTOP')
+  }
+
+  thaw(): void {
+    for (const pid of this.pids) {
+      try {
+        process.kill(pid, 'SIGCONT')
+      } catch {
+        // Gone already.
+      }
+    }
+    this.pids = []
+  }
+}
+
+function childPids(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+      .split('\n')
+      .filter((line) => line.trim() !== '')
+      .map(Number)
+  } catch {
+    return []
+  }
 }
 
 export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
@@ -214,10 +257,12 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
     server.kill(mode === 'fast' ? 'SIGTERM' : 'SIGKILL')
     await exited
   }
+  const stalled = new Stalled()
   let destroyed = false
   const destroy = async (): Promise<void> => {
     if (destroyed) return
     destroyed = true
+    stalled.thaw()
     await stop('immediate')
     runningPids.delete(key)
     rmSync(dir, { recursive: true, force: true })
@@ -236,5 +281,8 @@ export async function startThrowawayMariadb(): Promise<ThrowawayServer> {
       () => true,
       () => false,
     )
-  return { engine: 'mysql', url, port, stop, start, destroy, reachable }
+  const freeze = (): void => {
+    if (child?.pid !== undefined && child.exitCode === null) stalled.freeze([child.pid])
+  }
+  return { engine: 'mysql', url, port, stop, start, destroy, reachable, freeze, thaw: () => stalled.thaw() }
 }

@@ -1,0 +1,105 @@
+// A database server that stops answering but keeps its connections open (SIGSTOP to a throwaway
+// PostgreSQL or MariaDB the test started itself): requests are answered 503 busy within
+// DB_TIMEOUT_MS, /ready says 503, the process stays up, and nothing answered 503 is written once
+// the server answers again (the abandoned transactions roll back instead of committing); holds
+// are granted again right after. Without the bound, requests waited as long as the stall lasted
+// and /ready answered 200 after it (the twelfth session's second probe).
+import pino from 'pino'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { loadConfig } from '../src/config.js'
+import { audit } from '../src/domain/audit.js'
+import { Catalog } from '../src/domain/products.js'
+import { openRuntime, type Runtime } from '../src/runtime.js'
+import { baseEnv } from './helpers/app.js'
+import { testEngines } from './helpers/engines.js'
+import { request, times } from './helpers/http.js'
+import { pollUntil } from './helpers/lifecycle.js'
+import { faultStartTimeoutMs, spawnServer } from './helpers/servers.js'
+import { startThrowawayMariadb, startThrowawayPostgres, throwawayUnavailable, type ThrowawayServer } from './helpers/throwaway-databases.js'
+
+const dbTimeoutMs = 1_500
+// A request queued behind a batch that waits on the stalled server waits for that batch's bound
+// and then its own: at most twice DB_TIMEOUT_MS, plus slack for a loaded CI machine.
+const answerMaxMs = 2 * dbTimeoutMs + 2_000
+// The server stays frozen this long: well past that, so the bound is what answers.
+const stallMs = answerMaxMs + 2_000
+
+const throwaways = [
+  { name: 'postgres' as const, label: 'PostgreSQL', start: startThrowawayPostgres },
+  { name: 'mysql' as const, label: 'MariaDB', start: startThrowawayMariadb },
+]
+const selected = new Set(testEngines().map((engine) => engine.name))
+
+for (const throwaway of throwaways) {
+  const unavailable = throwawayUnavailable(throwaway.name)
+  // On CI a missing server binary is a failure (the install step is broken), not a skip.
+  const skip = !selected.has(throwaway.name) || (unavailable !== undefined && !process.env.CI)
+
+  describe.skipIf(skip)(`${throwaway.name}: a throwaway ${throwaway.label} that stalls`, () => {
+    let database: ThrowawayServer
+    let runtime: Runtime
+
+    beforeAll(async () => {
+      database = await throwaway.start()
+      runtime = openRuntime(loadConfig(baseEnv(database.url)), { logger: pino({ level: 'silent' }) })
+      await runtime.store.migrate()
+    }, 120_000)
+
+    afterAll(async () => {
+      database?.thaw()
+      await runtime?.store.close()
+      await database?.destroy()
+    }, 60_000)
+
+    it(`answers 503 busy within DB_TIMEOUT_MS while it stalls, writes nothing it answered 503 for, and grants holds again once it answers`, async () => {
+      const { id: productId } = await new Catalog(runtime.store, runtime.clock).create({ name: 'stall', priceMinor: 1_000, currency: 'USD', stock: 1_000 })
+      const server = await spawnServer(database.url, { WORKERS: '2', DB_TIMEOUT_MS: String(dbTimeoutMs) }, { listeningMin: 2, startTimeoutMs: faultStartTimeoutMs })
+      const hold = () => request(server.baseUrl, 'POST', '/api/holds', { body: { product_id: productId, qty: 1 } })
+      try {
+        const before = await Promise.all(times(10, hold))
+        expect(before.map((reply) => reply.status)).toEqual(times(10, () => 201))
+
+        database.freeze()
+        let thawed = false
+        const thawTimer = setTimeout(() => {
+          database.thaw()
+          thawed = true
+        }, stallMs)
+        const startedAtMs = Date.now()
+        const timed = async <T>(work: Promise<T>) => ({ reply: await work, elapsedMs: Date.now() - startedAtMs })
+        const during = await Promise.all([...times(20, () => timed(hold())), timed(request(server.baseUrl, 'GET', '/ready'))])
+        const stillFrozen = !thawed
+        console.log(`[db-stall] ${throwaway.label}: status and ms of each answer while stalled ${JSON.stringify(during.map(({ reply, elapsedMs }) => [reply.status, elapsedMs]))}`)
+        clearTimeout(thawTimer)
+        database.thaw()
+        // Every answer came from the bound, while the server was still frozen.
+        expect(stillFrozen).toBe(true)
+        for (const { elapsedMs } of during) expect(elapsedMs).toBeLessThan(answerMaxMs)
+        for (const { reply } of during.slice(0, 20)) {
+          expect({ status: reply.status, code: reply.body?.code }).toEqual({ status: 503, code: 'busy' })
+          expect(reply.headers.get('retry-after')).toBe('1')
+        }
+        expect(during[20]!.reply.status).toBe(503)
+
+        // Back: holds are granted again, and the process never exited.
+        await pollUntil(hold, (reply) => reply.status === 201, { timeoutMs: 15_000, what: 'a hold granted after the stall' })
+        const after = await Promise.all(times(10, hold))
+        expect(after.map((reply) => reply.status)).toEqual(times(10, () => 201))
+        expect(server.child.exitCode).toBeNull()
+
+        // The transactions abandoned at the bound finish in the background once the server
+        // answers, and roll back: only the acknowledged holds exist.
+        const acknowledged = 10 + 1 + 10
+        // A second for the abandoned transactions to reach their rollback.
+        await new Promise((resolve) => setTimeout(resolve, 1_000))
+        const snapshot = await runtime.store.productSnapshot(productId, new Date())
+        expect(snapshot!.reserved).toBe(acknowledged)
+        expect((await audit(runtime.store)).ok).toBe(true)
+      } finally {
+        database.thaw()
+        server.child.kill('SIGKILL')
+        await server.exited
+      }
+    }, 120_000)
+  })
+}
