@@ -20,7 +20,7 @@ import { freshDatabase, testEngines } from './helpers/engines.js'
 import { request, times } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
 import { faultStartTimeoutMs, logEvents, spawnServer, type ServerProcess } from './helpers/servers.js'
-import { startThrowawayMariadb, startThrowawayPostgres, throwawayUnavailable, type StopMode, type ThrowawayServer } from './helpers/throwaway-databases.js'
+import { throwawayServers, type StopMode, type ThrowawayServer } from './helpers/throwaway-databases.js'
 
 const connections = 64
 const pauseMs = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
@@ -154,19 +154,12 @@ async function restartMidBurst(database: ThrowawayServer, server: ServerProcess,
   }
 }
 
-const throwaways = [
-  { name: 'postgres' as const, label: 'PostgreSQL', start: startThrowawayPostgres },
-  { name: 'mysql' as const, label: 'MariaDB', start: startThrowawayMariadb },
-]
 const selected = new Set(testEngines().map((engine) => engine.name))
 
-for (const throwaway of throwaways) {
-  const unavailable = throwawayUnavailable(throwaway.name)
-  // On CI a missing server binary is a failure (the install step is broken), not a skip.
-  const skip = !selected.has(throwaway.name) || (unavailable !== undefined && !process.env.CI)
-  if (unavailable && !skip) console.log(`[db-restart] ${throwaway.label}: ${unavailable}`)
+for (const throwaway of throwawayServers(selected)) {
+  if (throwaway.missing && !throwaway.skip) console.log(`[db-restart] ${throwaway.label}: ${throwaway.missing}`)
 
-  describe.skipIf(skip)(`${throwaway.name}: a throwaway ${throwaway.label} restarted mid-burst`, () => {
+  describe.skipIf(throwaway.skip)(`${throwaway.name}: a throwaway ${throwaway.label} restarted mid-burst`, () => {
     let database: ThrowawayServer
     let runtime: Runtime
     let catalog: Catalog

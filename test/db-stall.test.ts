@@ -15,7 +15,7 @@ import { testEngines } from './helpers/engines.js'
 import { request, times } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
 import { faultStartTimeoutMs, spawnServer } from './helpers/servers.js'
-import { startThrowawayMariadb, startThrowawayPostgres, throwawayUnavailable, type ThrowawayServer } from './helpers/throwaway-databases.js'
+import { throwawayServers, type ThrowawayServer } from './helpers/throwaway-databases.js'
 
 const dbTimeoutMs = 1_500
 // A request queued behind a batch that waits on the stalled server waits for that batch's bound
@@ -24,18 +24,10 @@ const answerMaxMs = 2 * dbTimeoutMs + 2_000
 // The server stays frozen this long: well past that, so the bound is what answers.
 const stallMs = answerMaxMs + 2_000
 
-const throwaways = [
-  { name: 'postgres' as const, label: 'PostgreSQL', start: startThrowawayPostgres },
-  { name: 'mysql' as const, label: 'MariaDB', start: startThrowawayMariadb },
-]
-const selected = new Set(testEngines().map((engine) => engine.name))
+for (const throwaway of throwawayServers(new Set(testEngines().map((engine) => engine.name)))) {
+  if (throwaway.missing && !throwaway.skip) console.log(`[db-stall] ${throwaway.label}: ${throwaway.missing}`)
 
-for (const throwaway of throwaways) {
-  const unavailable = throwawayUnavailable(throwaway.name)
-  // On CI a missing server binary is a failure (the install step is broken), not a skip.
-  const skip = !selected.has(throwaway.name) || (unavailable !== undefined && !process.env.CI)
-
-  describe.skipIf(skip)(`${throwaway.name}: a throwaway ${throwaway.label} that stalls`, () => {
+  describe.skipIf(throwaway.skip)(`${throwaway.name}: a throwaway ${throwaway.label} that stalls`, () => {
     let database: ThrowawayServer
     let runtime: Runtime
 

@@ -173,6 +173,22 @@ export async function startThrowawayPostgres(): Promise<ThrowawayServer> {
   return { engine: 'postgres', url, port, stop, start, destroy, reachable, freeze, thaw: () => stalled.thaw() }
 }
 
+// The throwaway servers a fault test runs against, each skipped when its engine is not selected
+// (TEST_POSTGRES_URL, TEST_MYSQL_URL) or, outside CI, when its binaries are missing; on CI a
+// missing binary is a failure (the install step is broken), so it is not skipped. `missing` says
+// which binary is missing, to be logged.
+export function throwawayServers(
+  selected: ReadonlySet<string>,
+): Array<{ name: 'postgres' | 'mysql'; label: string; start: () => Promise<ThrowawayServer>; skip: boolean; missing: string | undefined }> {
+  return [
+    { name: 'postgres' as const, label: 'PostgreSQL', start: startThrowawayPostgres },
+    { name: 'mysql' as const, label: 'MariaDB', start: startThrowawayMariadb },
+  ].map((server) => {
+    const missing = throwawayUnavailable(server.name)
+    return { ...server, missing, skip: !selected.has(server.name) || (missing !== undefined && !process.env.CI) }
+  })
+}
+
 // The processes a freeze stopped, continued by thaw (and on the way out, so no stopped server
 // outlives a failed test unkillable by pg_ctl).
 class Stalled {
