@@ -11,7 +11,7 @@ import { audit } from '../src/domain/audit.js'
 import { Catalog } from '../src/domain/products.js'
 import { openRuntime, type Runtime } from '../src/runtime.js'
 import { baseEnv } from './helpers/app.js'
-import { testEngines } from './helpers/engines.js'
+import { rawQuery, testEngines } from './helpers/engines.js'
 import { request, times } from './helpers/http.js'
 import { pollUntil } from './helpers/lifecycle.js'
 import { faultStartTimeoutMs, spawnServer } from './helpers/servers.js'
@@ -23,6 +23,15 @@ const dbTimeoutMs = 1_500
 const answerMaxMs = 2 * dbTimeoutMs + 2_000
 // The server stays frozen this long: well past that, so the bound is what answers.
 const stallMs = answerMaxMs + 2_000
+
+// Transactions open on the throwaway server, from any connection but the one asking.
+async function openTransactions(database: ThrowawayServer): Promise<number> {
+  const rows =
+    database.engine === 'postgres'
+      ? await rawQuery('postgres', database.url, 'select count(*) as n from pg_stat_activity where xact_start is not null and pid <> pg_backend_pid() and datname = current_database()')
+      : await rawQuery('mysql', database.url, 'select count(*) as n from information_schema.innodb_trx where trx_mysql_thread_id <> connection_id()')
+  return Number((rows[0] as { n: unknown }).n)
+}
 
 for (const throwaway of throwawayServers(new Set(testEngines().map((engine) => engine.name)))) {
   if (throwaway.missing && !throwaway.skip) console.log(`[db-stall] ${throwaway.label}: ${throwaway.missing}`)
@@ -82,8 +91,13 @@ for (const throwaway of throwawayServers(new Set(testEngines().map((engine) => e
         // The transactions abandoned at the bound finish in the background once the server
         // answers, and roll back: only the acknowledged holds exist.
         const acknowledged = 10 + 1 + 10
-        // A second for the abandoned transactions to reach their rollback.
-        await new Promise((resolve) => setTimeout(resolve, 1_000))
+        // Until every abandoned transaction has ended (rolled back, or committed if it could):
+        // no transaction is open on the server any more, rather than a guessed pause.
+        await pollUntil(
+          () => openTransactions(database),
+          (open) => open === 0,
+          { timeoutMs: 15_000, what: 'the abandoned transactions to end' },
+        )
         const snapshot = await runtime.store.productSnapshot(productId, new Date())
         expect(snapshot!.reserved).toBe(acknowledged)
         expect((await audit(runtime.store)).ok).toBe(true)
