@@ -533,12 +533,22 @@ for (const engine of testEngines()) {
       expect(replay.headers.get('idempotent-replayed')).toBe('true')
       expect(replay.body.ticket_id).toBe(firstJoin.body.ticket_id)
       expectProblemCode(await join(t.baseUrl, t.productId, 2, keyed), 422, 'idempotency_key_reused')
+      // `quantity` is the alias of `qty` here as on holds: the same join, so the same key replays it.
+      const aliased = await request(t.baseUrl, 'POST', `/api/products/${t.productId}/waitlist`, { body: { quantity: 1 }, headers: keyed })
+      expect(aliased.status).toBe(201)
+      expect(aliased.headers.get('idempotent-replayed')).toBe('true')
+      expect(aliased.body.ticket_id).toBe(firstJoin.body.ticket_id)
+      const byAlias = await request(t.baseUrl, 'POST', `/api/products/${t.productId}/waitlist`, { body: { quantity: 2 } })
+      expect(byAlias.status).toBe(201)
+      expect(byAlias.body).toMatchObject({ qty: 2, status: 'waiting' })
 
       expectProblemCode(await join(t.baseUrl, 999_999, 1), 404, 'product_not_found')
       expectProblemCode(await request(t.baseUrl, 'POST', '/api/products/abc/waitlist', { body: { qty: 1 } }), 404, 'product_not_found')
-      for (const body of [{ qty: 0 }, { qty: 11 }, { qty: 'x' }, {}, { qty: 1.5 }]) {
+      for (const body of [{ qty: 0 }, { qty: 11 }, { qty: 'x' }, {}, { qty: 1.5 }, { quantity: 0 }, { quantity: 1.5 }, { qty: 1, quantity: 2 }]) {
         expectProblemCode(await request(t.baseUrl, 'POST', `/api/products/${t.productId}/waitlist`, { body }), 422, 'validation_failed')
       }
+      // The body is judged before the product, whichever field carries the quantity.
+      expectProblemCode(await request(t.baseUrl, 'POST', '/api/products/999999/waitlist', { body: {} }), 422, 'validation_failed')
       expectProblemCode(await request(t.baseUrl, 'GET', '/api/waitlist/tkt_nothing_here'), 404, 'ticket_not_found')
       expectProblemCode(await request(t.baseUrl, 'DELETE', '/api/waitlist/tkt_nothing_here'), 404, 'ticket_not_found')
       expectProblemCode(await request(t.baseUrl, 'GET', `/api/waitlist/${'x'.repeat(300)}`), 404, 'ticket_not_found')

@@ -22,6 +22,16 @@ export function idempotencyKeyOf(headers: FastifyRequest['headers'], bodyKey: st
   return headerKey ?? bodyKey ?? null
 }
 
+// `qty`, or its alias `quantity` (holds and waitlist joins take both; both given must agree).
+export function qtyOf(body: { qty?: number; quantity?: number }): number {
+  const qty = body.qty ?? body.quantity
+  if (qty === undefined) throw new DomainError('validation_failed', { errors: [{ field: 'qty', message: "must have required property 'qty'" }], invalid_fields: ['qty'] })
+  if (body.qty !== undefined && body.quantity !== undefined && body.qty !== body.quantity) {
+    throw new DomainError('validation_failed', { errors: [{ field: 'quantity', message: 'differs from qty' }], invalid_fields: ['quantity'] })
+  }
+  return qty
+}
+
 export function markReplay(reply: FastifyReply, metrics: Metrics, scope: string, replayed: boolean): void {
   if (!replayed) return
   reply.header('idempotent-replayed', 'true')

@@ -14,7 +14,7 @@ import type { Metrics } from '../../observability/metrics.js'
 import { BuyerTokens } from '../buyer-token.js'
 import { verifySignature } from '../signature.js'
 import { waitlistRoutes, type BuyerHook } from './waitlist.js'
-import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
+import { buyerSecurity, idempotencyKeyOf, markReplay, qtyOf, rateLimit } from '../request-parts.js'
 
 export interface PublicRoutesOptions {
   config: Config
@@ -26,12 +26,7 @@ export interface PublicRoutesOptions {
 // Everything POST /api/holds checks before the domain sees the request (the body schema has
 // run already): the qty alias and the idempotency key.
 export function holdRequestOf(body: HoldBody, headers: FastifyRequest['headers'], buyerId: string | null = null): HoldRequest {
-  const qty = body.qty ?? body.quantity
-  if (qty === undefined) throw new DomainError('validation_failed', { errors: [{ field: 'qty', message: "must have required property 'qty'" }], invalid_fields: ['qty'] })
-  if (body.qty !== undefined && body.quantity !== undefined && body.qty !== body.quantity) {
-    throw new DomainError('validation_failed', { errors: [{ field: 'quantity', message: 'differs from qty' }], invalid_fields: ['quantity'] })
-  }
-  return { productId: body.product_id, qty, idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
+  return { productId: body.product_id, qty: qtyOf(body), idempotencyKey: idempotencyKeyOf(headers, body.idempotency_key), buyerId }
 }
 
 // What POST /api/holds and POST /api/orders may refuse.

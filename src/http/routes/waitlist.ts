@@ -10,7 +10,7 @@ import type { TicketView as Ticket } from '../../domain/waitlist.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { presentTicket } from '../present.js'
 import { ProductParams, ResourceParams, TicketView, problemResponses, waitlistBody } from '../schemas/index.js'
-import { buyerSecurity, idempotencyKeyOf, markReplay, rateLimit } from '../request-parts.js'
+import { buyerSecurity, idempotencyKeyOf, markReplay, qtyOf, rateLimit } from '../request-parts.js'
 
 // The buyer-token check of the routes that take buyers (public.ts): sets request.buyerId. A
 // preParsing hook: after the rate limit (an onRequest hook), before the body is read.
@@ -52,10 +52,12 @@ export const waitlistRoutes: FastifyPluginAsyncTypebox<WaitlistRoutesOptions> = 
       },
     },
     async (request, reply) => {
+      // The body is judged before the product, as its schema was when qty had no alias.
+      const qty = qtyOf(request.body)
       const productId = parseProductId(request.params.id)
       if (productId === undefined) throw new DomainError('product_not_found')
       const idempotencyKey = idempotencyKeyOf(request.headers, request.body.idempotency_key)
-      const joined = await services.waitlist.join({ productId, qty: request.body.qty, idempotencyKey, buyerId: request.buyerId }, request.log)
+      const joined = await services.waitlist.join({ productId, qty, idempotencyKey, buyerId: request.buyerId }, request.log)
       markReplay(reply, metrics, 'waitlist', joined.replayed)
       return reply.code(201).send(answer(reply, joined.view))
     },

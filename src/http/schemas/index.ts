@@ -68,8 +68,10 @@ export const HoldView = Type.Object(
 )
 
 export function waitlistBody(maxQtyPerHold: number) {
+  const qty = Type.Integer({ minimum: 1, maximum: maxQtyPerHold })
   return Type.Object({
-    qty: Type.Integer({ minimum: 1, maximum: maxQtyPerHold }),
+    qty: Type.Optional(qty),
+    quantity: Type.Optional({ ...qty, description: 'Alias of qty' }),
     idempotency_key: Type.Optional(idempotencyKeySchema),
   })
 }
