@@ -1,6 +1,6 @@
 // A database server that stops answering but keeps its connections open (SIGSTOP to a throwaway
 // PostgreSQL or MariaDB the test started itself): requests are answered 503 busy within
-// DB_TIMEOUT_MS, /ready says 503, the process stays up, and nothing answered 503 is written once
+// DB_TIMEOUT_MS of being sent, also those queued behind a batch that waits, /ready says 503, the process stays up, and nothing answered 503 is written once
 // the server answers again (the abandoned transactions roll back instead of committing); holds
 // are granted again right after. Without the bound, requests waited as long as the stall lasted
 // and /ready answered 200 after it (the twelfth session's second probe).
@@ -18,11 +18,15 @@ import { faultStartTimeoutMs, spawnServer } from './helpers/servers.js'
 import { throwawayServers, type ThrowawayServer } from './helpers/throwaway-databases.js'
 
 const dbTimeoutMs = 1_500
-// A request queued behind a batch that waits on the stalled server waits for that batch's bound
-// and then its own: at most twice DB_TIMEOUT_MS, plus slack for a loaded CI machine.
-const answerMaxMs = 2 * dbTimeoutMs + 2_000
+// The second wave of holds is sent this long after the first, so it queues behind the first
+// wave's batches, which wait on the stalled server.
+const secondWaveDelayMs = 300
+// Every request is answered within DB_TIMEOUT_MS of being sent, plus slack for a loaded CI
+// machine, queued or not. A request queued behind a batch that waited used to wait for that
+// batch's bound and then its own: DB_TIMEOUT_MS - secondWaveDelayMs more (2.7 s here).
+const answerMaxMs = dbTimeoutMs + 700
 // The server stays frozen this long: well past that, so the bound is what answers.
-const stallMs = answerMaxMs + 2_000
+const stallMs = 2 * dbTimeoutMs + 4_000
 
 // Transactions open on the throwaway server, from any connection but the one asking.
 async function openTransactions(database: ThrowawayServer): Promise<number> {
@@ -52,7 +56,7 @@ for (const throwaway of throwawayServers(new Set(testEngines().map((engine) => e
       await database?.destroy()
     }, 60_000)
 
-    it(`answers 503 busy within DB_TIMEOUT_MS while it stalls, writes nothing it answered 503 for, and grants holds again once it answers`, async () => {
+    it(`answers 503 busy within DB_TIMEOUT_MS of each request while it stalls, queued behind a waiting batch or not, writes nothing it answered 503 for, and grants holds again once it answers`, async () => {
       const { id: productId } = await new Catalog(runtime.store, runtime.clock).create({ name: 'stall', priceMinor: 1_000, currency: 'USD', stock: 1_000 })
       const server = await spawnServer(database.url, { WORKERS: '2', DB_TIMEOUT_MS: String(dbTimeoutMs) }, { listeningMin: 2, startTimeoutMs: faultStartTimeoutMs })
       const hold = () => request(server.baseUrl, 'POST', '/api/holds', { body: { product_id: productId, qty: 1 } })
@@ -66,9 +70,15 @@ for (const throwaway of throwawayServers(new Set(testEngines().map((engine) => e
           database.thaw()
           thawed = true
         }, stallMs)
-        const startedAtMs = Date.now()
-        const timed = async <T>(work: Promise<T>) => ({ reply: await work, elapsedMs: Date.now() - startedAtMs })
-        const during = await Promise.all([...times(20, () => timed(hold())), timed(request(server.baseUrl, 'GET', '/ready'))])
+        const timed = async <T>(send: () => Promise<T>) => {
+          const sentAtMs = Date.now()
+          const reply = await send()
+          return { reply, elapsedMs: Date.now() - sentAtMs }
+        }
+        const firstWave = times(10, () => timed(hold))
+        await new Promise((resolve) => setTimeout(resolve, secondWaveDelayMs))
+        const secondWave = times(10, () => timed(hold))
+        const during = await Promise.all([...firstWave, ...secondWave, timed(() => request(server.baseUrl, 'GET', '/ready'))])
         const stillFrozen = !thawed
         console.log(`[db-stall] ${throwaway.label}: status and ms of each answer while stalled ${JSON.stringify(during.map(({ reply, elapsedMs }) => [reply.status, elapsedMs]))}`)
         clearTimeout(thawTimer)

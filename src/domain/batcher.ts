@@ -61,6 +61,8 @@ export class ProductQueues<Q extends { waiters: unknown[] }> {
 
 interface ProductQueue<W> {
   waiters: W[]
+  // When each waiter was queued (performance.now(), ms), in the same order.
+  queuedAtMs: number[]
   running: boolean
 }
 
@@ -73,11 +75,13 @@ export class ProductBatches<W> {
     limits: QueueLimits,
     // Names the queue in the refusal's log line.
     what: string,
-    // Must settle every waiter of the batch exactly once, and not throw.
-    private readonly serve: (productId: number, batch: W[]) => Promise<void>,
+    // Must settle every waiter of the batch exactly once, and not throw. `queuedSinceMs` is when
+    // the batch's oldest waiter was queued (performance.now()): the database bound counts from
+    // it, so waiting behind a batch stuck on a stalled server is part of a request's bound.
+    private readonly serve: (productId: number, batch: W[], queuedSinceMs: number) => Promise<void>,
   ) {
     assert(batchMax >= 1, 'batchMax >= 1')
-    this.queues = new ProductQueues(limits, what, () => ({ waiters: [], running: false }))
+    this.queues = new ProductQueues(limits, what, () => ({ waiters: [], queuedAtMs: [], running: false }))
   }
 
   // Throws DomainError 'busy' (and queues nothing) when the product's queue or the number of
@@ -85,6 +89,7 @@ export class ProductBatches<W> {
   add(productId: number, waiter: W): void {
     const queue = this.queues.admit(productId)
     queue.waiters.push(waiter)
+    queue.queuedAtMs.push(performance.now())
     if (queue.running) return
     queue.running = true
     // Start on the next turn of the event loop, so every request that arrived in this I/O
@@ -102,7 +107,8 @@ export class ProductBatches<W> {
     try {
       while (queue.waiters.length > 0) {
         const batch = queue.waiters.splice(0, this.batchMax)
-        await this.serve(productId, batch)
+        const queuedSinceMs = queue.queuedAtMs.splice(0, batch.length)[0]!
+        await this.serve(productId, batch, queuedSinceMs)
       }
     } finally {
       queue.running = false

@@ -128,7 +128,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     limits: KeyedBatchLimits,
   ) {
     this.inFlight = new InFlightKeys(limits.inFlightKeysMax)
-    this.batches = new ProductBatches(useCase.batchMax, limits, useCase.label, (productId, batch) => this.serveBatch(productId, batch))
+    this.batches = new ProductBatches(useCase.batchMax, limits, useCase.label, (productId, batch, queuedSinceMs) => this.serveBatch(productId, batch, queuedSinceMs))
   }
 
   // `productId` names the lock (and the queue) the request needs; its events go to `log`.
@@ -179,7 +179,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     return { answer: this.useCase.decode(record.responseJson), replayed: true }
   }
 
-  private async serveBatch(productId: number, batch: Array<Waiter<R, A>>): Promise<void> {
+  private async serveBatch(productId: number, batch: Array<Waiter<R, A>>, queuedSinceMs: number): Promise<void> {
     const now = this.clock.now()
     const keys = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [request.idempotencyKey]))
     assert(new Set(keys).size === keys.length, 'a key is in one request of a batch at most (InFlightKeys)')
@@ -197,7 +197,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     const log = batchLog(batch.map((waiter) => waiter.log))
     for (let attempt = 1; outcomes === undefined; attempt++) {
       try {
-        outcomes = await this.serveLocked(productId, batch, keys, readFirst, now, anticipated, log)
+        outcomes = await this.serveLocked(productId, batch, keys, readFirst, { now, log, queuedSinceMs }, anticipated)
       } catch (caught) {
         let error = caught
         // Keys reused after their TTL: their expired rows go in a short transaction holding no
@@ -207,7 +207,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
           const { scope, label } = this.useCase
           const expiredKeys = error.keys
           try {
-            await this.store.transaction({ label: `${label}.keys`, log }, (tx) => tx.freeExpiredIdempotencyKeys(scope, expiredKeys, now))
+            await this.store.transaction({ label: `${label}.keys`, log, queuedSinceMs }, (tx) => tx.freeExpiredIdempotencyKeys(scope, expiredKeys, now))
             attempt--
             continue
           } catch (freeError) {
@@ -260,9 +260,8 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     batch: Array<Waiter<R, A>>,
     keys: readonly string[],
     readFirst: boolean,
-    now: Date,
+    { now, log, queuedSinceMs }: { now: Date; log: EventLog | undefined; queuedSinceMs: number },
     anticipated: readonly A[] | undefined,
-    log: EventLog | undefined,
   ): Promise<Array<Outcome<A>>> {
     const { useCase } = this
     const expiresAt = addMs(now, useCase.idempotencyTtlMs)
@@ -304,7 +303,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     return withLockedProduct(
       this.store,
       this.observer,
-      { label: useCase.label, productId, now, log },
+      { label: useCase.label, productId, now, log, queuedSinceMs },
       async (ctx) => {
         if (!anticipated) {
           losers = new Map()

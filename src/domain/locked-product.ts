@@ -17,6 +17,8 @@ export interface LockedProductOptions {
   reclaimMax?: number
   // The log of the request the work serves (its events and retries are logged there).
   log?: EventLog
+  // When the oldest request served was queued (TransactionOptions).
+  queuedSinceMs?: number
 }
 
 // Runs `work` under the product's row lock (StoreTx lock order: the product first). An unknown
@@ -30,7 +32,7 @@ export async function withLockedProduct<T>(
   work: (ctx: SettleContext) => Promise<T>,
   beforeLock?: (tx: StoreTx) => Promise<void>,
 ): Promise<T> {
-  const { result, events } = await store.transaction({ label: options.label, log: options.log }, async (tx) => {
+  const { result, events } = await store.transaction({ label: options.label, log: options.log, queuedSinceMs: options.queuedSinceMs }, async (tx) => {
     if (beforeLock) await beforeLock(tx)
     const product = await tx.lockProduct(options.productId)
     if (!product) throw new DomainError('product_not_found')

@@ -72,7 +72,7 @@ export class Payments {
     private readonly observer: Observer,
     private readonly settings: PaymentSettings,
   ) {
-    this.batches = new ProductBatches(settings.webhookBatchMax, settings, 'payments.receive', (productId, batch) => this.serveBatch(productId, batch))
+    this.batches = new ProductBatches(settings.webhookBatchMax, settings, 'payments.receive', (productId, batch, queuedSinceMs) => this.serveBatch(productId, batch, queuedSinceMs))
   }
 
   async receive(request: PaymentRequest, log?: EventLog): Promise<PaymentAnswer> {
@@ -120,38 +120,43 @@ export class Payments {
   // commit for all, one read of the stored events of the batch's keys and one insert of the new
   // ones; each webhook is handled in arrival order exactly as it would be alone (a duplicate key
   // later in the batch replays the first one's event).
-  private async serveBatch(productId: number, batch: Waiter[]): Promise<void> {
+  private async serveBatch(productId: number, batch: Waiter[], queuedSinceMs: number): Promise<void> {
     const now = this.clock.now()
     let outcomes: Outcome[]
     try {
-      outcomes = await withLockedProduct(this.store, this.observer, { label: 'payments.receive', productId, now, log: batchLog(batch.map((waiter) => waiter.log)) }, async (ctx) => {
-        const known = await this.storedEvents(ctx, batch)
-        const created: PaymentEvent[] = []
-        const results: Outcome[] = []
-        for (const waiter of batch) {
-          const earlier = known.get(waiter.request.idempotencyKey)
-          if (earlier) {
-            results.push({ ok: 'replay', event: earlier })
-            continue
+      outcomes = await withLockedProduct(
+        this.store,
+        this.observer,
+        { label: 'payments.receive', productId, now, log: batchLog(batch.map((waiter) => waiter.log)), queuedSinceMs },
+        async (ctx) => {
+          const known = await this.storedEvents(ctx, batch)
+          const created: PaymentEvent[] = []
+          const results: Outcome[] = []
+          for (const waiter of batch) {
+            const earlier = known.get(waiter.request.idempotencyKey)
+            if (earlier) {
+              results.push({ ok: 'replay', event: earlier })
+              continue
+            }
+            try {
+              // Each webhook's events are its own, emitted in its request's context.
+              const received = await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint.stored)
+              known.set(received.event.idempotencyKey, received.event)
+              created.push(received.event)
+              results.push(received.outcome)
+            } catch (error) {
+              // Refusals (a bad amount) are decided before the webhook writes anything.
+              if (!(error instanceof DomainError)) throw error
+              results.push({ ok: false, error })
+            }
           }
-          try {
-            // Each webhook's events are its own, emitted in its request's context.
-            const received = await this.receiveIn({ ...ctx, events: [] }, waiter.request, waiter.fingerprint.stored)
-            known.set(received.event.idempotencyKey, received.event)
-            created.push(received.event)
-            results.push(received.outcome)
-          } catch (error) {
-            // Refusals (a bad amount) are decided before the webhook writes anything.
-            if (!(error instanceof DomainError)) throw error
-            results.push({ ok: false, error })
-          }
-        }
-        // Nothing in the batch reads a new event back from the table: a waiting one waits on a
-        // live hold, which no webhook of this batch can end (they share `now`).
-        if (created.length > 0) await ctx.tx.insertPaymentEvents(created)
-        ctx.events.push({ name: 'payment.batch', productId, size: batch.length })
-        return results
-      })
+          // Nothing in the batch reads a new event back from the table: a waiting one waits on a
+          // live hold, which no webhook of this batch can end (they share `now`).
+          if (created.length > 0) await ctx.tx.insertPaymentEvents(created)
+          ctx.events.push({ name: 'payment.batch', productId, size: batch.length })
+          return results
+        },
+      )
     } catch (error) {
       // The batch did not commit: every webhook in it fails alike and none was answered yet.
       for (const waiter of batch) waiter.reject(error)

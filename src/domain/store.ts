@@ -288,6 +288,9 @@ export interface TransactionOptions {
   label: string
   // Where its tx.retry and tx.busy lines go: the log of the one request it serves, if it serves one.
   log?: EventLog
+  // When the oldest request it serves was queued (performance.now(), ms): the database bound
+  // (DB_TIMEOUT_MS) counts from then, not from the transaction's start. Absent: from the start.
+  queuedSinceMs?: number
 }
 
 export interface Store {

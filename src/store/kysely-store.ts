@@ -118,6 +118,7 @@ export class KyselyStore implements Store {
     return this.bounded(
       () => this.runTransaction(options, fn, () => abandoned),
       () => (abandoned = true),
+      options.queuedSinceMs,
     )
   }
 
@@ -184,17 +185,25 @@ export class KyselyStore implements Store {
   // it stalled, and /ready answered 200 after it (the twelfth session's second probe): no driver
   // bounds a statement by itself here. Past `timeoutMs` the request is answered 503 busy; the
   // work goes on in the background until the server answers or its connection breaks, and a
-  // transaction told so by `onTimeout` rolls back instead of committing.
-  private bounded<T>(work: () => Promise<T>, onTimeout?: () => void): Promise<T> {
+  // transaction told so by `onTimeout` rolls back instead of committing. The bound counts from
+  // `sinceMs` (performance.now()) where given: requests queued behind a batch that waited on a
+  // stalled server were answered after its bound and then their own, twice DB_TIMEOUT_MS; now
+  // their batch gets what is left of theirs, and none if it is spent (it does not run at all).
+  private bounded<T>(work: () => Promise<T>, onTimeout?: () => void, sinceMs?: number): Promise<T> {
     const { timeoutMs } = this.options
     if (timeoutMs === undefined || this.options.engine === 'sqlite') return work()
+    const leftMs = sinceMs === undefined ? timeoutMs : timeoutMs - (performance.now() - sinceMs)
+    const timedOut = (): DomainError => {
+      const error = new Error(`no answer from the database in ${timeoutMs} ms`)
+      this.noteUnavailable(error)
+      return new DomainError('busy', { retry_after_s: 1 }, error.message)
+    }
+    if (leftMs <= 0) return Promise.reject(timedOut())
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         onTimeout?.()
-        const error = new Error(`no answer from the database in ${timeoutMs} ms`)
-        this.noteUnavailable(error)
-        reject(new DomainError('busy', { retry_after_s: 1 }, error.message))
-      }, timeoutMs)
+        reject(timedOut())
+      }, leftMs)
       work().then(
         (value) => {
           clearTimeout(timer)
