@@ -1,6 +1,8 @@
 // Proves that whatever a client sends (wrong types, malformed or oversized bodies, other media
 // types, odd ids, bad idempotency keys, hostile JSON) is answered with a stable problem+json code
 // and never a 500, by sending it over real HTTP to an in-process server on each engine.
+import { connect } from 'node:net'
+import { STATUS_CODES } from 'node:http'
 import { describe, expect, it } from 'vitest'
 import { buildTestApp, type TestApp } from './helpers/app.js'
 import { testEngines } from './helpers/engines.js'
@@ -21,6 +23,20 @@ function bodyRoutes(t: TestApp): BodyRoute[] {
     { method: 'POST', path: '/api/admin/products', headers: adminAuthorization },
     { method: 'PATCH', path: `/api/admin/products/${t.productId}`, headers: adminAuthorization },
   ]
+}
+
+// Sends raw bytes and reads everything the server answers until it closes the connection.
+function rawExchange(port: number, bytes: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(bytes))
+    const chunks: Buffer[] = []
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')))
+    // The server closes without reading the rest of what was sent, so the connection may end in
+    // a reset after its answer: what arrived before it is the answer.
+    socket.on('error', (error) => (chunks.length > 0 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(error)))
+    socket.setTimeout(10_000, () => socket.destroy(new Error('no answer in 10 s')))
+  })
 }
 
 async function holdFor(t: TestApp, qty = 1): Promise<string> {
@@ -169,6 +185,31 @@ for (const engine of testEngines()) {
         expect.soft(reply.status, path).toBeLessThan(500)
         expect.soft(catalogueViolation(reply), path).toBeUndefined()
       }
+    })
+
+    it('answers what the HTTP parser refuses (headers over 16 KB, bytes that are not HTTP) with a problem, not a framework body', async () => {
+      const t = await buildTestApp(engine.name)
+      const { port } = new URL(t.baseUrl)
+      const huge = 'a'.repeat(20_000)
+      const cases = [
+        {
+          what: 'a 20 KB Authorization header',
+          bytes: `POST /api/holds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${huge}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`,
+          status: 431,
+          code: 'headers_too_large',
+        },
+        { what: 'a 20 KB header on a read', bytes: `GET /api/products/${t.productId} HTTP/1.1\r\nHost: x\r\nX-Big: ${huge}\r\n\r\n`, status: 431, code: 'headers_too_large' },
+        { what: 'bytes that are not HTTP', bytes: 'HELLO THERE\r\n\r\n', status: 400, code: 'bad_request' },
+      ]
+      for (const { what, bytes, status, code } of cases) {
+        const answer = await rawExchange(Number(port), bytes)
+        const [head = '', body = ''] = answer.split('\r\n\r\n')
+        expect.soft(head.split('\r\n')[0], what).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status]}`)
+        expect.soft(head.toLowerCase(), what).toContain('content-type: application/problem+json')
+        expect.soft(JSON.parse(body), what).toMatchObject({ type: 'about:blank', status, code })
+      }
+      // The server goes on answering.
+      expect((await t.request('GET', `/api/products/${t.productId}`)).status).toBe(200)
     })
 
     it('refuses wrong JSON types field by field with 422 validation_failed naming the field', async () => {

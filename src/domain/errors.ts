@@ -32,6 +32,8 @@ export const errorCodes = [
   'sale_ended',
   'ticket_not_found',
   'ticket_admitted',
+  'headers_too_large',
+  'request_timeout',
 ] as const
 
 export type ErrorCode = (typeof errorCodes)[number]

@@ -15,7 +15,7 @@ import { createServices, type Services } from '../domain/services.js'
 import type { Store } from '../domain/store.js'
 import { localMetricsSource, type MetricsSource } from '../observability/cluster-metrics.js'
 import type { Metrics } from '../observability/metrics.js'
-import { errorHandler, idCharsRoutedMax, sendProblem } from './problem.js'
+import { clientErrorProblem, errorHandler, idCharsRoutedMax, sendProblem } from './problem.js'
 import { adminRoutes } from './routes/admin.js'
 import { dashboardRoutes } from './routes/dashboard.js'
 import { stripeRoutes } from './routes/stripe.js'
@@ -105,6 +105,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // URL errors found before routing (bad percent-encoding, an over-long id) are problems too.
     // No onResponse hook runs for them, so they are counted in the latency histogram here (a
     // probe found 400 bad_request missing from it).
+    clientErrorHandler: clientErrorProblem,
     frameworkErrors: (error, request, reply) => {
       const startedAtMs = performance.now()
       reply.raw.once('finish', () => {

@@ -1,5 +1,7 @@
 // The one place an error becomes an HTTP answer: RFC 9457 problem details with a stable `code`.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { STATUS_CODES } from 'node:http'
+import type { Duplex } from 'node:stream'
 import { AssertionError } from '../domain/assert.js'
 import { DomainError, type ErrorCode } from '../domain/errors.js'
 
@@ -34,6 +36,8 @@ export const statusByCode = {
   sale_ended: 410,
   ticket_not_found: 404,
   ticket_admitted: 409,
+  headers_too_large: 431,
+  request_timeout: 408,
 } as const satisfies Record<ErrorCode, number>
 
 const titleByCode: Record<ErrorCode, string> = {
@@ -67,6 +71,8 @@ const titleByCode: Record<ErrorCode, string> = {
   sale_ended: 'The sale has ended',
   ticket_not_found: 'Waitlist ticket not found',
   ticket_admitted: 'The ticket was admitted: it is a hold now',
+  headers_too_large: 'Request headers are too large',
+  request_timeout: 'The request was not received in time',
 }
 
 export interface FieldError {
@@ -74,15 +80,35 @@ export interface FieldError {
   message: string
 }
 
+// The body of a problem answer: RFC 9457 fields and the stable code, then the details.
+function problemBody(code: ErrorCode, details: Record<string, unknown>): Record<string, unknown> {
+  return { type: 'about:blank', title: titleByCode[code], status: statusByCode[code], code, ...details }
+}
+
 export function sendProblem(reply: FastifyReply, code: ErrorCode, details: Record<string, unknown> = {}): FastifyReply {
   const status = statusByCode[code]
   if (code === 'busy' || code === 'rate_limited' || code === 'sale_not_started') {
     if (!reply.hasHeader('retry-after')) reply.header('retry-after', String(details.retry_after_s ?? 1))
   }
-  return reply
-    .code(status)
-    .type('application/problem+json')
-    .send({ type: 'about:blank', title: titleByCode[code], status, code, ...details })
+  return reply.code(status).type('application/problem+json').send(problemBody(code, details))
+}
+
+// Requests Node's HTTP parser refuses before Fastify sees them (headers over its 16 KB limit, a
+// request not received within its timeout, bytes that are not HTTP) are answered on the socket.
+// Fastify's own handler wrote `{"error":…,"statusCode":431}` without a code (the thirteenth
+// session's probe); these are problems like every other refusal.
+export function clientErrorProblem(error: Error & { code?: string }, socket: Duplex): void {
+  // A reset connection has nobody to answer.
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const code: ErrorCode = error.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request'
+  const status = statusByCode[code]
+  const body = JSON.stringify(problemBody(code, {}))
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/problem+json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    )
+  }
+  socket.destroy(error)
 }
 
 // Ajv's instancePath ("/qty") or missingProperty names the field; the body root is "body".
