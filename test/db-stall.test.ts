@@ -17,14 +17,14 @@ import { pollUntil } from './helpers/lifecycle.js'
 import { faultStartTimeoutMs, spawnServer } from './helpers/servers.js'
 import { throwawayServers, type ThrowawayServer } from './helpers/throwaway-databases.js'
 
-const dbTimeoutMs = 1_500
+const dbTimeoutMs = 2_000
 // The second wave of holds is sent this long after the first, so it queues behind the first
 // wave's batches, which wait on the stalled server.
-const secondWaveDelayMs = 300
+const secondWaveDelayMs = 100
 // Every request is answered within DB_TIMEOUT_MS of being sent, plus slack for a loaded CI
 // machine, queued or not. A request queued behind a batch that waited used to wait for that
-// batch's bound and then its own: DB_TIMEOUT_MS - secondWaveDelayMs more (2.7 s here).
-const answerMaxMs = dbTimeoutMs + 700
+// batch's bound and then its own: DB_TIMEOUT_MS - secondWaveDelayMs more (3.9 s here).
+const answerMaxMs = dbTimeoutMs + 1_200
 // The server stays frozen this long: well past that, so the bound is what answers.
 const stallMs = 2 * dbTimeoutMs + 4_000
 
