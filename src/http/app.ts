@@ -102,10 +102,11 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     return503OnClosing: false,
     // Long enough that an over-long id reaches its route and is answered hold_not_found (etc.).
     routerOptions: { maxParamLength: idCharsRoutedMax },
+    // What Node's HTTP parser refuses (over-long headers, not HTTP) is a problem too.
+    clientErrorHandler: clientErrorProblem,
     // URL errors found before routing (bad percent-encoding, an over-long id) are problems too.
     // No onResponse hook runs for them, so they are counted in the latency histogram here (a
     // probe found 400 bad_request missing from it).
-    clientErrorHandler: clientErrorProblem,
     frameworkErrors: (error, request, reply) => {
       const startedAtMs = performance.now()
       reply.raw.once('finish', () => {
