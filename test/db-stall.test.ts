@@ -75,10 +75,21 @@ for (const throwaway of throwawayServers(new Set(testEngines().map((engine) => e
           const reply = await send()
           return { reply, elapsedMs: Date.now() - sentAtMs }
         }
+        // Product reads are coalesced per product the same way: a second wave waits for the
+        // read in flight, and its bound counts from when it was queued too.
+        const read = () => request(server.baseUrl, 'GET', `/api/products/${productId}`)
         const firstWave = times(10, () => timed(hold))
+        const firstReads = times(3, () => timed(read))
         await new Promise((resolve) => setTimeout(resolve, secondWaveDelayMs))
         const secondWave = times(10, () => timed(hold))
+        const secondReads = times(3, () => timed(read))
         const during = await Promise.all([...firstWave, ...secondWave, timed(() => request(server.baseUrl, 'GET', '/ready'))])
+        const reads = await Promise.all([...firstReads, ...secondReads])
+        console.log(`[db-stall] ${throwaway.label}: status and ms of each product read while stalled ${JSON.stringify(reads.map(({ reply, elapsedMs }) => [reply.status, elapsedMs]))}`)
+        for (const { reply, elapsedMs } of reads) {
+          expect({ status: reply.status, code: reply.body?.code }).toEqual({ status: 503, code: 'busy' })
+          expect(elapsedMs).toBeLessThan(answerMaxMs)
+        }
         const stillFrozen = !thawed
         console.log(`[db-stall] ${throwaway.label}: status and ms of each answer while stalled ${JSON.stringify(during.map(({ reply, elapsedMs }) => [reply.status, elapsedMs]))}`)
         clearTimeout(thawTimer)

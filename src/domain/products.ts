@@ -59,6 +59,10 @@ export function applyDropChanges(current: DropSettings, changes: DropChanges, no
 
 interface ReadSlot {
   waiters: Array<{ resolve: (view: ProductView | undefined) => void; reject: (error: unknown) => void }>
+  // When the first of `waiters` was queued (performance.now(), ms): the read's database bound
+  // counts from it, so reads queued behind a read stuck on a stalled server are not given a whole
+  // DB_TIMEOUT_MS more (the thirteenth session's second probe: up to twice the bound).
+  oldestQueuedAtMs: number
   running: boolean
 }
 
@@ -75,7 +79,7 @@ export class ProductReader {
     private readonly clock: Clock,
     limits: QueueLimits,
   ) {
-    this.slots = new ProductQueues(limits, 'product reads', () => ({ waiters: [], running: false }))
+    this.slots = new ProductQueues(limits, 'product reads', () => ({ waiters: [], oldestQueuedAtMs: 0, running: false }))
   }
 
   read(productId: number): Promise<ProductView | undefined> {
@@ -87,6 +91,7 @@ export class ProductReader {
       return Promise.reject(error)
     }
     return new Promise((resolve, reject) => {
+      if (target.waiters.length === 0) target.oldestQueuedAtMs = performance.now()
       target.waiters.push({ resolve, reject })
       if (!target.running) {
         target.running = true
@@ -100,10 +105,11 @@ export class ProductReader {
   private async pump(productId: number, slot: ReadSlot): Promise<void> {
     while (slot.waiters.length > 0) {
       const waiters = slot.waiters
+      const queuedSinceMs = slot.oldestQueuedAtMs
       slot.waiters = []
       try {
         const now = this.clock.now()
-        const snapshot = await this.store.productSnapshot(productId, now)
+        const snapshot = await this.store.productSnapshot(productId, now, queuedSinceMs)
         const view = snapshot ? viewOf(snapshot, now) : undefined
         for (const waiter of waiters) waiter.resolve(view)
       } catch (error) {

@@ -301,7 +301,8 @@ export interface Store {
   transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T>
 
   // Reads outside any transaction: each sees everything committed before it started.
-  productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined>
+  // `queuedSinceMs`: when the oldest read it answers was queued (as TransactionOptions).
+  productSnapshot(productId: number, now: Date, queuedSinceMs?: number): Promise<ProductSnapshot | undefined>
   // The newest `limit` products, newest first.
   allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]>
   getHold(holdId: string): Promise<Hold | undefined>

@@ -171,9 +171,9 @@ export class KyselyStore implements Store {
   // Reads that fail because the database is gone answer 503 busy (retry later), not 500. Every
   // statement outside a transaction goes through here (a black-box probe found the audit, the
   // dashboard and the ticket routes answering 500 while the database was down).
-  private async read<T>(query: () => Promise<T>, bounded = true): Promise<T> {
+  private async read<T>(query: () => Promise<T>, bounded = true, queuedSinceMs?: number): Promise<T> {
     try {
-      return await (bounded ? this.bounded(query) : query())
+      return await (bounded ? this.bounded(query, undefined, queuedSinceMs) : query())
     } catch (error) {
       if (this.capabilities.isUnavailable(error)) throw this.unavailable(error)
       throw error
@@ -230,8 +230,8 @@ export class KyselyStore implements Store {
   }
 
   // Every coalesced read burst sends this one: compiled once (hot-sql.ts).
-  async productSnapshot(productId: number, now: Date): Promise<ProductSnapshot | undefined> {
-    return this.read(() => this.hotSql.productSnapshot(this.db, productId, now))
+  async productSnapshot(productId: number, now: Date, queuedSinceMs?: number): Promise<ProductSnapshot | undefined> {
+    return this.read(() => this.hotSql.productSnapshot(this.db, productId, now), true, queuedSinceMs)
   }
 
   async allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]> {
