@@ -1,6 +1,6 @@
 // The one place an error becomes an HTTP answer: RFC 9457 problem details with a stable `code`.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { STATUS_CODES } from 'node:http'
+import { STATUS_CODES, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { AssertionError } from '../domain/assert.js'
 import { DomainError, type ErrorCode } from '../domain/errors.js'
@@ -100,6 +100,17 @@ export function sendProblem(reply: FastifyReply, code: ErrorCode, details: Recor
 export function clientErrorProblem(error: Error & { code?: string }, socket: Duplex): void {
   // A reset connection has nobody to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
+  // Bytes the parser refuses after a request it took on the same connection (pipelined): that
+  // request is carried out, and HTTP/1.1 pairs answers with requests in order, so a problem
+  // written now would be read as its answer (a hold granted but seen refused; the thirteenth
+  // session's second probe). Its answer, and any queued after it, go out first; then the
+  // connection closes without a problem for the refused bytes.
+  if (answerInFlight(socket)) {
+    if (closingAfterAnswers.has(socket)) return
+    closingAfterAnswers.add(socket)
+    closeAfterAnswers(socket)
+    return
+  }
   const code: ErrorCode = error.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request'
   const status = statusByCode[code]
   const body = JSON.stringify(problemBody(code, {}))
@@ -109,6 +120,30 @@ export function clientErrorProblem(error: Error & { code?: string }, socket: Dup
     )
   }
   socket.destroy(error)
+}
+
+// The response Node is writing on this connection, if any (the next queued one is given the
+// connection when it finishes).
+function answerInFlight(socket: Duplex): ServerResponse | undefined {
+  const response = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
+  return response && !response.writableFinished ? response : undefined
+}
+
+// Connections that end once their answers are written.
+const closingAfterAnswers = new WeakSet<Duplex>()
+// How long a connection whose answers are written may wait for the client to close it.
+const closeGraceMs = 5_000
+
+function closeAfterAnswers(socket: Duplex): void {
+  const response = answerInFlight(socket)
+  if (response) {
+    // Node's own 'finish' listener, added first, hands the connection to the next answer.
+    response.once('finish', () => closeAfterAnswers(socket))
+    return
+  }
+  // FIN after what was written (a destroy with unread bytes could reset it away).
+  socket.end()
+  setTimeout(() => socket.destroy(), closeGraceMs).unref()
 }
 
 // Ajv's instancePath ("/qty") or missingProperty names the field; the body root is "body".
