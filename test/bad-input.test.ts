@@ -212,21 +212,21 @@ for (const engine of testEngines()) {
       expect((await t.request('GET', `/api/products/${t.productId}`)).status).toBe(200)
     })
 
-    it('answers a request followed on its connection by bytes the parser refuses with its own answer, not a problem written over it', async () => {
+    it('answers a request followed on its connection by bytes the parser refuses with its own answer first, then the problem', async () => {
       const t = await buildTestApp(engine.name)
       const { port } = new URL(t.baseUrl)
       const holdBody = JSON.stringify({ product_id: t.productId, qty: 2 })
       const holdRequest = (key: string) =>
         `POST /api/holds HTTP/1.1\r\nHost: x\r\nIdempotency-Key: ${key}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(holdBody)}\r\n\r\n${holdBody}`
       const refused = [
-        { what: 'bytes that are not HTTP', bytes: '\u0000\u0001\u0002garbage\r\n\r\n' },
-        { what: 'a 20 KB header', bytes: `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n` },
+        { what: 'bytes that are not HTTP', bytes: '\u0000\u0001\u0002garbage\r\n\r\n', status: 400 },
+        { what: 'a 20 KB header', bytes: `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, status: 431 },
       ]
-      for (const [index, { what, bytes }] of refused.entries()) {
+      for (const [index, { what, bytes, status }] of refused.entries()) {
         const key = `pipelined-${index}`
         const answer = await rawExchange(Number(port), holdRequest(key) + bytes)
-        // One answer, the hold's: HTTP/1.1 pairs it with the first request.
-        expect.soft(answer.match(/HTTP\/1\.1 \d{3}/g), what).toEqual(['HTTP/1.1 201'])
+        // The hold's answer first (HTTP/1.1 pairs it with the first request), then the problem.
+        expect.soft(answer.match(/HTTP\/1\.1 \d{3}/g), what).toEqual(['HTTP/1.1 201', `HTTP/1.1 ${status}`])
         const holdId = /"hold_id":"([^"]+)"/.exec(answer)?.[1]
         expect.soft(holdId, what).toBeDefined()
         // And it is the hold the service made: the key replays it.
@@ -234,7 +234,13 @@ for (const engine of testEngines()) {
         expect.soft({ status: replay.status, holdId: replay.body.hold_id }, what).toEqual({ status: 201, holdId })
       }
       const health = await rawExchange(Number(port), 'GET /health HTTP/1.1\r\nHost: x\r\n\r\n\u0000junk\r\n\r\n')
-      expect(health.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200'])
+      expect(health.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 400'])
+      // A request whose own body the parser refuses (a bad chunk) was never taken: its answer is
+      // the problem, at once, and nothing of it is written.
+      const heldBefore = (await t.request('GET', `/api/products/${t.productId}`)).body.reserved
+      const badChunk = await rawExchange(Number(port), 'POST /api/holds HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nZZZ\r\n\r\n')
+      expect(badChunk.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 400'])
+      expect((await t.request('GET', `/api/products/${t.productId}`)).body.reserved).toBe(heldBefore)
       expect(await t.audit()).toMatchObject({ ok: true, violations: [] })
     })
 

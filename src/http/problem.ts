@@ -100,15 +100,27 @@ export function sendProblem(reply: FastifyReply, code: ErrorCode, details: Recor
 export function clientErrorProblem(error: Error & { code?: string }, socket: Duplex): void {
   // A reset connection has nobody to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
-  // Bytes the parser refuses after a request it took on the same connection (pipelined): that
-  // request is carried out, and HTTP/1.1 pairs answers with requests in order, so a problem
-  // written now would be read as its answer (a hold granted but seen refused; the thirteenth
-  // session's second probe). Its answer, and any queued after it, go out first; then the
-  // connection closes without a problem for the refused bytes.
-  if (answerInFlight(socket)) {
-    if (closingAfterAnswers.has(socket)) return
-    closingAfterAnswers.add(socket)
-    closeAfterAnswers(socket)
+  // The parser may report a connection's error more than once: it is answered once.
+  if (refusedConnections.has(socket)) return
+  refusedConnections.add(socket)
+  // Cleared when the connection closes, so a flood of refused connections holds no timers.
+  const timer = setTimeout(() => socket.destroy(), answersWaitMaxMs).unref()
+  socket.once('close', () => clearTimeout(timer))
+  answerThenRefuse(socket, error)
+}
+
+// Bytes the parser refuses after requests it took whole on the same connection (pipelined):
+// those requests are carried out, and HTTP/1.1 pairs answers with requests in order, so a
+// problem written at once was read as the first one's answer (a hold granted but seen refused;
+// the thirteenth session's second probe). Their answers go out first, in order, then the
+// problem, the answer to the refused bytes. A request whose own body the parser refused (a bad
+// chunk) was never taken: the problem is its answer, at once.
+function answerThenRefuse(socket: Duplex, error: Error & { code?: string }): void {
+  if (socket.destroyed) return
+  const response = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (response && !response.writableFinished && response.req.complete) {
+    // Node's own 'finish' listener, added first, hands the connection to the next answer.
+    response.once('finish', () => answerThenRefuse(socket, error))
     return
   }
   const code: ErrorCode = error.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request'
@@ -119,32 +131,17 @@ export function clientErrorProblem(error: Error & { code?: string }, socket: Dup
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/problem+json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
     )
   }
-  socket.destroy(error)
+  // With answers before it, FIN after them (a destroy with unread bytes can reset the
+  // connection and drop what is still unsent); otherwise at once, as Node does, so nothing else
+  // is written after the problem.
+  if (response) socket.destroy(error)
+  else socket.end()
 }
 
-// The response Node is writing on this connection, if any (the next queued one is given the
-// connection when it finishes).
-function answerInFlight(socket: Duplex): ServerResponse | undefined {
-  const response = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
-  return response && !response.writableFinished ? response : undefined
-}
-
-// Connections that end once their answers are written.
-const closingAfterAnswers = new WeakSet<Duplex>()
-// How long a connection whose answers are written may wait for the client to close it.
-const closeGraceMs = 5_000
-
-function closeAfterAnswers(socket: Duplex): void {
-  const response = answerInFlight(socket)
-  if (response) {
-    // Node's own 'finish' listener, added first, hands the connection to the next answer.
-    response.once('finish', () => closeAfterAnswers(socket))
-    return
-  }
-  // FIN after what was written (a destroy with unread bytes could reset it away).
-  socket.end()
-  setTimeout(() => socket.destroy(), closeGraceMs).unref()
-}
+// Connections whose refused bytes are being answered.
+const refusedConnections = new WeakSet<Duplex>()
+// How long such a connection may stay open: its earlier answers, then the client closing it.
+const answersWaitMaxMs = 30_000
 
 // Ajv's instancePath ("/qty") or missingProperty names the field; the body root is "body".
 export function fieldErrors(error: FastifyError): FieldError[] {
