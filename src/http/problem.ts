@@ -131,9 +131,10 @@ function answerThenRefuse(socket: Duplex, error: Error & { code?: string }): voi
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/problem+json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
     )
   }
-  // With answers before it, FIN after them (a destroy with unread bytes can reset the
-  // connection and drop what is still unsent); otherwise at once, as Node does, so nothing else
-  // is written after the problem.
+  // A request whose own body was refused may still be answered when its body stream fails: the
+  // connection goes at once, as Node's own handler does, so nothing is written after the
+  // problem. Otherwise FIN after it: a destroy with unread bytes can reset the connection and
+  // drop what is still unsent, the earlier answers included.
   if (response) socket.destroy(error)
   else socket.end()
 }
