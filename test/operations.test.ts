@@ -55,6 +55,8 @@ const clientErrorCodes = [
   'sale_ended',
   'ticket_not_found',
   'ticket_admitted',
+  'headers_too_large',
+  'request_timeout',
 ]
 
 // Every value a JSON schema pins down (`const`, `enum`), however the schema nests them.
