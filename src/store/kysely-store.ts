@@ -115,11 +115,10 @@ export class KyselyStore implements Store {
 
   async transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
     let abandoned = false
-    return this.bounded(
-      () => this.runTransaction(options, fn, () => abandoned),
-      () => (abandoned = true),
-      options.queuedSinceMs,
-    )
+    return this.bounded(() => this.runTransaction(options, fn, () => abandoned), {
+      onTimeout: () => (abandoned = true),
+      sinceMs: options.queuedSinceMs,
+    })
   }
 
   private async runTransaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>, abandoned: () => boolean): Promise<T> {
@@ -171,9 +170,10 @@ export class KyselyStore implements Store {
   // Reads that fail because the database is gone answer 503 busy (retry later), not 500. Every
   // statement outside a transaction goes through here (a black-box probe found the audit, the
   // dashboard and the ticket routes answering 500 while the database was down).
-  private async read<T>(query: () => Promise<T>, bounded = true, queuedSinceMs?: number): Promise<T> {
+  // `unbounded`: not raced against DB_TIMEOUT_MS; `queuedSinceMs`: the bound counts from then.
+  private async read<T>(query: () => Promise<T>, { unbounded = false, queuedSinceMs }: { unbounded?: boolean; queuedSinceMs?: number } = {}): Promise<T> {
     try {
-      return await (bounded ? this.bounded(query, undefined, queuedSinceMs) : query())
+      return await (unbounded ? query() : this.bounded(query, { sinceMs: queuedSinceMs }))
     } catch (error) {
       if (this.capabilities.isUnavailable(error)) throw this.unavailable(error)
       throw error
@@ -189,7 +189,7 @@ export class KyselyStore implements Store {
   // `sinceMs` (performance.now()) where given: requests queued behind a batch that waited on a
   // stalled server were answered after its bound and then their own, twice DB_TIMEOUT_MS; now
   // their batch gets what is left of theirs, and none if it is spent (it does not run at all).
-  private bounded<T>(work: () => Promise<T>, onTimeout?: () => void, sinceMs?: number): Promise<T> {
+  private bounded<T>(work: () => Promise<T>, { onTimeout, sinceMs }: { onTimeout?: () => void; sinceMs?: number } = {}): Promise<T> {
     const { timeoutMs } = this.options
     if (timeoutMs === undefined || this.options.engine === 'sqlite') return work()
     const leftMs = sinceMs === undefined ? timeoutMs : timeoutMs - (performance.now() - sinceMs)
@@ -231,7 +231,7 @@ export class KyselyStore implements Store {
 
   // Every coalesced read burst sends this one: compiled once (hot-sql.ts).
   async productSnapshot(productId: number, now: Date, queuedSinceMs?: number): Promise<ProductSnapshot | undefined> {
-    return this.read(() => this.hotSql.productSnapshot(this.db, productId, now), true, queuedSinceMs)
+    return this.read(() => this.hotSql.productSnapshot(this.db, productId, now), { queuedSinceMs })
   }
 
   async allProductSnapshots(now: Date, limit: number): Promise<ProductSnapshot[]> {
@@ -358,7 +358,7 @@ export class KyselyStore implements Store {
 
   auditFacts(now: Date = new Date()): Promise<AuditFacts> {
     // Not bounded by DB_TIMEOUT_MS: it reads every row, and a large database takes its time.
-    return this.read(() => this.readAuditFacts(now), false)
+    return this.read(() => this.readAuditFacts(now), { unbounded: true })
   }
 
   private async readAuditFacts(now: Date): Promise<AuditFacts> {
