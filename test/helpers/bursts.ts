@@ -112,7 +112,13 @@ export async function openConflict(engine: EngineName, databaseUrl: string, targ
     return once({
       async collide() {
         await pollUntil(
-          async () => (await client.query('select count(*)::int as n from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))')).rows[0].n as number,
+          async () => {
+            // Inside a transaction PostgreSQL answers pg_stat_activity from a snapshot taken at
+            // its first read, so a backend the server connects after that would never show up
+            // (a CI run failed so, waiting 10 s): every poll drops the snapshot first.
+            await client.query('select pg_stat_clear_snapshot()')
+            return (await client.query('select count(*)::int as n from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))')).rows[0].n as number
+          },
           (waiting) => waiting > 0,
           { what: 'a server transaction waiting on the test lock', timeoutMs: 10_000 },
         )
