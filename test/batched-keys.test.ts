@@ -42,9 +42,14 @@ function countingStore(store: Store): { store: Store; transactions: Array<{ labe
   return { store: counting, transactions }
 }
 
-// A store whose first `missedReads` reads of idempotency keys find nothing, as if another
-// process stored them a moment after each read; the store's calls, one list per transaction.
-function racingStore(store: Store, missedReads: number): { store: Store; transactions: string[][] } {
+// The calls of a hold batch that read, free or write its keys: holds keep their keys in their
+// own rows, so the one call that writes them is the insert of the holds.
+const holdKeyCalls = (calls: readonly string[]): string[] => calls.filter((name) => name === 'readHoldKeys' || name === 'freeHoldKeys' || name === 'insertHolds')
+
+// A store whose first `missedReads` reads of hold keys find nothing, as if another
+// process stored them a moment after each read (with `beforeLockOnly`, only reads made before
+// the transaction locks its product count); the store's calls, one list per transaction.
+function racingStore(store: Store, missedReads: number, { beforeLockOnly = false } = {}): { store: Store; transactions: string[][] } {
   let reads = 0
   const transactions: string[][] = []
   const racing = new Proxy(store, {
@@ -61,7 +66,8 @@ function racingStore(store: Store, missedReads: number): { store: Store; transac
                 if (typeof value !== 'function') return value
                 return (...args: unknown[]) => {
                   calls.push(String(name))
-                  if (name === 'readIdempotencyKeys' && reads++ < missedReads) return Promise.resolve([])
+                  const missable = name === 'readHoldKeys' && !(beforeLockOnly && calls.includes('lockProduct'))
+                  if (missable && reads++ < missedReads) return Promise.resolve([])
                   return (value as (...a: unknown[]) => unknown).apply(txTarget, args)
                 }
               },
@@ -95,21 +101,23 @@ for (const engine of testEngines()) {
       const twenty = await batchOf(Array.from({ length: 20 }, (_, index) => `many-key-${index}`))
       const twentyAnswers = lastAnswers
       expect(twenty).toEqual(one)
-      // New keys are not read: the insert of the answers is the batch's one key statement, and
-      // it comes before the product lock (the answers a hold gets if granted are known before).
-      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual(['insertIdempotencyKeys'])
-      expect(twenty.indexOf('insertIdempotencyKeys')).toBeLessThan(twenty.indexOf('lockProduct'))
-      // The same twenty keys again: the insert finds them stored, nothing of that attempt stays,
-      // and the batch runs once more reading its keys first (one read): every one a replay.
+      // New keys are not read, and no row of idempotency_keys is written: the keys go into the
+      // rows of the holds, with the batch's one insert of holds.
+      expect(holdKeyCalls(twenty)).toEqual(['insertHolds'])
+      expect(twenty.filter((name) => name.includes('Idempotency'))).toEqual([])
+      // The same twenty keys again: the insert of the holds finds them kept, nothing of that
+      // attempt stays, and the batch runs once more reading its keys first (one read, before the
+      // product lock): every one a replay, and nothing to insert.
       const before = transactions.length
       const replays = await Promise.all(Array.from({ length: 20 }, (_, index) => holds.create({ productId: t.productId, qty: 1, idempotencyKey: `many-key-${index}` })))
       expect(replays.every((answer) => answer.replayed)).toBe(true)
       expect(replays.map((answer) => answer.hold.id)).toEqual(twentyAnswers.map((answer) => answer.hold.id))
-      const replayBatches = transactions.slice(before).map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))
-      expect(replayBatches).toEqual([['insertIdempotencyKeys'], ['readIdempotencyKeys', 'insertIdempotencyKeys']])
+      const replayBatches = transactions.slice(before).map((tx) => holdKeyCalls(tx.calls))
+      expect(replayBatches).toEqual([['insertHolds'], ['readHoldKeys']])
       // After a stored key, the next batches read first: new keys cost a read again, for a while.
       const afterReplays = await batchOf(Array.from({ length: 5 }, (_, index) => `after-replay-${index}`))
-      expect(afterReplays.filter((name) => name.includes('Idempotency'))).toEqual(['readIdempotencyKeys', 'insertIdempotencyKeys'])
+      expect(holdKeyCalls(afterReplays)).toEqual(['readHoldKeys', 'insertHolds'])
+      expect(afterReplays.indexOf('readHoldKeys')).toBeLessThan(afterReplays.indexOf('lockProduct'))
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(1000 - 1 - 20 - 5)
       await holds.drain()
@@ -132,7 +140,7 @@ for (const engine of testEngines()) {
       const readFirst = transactions
         .slice(before)
         .filter((tx) => tx.label === 'holds.create')
-        .map((tx) => tx.calls.includes('readIdempotencyKeys'))
+        .map((tx) => tx.calls.includes('readHoldKeys'))
       expect(readFirst).toEqual([...Array.from({ length: readFirstBatchesAfterStoredKey }, () => true), false, false])
       await holds.drain()
       const product = await t.request('GET', `/api/products/${t.productId}`)
@@ -140,7 +148,7 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
-    it('serves a key reused after its TTL as new: the insert meets the expired row, the batch runs again, frees it and stores the new answer', async () => {
+    it('serves a key reused after its TTL as new: the insert meets the expired key, the batch runs again, frees it and stores the new answer', async () => {
       const t = await buildTestApp(engine.name, { stock: 10 })
       const first = await new Holds(t.runtime.store, t.clock, t.runtime.observer, settings).create({ productId: t.productId, qty: 1, idempotencyKey: 'reused-after-ttl' })
       t.clock.advanceMs(settings.idempotencyTtlMs)
@@ -149,20 +157,22 @@ for (const engine of testEngines()) {
       const again = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'reused-after-ttl' })
       expect(again.replayed).toBe(false)
       expect(again.hold.id).not.toBe(first.hold.id)
-      // The read finds the expired row: that transaction stops there, the row is freed in a
-      // transaction of its own holding no other lock, and the batch runs again. No key row is
-      // locked out of the batch's sorted insert.
+      // The read (before the product lock) finds the expired key: that transaction stops there,
+      // the key is freed in a transaction of its own holding no other lock, and the batch runs
+      // again.
       expect(transactions.map((tx) => [tx.label, tx.calls])).toEqual([
-        ['holds.create', expect.arrayContaining(['insertIdempotencyKeys'])],
-        ['holds.create', ['readIdempotencyKeys']],
-        ['holds.create.keys', ['freeExpiredIdempotencyKeys']],
-        ['holds.create', expect.arrayContaining(['readIdempotencyKeys', 'insertIdempotencyKeys', 'lockProduct', 'insertHolds'])],
+        ['holds.create', expect.arrayContaining(['lockProduct', 'insertHolds'])],
+        ['holds.create', ['readHoldKeys']],
+        ['holds.create.keys', ['freeHoldKeys']],
+        ['holds.create', expect.arrayContaining(['readHoldKeys', 'lockProduct', 'insertHolds'])],
       ])
-      expect(transactions[3]!.calls.filter((name) => name.includes('Idempotency'))).toEqual(['readIdempotencyKeys', 'insertIdempotencyKeys'])
-      // An expired row is no sign of retries coming in: the next batch does not read first.
+      expect(holdKeyCalls(transactions[3]!.calls)).toEqual(['readHoldKeys', 'insertHolds'])
+      // The first hold keeps its row, and no longer the key.
+      expect(await t.runtime.store.getHoldByKey('reused-after-ttl')).toMatchObject({ hold: { id: again.hold.id } })
+      // An expired key is no sign of retries coming in: the next batch does not read first.
       const before = transactions.length
       await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'after-reuse' })
-      expect(transactions.slice(before).map((tx) => tx.calls.filter((name) => name.includes('Idempotency')))).toEqual([['insertIdempotencyKeys']])
+      expect(transactions.slice(before).map((tx) => holdKeyCalls(tx.calls))).toEqual([['insertHolds']])
       // The key now answers with the new hold.
       const replay = await holds.create({ productId: t.productId, qty: 1, idempotencyKey: 'reused-after-ttl' })
       expect(replay).toEqual({ hold: again.hold, replayed: true })
@@ -170,7 +180,7 @@ for (const engine of testEngines()) {
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
-    it("replays a stored key whose request would now be refused (sold out): its key's insert fails before judging, the batch runs again reading first, and the refused request's key is deleted again", async () => {
+    it("replays a stored key whose request would now be refused (sold out): the read of the refused requests' keys finds it, the batch runs again reading first, and the refused request's key stays unused", async () => {
       const t = await buildTestApp(engine.name, { stock: 2 })
       const { store, transactions } = countingStore(t.runtime.store)
       const holds = new Holds(store, t.clock, t.runtime.observer, settings)
@@ -184,20 +194,17 @@ for (const engine of testEngines()) {
       ])
       expect(retry).toEqual({ hold: first.hold, replayed: true })
       expect(other).toMatchObject({ code: 'insufficient_stock' })
-      // Both keys stored before judging: the retry's is taken, so that insert fails before the
-      // lock, nothing of the attempt stays, and the batch runs again reading first. Then the
-      // retry replays, the new request is refused, and its key (stored before judging) goes.
+      // Both refused in the first attempt, which then reads their keys: the retry's holds an
+      // answer, so nothing of the attempt stays and the batch runs again reading first (before
+      // the lock). Then the retry replays and the new request is refused.
+      // The second attempt reads before the lock, and reads the refused key again under it.
       const calls = transactions.slice(before).map((tx) => tx.calls)
-      expect(calls.map((names) => names.filter((name) => name.includes('Idempotency')))).toEqual([
-        ['insertIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys', 'deleteOwnIdempotencyKeys'],
-      ])
-      // Nothing was judged in the first attempt (where writes wait to be merged, the insert
-      // reached the server just before the lock's statement and failed it).
-      expect(calls[0]).not.toContain('insertHolds')
-      const lockAt = calls[0]!.indexOf('lockProduct')
-      if (lockAt >= 0) expect(calls[0]!.indexOf('insertIdempotencyKeys')).toBeLessThan(lockAt)
-      // The refused key was not used up: stored before judging, deleted again.
+      expect(calls.map(holdKeyCalls)).toEqual([['readHoldKeys'], ['readHoldKeys', 'readHoldKeys']])
+      expect(calls[0]!.indexOf('readHoldKeys')).toBeGreaterThan(calls[0]!.indexOf('lockProduct'))
+      expect(calls[1]!.indexOf('readHoldKeys')).toBeLessThan(calls[1]!.indexOf('lockProduct'))
+      expect(calls[1]!.lastIndexOf('readHoldKeys')).toBeGreaterThan(calls[1]!.indexOf('lockProduct'))
+      // The refused key was not used up.
+      expect(await t.runtime.store.getHoldByKey('too-late')).toBeUndefined()
       expect(await t.runtime.store.getIdempotencyRecord('holds', 'too-late')).toBeUndefined()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body).toMatchObject({ available_stock: 0, reserved: 2 })
@@ -214,15 +221,28 @@ for (const engine of testEngines()) {
       const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced' })
       expect(again).toEqual({ hold: first.hold, replayed: true })
       // Not read at first (a new key, as far as this process knows), then read and missed (the
-      // race), then read and found.
-      expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([
-        ['insertIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
-      ])
+      // race), then read and found: nothing left to insert.
+      expect(transactions.map(holdKeyCalls)).toEqual([['insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys']])
       await holds.drain()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(8)
+      expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
+    })
+
+    it('replays a key another process stored, taking the last units, between the read before the lock and the judging: the refused key is read again under the lock', async () => {
+      const t = await buildTestApp(engine.name, { stock: 2 })
+      const first = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'stored-meanwhile' })
+      // The second attempt (reading first) misses the key before the lock, as if the other
+      // process committed it just after; judged, its request finds no stock.
+      const { store: racing, transactions } = racingStore(t.runtime.store, 1, { beforeLockOnly: true })
+      const holds = new Holds(racing, t.clock, t.runtime.observer, settings)
+      const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'stored-meanwhile' })
+      expect(again).toEqual({ hold: first.hold, replayed: true })
+      // Refused, then found under the lock; read first and missed, refused, found again under
+      // the lock; read first and found: a replay (an attempt read before the lock only would
+      // have answered 409 for a key that holds a hold).
+      expect(transactions.map(holdKeyCalls)).toEqual([['readHoldKeys'], ['readHoldKeys', 'readHoldKeys'], ['readHoldKeys']])
+      await holds.drain()
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
 
@@ -237,12 +257,7 @@ for (const engine of testEngines()) {
       expect((refused as DomainError).code).toBe('busy')
       expect(statusByCode.busy).toBe(503)
       // The first attempt without reading, then three that read and miss: four in all.
-      expect(transactions.map((calls) => calls.filter((name) => name.includes('Idempotency')))).toEqual([
-        ['insertIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
-        ['readIdempotencyKeys', 'insertIdempotencyKeys'],
-      ])
+      expect(transactions.map(holdKeyCalls)).toEqual([['insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys', 'insertHolds']])
       expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 4 })
       // The key still holds the first answer: the client's retry through the service replays it.
       const retry = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' })
@@ -268,8 +283,8 @@ for (const engine of testEngines()) {
               fn(
                 new Proxy(tx, {
                   get(txTarget, name, txReceiver) {
-                    if (name !== 'freeExpiredIdempotencyKeys') return Reflect.get(txTarget, name, txReceiver)
-                    return (_scope: string, keys: readonly string[]) => {
+                    if (name !== 'freeHoldKeys') return Reflect.get(txTarget, name, txReceiver)
+                    return (keys: readonly string[]) => {
                       frees.push(`${options.label}: ${keys.join(',')}`)
                       return Promise.resolve()
                     }
@@ -285,7 +300,7 @@ for (const engine of testEngines()) {
       expect(refused).toBeInstanceOf(DomainError)
       expect((refused as DomainError).code).toBe('busy')
       expect(frees).toEqual(Array.from({ length: expiredKeyFreesMax }, () => 'holds.create.keys: expires-again'))
-      // The insert that met the expired row, then the reads that met it: the frees do not count
+      // The insert that met the expired key, then the reads that met it: the frees do not count
       // as attempts, so the batch ends at its second.
       expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 2 })
       await holds.drain()
@@ -293,8 +308,9 @@ for (const engine of testEngines()) {
       // the refused batch held nothing.
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body).toMatchObject({ available_stock: 10, reserved: 2 })
-      // With frees that free, the client's retry is served as a new request.
-      const retry = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'expires-again' })
+      // With frees that free, the client's retry is served as a new request (by holds of the
+      // same IDEMPOTENCY_TTL: a hold's key lasts that long from the hold's creation).
+      const retry = await new Holds(t.runtime.store, t.clock, t.runtime.observer, settings).create({ productId: t.productId, qty: 2, idempotencyKey: 'expires-again' })
       expect(retry.replayed).toBe(false)
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })

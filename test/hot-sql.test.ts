@@ -132,31 +132,36 @@ for (const engine of testEngines()) {
       await expect(hot.applyProductDelta(db, 999_999, { reserved: 1, sold: 0, stock: 0 }, updatedAt, false)).rejects.toThrow(/1 row expected to change, 0 did/)
     })
 
-    it('insertHolds stores the same rows as the ordinary VALUES insert, for batches of one and of several', async () => {
+    it('insertHolds stores the same rows as the ordinary VALUES insert, for batches of one and of several, with and without keys', async () => {
       const productId = await newProduct(100)
-      for (const [round, size] of [1, 3, 1].entries()) {
+      for (const [round, size] of [1, 3, 1, 2].entries()) {
         const batch = Array.from({ length: size }, (_, index) => hold(`b${round}-${index}`, productId, index + 1, nowMs + index * minuteMs))
+        // The last round keeps a key in its first row and none in its second.
+        const keysOf = (prefix: string) => (round === 3 ? [{ key: `${prefix}-key-${round}`, fingerprint: 'fp' }, null] : undefined)
         await hot.insertHolds(
           db,
           batch.map((each) => ({ ...each, id: `hot-${each.id}` })),
-          false,
+          { defer: false, keys: keysOf('hot') },
         )
         await insertHoldsQuery(
           db,
           batch.map((each) => ({ ...each, id: `plain-${each.id}` })),
+          keysOf('plain'),
         ).execute()
       }
       const rows = await db.selectFrom('holds').selectAll().orderBy('id').execute()
-      const hotRows = rows.filter((row) => row.id.startsWith('hot-')).map((row) => ({ ...row, id: row.id.slice('hot-'.length) }))
-      const plainRows = rows.filter((row) => row.id.startsWith('plain-')).map((row) => ({ ...row, id: row.id.slice('plain-'.length) }))
-      expect(hotRows).toHaveLength(5)
-      expect(hotRows).toEqual(plainRows)
+      const unprefixed = (prefix: string) =>
+        rows.filter((row) => row.id.startsWith(prefix)).map((row) => ({ ...row, id: row.id.slice(prefix.length), idem_key: row.idem_key?.slice(prefix.length) ?? null }))
+      const hotRows = unprefixed('hot-')
+      expect(hotRows).toHaveLength(7)
+      expect(hotRows).toEqual(unprefixed('plain-'))
       expect(
         hotRows
           .map(toHold)
           .map((each) => each.qty)
           .sort(),
-      ).toEqual([1, 1, 1, 2, 3])
+      ).toEqual([1, 1, 1, 1, 2, 2, 3])
+      expect(hotRows.filter((row) => row.idem_key !== null).map((row) => [row.id, row.idem_key, row.idem_fingerprint])).toEqual([['b3-0', 'key-3', 'fp']])
     })
 
     it('keeps its per-count texts under a bound on their bytes, the oldest half going past it, and still inserts every count right', async () => {
@@ -169,7 +174,7 @@ for (const engine of testEngines()) {
       for (const round of [0, 1]) {
         for (let size = 1; size <= 120; size++) {
           const batch = Array.from({ length: size }, (_, index) => hold(`r${round}-${size}-${index}`, productId, 1, nowMs + minuteMs))
-          await bounded.insertHolds(db, batch, false)
+          await bounded.insertHolds(db, batch, { defer: false })
           inserted += size
           peakBytes = Math.max(peakBytes, bounded.keptBytes())
         }

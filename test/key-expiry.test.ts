@@ -33,9 +33,9 @@ for (const engine of testEngines()) {
           const answers: IdempotencyAnswer[] = Array.from({ length: count }, (_, index) => ({ key: `${prefix}-${index}`, fingerprint: 'f'.repeat(64), responseJson: '{}' }))
           await store.transaction({ label: 'test.keys' }, (tx) => tx.insertIdempotencyKeys(scope, answers, clock.now(), new Date(clock.now().getTime() + ttlMs)))
         }
-        await write('holds', 'expired-hold', expiredPerScope, 1_000)
+        await write('waitlist', 'expired-ticket', expiredPerScope, 1_000)
         await write('orders', 'expired-order', expiredPerScope, 1_000)
-        await write('holds', 'live-hold', liveCount, 3_600_000)
+        await write('waitlist', 'live-ticket', liveCount, 3_600_000)
         clock.advanceMs(1_000)
 
         statements.length = 0
@@ -49,8 +49,8 @@ for (const engine of testEngines()) {
         const second = await store.deleteExpiredIdempotencyKeys(clock.now(), batchMax)
         expect(second).toBe(2 * expiredPerScope - batchMax)
         expect(await store.deleteExpiredIdempotencyKeys(clock.now(), batchMax)).toBe(0)
-        expect(await store.getIdempotencyRecord('holds', 'live-hold-0')).toMatchObject({ state: 'completed' })
-        expect(await store.getIdempotencyRecord('holds', 'expired-hold-0')).toBeUndefined()
+        expect(await store.getIdempotencyRecord('waitlist', 'live-ticket-0')).toMatchObject({ state: 'completed' })
+        expect(await store.getIdempotencyRecord('waitlist', 'expired-ticket-0')).toBeUndefined()
       } finally {
         await store.close()
       }

@@ -195,17 +195,18 @@ for (const engine of testEngines()) {
       expect(await stored(productId)).toEqual({ holds: 0, keys: 0, reserved: 0, bucketQty: 0 })
     })
 
-    it('fails the commit when the delete of refused keys must remove 3 rows and finds 2, and keeps nothing of that transaction', async () => {
+    it('fails the commit when a merged write must change 1 row and changes none, and keeps nothing of that transaction', async () => {
       const productId = await newProduct(100)
       await transaction(async (tx) => {
         await tx.insertIdempotencyKeys('holds', [answer('kept-a'), answer('kept-b')], new Date(nowMs), new Date(nowMs + minuteMs))
       })
       await expect(
         transaction(async (tx) => {
-          await tx.insertHolds([hold('with-delete-1', productId, 1)])
-          await tx.deleteOwnIdempotencyKeys('holds', ['kept-a', 'kept-b', 'never-stored'])
+          await tx.insertHolds([hold('with-missing-1', productId, 1)])
+          await tx.insertIdempotencyKeys('holds', [answer('kept-c')], new Date(nowMs), new Date(nowMs + minuteMs))
+          await tx.applyProductDelta(999_999, { reserved: 1, sold: 0, stock: 0 })
         }),
-      ).rejects.toThrow(/idempotency keys of refused requests: 3 rows expected to change/)
+      ).rejects.toThrow(/the counts of product 999999: 1 row expected to change/)
       expect(await stored(productId)).toEqual({ holds: 0, keys: 2, reserved: 0, bucketQty: 0 })
     })
 

@@ -13,7 +13,7 @@ import { serveLine } from './line.js'
 import { withLockedProduct } from './locked-product.js'
 import { reclaimWhileShort, settleWaitingPayments, type SettleContext } from './settle.js'
 import { effectiveStatus } from './status.js'
-import type { DropSettings, Hold, Store } from './store.js'
+import type { DropSettings, Hold, IdempotencyRecord, KeyedHold, RowKey, Store } from './store.js'
 
 export interface HoldSettings extends KeyedBatchLimits {
   holdTtlMs: number
@@ -117,7 +117,15 @@ export class Holds {
       // The buyer is part of the request's meaning: another buyer's same key and body is a reuse,
       // never a replay of someone else's hold. Anonymous requests keep their earlier fingerprint.
       fingerprint: (request) => fingerprintOf(request.buyerId ? ['holds', request.productId, request.qty, request.buyerId] : ['holds', request.productId, request.qty]),
-      serve: (ctx, requests, anticipated) => this.serve(ctx, requests, anticipated),
+      serve: (ctx, requests, anticipated, rowKeys) => this.serve(ctx, requests, anticipated, rowKeys),
+      keysInRows: {
+        read: async (tx, keys) => (await tx.readHoldKeys(keys)).map((keyed) => this.keyRecord(keyed)),
+        free: (tx, keys, now) => tx.freeHoldKeys(keys, new Date(now.getTime() - settings.idempotencyTtlMs)),
+        get: async (store, key) => {
+          const keyed = await store.getHoldByKey(key)
+          return keyed && this.keyRecord(keyed)
+        },
+      },
       // A granted hold's answer is known before judging: its id, units and times.
       anticipate: (requests, now) => this.candidates(requests, now),
       encode: encodeHold,
@@ -195,7 +203,20 @@ export class Holds {
     }))
   }
 
-  private async serve(ctx: SettleContext, requests: readonly HoldRequest[], anticipated?: readonly Hold[]): Promise<Array<Verdict<Hold>>> {
+  // What a hold's key replays: the hold as it was created (the status it had then, whatever it
+  // is now), for IDEMPOTENCY_TTL from its creation.
+  private keyRecord({ key, fingerprint, hold }: KeyedHold): IdempotencyRecord {
+    return {
+      scope: 'holds',
+      key,
+      fingerprint,
+      state: 'completed',
+      responseJson: encodeHold({ ...hold, status: 'active' }),
+      expiresAt: addMs(hold.createdAt, this.settings.idempotencyTtlMs),
+    }
+  }
+
+  private async serve(ctx: SettleContext, requests: readonly HoldRequest[], anticipated?: readonly Hold[], rowKeys?: readonly (RowKey | null)[]): Promise<Array<Verdict<Hold>>> {
     const { tx, ledger, now } = ctx
     for (const request of requests) assert(request.productId === ledger.productId, 'a batch is one product')
     const candidates = anticipated ?? this.candidates(requests, now)
@@ -218,8 +239,14 @@ export class Holds {
     const buyerIds = drop.perBuyerLimit === null || !open ? [] : [...new Set(requests.flatMap((request) => (request.buyerId ? [request.buyerId] : [])))]
     const buyerUnits = buyerIds.length > 0 ? await tx.buyerUnits(ledger.productId, buyerIds, now) : new Map<string, number>()
     const verdicts = judgeHolds(ledger, requests, candidates, { now, drop, buyerUnits })
-    const granted = verdicts.flatMap((verdict) => (verdict.ok ? [verdict.answer] : []))
-    if (granted.length > 0) await tx.insertHolds(granted)
+    const granted: Hold[] = []
+    const grantedKeys: Array<RowKey | null> = []
+    for (const [index, verdict] of verdicts.entries()) {
+      if (!verdict.ok) continue
+      granted.push(verdict.answer)
+      grantedKeys.push(rowKeys?.[index] ?? null)
+    }
+    if (granted.length > 0) await tx.insertHolds(granted, rowKeys && grantedKeys)
     return verdicts
   }
 }

@@ -136,6 +136,18 @@ export interface IdempotencyRecord {
   expiresAt: Date
 }
 
+// A keyed hold's key, kept in the hold's own row (migration 0010) rather than in a row of
+// idempotency_keys: one row and one index entry a keyed hold instead of two rows and three.
+export interface RowKey {
+  key: string
+  fingerprint: string
+}
+
+// A hold row that keeps a key: the answer its key replays is the hold as it was created.
+export interface KeyedHold extends RowKey {
+  hold: Hold
+}
+
 // The answer a key keeps, with the meaning of the request that used it up.
 export interface IdempotencyAnswer {
   key: string
@@ -220,10 +232,12 @@ export interface LapsedRow {
 }
 
 // Every method runs inside one database transaction. Lock order, everywhere: the product row
-// first (lockProduct), then its holds, orders and payment events. The one exception: a hold
-// batch inserts its new idempotency key rows, sorted, before lockProduct (keyed-batches.ts). Because every writer of a
-// product's holds and orders holds that product's row lock, rows read after lockProduct are
-// stable until commit: no RETURNING or SKIP LOCKED is needed to know what an UPDATE changed.
+// first (lockProduct), then its holds, orders and payment events. The one exception: freeing a
+// hold's key past its TTL (freeHoldKeys) runs in a transaction of its own with no product lock;
+// it changes only the key columns, which nothing reads under the lock to decide a status or a
+// count. Because every writer of a product's holds' status and of its orders holds that
+// product's row lock, rows read after lockProduct are stable until commit: no RETURNING or SKIP
+// LOCKED is needed to know what an UPDATE changed.
 export interface StoreTx {
   lockProduct(productId: number): Promise<Product | undefined>
   applyProductDelta(productId: number, delta: ProductCountsDelta): Promise<void>
@@ -233,7 +247,13 @@ export interface StoreTx {
   // + paid orders + waiting tickets), in one grouped statement; buyers with none are absent.
   buyerUnits(productId: number, buyerIds: readonly string[], now: Date): Promise<Map<string, number>>
 
-  insertHolds(holds: readonly Hold[]): Promise<void>
+  // One multi-row insert; `keys` (one per hold, null for none) go into the rows. A key another
+  // row keeps (committed, or committing while this waits) fails it with StoredKeyConflict.
+  insertHolds(holds: readonly Hold[], keys?: readonly (RowKey | null)[]): Promise<void>
+  // The hold rows that keep these keys, whatever their age, in one statement.
+  readHoldKeys(keys: readonly string[]): Promise<KeyedHold[]>
+  // Frees these keys in the rows created at or before `createdAtOrBefore` (keys past their TTL).
+  freeHoldKeys(keys: readonly string[], createdAtOrBefore: Date): Promise<void>
   getHold(holdId: string): Promise<Hold | undefined>
   getHolds(holdIds: readonly string[]): Promise<Hold[]>
   // Compare-and-set: returns how many of the given holds moved from `from` to `to`.
@@ -272,9 +292,6 @@ export interface StoreTx {
   readIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]>
   // Deletes the rows of these keys that have expired by `now`, in one statement.
   freeExpiredIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[], now: Date): Promise<void>
-  // Deletes the rows of these keys, which this transaction inserted (the answers of requests it
-  // then refused), in one statement; every one of them must go.
-  deleteOwnIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void>
   // Stores the answers of a batch's keys, in one statement. A key already stored (by another
   // transaction, committed or committing while this one waits, or one this transaction did not
   // read) fails it with StoredKeyConflict: the caller rolls back and runs the batch again,
@@ -295,7 +312,8 @@ export interface TransactionOptions {
 
 export interface Store {
   readonly engine: string
-  migrate(): Promise<void>
+  // `upTo`: the last migration to run (the tests of a migration); absent, every one.
+  migrate(upTo?: string): Promise<void>
   // Runs fn in a transaction, retrying transient conflicts (deadlock, serialization failure,
   // lock timeout) with bounded, jittered backoff; fn must therefore be safe to run twice.
   transaction<T>(options: TransactionOptions, fn: (tx: StoreTx) => Promise<T>): Promise<T>
@@ -316,6 +334,7 @@ export interface Store {
   productsWithLineWork(now: Date, limit: number): Promise<number[]>
   getPaymentEvent(idempotencyKey: string): Promise<PaymentEvent | undefined>
   getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined>
+  getHoldByKey(key: string): Promise<KeyedHold | undefined>
   productsWithLapsedRows(now: Date, limit: number): Promise<number[]>
   // Per product (the newest `limit`, newest first), the expiry of its oldest lapsed hold or order
   // still unswept.

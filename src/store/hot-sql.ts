@@ -4,7 +4,8 @@
 // beside it (which the rest of the store and the tests run as it is); the first build checks,
 // with sentinel values, that the parameters come out in the order the callers pass them.
 import { CompiledQuery, sql, type Kysely, type Selectable } from 'kysely'
-import type { Hold, IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Product, ProductCountsDelta, ProductSnapshot } from '../domain/store.js'
+import type { Hold, IdempotencyAnswer, IdempotencyRecord, IdempotencyScope, Product, ProductCountsDelta, ProductSnapshot, RowKey } from '../domain/store.js'
+import { assert } from '../domain/assert.js'
 import { GenerationCache } from '../domain/generation-cache.js'
 import type { ArrayColumn, Engine } from './engines/engine.js'
 import { lapseBounds } from './expiry-buckets.js'
@@ -112,9 +113,13 @@ export class HotSql {
     await runWrite(db, { sql: text, parameters, what: `the counts of product ${productId}`, table: 'products', insertsOnly: false, expectedRows: 1 }, defer)
   }
 
-  async insertHolds(db: Db, holds: readonly Hold[], defer: boolean): Promise<void> {
+  // `write.keys`: one per hold (null for none), kept in the rows (migration 0010).
+  async insertHolds(db: Db, holds: readonly Hold[], write: Omit<InsertWrite, 'what'> & { keys?: readonly (RowKey | null)[] | undefined }): Promise<void> {
     if (holds.length === 0) return
-    await this.insertRows(db, 'holds', holdColumns, holds.map(holdValues), { what: 'the insert of holds', defer })
+    const { keys, ...rest } = write
+    assert(keys === undefined || keys.length === holds.length, 'one key or null a hold')
+    const rows = keys ? holds.map((hold, index) => holdValues(hold, keys[index])) : holds.map((hold) => holdValues(hold))
+    await this.insertRows(db, 'holds', holdColumns, rows, { what: 'the insert of holds', ...rest })
   }
 
   // Every row of a keyed batch's keys (one text per key count).
@@ -277,14 +282,14 @@ export class HotSql {
   }
 }
 
-// Seven parameters a row in a VALUES list; seven in all where the engine sends column arrays.
+// A parameter a column a row in a VALUES list; one a column in all where the engine sends column arrays.
 export const insertHoldsShape: StatementShape = {
   statement: 'the multi-row insert of holds',
   parameters: (engine) => (engine.columnArraysInsertSql ? { fixed: holdColumns.length, perRow: 0 } : { fixed: 0, perRow: holdColumns.length }),
 }
 
-export function insertHoldsQuery(db: Db, holds: readonly Hold[]) {
-  return db.insertInto('holds').values(holds.map(holdValues))
+export function insertHoldsQuery(db: Db, holds: readonly Hold[], keys?: readonly (RowKey | null)[]) {
+  return db.insertInto('holds').values(holds.map((hold, index) => holdValues(hold, keys?.[index] ?? null)))
 }
 
 export function lockProductQuery(db: Db, engine: Engine, productId: number) {

@@ -29,8 +29,6 @@ export const readKeysShape: StatementShape = {
   parameters: (engine: Engine) => (engine.rowsByKeyArraySql ? { fixed: 2, perRow: 0 } : { fixed: 1, perRow: 1 }),
 }
 export const freeKeysShape = inListShape('freeing expired idempotency keys', 2)
-// Beside the keys: the scope.
-export const deleteOwnKeysShape = inListShape("deleting the keys of a batch's refused requests", 1)
 // The sweeper deletes up to SWEEP_BATCH_MAX expired keys of a scope in one statement (kysely-store.ts).
 export const deleteExpiredKeysShape = inListShape('deleting expired idempotency keys', 3)
 
@@ -70,12 +68,6 @@ export function keyValues(scope: IdempotencyScope, answer: IdempotencyAnswer, no
 // Every row of these keys, live or expired (compiled once per list length by HotSql).
 export function keysQuery(db: Kysely<Database>, scope: IdempotencyScope, keys: readonly string[]) {
   return db.selectFrom('idempotency_keys').selectAll().where('scope', '=', scope).where('idem_key', 'in', keys)
-}
-
-// The keys a hold batch stored before judging, of the requests it then refused: only when a
-// keyed hold is refused, so built per call.
-export function deleteKeysQuery(db: Kysely<Database>, scope: IdempotencyScope, keys: readonly string[]) {
-  return db.deleteFrom('idempotency_keys').where('scope', '=', scope).where('idem_key', 'in', keys)
 }
 
 // Rare (a key reused after its TTL, before the sweeper deleted it), so built per call.

@@ -12,6 +12,7 @@ import type {
   Hold,
   IdempotencyRecord,
   IdempotencyScope,
+  KeyedHold,
   Order,
   PaymentEvent,
   ProductSnapshot,
@@ -27,7 +28,7 @@ import { HotSql, snapshotQuery } from './hot-sql.js'
 import { deleteExpiredKeys, statusCodeOf } from './idempotency-keys.js'
 import { KyselyTx } from './kysely-tx.js'
 import { migrationProvider, type SeedProduct } from './migrations/index.js'
-import { findHold, findIdempotencyRecord, findOrder, findPaymentEvent } from './reads.js'
+import { findHold, findIdempotencyRecord, findKeyedHolds, findOrder, findPaymentEvent } from './reads.js'
 import { toSnapshot } from './rows.js'
 import type { Database } from './schema.js'
 import { earliestLapsed, oldestLapsedByProduct, oldestLapsedOverall, type OldestLapsed } from './sweeper-lag.js'
@@ -94,7 +95,7 @@ export class KyselyStore implements Store {
     this.db = new Kysely<Database>(onQuery ? { dialect, log: (event) => onQuery(event.query.sql, event.query.parameters) } : { dialect })
   }
 
-  async migrate(): Promise<void> {
+  async migrate(upTo?: string): Promise<void> {
     const schema = this.capabilities.schemaOf(this.options.databaseUrl)
     const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities, this.options.seed), ...(schema ? { migrationTableSchema: schema } : {}) })
     // The migrator first introspects the catalogue of every schema; another schema being dropped
@@ -102,7 +103,7 @@ export class KyselyStore implements Store {
     // run yet then, and each migration runs in its own transaction, so a bounded retry is safe.
     const attemptsMax = 5
     for (let attempt = 1; ; attempt++) {
-      const { error, results } = await migrator.migrateToLatest()
+      const { error, results } = await (upTo === undefined ? migrator.migrateToLatest() : migrator.migrateTo(upTo))
       const failed = results?.find((result) => result.status === 'Error')
       if (!error && !failed) return
       if (attempt >= attemptsMax || failed) {
@@ -255,6 +256,10 @@ export class KyselyStore implements Store {
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
     return this.read(() => findIdempotencyRecord(this.db, scope, key))
+  }
+
+  async getHoldByKey(key: string): Promise<KeyedHold | undefined> {
+    return (await this.read(() => findKeyedHolds(this.db, [key])))[0]
   }
   // Products with lapsed rows, found through the per-product (product_id, status, expires_at)
   // indexes: a hot product's holds need no second index just for the sweeper.

@@ -9,6 +9,7 @@ import type {
   IdempotencyAnswer,
   IdempotencyRecord,
   IdempotencyScope,
+  KeyedHold,
   LapsedRow,
   NewProduct,
   Order,
@@ -16,6 +17,7 @@ import type {
   PaymentEvent,
   Product,
   ProductCountsDelta,
+  RowKey,
   StoreTx,
   Ticket,
   TicketStatus,
@@ -23,8 +25,8 @@ import type {
 import type { Engine } from './engines/engine.js'
 import { ExpiryBook } from './expiry-buckets.js'
 import type { HotSql } from './hot-sql.js'
-import { findHold, findIdempotencyRecord, findOrder } from './reads.js'
-import { deleteKeysQuery, freeExpiredKeys } from './idempotency-keys.js'
+import { findHold, findIdempotencyRecord, findKeyedHolds, findOrder } from './reads.js'
+import { freeExpiredKeys } from './idempotency-keys.js'
 import { runWrite } from './write-behind.js'
 import { dropValues, orderColumns, orderValues, paymentEventColumnsCount, paymentEventValues, toHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
@@ -44,6 +46,9 @@ export const buyerUnitsShape: StatementShape = {
   statement: "the count of a batch's buyers' units",
   parameters: (engine) => (engine.perElementSql ? { fixed: 3, perRow: 0 } : { fixed: 9, perRow: 3 }),
 }
+// Beside the keys: nothing to read them; to free them, the two nulls set and the time.
+export const readHoldKeysShape = inListShape('reading holds by idempotency key', 0)
+export const freeHoldKeysShape = inListShape('freeing the expired keys of holds', 3)
 export const paymentEventsByKeyShape = inListShape('reading payment events by idempotency key', 0)
 export const insertPaymentEventsShape: StatementShape = {
   statement: 'the multi-row insert of payment events',
@@ -134,8 +139,11 @@ export class KyselyTx implements StoreTx {
     return this.hotSql.buyerUnits(this.db, productId, buyerIds, nowMs)
   }
 
-  async insertHolds(holds: readonly Hold[]): Promise<void> {
-    await this.hotSql.insertHolds(this.db, holds, this.defer)
+  async insertHolds(holds: readonly Hold[], keys?: readonly (RowKey | null)[]): Promise<void> {
+    // As for insertIdempotencyKeys: a key another row keeps fails the insert, or the statement
+    // that sends it merged, with a unique violation, and the batch runs again reading its keys.
+    const mapError = keys ? (error: unknown): unknown => (this.engine.isUniqueViolation(error) ? new StoredKeyConflict('holds') : error) : undefined
+    await this.hotSql.insertHolds(this.db, holds, { keys, mapError, defer: this.defer })
     for (const hold of holds) if (hold.status === liveStatus.holds) this.expiryBook.note(hold.productId, hold.expiresAt.getTime(), hold.qty)
   }
 
@@ -300,6 +308,15 @@ export class KyselyTx implements StoreTx {
     if (Number(result.numUpdatedRows) !== 1) throw new Error(`payment event ${event.idempotencyKey} was not waiting`)
   }
 
+  readHoldKeys(keys: readonly string[]): Promise<KeyedHold[]> {
+    return findKeyedHolds(this.db, keys)
+  }
+
+  async freeHoldKeys(keys: readonly string[], createdAtOrBefore: Date): Promise<void> {
+    if (keys.length === 0) return
+    await this.db.updateTable('holds').set({ idem_key: null, idem_fingerprint: null }).where('idem_key', 'in', keys).where('created_at', '<=', createdAtOrBefore.getTime()).execute()
+  }
+
   readIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<IdempotencyRecord[]> {
     return this.hotSql.idempotencyKeys(this.db, scope, keys)
   }
@@ -314,13 +331,6 @@ export class KyselyTx implements StoreTx {
     // and running the batch again (StoredKeyConflict) is right either way.
     const mapError = (error: unknown): unknown => (this.engine.isUniqueViolation(error) ? new StoredKeyConflict(scope) : error)
     return this.hotSql.insertIdempotencyKeys(this.db, scope, answers, now, expiresAt, { what: 'the insert of idempotency keys', mapError, defer: this.defer })
-  }
-
-  async deleteOwnIdempotencyKeys(scope: IdempotencyScope, keys: readonly string[]): Promise<void> {
-    if (keys.length === 0) return
-    const { sql: text, parameters } = deleteKeysQuery(this.db, scope, keys).compile()
-    const what = `the ${keys.length} idempotency keys of refused requests`
-    await runWrite(this.db, { sql: text, parameters, what, table: 'idempotency_keys', insertsOnly: false, expectedRows: keys.length }, this.defer)
   }
 
   async getIdempotencyRecord(scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {

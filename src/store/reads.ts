@@ -1,9 +1,9 @@
 // Reads both the store (outside a transaction) and a transaction make: one implementation each,
 // run on whichever connection the caller holds.
 import type { Kysely } from 'kysely'
-import type { Hold, IdempotencyRecord, IdempotencyScope, Order, PaymentEvent } from '../domain/store.js'
+import type { Hold, IdempotencyRecord, IdempotencyScope, KeyedHold, Order, PaymentEvent } from '../domain/store.js'
 import { toIdempotencyRecord } from './idempotency-keys.js'
-import { toHold, toOrder, toPaymentEvent } from './rows.js'
+import { toHold, toKeyedHold, toOrder, toPaymentEvent } from './rows.js'
 import type { Database } from './schema.js'
 
 type Db = Kysely<Database>
@@ -26,4 +26,11 @@ export async function findPaymentEvent(db: Db, idempotencyKey: string): Promise<
 export async function findIdempotencyRecord(db: Db, scope: IdempotencyScope, key: string): Promise<IdempotencyRecord | undefined> {
   const row = await db.selectFrom('idempotency_keys').selectAll().where('scope', '=', scope).where('idem_key', '=', key).executeTakeFirst()
   return row ? toIdempotencyRecord(row) : undefined
+}
+
+// The hold rows keeping these keys (migration 0010), found through holds_idem_key_idx.
+export async function findKeyedHolds(db: Db, keys: readonly string[]): Promise<KeyedHold[]> {
+  if (keys.length === 0) return []
+  const rows = await db.selectFrom('holds').selectAll().where('idem_key', 'in', keys).execute()
+  return rows.map(toKeyedHold)
 }

@@ -1,6 +1,7 @@
 // Row mapping: table rows (schema.ts) to domain values and back. Row types never leave store/.
 import type { Selectable } from 'kysely'
-import type { DropSettings, Hold, HoldStatus, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot, Ticket, TicketStatus } from '../domain/store.js'
+import { assert } from '../domain/assert.js'
+import type { DropSettings, Hold, HoldStatus, KeyedHold, Order, OrderStatus, PaymentEvent, Product, ProductSnapshot, RowKey, Ticket, TicketStatus } from '../domain/store.js'
 import type { ArrayColumn } from './engines/engine.js'
 import type { HoldsTable, OrdersTable, PaymentEventsTable, ProductsTable, WaitlistTicketsTable } from './schema.js'
 
@@ -11,7 +12,7 @@ export type SnapshotRow = Selectable<ProductsTable> & {
   paid_lapsed_hold_qty: number | null
 }
 
-// Every column of holds with its type in migrations 0001 and 0003, in the order holdValues gives them.
+// Every column of holds with its type in migrations 0001, 0003 and 0010, in the order holdValues gives them.
 export const holdColumns = [
   { name: 'id', type: 'varchar' },
   { name: 'product_id', type: 'integer' },
@@ -22,6 +23,9 @@ export const holdColumns = [
   { name: 'updated_at', type: 'bigint' },
   // Migration 0003.
   { name: 'buyer_id', type: 'varchar' },
+  // Migration 0010.
+  { name: 'idem_key', type: 'varchar' },
+  { name: 'idem_fingerprint', type: 'varchar' },
 ] as const satisfies readonly (ArrayColumn & { name: keyof HoldsTable })[]
 
 // Every column of orders, as orderValues sets them: one parameter each a row inserted.
@@ -127,7 +131,13 @@ export function toHold(row: Selectable<HoldsTable>): Hold {
   }
 }
 
-export function holdValues(hold: Hold): Selectable<HoldsTable> {
+// A row that keeps a key (idem_key not null).
+export function toKeyedHold(row: Selectable<HoldsTable>): KeyedHold {
+  assert(row.idem_key !== null && row.idem_fingerprint !== null, 'a keyed hold row has its key and fingerprint')
+  return { key: row.idem_key, fingerprint: row.idem_fingerprint, hold: toHold(row) }
+}
+
+export function holdValues(hold: Hold, key: RowKey | null = null): Selectable<HoldsTable> {
   return {
     id: hold.id,
     product_id: hold.productId,
@@ -137,6 +147,8 @@ export function holdValues(hold: Hold): Selectable<HoldsTable> {
     created_at: hold.createdAt.getTime(),
     updated_at: hold.createdAt.getTime(),
     buyer_id: hold.buyerId,
+    idem_key: key?.key ?? null,
+    idem_fingerprint: key?.fingerprint ?? null,
   }
 }
 

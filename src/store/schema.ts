@@ -49,6 +49,10 @@ export interface HoldsTable {
   created_at: number
   updated_at: number
   buyer_id: string | null
+  // Migration 0010: a keyed hold's idempotency key and its request's fingerprint (null: no key,
+  // or a key freed after its TTL).
+  idem_key: string | null
+  idem_fingerprint: string | null
 }
 
 export interface OrdersTable {

@@ -5,19 +5,29 @@
 import type { EngineName } from './engines/engine.js'
 import { engines } from './engines/index.js'
 import { insertHoldsShape } from './hot-sql.js'
-import { deleteExpiredKeysShape, deleteOwnKeysShape, freeKeysShape, insertKeysShape, readKeysShape } from './idempotency-keys.js'
-import { buyerUnitsShape, holdsByIdShape, insertOrdersShape, insertPaymentEventsShape, moveStatusShape, paymentEventsByKeyShape, waitingPaymentEventsShape } from './kysely-tx.js'
+import { deleteExpiredKeysShape, freeKeysShape, insertKeysShape, readKeysShape } from './idempotency-keys.js'
+import {
+  buyerUnitsShape,
+  freeHoldKeysShape,
+  holdsByIdShape,
+  readHoldKeysShape,
+  insertOrdersShape,
+  insertPaymentEventsShape,
+  moveStatusShape,
+  paymentEventsByKeyShape,
+  waitingPaymentEventsShape,
+} from './kysely-tx.js'
 import { rowsThatFit, type StatementShape } from './statement-shape.js'
 
 export type BatchVariable = 'HOLD_BATCH_MAX' | 'ORDER_BATCH_MAX' | 'WEBHOOK_BATCH_MAX' | 'SWEEP_BATCH_MAX'
 
-// Holds and orders read, free (when expired) and store a batch's keys in one statement each;
-// holds, which store them before judging, delete those of refused requests in one.
-const keyStatements = [readKeysShape, freeKeysShape, insertKeysShape, deleteOwnKeysShape]
+// Orders read, free (when expired) and store a batch's keys in one statement each.
+const keyStatements = [readKeysShape, freeKeysShape, insertKeysShape]
 
 export const batchStatements: Record<BatchVariable, readonly StatementShape[]> = {
-  // A batch of holds is inserted by one statement; a limited product counts its buyers' units in one.
-  HOLD_BATCH_MAX: [insertHoldsShape, buyerUnitsShape, ...keyStatements],
+  // A batch of holds is inserted, with its keys, by one statement; a limited product counts its
+  // buyers' units in one; the holds keeping its keys are read, and the expired ones freed, in one.
+  HOLD_BATCH_MAX: [insertHoldsShape, buyerUnitsShape, readHoldKeysShape, freeHoldKeysShape],
   // A batch of orders reads its holds, converts them, inserts the orders and reads the payments
   // waiting on them, each in one statement.
   ORDER_BATCH_MAX: [holdsByIdShape, moveStatusShape, insertOrdersShape, waitingPaymentEventsShape, ...keyStatements],

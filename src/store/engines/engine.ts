@@ -84,6 +84,9 @@ export interface Engine {
   // engines whose default binary collation pads (MySQL, MariaDB: "bob" = "bob "); null where
   // text already compares exactly. The first the server has is used (migration 0008).
   readonly exactTextCollations: readonly string[] | null
+  // CREATE INDEX ... WHERE (PostgreSQL, SQLite): an index of the rows that have a value only.
+  // MySQL and MariaDB have none, and index NULLs too.
+  readonly partialIndexes: boolean
   // MySQL's DROP INDEX names the table (DROP INDEX i ON t); SQLite's and PostgreSQL's refuse it.
   readonly dropIndexNamesTable: boolean
   // Also appended to CREATE TABLE for a small table read by ranges of its primary key: SQLite's

@@ -52,6 +52,7 @@ export const mysqlEngine: Engine = {
   tableOptionsSql: 'engine=InnoDB default charset=utf8mb4 collate=utf8mb4_bin',
   // MariaDB 10.2+, MySQL 8.0.17+.
   exactTextCollations: ['utf8mb4_nopad_bin', 'utf8mb4_0900_bin'],
+  partialIndexes: false,
   dropIndexNamesTable: true,
   clusteredByKeySql: null,
   // 1213 deadlock, 1205 lock wait timeout, 1020 record changed (MariaDB snapshot conflict).

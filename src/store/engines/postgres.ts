@@ -40,6 +40,7 @@ export const postgresEngine: Engine = {
   autoIncrementColumn: (wide) => ({ type: wide ? 'bigserial' : 'serial', keyword: false }),
   tableOptionsSql: null,
   exactTextCollations: null,
+  partialIndexes: true,
   dropIndexNamesTable: false,
   clusteredByKeySql: null,
   isTransientConflict: (error) => {

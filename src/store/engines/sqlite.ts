@@ -29,6 +29,7 @@ export const sqliteEngine: Engine = {
   autoIncrementColumn: () => ({ type: 'integer', keyword: true }),
   tableOptionsSql: null,
   exactTextCollations: null,
+  partialIndexes: true,
   dropIndexNamesTable: false,
   clusteredByKeySql: 'without rowid',
   isTransientConflict: (error) => {
