@@ -122,7 +122,8 @@ const runs: ReadonlyArray<[StatementShape, (tx: StoreTx, rows: number) => Promis
   [insertKeysShape, (tx, rows) => tx.insertIdempotencyKeys('holds', keyAnswers(rows), new Date(nowMs), new Date(nowMs + 60_000))],
   [readHoldKeysShape, (tx, rows) => tx.readHoldKeys(keyNames(rows))],
   [freeHoldKeysShape, (tx, rows) => tx.freeHoldKeys(keyNames(rows), new Date(nowMs))],
-  [insertHoldsShape, (tx, rows) => tx.insertHolds(holds(rows))],
+  // Keyed holds: the widest insert of holds (a batch without keys leaves out the key columns).
+  [insertHoldsShape, (tx, rows) => tx.insertHolds(holds(rows), keys(rows))],
   [holdsByIdShape, (tx, rows) => tx.getHolds(holds(rows).map((hold) => hold.id))],
   // Where there is no RETURNING the rows that leave the live status are read first (a smaller
   // statement: the ids and the status), so the UPDATE is the second of two.

@@ -10,7 +10,7 @@ import { GenerationCache } from '../domain/generation-cache.js'
 import type { ArrayColumn, Engine } from './engines/engine.js'
 import { lapseBounds } from './expiry-buckets.js'
 import { keyColumns, keysQuery, keyValues, toIdempotencyRecord } from './idempotency-keys.js'
-import { holdColumns, holdValues, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
+import { holdColumns, holdValues, keyedHoldColumns, toProduct, toSnapshot, type SnapshotRow } from './rows.js'
 import type { Database, IdempotencyKeysTable, ProductsTable } from './schema.js'
 import type { StatementShape } from './statement-shape.js'
 import { runWrite, type DeferredWrite } from './write-behind.js'
@@ -118,8 +118,9 @@ export class HotSql {
     if (holds.length === 0) return
     const { keys, ...rest } = write
     assert(keys === undefined || keys.length === holds.length, 'one key or null a hold')
-    const rows = keys ? holds.map((hold, index) => holdValues(hold, keys[index])) : holds.map((hold) => holdValues(hold))
-    await this.insertRows(db, 'holds', holdColumns, rows, { what: 'the insert of holds', ...rest })
+    const keyed = keys !== undefined && keys.some((key) => key !== null)
+    const rows = keyed ? holds.map((hold, index) => holdValues(hold, keys[index])) : holds.map((hold) => holdValues(hold))
+    await this.insertRows(db, 'holds', keyed ? keyedHoldColumns : holdColumns, rows, { what: 'the insert of holds', ...rest })
   }
 
   // Every row of a keyed batch's keys (one text per key count).
@@ -180,7 +181,7 @@ export class HotSql {
   }
 
   // One multi-row insert whose text is compiled once per row count, or once where the engine
-  // sends one array per column.
+  // sends one array per column (for each set of columns: holds with keys or without).
   private async insertRows(
     db: Db,
     table: 'holds' | 'idempotency_keys',
@@ -194,7 +195,7 @@ export class HotSql {
     const columnArraysSql = this.engine.columnArraysInsertSql?.bind(this.engine)
     if (columnArraysSql) {
       const text = this.text(
-        `insert:${table}:arrays`,
+        `insert:${table}:${columns.length}:arrays`,
         () => [],
         () => CompiledQuery.raw(columnArraysSql(table, columns), []),
       )
@@ -205,7 +206,7 @@ export class HotSql {
       return
     }
     const text = this.text(
-      `insert:${table}:${rows.length}`,
+      `insert:${table}:${columns.length}:${rows.length}`,
       () => rows.flatMap((_, row) => columns.map((_, column) => `s${row}_${column}`)),
       () =>
         db
@@ -285,7 +286,7 @@ export class HotSql {
 // A parameter a column a row in a VALUES list; one a column in all where the engine sends column arrays.
 export const insertHoldsShape: StatementShape = {
   statement: 'the multi-row insert of holds',
-  parameters: (engine) => (engine.columnArraysInsertSql ? { fixed: holdColumns.length, perRow: 0 } : { fixed: 0, perRow: holdColumns.length }),
+  parameters: (engine) => (engine.columnArraysInsertSql ? { fixed: keyedHoldColumns.length, perRow: 0 } : { fixed: 0, perRow: keyedHoldColumns.length }),
 }
 
 export function insertHoldsQuery(db: Db, holds: readonly Hold[], keys?: readonly (RowKey | null)[]) {

@@ -12,7 +12,7 @@ export type SnapshotRow = Selectable<ProductsTable> & {
   paid_lapsed_hold_qty: number | null
 }
 
-// Every column of holds with its type in migrations 0001, 0003 and 0010, in the order holdValues gives them.
+// The columns of holds with their types in migrations 0001 and 0003, in the order holdValues gives them.
 export const holdColumns = [
   { name: 'id', type: 'varchar' },
   { name: 'product_id', type: 'integer' },
@@ -23,10 +23,13 @@ export const holdColumns = [
   { name: 'updated_at', type: 'bigint' },
   // Migration 0003.
   { name: 'buyer_id', type: 'varchar' },
-  // Migration 0010.
-  { name: 'idem_key', type: 'varchar' },
-  { name: 'idem_fingerprint', type: 'varchar' },
 ] as const satisfies readonly (ArrayColumn & { name: keyof HoldsTable })[]
+
+// Every column of holds: a batch in which some hold keeps a key (migration 0010) inserts these;
+// one without, the columns above only (two NULL columns fewer to send and store a hold).
+export const keyedHoldColumns = [...holdColumns, { name: 'idem_key', type: 'varchar' }, { name: 'idem_fingerprint', type: 'varchar' }] as const satisfies readonly (ArrayColumn & {
+  name: keyof HoldsTable
+})[]
 
 // Every column of orders, as orderValues sets them: one parameter each a row inserted.
 export const orderColumns = [
