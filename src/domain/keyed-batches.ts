@@ -268,16 +268,16 @@ export class KeyedBatches<R extends KeyedRequest, A> {
   // of holds: a keyed hold costs no statement and no row more than a plain one, only the key's
   // index entry. Before, each key was a row of idempotency_keys with two index entries, inserted
   // (sorted) before the product lock with the answer anticipated for it, and deleted again when
-  // its request was refused: in CPU profiles the database spent 22-28 µs more a keyed hold than
-  // a plain one on PostgreSQL and MariaDB, against 7-10 µs with the key in the row. A batch
-  // takes no key row before the product lock now, so two batches carrying the same new key meet
-  // only at the unique index of the insert, under their products' locks: one commits, the other
-  // fails and runs again reading first, which replays the first's answer (or is 422 for another
-  // request). A batch reading first that finds expired keys of its own (keys reused after their
-  // TTL) stops, frees them in a transaction of its own and runs again (serveBatch); the read
-  // itself stays in the batch's transaction: read in one of its own, the keys stored by other
-  // processes in between failed the batch's insert often enough, with a burst of reused keys
-  // sent to three processes, to use up its attempts (503 busy).
+  // its request was refused: the database spent 12-45 µs more CPU a keyed hold than a plain one
+  // on PostgreSQL and MariaDB, against 0-9 µs with the key in the row (alternating bench runs).
+  // A batch takes no key row before the product lock now, so two batches carrying the same new
+  // key meet only at the unique index of the insert, under their products' locks: one commits,
+  // the other fails and runs again reading first, which replays the first's answer (or is 422
+  // for another request). A batch reading first that finds expired keys of its own (keys reused
+  // after their TTL) stops, frees them in a transaction of its own and runs again (serveBatch);
+  // the read itself stays in the batch's transaction: read in one of its own, the keys stored by
+  // other processes in between failed the batch's insert often enough, with a burst of reused
+  // keys sent to three processes, to use up its attempts (503 busy).
   private async serveLocked(
     productId: number,
     batch: Array<Waiter<R, A>>,
@@ -293,8 +293,9 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     const readStoredKeys = async (tx: StoreTx): Promise<void> => {
       const stored = await this.readKeys(tx, keys)
       const expired = stored.filter((record) => record.expiresAt.getTime() <= now.getTime())
-      // Before the product lock, a hold batch takes key rows only by its sorted insert: the
-      // expired rows are freed in a transaction of their own, and the batch runs again.
+      // Read before the product lock (holds), expired keys are freed in a transaction of their
+      // own, and the batch runs again: a reused key's old hold may be another product's, whose
+      // rows this batch must not lock out of order.
       if (expired.length > 0 && anticipated) throw new ExpiredKeysMet(expired.map((record) => record.key))
       // The insert must not meet an expired row of a key it now uses.
       if (expired.length > 0) {
@@ -331,7 +332,11 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         const served = servedIndexes.map((index) => batch[index]!)
         const rowKeys =
           useCase.keysInRows &&
-          served.map(({ request, fingerprint }): RowKey | null => (request.idempotencyKey === null ? null : { key: request.idempotencyKey, fingerprint: fingerprint! }))
+          served.map(({ request: { idempotencyKey: key }, fingerprint }): RowKey | null => {
+            if (key === null) return null
+            assert(fingerprint !== null, 'a keyed request carries its fingerprint')
+            return { key, fingerprint }
+          })
         const verdicts = await useCase.serve(
           ctx,
           served.map((waiter) => waiter.request),

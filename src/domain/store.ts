@@ -137,7 +137,7 @@ export interface IdempotencyRecord {
 }
 
 // A keyed hold's key, kept in the hold's own row (migration 0010) rather than in a row of
-// idempotency_keys: one row and one index entry a keyed hold instead of two rows and three.
+// idempotency_keys: a keyed hold adds one index entry to a plain one's, not a row and two.
 export interface RowKey {
   key: string
   fingerprint: string
