@@ -312,35 +312,76 @@ function waitlistFitIndex(): Migration {
   }
 }
 
+// Whether the table has the column (or the index): MySQL, MariaDB and SQLite run DDL outside
+// any transaction, so a migration stopped half-way (a crash) keeps what it did and is not
+// recorded as run; its next run must skip what is there. PostgreSQL runs each migration in a
+// transaction: it finds nothing.
+async function hasColumn(db: Kysely<any>, engine: Engine, table: string, column: string): Promise<boolean> {
+  const query =
+    engine.name === 'sqlite'
+      ? sql`select 1 as present from pragma_table_info(${table}) where name = ${column}`
+      : sql`select 1 as present from information_schema.columns where table_schema = ${engine.name === 'mysql' ? sql`database()` : sql`current_schema()`} and table_name = ${table} and column_name = ${column}`
+  return (await query.execute(db)).rows.length > 0
+}
+
+async function hasIndex(db: Kysely<any>, engine: Engine, table: string, index: string): Promise<boolean> {
+  const query =
+    engine.name === 'sqlite'
+      ? sql`select 1 as present from sqlite_master where type = 'index' and tbl_name = ${table} and name = ${index}`
+      : engine.name === 'mysql'
+        ? sql`select 1 as present from information_schema.statistics where table_schema = database() and table_name = ${table} and index_name = ${index}`
+        : sql`select 1 as present from pg_indexes where schemaname = current_schema() and tablename = ${table} and indexname = ${index}`
+  return (await query.execute(db)).rows.length > 0
+}
+
+// Keys moved a statement: two CASE arms and an IN-list entry each, 1,500 parameters.
+const movedKeysPerRoundMax = 500
+
 // A keyed hold keeps its idempotency key in its own row (idem_key, unique) instead of a row of
 // idempotency_keys: the batch's insert of holds stores the keys too, so a keyed hold costs one
-// row and one index entry more than a plain one instead of a second row with two index entries.
-// Where indexes can be partial the index holds keyed rows only, and plain holds pay nothing.
+// index entry more than a plain one instead of a second row with two index entries. Where
+// indexes can be partial the index holds keyed rows only, and plain holds pay nothing.
 // The hold keys stored by earlier versions move into their holds (the hold id is in the stored
-// answer); rows of other scopes stay. Like 0008, a migration to run with the traffic stopped:
-// an older instance still writing hold keys to idempotency_keys would not see the moved ones.
+// answer), a round at a time: one UPDATE of the round's holds, then one DELETE of its key rows;
+// rows of other scopes stay. Every step can run again (a crash half-way on MySQL or SQLite, whose
+// DDL is not transactional): what is there is skipped, and a round moved but not deleted moves
+// the same keys again. Like 0008, a migration to run with the traffic stopped: an older instance
+// still writing hold keys to idempotency_keys would not see the moved ones.
 function holdKeys(engine: Engine): Migration {
   return {
     async up(db: Kysely<any>) {
-      await db.schema.alterTable('holds').addColumn('idem_key', 'varchar(255)').execute()
-      await db.schema.alterTable('holds').addColumn('idem_fingerprint', 'varchar(64)').execute()
-      const index = db.schema.createIndex('holds_idem_key_idx').on('holds').column('idem_key').unique()
-      await (engine.partialIndexes ? index.where(sql.ref('idem_key'), 'is not', null) : index).execute()
-      const movedPerRoundMax = 500
+      if (!(await hasColumn(db, engine, 'holds', 'idem_key'))) await db.schema.alterTable('holds').addColumn('idem_key', 'varchar(255)').execute()
+      if (!(await hasColumn(db, engine, 'holds', 'idem_fingerprint'))) await db.schema.alterTable('holds').addColumn('idem_fingerprint', 'varchar(64)').execute()
+      if (!(await hasIndex(db, engine, 'holds', 'holds_idem_key_idx'))) {
+        const index = db.schema.createIndex('holds_idem_key_idx').on('holds').column('idem_key').unique()
+        await (engine.partialIndexes ? index.where(sql.ref('idem_key'), 'is not', null) : index).execute()
+      }
       for (;;) {
         const stored: Array<{ idem_key: string; fingerprint: string; status_code: number; response_json: string }> = await db
           .selectFrom('idempotency_keys')
           .select(['idem_key', 'fingerprint', 'status_code', 'response_json'])
           .where('scope', '=', 'holds')
           .orderBy('idem_key')
-          .limit(movedPerRoundMax)
+          .limit(movedKeysPerRoundMax)
           .execute()
         if (stored.length === 0) break
-        for (const row of stored) {
-          // Only a completed key holds an answer; a claim (0) was never committed by any version.
-          if (Number(row.status_code) === 0) continue
-          const holdId = (JSON.parse(row.response_json) as { id: string }).id
-          await db.updateTable('holds').set({ idem_key: row.idem_key, idem_fingerprint: row.fingerprint }).where('id', '=', holdId).execute()
+        // Only a completed key holds an answer; a claim (0) was never committed by any version.
+        const moved = stored.filter((row) => Number(row.status_code) !== 0).map((row) => ({ ...row, holdId: (JSON.parse(row.response_json) as { id: string }).id }))
+        if (moved.length > 0) {
+          const caseOf = (value: (row: (typeof moved)[number]) => string) =>
+            sql`case id ${sql.join(
+              moved.map((row) => sql`when ${row.holdId} then ${value(row)}`),
+              sql` `,
+            )} end`
+          await db
+            .updateTable('holds')
+            .set({ idem_key: caseOf((row) => row.idem_key), idem_fingerprint: caseOf((row) => row.fingerprint) })
+            .where(
+              'id',
+              'in',
+              moved.map((row) => row.holdId),
+            )
+            .execute()
         }
         await db
           .deleteFrom('idempotency_keys')
