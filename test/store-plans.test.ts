@@ -14,7 +14,7 @@ import { KyselyStore } from '../src/store/kysely-store.js'
 import { createObserver } from '../src/observability/observer.js'
 import { Metrics } from '../src/observability/metrics.js'
 import { withMysql, withPostgres } from '../dev/admin-connection.js'
-import { testDatabase, testEngines } from './helpers/engines.js'
+import { rawQuery, testDatabase, testEngines } from './helpers/engines.js'
 
 const buyersCount = 25_000
 // As the hold path writes them: batches of 170 (the bench's mean batch at 256 connections), buyers
@@ -119,8 +119,9 @@ interface Drop {
 }
 
 // A new product with 34,000 active holds written as the hold path writes them, no statistics.
-// `lapsedBatches`: how many of the first batches lapsed a minute ago (not yet swept).
-async function dropWithHolds(engineName: Parameters<typeof testDatabase>[0], lapsedBatches = 0): Promise<Drop> {
+// `lapsedBatches`: how many of the first batches lapsed a minute ago (not yet swept); `keyed`:
+// every other hold keeps an idempotency key (`key-<hold id>`).
+async function dropWithHolds(engineName: Parameters<typeof testDatabase>[0], lapsedBatches = 0, keyed = false): Promise<Drop> {
   const database = await testDatabase(engineName)
   const captured: Drop['captured'] = []
   const observer = createObserver(pino({ level: 'silent' }), new Metrics())
@@ -128,12 +129,12 @@ async function dropWithHolds(engineName: Parameters<typeof testDatabase>[0], lap
   await store.migrate()
   const clock = new ManualClock(new Date('2030-01-01T00:00:00.000Z'))
   const drop: Drop = { store, productId: 0, now: clock.now(), url: database.url, captured, catalog: new Catalog(store, clock, observer) }
-  drop.productId = await addDrop(drop, lapsedBatches)
+  drop.productId = await addDrop(drop, lapsedBatches, keyed)
   return drop
 }
 
 // Another product with 34,000 holds in the same database; returns its id.
-async function addDrop({ store, now, catalog }: Drop, lapsedBatches = 0): Promise<number> {
+async function addDrop({ store, now, catalog }: Drop, lapsedBatches = 0, keyed = false): Promise<number> {
   const product = await catalog.create({ name: 'drop', priceMinor: 100, currency: 'USD', stock: 1_000_000, drop: { perBuyerLimit: 1_000 } })
   const total = insertBatches * insertChunkRows
   for (let start = 0; start < total; start += insertChunkRows) {
@@ -150,7 +151,7 @@ async function addDrop({ store, now, catalog }: Drop, lapsedBatches = 0): Promis
     }))
     await store.transaction({ label: 'test.holds' }, async (tx) => {
       await tx.lockProduct(product.id)
-      await tx.insertHolds(holds)
+      await tx.insertHolds(holds, keyed ? holds.map((hold, index) => (index % 2 === 0 ? { key: `key-${hold.id}`, fingerprint: 'f' } : null)) : undefined)
       await tx.applyProductDelta(product.id, { reserved: holds.length, sold: 0, stock: 0 })
     })
   }
@@ -236,6 +237,30 @@ for (const engine of testEngines()) {
           const plan = await explain(engine.name, url, query!.text, query!.parameters)
           console.log(`${engine.name}: plan of ticketsAhead (${byJoinOrder ? 'join order' : 'line rank'})\n${plan}`)
           expect(ticketsIndexOf(engine.name, plan)).toBe(index)
+        }
+      } finally {
+        await store.close()
+      }
+    }, 120_000)
+
+    // A hold batch reading first looks its keys up in the holds (migration 0010): each through
+    // the key's unique index, before and after the tables have statistics, never by reading the
+    // product's holds.
+    it('reads the holds of a batch of 64 keys through holds_idem_key_idx among 34,000 holds, with and without statistics', async () => {
+      const { store, productId, url, captured } = await dropWithHolds(engine.name, 0, true)
+      try {
+        const holds = (await rawQuery(engine.name, url, `select id from holds where product_id = ${productId} and idem_key is not null order by id`)) as Array<{ id: string }>
+        const keys = [...holds.slice(0, 60).map((hold) => `key-${hold.id}`), 'missing-1', 'missing-2', 'missing-3', 'missing-4']
+        for (const statistics of [false, true]) {
+          if (statistics) await analyze(engine.name, url)
+          captured.length = 0
+          const found = await store.transaction({ label: 'test.keys' }, (tx) => tx.readHoldKeys(keys))
+          expect(found.map((keyed) => keyed.key).sort()).toEqual(keys.slice(0, 60).sort())
+          const read = captured.find(({ text }) => /idem_key/.test(text))
+          expect(read, 'the key read was captured').toBeDefined()
+          const plan = await explain(engine.name, url, read!.text, read!.parameters)
+          console.log(`${engine.name}: plan of a batch's hold keys${statistics ? ', with statistics' : ''}\n${plan}`)
+          expect(holdsIndexOf(engine.name, plan)).toBe('holds_idem_key_idx')
         }
       } finally {
         await store.close()
