@@ -223,6 +223,10 @@ for (const engine of testEngines()) {
       // Not read at first (a new key, as far as this process knows), then read and missed (the
       // race), then read and found: nothing left to insert.
       expect(transactions.map(holdKeyCalls)).toEqual([['insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys']])
+      // The read that missed ran before the product lock; the one after it runs under the lock,
+      // where every batch of the product that stored one of its keys has committed.
+      expect(transactions[1]!.indexOf('readHoldKeys')).toBeLessThan(transactions[1]!.indexOf('lockProduct'))
+      expect(transactions[2]!.indexOf('readHoldKeys')).toBeGreaterThan(transactions[2]!.indexOf('lockProduct'))
       await holds.drain()
       const product = await t.request('GET', `/api/products/${t.productId}`)
       expect(product.body.available_stock).toBe(8)
@@ -239,9 +243,10 @@ for (const engine of testEngines()) {
       const again = await holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'stored-meanwhile' })
       expect(again).toEqual({ hold: first.hold, replayed: true })
       // Refused, then found under the lock; read first and missed, refused, found again under
-      // the lock; read first and found: a replay (an attempt read before the lock only would
-      // have answered 409 for a key that holds a hold).
+      // the lock; read under the lock and found: a replay (an attempt read before the lock only
+      // would have answered 409 for a key that holds a hold).
       expect(transactions.map(holdKeyCalls)).toEqual([['readHoldKeys'], ['readHoldKeys', 'readHoldKeys'], ['readHoldKeys']])
+      expect(transactions[2]!.indexOf('readHoldKeys')).toBeGreaterThan(transactions[2]!.indexOf('lockProduct'))
       await holds.drain()
       expect(await t.audit()).toEqual({ ok: true, checkedProducts: 1, violations: [] })
     })
@@ -256,8 +261,10 @@ for (const engine of testEngines()) {
       expect(refused).toBeInstanceOf(DomainError)
       expect((refused as DomainError).code).toBe('busy')
       expect(statusByCode.busy).toBe(503)
-      // The first attempt without reading, then three that read and miss: four in all.
+      // The first attempt without reading, then three that read and miss: four in all. The
+      // second reads before the product lock, the last two under it.
       expect(transactions.map(holdKeyCalls)).toEqual([['insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys', 'insertHolds']])
+      expect(transactions.slice(1).map((calls) => calls.indexOf('readHoldKeys') > calls.indexOf('lockProduct'))).toEqual([false, true, true])
       expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 4 })
       // The key still holds the first answer: the client's retry through the service replays it.
       const retry = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' })

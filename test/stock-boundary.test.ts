@@ -120,7 +120,7 @@ for (const engine of testEngines()) {
       const replies = await Promise.all(sends.map(({ key, server }) => hold(server, key).then((reply) => ({ key, reply }))))
       const retries = logEvents(cluster.servers, 'tx.retry')
       console.log(
-        `[reused keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(countBy(replies, ({ reply }) => reply.status))} tx.retry=${retries.length}`,
+        `[reused keys] ${engine.name} ${processes} processes: ${replies.length} requests ${JSON.stringify(countBy(replies, ({ reply }) => reply.status))} tx.retry=${retries.length} tx.busy=${JSON.stringify(logEvents(cluster.servers, 'tx.busy'))}`,
       )
       // On MySQL/MariaDB two inserts of a key that meet its deleted, not yet purged row (just
       // freed) can deadlock: each takes InnoDB's shared lock on it, then both want the exclusive

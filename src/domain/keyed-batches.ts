@@ -199,6 +199,8 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     const keys = batch.flatMap(({ request }) => (request.idempotencyKey === null ? [] : [request.idempotencyKey]))
     assert(new Set(keys).size === keys.length, 'a key is in one request of a batch at most (InFlightKeys)')
     let readFirst = keys.length > 0 && this.keyReads.readFirst()
+    // Set once an attempt that read its keys failed on one stored since: the next read under the lock.
+    let readUnderLock = false
     // Fixed once for the batch, so every attempt stores and grants the same answers.
     const anticipated =
       keys.length > 0
@@ -212,7 +214,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     const log = batchLog(batch.map((waiter) => waiter.log))
     for (let attempt = 1; outcomes === undefined; attempt++) {
       try {
-        outcomes = await this.serveLocked(productId, batch, keys, readFirst, { now, log, queuedSinceMs }, anticipated)
+        outcomes = await this.serveLocked(productId, batch, keys, { readFirst, readUnderLock }, { now, log, queuedSinceMs }, anticipated)
       } catch (caught) {
         let error = caught
         // Keys reused after their TTL: their expired rows go in a short transaction holding no
@@ -230,8 +232,14 @@ export class KeyedBatches<R extends KeyedRequest, A> {
           }
         }
         // A key of the batch was stored already: nothing was written; run it again reading the
-        // keys first, which finds that answer and replays it.
+        // keys first, which finds that answer and replays it. If this attempt read them already
+        // (before the product lock), another process stored one while it waited on the lock: the
+        // next attempts read under the lock, when every batch of the product that stored one has
+        // committed. Reading before the lock every time, with reused and new keys sent to three
+        // processes at once under load, batches failed three attempts in a row, and one all four
+        // (503 busy in CI).
         if (error instanceof StoredKeyConflict && attempt < storedKeyAttemptsMax) {
+          if (readFirst) readUnderLock = true
           readFirst = true
           continue
         }
@@ -262,7 +270,8 @@ export class KeyedBatches<R extends KeyedRequest, A> {
 
   // One transaction for the batch. Without `readFirst` its keys are not read before serving: the
   // insert of the answers fails (StoredKeyConflict) if one of them was stored already, and so
-  // does the read of the refused requests' keys after serving.
+  // does the read of the refused requests' keys after serving. With it, a use case that
+  // anticipates its answers reads them before the product lock, unless `readUnderLock`.
   //
   // Holds keep their keys in their own rows (migration 0010), written by the batch's one insert
   // of holds: a keyed hold costs no statement and no row more than a plain one, only the key's
@@ -282,7 +291,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     productId: number,
     batch: Array<Waiter<R, A>>,
     keys: readonly string[],
-    readFirst: boolean,
+    { readFirst, readUnderLock }: { readFirst: boolean; readUnderLock: boolean },
     { now, log, queuedSinceMs }: { now: Date; log: EventLog | undefined; queuedSinceMs: number },
     anticipated: readonly A[] | undefined,
   ): Promise<Array<Outcome<A>>> {
@@ -293,9 +302,10 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     const readStoredKeys = async (tx: StoreTx): Promise<void> => {
       const stored = await this.readKeys(tx, keys)
       const expired = stored.filter((record) => record.expiresAt.getTime() <= now.getTime())
-      // Read before the product lock (holds), expired keys are freed in a transaction of their
-      // own, and the batch runs again: a reused key's old hold may be another product's, whose
-      // rows this batch must not lock out of order.
+      // Found by a use case that anticipates its answers (holds), read before the product lock
+      // or under it, expired keys are freed in a transaction of their own, and the batch runs
+      // again: a reused key's old hold may be another product's, whose rows this batch must not
+      // lock out of order.
       if (expired.length > 0 && anticipated) throw new ExpiredKeysMet(expired.map((record) => record.key))
       // The insert must not meet an expired row of a key it now uses.
       if (expired.length > 0) {
@@ -311,10 +321,11 @@ export class KeyedBatches<R extends KeyedRequest, A> {
     }
     // A use case that anticipates its answers (holds) reads its keys, when it reads them first,
     // before the product lock: the read then runs while other processes hold the lock.
+    const readsBeforeLock = readFirst && anticipated !== undefined && !readUnderLock
     const beforeLock = anticipated
       ? async (tx: StoreTx): Promise<void> => {
           losers = new Map()
-          if (readFirst) await readStoredKeys(tx)
+          if (readsBeforeLock) await readStoredKeys(tx)
         }
       : undefined
     return withLockedProduct(
@@ -322,10 +333,8 @@ export class KeyedBatches<R extends KeyedRequest, A> {
       this.observer,
       { label: useCase.label, productId, now, log, queuedSinceMs },
       async (ctx) => {
-        if (!anticipated) {
-          losers = new Map()
-          if (readFirst) await readStoredKeys(ctx.tx)
-        }
+        if (!anticipated) losers = new Map()
+        if (readFirst && !readsBeforeLock) await readStoredKeys(ctx.tx)
         const lost = (waiter: Waiter<R, A>): IdempotencyRecord | undefined => (waiter.request.idempotencyKey === null ? undefined : losers.get(waiter.request.idempotencyKey))
         const servedIndexes: number[] = []
         for (const [index, waiter] of batch.entries()) if (lost(waiter) === undefined) servedIndexes.push(index)
@@ -352,8 +361,10 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         // to make room), and a replay changes nothing: the batch runs again reading its keys
         // first. Keys read before the lock (`anticipated`) are read again: another process may
         // have stored one and taken the last units in between (a test sending every key to three
-        // processes got a hold and a 409 for one key).
-        if (!readFirst || anticipated) {
+        // processes got a hold and a 409 for one key). Keys read under the lock are not: a batch
+        // of this product storing one has committed before it, and a key stored for another
+        // product is another request's (422 if it is sent here again).
+        if (!readFirst || readsBeforeLock) {
           const refusedKeys: string[] = []
           for (const [waiter, verdict] of verdictOf) if (!verdict.ok && waiter.request.idempotencyKey !== null) refusedKeys.push(waiter.request.idempotencyKey)
           const answered = refusedKeys.length === 0 ? [] : await this.readKeys(ctx.tx, refusedKeys)
