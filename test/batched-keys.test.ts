@@ -266,6 +266,12 @@ for (const engine of testEngines()) {
       expect(transactions.map(holdKeyCalls)).toEqual([['insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys', 'insertHolds'], ['readHoldKeys', 'insertHolds']])
       expect(transactions.slice(1).map((calls) => calls.indexOf('readHoldKeys') > calls.indexOf('lockProduct'))).toEqual([false, true, true])
       expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 4 })
+      // Each rerun counted: the first met a stored key; the next two had read and missed it.
+      expect(events.filter((event) => event.name === 'keys.rerun')).toEqual([
+        { name: 'keys.rerun', label: 'holds.create', cause: 'key_stored' },
+        { name: 'keys.rerun', label: 'holds.create', cause: 'key_stored_meanwhile' },
+        { name: 'keys.rerun', label: 'holds.create', cause: 'key_stored_meanwhile' },
+      ])
       // The key still holds the first answer: the client's retry through the service replays it.
       const retry = await t.app.services.holds.create({ productId: t.productId, qty: 2, idempotencyKey: 'raced-always' })
       expect(retry).toEqual({ hold: first.hold, replayed: true })
@@ -310,6 +316,10 @@ for (const engine of testEngines()) {
       // The insert that met the expired key, then the reads that met it: the frees do not count
       // as attempts, so the batch ends at its second.
       expect(events).toContainEqual({ name: 'tx.busy', label: 'holds.create', attempts: 2 })
+      expect(events.filter((event) => event.name === 'keys.rerun').map((event) => event.cause)).toEqual([
+        'key_stored',
+        ...Array.from({ length: expiredKeyFreesMax }, () => 'expired_keys_freed'),
+      ])
       await holds.drain()
       // The first hold lapsed with the hour that passed (not swept yet: still reserved), and
       // the refused batch held nothing.

@@ -187,6 +187,7 @@ for (const engine of testEngines()) {
           ['flash_sale_product_sold', 'gauge'],
           ['flash_sale_sweeper_lag_seconds', 'gauge'],
           ['flash_sale_tx_retries_total', 'counter'],
+          ['flash_sale_keyed_batch_reruns_total', 'counter'],
           ['flash_sale_idempotent_replays_total', 'counter'],
           ['flash_sale_rate_limited_total', 'counter'],
         ]
@@ -212,7 +213,9 @@ for (const engine of testEngines()) {
           orders: sample(text, 'flash_sale_events_total', { event: 'order.created' }),
           payments: sample(text, 'flash_sale_events_total', { event: 'payment.applied' }),
           replays: sample(text, 'flash_sale_idempotent_replays_total', { scope: 'holds' }),
-        }).toEqual({ created: 1, rejected: 1, rejectedForStock: 1, orders: 1, payments: 1, replays: 1 })
+          // The replay's batch met the stored key at its insert, then ran again reading it.
+          reruns: sample(text, 'flash_sale_keyed_batch_reruns_total', { label: 'holds.create', cause: 'key_stored' }),
+        }).toEqual({ created: 1, rejected: 1, rejectedForStock: 1, orders: 1, payments: 1, replays: 1, reruns: 1 })
         expect((await t.audit()).ok).toBe(true)
       })
 

@@ -25,6 +25,7 @@ export type EventName =
   | 'idempotency.replayed'
   | 'tx.retry'
   | 'tx.busy'
+  | 'keys.rerun'
   | 'sweep.completed'
   | 'db.unavailable'
 

@@ -225,6 +225,7 @@ export class KeyedBatches<R extends KeyedRequest, A> {
           const expiredKeys = error.keys
           try {
             await this.store.transaction({ label: `${label}.keys`, log, queuedSinceMs }, (tx) => this.freeKeys(tx, expiredKeys, now))
+            this.observer.emit({ name: 'keys.rerun', label, cause: 'expired_keys_freed' }, log)
             attempt--
             continue
           } catch (freeError) {
@@ -239,6 +240,8 @@ export class KeyedBatches<R extends KeyedRequest, A> {
         // processes at once under load, batches failed three attempts in a row, and one all four
         // (503 busy in CI).
         if (error instanceof StoredKeyConflict && attempt < storedKeyAttemptsMax) {
+          // Counted apart: one that had read its keys met a key stored while it waited on the lock.
+          this.observer.emit({ name: 'keys.rerun', label: this.useCase.label, cause: readFirst ? 'key_stored_meanwhile' : 'key_stored' }, log)
           if (readFirst) readUnderLock = true
           readFirst = true
           continue

@@ -20,6 +20,12 @@ export class Metrics {
   readonly holdsCreated = new Counter({ name: 'flash_sale_product_holds_created_total', help: 'Holds granted, by product', labelNames: ['product_id'], registers: [this.registry] })
   readonly txRetries = new Counter({ name: 'flash_sale_tx_retries_total', help: 'Transactions retried after a transient conflict', labelNames: ['label'], registers: [this.registry] })
   readonly txBusy = new Counter({ name: 'flash_sale_tx_busy_total', help: 'Transactions that exhausted their retries (503 busy)', labelNames: ['label'], registers: [this.registry] })
+  readonly keyedBatchReruns = new Counter({
+    name: 'flash_sale_keyed_batch_reruns_total',
+    help: 'Keyed batches run again: a key was stored already (or meanwhile), or expired rows of its keys were freed first',
+    labelNames: ['label', 'cause'],
+    registers: [this.registry],
+  })
   readonly replays = new Counter({ name: 'flash_sale_idempotent_replays_total', help: 'Answers replayed for an idempotency key', labelNames: ['scope'], registers: [this.registry] })
   readonly rateLimited = new Counter({ name: 'flash_sale_rate_limited_total', help: 'Requests refused by a rate limit', labelNames: ['route'], registers: [this.registry] })
   readonly refundRequired = new Counter({

@@ -25,6 +25,11 @@ export function createObserver(baseLogger: EventLogger, metrics: Metrics): Obser
         batchSize.observe(Number(details.size))
         return
       }
+      // So are a keyed batch's reruns: every replayed key costs one, and its answer says so.
+      if (name === 'keys.rerun') {
+        metrics.keyedBatchReruns.inc({ label: String(details.label), cause: String(details.cause) })
+        return
+      }
       if (name === 'tx.retry' || name === 'tx.busy' || name === 'payment.refund_required' || name === 'db.unavailable') log.warn({ event: name, ...details }, name)
       else log.info({ event: name, ...details }, name)
       metrics.events.inc({ event: name })
