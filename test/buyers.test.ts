@@ -86,6 +86,11 @@ for (const engine of testEngines()) {
           expectInvalidToken(reply, `${shape.label} on product ${productId}`)
         }
       }
+      // Counted among the hold refusals where a drop is watched, under no product: refused before
+      // the body is read.
+      const dashboard = await t.admin('GET', '/api/admin/dashboard')
+      expect(dashboard.body.totals.hold_refusals).toEqual({ invalid_buyer_token: shapes.length * 2 })
+      expect(dashboard.body.products.map((product: { hold_refusals: object }) => product.hold_refusals)).toEqual([{}, {}])
       // Nothing reserved anywhere.
       expect(await productOf(t.baseUrl, t.productId)).toMatchObject({ available_stock: 100, reserved: 0, sold: 0 })
       expect(await productOf(t.baseUrl, limited.id)).toMatchObject({ available_stock: 10, reserved: 0, sold: 0 })
@@ -122,6 +127,8 @@ for (const engine of testEngines()) {
         expectInvalidToken(reply, shape.label)
       }
       expect((await t.request('GET', `/api/holds/${hold.body.hold_id}`)).body).toMatchObject({ status: 'active' })
+      // An order's bad token is no hold refusal.
+      expect((await t.admin('GET', '/api/admin/dashboard')).body.totals.hold_refusals).toEqual({})
       const order = await t.request('POST', '/api/orders', { body: { hold_id: hold.body.hold_id }, headers: { ...alice, 'idempotency-key': 'order-key' } })
       expect(order.status, order.text).toBe(201)
       expect(order.headers.get('idempotent-replayed')).toBeNull()

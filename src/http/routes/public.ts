@@ -56,12 +56,24 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
     done(null, payload)
   }
   await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
+  // A hold refused for its token is a hold refusal like the others (flash_sale_holds_rejected_total,
+  // the dashboard's hold_refusals): a shop's token secret out of step with the service's refuses
+  // every buyer, and the refusals must show where the drop is watched. Refused before its body is
+  // read, it names no product. Counted without a log line: the request's own line says 401.
+  const identifyHoldBuyer: BuyerHook = (request, reply, payload, done) =>
+    identifyBuyer(request, reply, payload, (error, parsed) => {
+      if (error) {
+        metrics.holdsRejected.inc({ reason: error instanceof DomainError ? error.code : 'invalid_buyer_token', product_id: '' })
+        metrics.events.inc({ event: 'hold.rejected' })
+      }
+      done(error, parsed)
+    })
 
   // Holds and orders are created the same way: keyed, a buyer token optional (checked first),
   // 201 with the view, the same refusals; the generics keep body and reply typed per route.
   const keyedCreate = <Body extends TSchema, View extends TSchema>(tag: 'holds' | 'orders', perMin: number, body: Body, view: View) => ({
     config: rateLimit(perMin),
-    preParsing: identifyBuyer,
+    preParsing: tag === 'holds' ? identifyHoldBuyer : identifyBuyer,
     schema: { tags: [tag], security: buyerSecurity, body, response: { 201: view, ...keyedCreateProblems } },
   })
   // GET of one hold or order by its id.
