@@ -46,28 +46,28 @@ export const publicRoutes: FastifyPluginAsyncTypebox<PublicRoutesOptions> = asyn
   // once the rate limit let the request through, so a flood of forged tokens counts against its
   // sender's allowance like any other request (checked first, it never did: the twelfth
   // session's probe), and before the body is read.
-  const identifyBuyer: BuyerHook = (request, _reply, payload, done) => {
-    try {
-      request.buyerId = buyerTokens ? buyerTokens.buyerOf(request.headers.authorization) : null
-    } catch (error) {
-      done(error as Error)
-      return
+  const buyerHook =
+    (onRefused?: (error: Error) => void): BuyerHook =>
+    (request, _reply, payload, done) => {
+      try {
+        request.buyerId = buyerTokens ? buyerTokens.buyerOf(request.headers.authorization) : null
+      } catch (error) {
+        onRefused?.(error as Error)
+        done(error as Error)
+        return
+      }
+      done(null, payload)
     }
-    done(null, payload)
-  }
+  const identifyBuyer = buyerHook()
   await app.register(waitlistRoutes, { config, services, clock, metrics, identifyBuyer })
   // A hold refused for its token is a hold refusal like the others (flash_sale_holds_rejected_total,
   // the dashboard's hold_refusals): a shop's token secret out of step with the service's refuses
   // every buyer, and the refusals must show where the drop is watched. Refused before its body is
   // read, it names no product. Counted without a log line: the request's own line says 401.
-  const identifyHoldBuyer: BuyerHook = (request, reply, payload, done) =>
-    identifyBuyer(request, reply, payload, (error, parsed) => {
-      if (error) {
-        metrics.holdsRejected.inc({ reason: error instanceof DomainError ? error.code : 'invalid_buyer_token', product_id: '' })
-        metrics.events.inc({ event: 'hold.rejected' })
-      }
-      done(error, parsed)
-    })
+  const identifyHoldBuyer = buyerHook((error) => {
+    metrics.holdsRejected.inc({ reason: error instanceof DomainError ? error.code : 'invalid_buyer_token', product_id: '' })
+    metrics.events.inc({ event: 'hold.rejected' })
+  })
 
   // Holds and orders are created the same way: keyed, a buyer token optional (checked first),
   // 201 with the view, the same refusals; the generics keep body and reply typed per route.
