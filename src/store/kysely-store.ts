@@ -4,6 +4,7 @@
 // the compiled-once hot statements in hot-sql.ts, row mapping in rows.ts.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Kysely, Migrator, sql } from 'kysely'
+import { MigrationCatalogue, withMigrationCatalogue } from './migration-catalogue.js'
 import { DomainError } from '../domain/errors.js'
 import type { Observer } from '../domain/events.js'
 import type {
@@ -97,10 +98,12 @@ export class KyselyStore implements Store {
 
   async migrate(upTo?: string): Promise<void> {
     const schema = this.capabilities.schemaOf(this.options.databaseUrl)
-    const migrator = new Migrator({ db: this.db, provider: migrationProvider(this.capabilities, this.options.seed), ...(schema ? { migrationTableSchema: schema } : {}) })
-    // The migrator first introspects the catalogue of every schema; another schema being dropped
-    // at that moment (other tenants, parallel test suites) makes that look-up fail. Nothing has
-    // run yet then, and each migration runs in its own transaction, so a bounded retry is safe.
+    const db = withMigrationCatalogue(this.db, new MigrationCatalogue(this.db as Kysely<unknown>, this.options.engine, schema))
+    const migrator = new Migrator({ db, provider: migrationProvider(this.capabilities, this.options.seed), ...(schema ? { migrationTableSchema: schema } : {}) })
+    // The migrator first looks up its tables in the catalogue; a schema being dropped at that
+    // moment (other tenants, parallel test suites) could make that look-up fail when it read
+    // every schema's (MigrationCatalogue reads one now). Nothing has run yet then, and each
+    // migration runs in its own transaction, so a bounded retry is safe.
     const attemptsMax = 5
     for (let attempt = 1; ; attempt++) {
       const { error, results } = await (upTo === undefined ? migrator.migrateToLatest() : migrator.migrateTo(upTo))
